@@ -1,0 +1,163 @@
+"""``bundle-build``: the release engineer's command line. It only presents; the work is in
+:mod:`builder.build`."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+from builder import __version__
+from builder.build import build_bundle
+from builder.inspect import describe, inspect_bundle
+from builder.keys import keygen as make_key
+from builder.sandbox import lay_out
+from builder.spec import load_product
+from installer.errors import JumpkitError
+
+app = typer.Typer(
+    add_completion=False,
+    rich_markup_mode=None,
+    invoke_without_command=True,
+    help="Build signed, reproducible version-jump bundles from jump specs.\n\n"
+    "bundle-build --from 4.0.1 --to 4.1.1 writes dist/<product>-4.0.1-to-4.1.1.zip.\n\n"
+    "Reproducible: the same specs, key and SOURCE_DATE_EPOCH (or the jump's date) give a "
+    "byte-identical bundle. Exit codes: 0 ok; 1 build failed; 2 bad spec or usage; 3 bad bundle.",
+)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts.")]
+
+
+def _fail(e: JumpkitError, as_json: bool, debug: bool) -> NoReturn:
+    if debug:
+        traceback.print_exception(e)
+    details = getattr(e, "details", [])
+    if as_json:
+        print(json.dumps({"ok": False, "exit": e.exit_code, "error": e.message, "details": details}))
+    else:
+        err.print(f"bundle-build: {e.message}")
+        for d in details[1:]:
+            err.print(f"  - {d}")
+    raise typer.Exit(e.exit_code)
+
+
+@app.callback()
+def build(
+    ctx: typer.Context,
+    frm: Annotated[str | None, typer.Option("--from", help="Version the bundle upgrades from.")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="Version the bundle upgrades to.")] = None,
+    product: Annotated[str | None, typer.Option("--product", help="Product under --specs (default: the only one).")] = None,
+    specs: Annotated[Path, typer.Option("--specs", help="Specs directory.")] = Path("specs"),
+    out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("dist"),
+    key: Annotated[Path | None, typer.Option("--key", envvar="JUMPKIT_SIGNING_KEY", help="ed25519 private key (PEM) to sign the manifest. Env: JUMPKIT_SIGNING_KEY.")] = None,
+    unsigned: Annotated[bool, typer.Option("--unsigned", help="Build without a signature (development only; installers refuse it without --allow-unsigned).")] = False,
+    level: Annotated[int, typer.Option("--level", min=0, max=9, help="Deflate level; incompressible files are stored whatever the level.")] = 6,
+    json_out: JsonOpt = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
+) -> None:
+    """Build the bundle of one jump (when no sub-command is given)."""
+    if version:
+        print(f"bundle-build {__version__}")
+        raise typer.Exit()
+    if ctx.invoked_subcommand is not None:
+        return
+    if frm is None or to is None:
+        err.print(ctx.get_help())
+        err.print("\nbundle-build: --from and --to are required to build")
+        raise typer.Exit(2)
+    if key is None and not unsigned:
+        err.print("bundle-build: no signing key: pass --key FILE (see 'bundle-build keygen') or --unsigned")
+        raise typer.Exit(2)
+    show = not json_out and sys.stderr.isatty()
+    try:
+        with Progress("building", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                      console=err, transient=True, disable=not show) as bar:
+            task = bar.add_task("build", total=None)
+            result = build_bundle(specs, product, frm, to, out, key=None if unsigned else key, level=level,
+                                  progress=lambda n: bar.advance(task, n))
+    except JumpkitError as e:
+        _fail(e, json_out, debug)
+    m = result.manifest
+    if json_out:
+        print(json.dumps({"ok": True, "bundle": str(result.path), "sha256": result.sha256, "size": result.size,
+                          "files": len(m.files), "removed": len(m.removed), "signed": not unsigned,
+                          "seconds": round(result.seconds, 3)}))
+    else:
+        print(f"{result.path}  {result.size} bytes  sha256 {result.sha256}")
+        print(f"  {len(m.files)} files, {len(m.removed)} removed, {'signed' if not unsigned else 'UNSIGNED'}, "
+              f"{result.seconds:.2f}s")
+
+
+@app.command()
+def keygen(
+    out: Annotated[Path, typer.Option("--out", help="Directory for the key pair.")] = Path("keys"),
+    name: Annotated[str, typer.Option("--name", help="Base name: <name>.key and <name>.pub.")] = "signing",
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing key.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Write an ed25519 key pair: <name>.key (mode 0600, keep secret) and <name>.pub (install
+    on managers under /etc/jumpkit/trusted-keys/)."""
+    try:
+        priv, pub, kid = make_key(out, name, overwrite=force)
+    except JumpkitError as e:
+        _fail(e, json_out, False)
+    if json_out:
+        print(json.dumps({"ok": True, "private": str(priv), "public": str(pub), "keyid": kid}))
+    else:
+        print(f"private key {priv} (0600)\npublic key  {pub}\nkey id      {kid}")
+
+
+@app.command()
+def inspect(
+    bundle: Path,
+    trust: Annotated[list[Path] | None, typer.Option("--trust", help="Verify the signature against these public keys.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show a bundle's manifest: jump, files, configs and policies, services, checks, signature."""
+    try:
+        info = inspect_bundle(bundle, list(trust or []))
+    except JumpkitError as e:
+        _fail(e, json_out, False)
+    if json_out:
+        print(json.dumps(info, indent=2))
+    else:
+        print("\n".join(describe(info)))
+
+
+@app.command()
+def sandbox(
+    version: Annotated[str, typer.Option("--version", help="Release to install.")],
+    root: Annotated[Path, typer.Option("--root", help="Empty directory to install into.")],
+    product: Annotated[str | None, typer.Option("--product", help="Product under --specs.")] = None,
+    specs: Annotated[Path, typer.Option("--specs", help="Specs directory.")] = Path("specs"),
+    trust: Annotated[list[Path] | None, typer.Option("--trust", help="Public key to install in the root's trust store.")] = None,
+    setting: Annotated[list[str] | None, typer.Option("--set", help="Operator edit after install: section.key=value in the product's INI configs.")] = None,
+) -> None:
+    """Lay out a release as a fresh install under a sandbox root (demo and tests): files,
+    rendered configs, data, trust store and a supervisord config. Never on a real manager."""
+    overrides = {}
+    for item in setting or []:
+        k, sep, v = item.partition("=")
+        if not sep:
+            err.print(f"bundle-build: --set wants section.key=value, got {item!r}")
+            raise typer.Exit(2)
+        overrides[k] = v
+    try:
+        lay_out(load_product(specs, product), version, root, overrides=overrides, trust=list(trust or []))
+    except JumpkitError as e:
+        _fail(e, False, False)
+    print(f"{root}: {version} laid out")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
+    app()

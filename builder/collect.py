@@ -1,0 +1,175 @@
+"""Collecting a jump's inputs: the diff of two release trees, rendered configs, hooks.
+Nothing is hashed twice for new files: the writer hashes while it compresses."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import jinja2
+
+from builder.errors import SpecError
+from builder.spec import JumpSpec, Product
+from builder.zipwriter import Source
+from installer.format import PAYLOAD_PREFIX, RemovedEntry, RewriteRule
+from installer.paths import check_link_target, check_relpath
+from installer.plan import current_digest
+
+
+@dataclass
+class Pending:
+    """A manifest file entry waiting for the writer's sha256 and size."""
+
+    path: str
+    kind: Literal["file", "config", "symlink"]
+    mode: int
+    from_sha256: str | None
+    source: Source | None = None
+    link_target: str | None = None
+    policy: Literal["replace", "keep-local", "rewrite"] = "replace"
+    rules: tuple[RewriteRule, ...] = ()
+
+
+@dataclass
+class Collected:
+    """What the jump carries."""
+
+    files: list[Pending] = field(default_factory=list)
+    removed: list[RemovedEntry] = field(default_factory=list)
+    extras: list[Source] = field(default_factory=list)
+
+    def sources(self) -> list[Source]:
+        """Every archive member to write, in a fixed order: extras, then payload."""
+        payload = [f.source for f in self.files if f.source is not None]
+        return sorted(self.extras, key=lambda s: s.name) + sorted(payload, key=lambda s: s.name)
+
+
+def _matches(path: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(path, p) for p in patterns)
+
+
+def walk_tree(top: Path) -> dict[str, Path]:
+    """Every file and symlink under ``top`` by relative POSIX path (sorted).
+
+    Raises:
+        SpecError: a special file (device, fifo, socket) or an unsafe name.
+    """
+    out: dict[str, Path] = {}
+    if not top.is_dir():
+        return out
+    for dirpath, dirnames, filenames in os.walk(top):
+        dirnames.sort()
+        base = Path(dirpath)
+        for name in sorted(filenames) + [d for d in dirnames if (base / d).is_symlink()]:
+            full = base / name
+            rel = full.relative_to(top).as_posix()
+            check_relpath(rel)
+            st = full.lstat()
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+                raise SpecError(f"{full}: only regular files and symlinks can ship")
+            out[rel] = full
+    return dict(sorted(out.items()))
+
+
+def normalized_mode(path: str, full: Path, modes: dict[str, str]) -> int:
+    """0755 if the tree's file is executable, else 0644 (as git records modes, so a build
+    does not depend on the umask of the checkout), then the spec's ``modes`` overrides."""
+    mode = 0o755 if full.lstat().st_mode & 0o111 else 0o644
+    for pat, m in modes.items():
+        if fnmatch.fnmatchcase(path, pat):
+            mode = int(m, 8)
+    return mode
+
+
+def render_configs(product: Product, version: str, variables: dict[str, Any]) -> dict[str, bytes]:
+    """Render every ``config/**.j2`` template of a release with ``variables``.
+
+    Raises:
+        SpecError: a template fails to render (undefined variable, syntax).
+    """
+    cfg_dir = product.release_dir(version) / "config"
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(cfg_dir), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True, autoescape=False)
+    out: dict[str, bytes] = {}
+    for rel in walk_tree(cfg_dir):
+        if not rel.endswith(".j2"):
+            continue
+        try:
+            text = env.get_template(rel).render(version=version, **variables)
+        except jinja2.TemplateError as e:
+            raise SpecError(f"{cfg_dir / rel}: {e}") from e
+        out[rel.removesuffix(".j2")] = text.encode()
+    return out
+
+
+def collect(product: Product, jump: JumpSpec, jump_dir: Path) -> Collected:
+    """Diff the from- and to-release trees under the jump's include/exclude patterns.
+
+    Raises:
+        SpecError: a release is missing, or a spec entry refers to nothing.
+    """
+    frm, to = jump.from_version, jump.to_version
+    for v in (frm, to):
+        if not product.release_dir(v).is_dir():
+            raise SpecError(f"release {v} has no directory {product.release_dir(v)}")
+    fs = jump.files
+    old = {p: f for p, f in walk_tree(product.release_dir(frm) / "root").items()
+           if _matches(p, fs.include) and not _matches(p, fs.exclude)}
+    new = {p: f for p, f in walk_tree(product.release_dir(to) / "root").items()
+           if _matches(p, fs.include) and not _matches(p, fs.exclude)}
+    out = Collected()
+    for path, full in new.items():
+        mode = normalized_mode(path, full, fs.modes)
+        before = old.get(path)
+        from_sha = current_digest(before) if before is not None else None
+        if full.is_symlink():
+            target = os.readlink(full)
+            check_link_target(path, target)
+            if from_sha == current_digest(full):
+                continue
+            out.files.append(Pending(path, "symlink", 0o777, from_sha, link_target=target))
+            continue
+        if before is not None and not before.is_symlink() and from_sha == current_digest(full) \
+                and normalized_mode(path, before, fs.modes) == mode:
+            continue
+        out.files.append(Pending(path, "file", mode, from_sha, Source(PAYLOAD_PREFIX + path, mode, path=full)))
+    removed = set(old) - set(new)
+    for path in fs.remove:
+        check_relpath(path)
+        removed.add(path)
+    variables = {**product.spec.variables, **jump.variables}
+    old_cfg = render_configs(product, frm, variables)
+    new_cfg = render_configs(product, to, variables)
+    policies = {c.path: c for c in jump.configs}
+    for missing in sorted(set(policies) - set(new_cfg)):
+        raise SpecError(f"configs: {missing} has no template config/{missing}.j2 in release {to}")
+    for path, data in new_cfg.items():
+        spec = policies.get(path)
+        before_cfg = old_cfg.get(path)
+        from_sha = None if before_cfg is None else hashlib.sha256(before_cfg).hexdigest()
+        if before_cfg == data:
+            continue
+        out.files.append(Pending(
+            path, "config", 0o644, from_sha, Source(PAYLOAD_PREFIX + path, 0o644, data=data),
+            policy=spec.policy if spec else "replace", rules=spec.rules if spec else ()))
+    for path in sorted(set(old_cfg) - set(new_cfg)):
+        removed.add(path)
+    for path in sorted(removed):
+        before = old.get(path)
+        if before is None and path in old_cfg:
+            from_sha = hashlib.sha256(old_cfg[path]).hexdigest()
+        else:
+            from_sha = current_digest(before) if before is not None else None
+        out.removed.append(RemovedEntry(path=path, from_sha256=from_sha))
+    for hook in jump.hooks:
+        for name, script in [(hook.name, hook.script)] + ([(f"{hook.name}-undo", hook.undo_script)] if hook.undo_script else []):
+            src = jump_dir / script
+            if not src.is_file():
+                raise SpecError(f"hooks: {hook.name}: script {src} does not exist")
+            out.extras.append(Source(f"hooks/{name}", 0o755, path=src))
+    return out

@@ -1,0 +1,28 @@
+"""Builder errors: part of the one tree rooted at :class:`installer.errors.JumpkitError`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from installer.errors import JumpkitError
+
+
+class SpecError(JumpkitError):
+    """A jump spec or product spec is invalid; every problem names its file and field."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, problems: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.problems = list(problems)
+        self.details = self.problems
+
+
+class BuildError(JumpkitError):
+    """The bundle could not be built from valid specs (missing inputs, keys, tools)."""
+
+    exit_code = 1
+
+
+class UnknownJumpError(SpecError):
+    """No jump spec for the requested from/to pair."""

@@ -1,0 +1,211 @@
+"""Jump specs: ``specs/<product>/product.yaml`` and ``specs/<product>/jumps/<from>-<to>.yaml``,
+validated into typed models. Every error names the file and the field."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from builder.errors import SpecError, UnknownJumpError
+from installer.format import Check, HealthCheck, Lookup, RewriteRule, Service
+from installer.paths import check_relpath
+from installer.version import Version
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServicesSpec(_Spec):
+    """How the product runs its services (per product; a jump may override)."""
+
+    backend: Literal["supervisord", "systemd", "command", "none"] = "none"
+    socket: str | None = None
+    services: tuple[Service, ...] = ()
+    health: tuple[HealthCheck, ...] = ()
+
+
+class SandboxSpec(_Spec):
+    """How ``bundle-build sandbox`` lays out a fresh install for demos and tests."""
+
+    init: str | None = None
+    """Script (relative to product.yaml) run with the sandbox root as its argument."""
+    programs: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    """supervisord program argv per service; ``{root}`` and ``{python}`` are expanded."""
+
+
+class ProductSpec(_Spec):
+    """product.yaml"""
+
+    product: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+    summary: str = ""
+    version_file: str
+    releases: str = "releases"
+    """Directory (relative to product.yaml) holding one ``<version>/`` dir per release,
+    each with ``root/`` (files as laid out on the target) and ``config/`` (jinja2 templates
+    of config files, ``<target path>.j2``)."""
+    variables: dict[str, Any] = Field(default_factory=dict)
+    lookups: dict[str, Lookup] = Field(default_factory=dict)
+    services: ServicesSpec = ServicesSpec()
+    checks: tuple[Check, ...] = ()
+    sandbox: SandboxSpec = SandboxSpec()
+
+    @field_validator("version_file")
+    @classmethod
+    def _rel(cls, v: str) -> str:
+        return check_relpath(v)
+
+
+class FilesSpec(_Spec):
+    """Which parts of the release tree the jump carries."""
+
+    include: tuple[str, ...] = ("**",)
+    """fnmatch patterns on target paths; ``*`` also matches ``/``."""
+    exclude: tuple[str, ...] = ()
+    modes: dict[str, str] = Field(default_factory=dict)
+    """pattern -> octal mode, overriding the mode the release tree has."""
+    remove: tuple[str, ...] = ()
+    """Extra paths to delete that the diff of the two releases does not show."""
+
+    @field_validator("modes")
+    @classmethod
+    def _modes(cls, v: dict[str, str]) -> dict[str, str]:
+        for pat, mode in v.items():
+            try:
+                m = int(str(mode), 8)
+            except ValueError as e:
+                raise ValueError(f"mode for {pat!r} is not octal: {mode!r}") from e
+            if m & 0o7000 or m > 0o777:
+                raise ValueError(f"mode for {pat!r} must be within 0777 (no setuid/setgid/sticky)")
+        return v
+
+
+class ConfigSpec(_Spec):
+    """A config file's policy in this jump."""
+
+    path: str
+    policy: Literal["replace", "keep-local", "rewrite"] = "replace"
+    rules: tuple[RewriteRule, ...] = ()
+
+    @field_validator("path")
+    @classmethod
+    def _rel(cls, v: str) -> str:
+        return check_relpath(v)
+
+
+class HookSpec(_Spec):
+    """A deploy hook: a script from the jump dir run with the services stopped."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    when: Literal["pre", "post"]
+    script: str
+    undo_script: str | None = None
+    timeout: float = 300.0
+
+
+class JumpSpec(_Spec):
+    """jumps/<from>-<to>.yaml"""
+
+    from_version: str = Field(alias="from")
+    to_version: str = Field(alias="to")
+    date: dt.date | None = None
+    """Release date; fixes timestamps in the bundle unless SOURCE_DATE_EPOCH is set."""
+    files: FilesSpec = FilesSpec()
+    configs: tuple[ConfigSpec, ...] = ()
+    variables: dict[str, Any] = Field(default_factory=dict)
+    checks: tuple[Check, ...] = ()
+    hooks: tuple[HookSpec, ...] = ()
+    services: ServicesSpec | None = None
+
+    @field_validator("from_version", "to_version")
+    @classmethod
+    def _version(cls, v: str) -> str:
+        Version.parse(v)
+        return v
+
+
+class Product:
+    """A loaded product: its spec, its directory and its jumps."""
+
+    def __init__(self, spec: ProductSpec, directory: Path) -> None:
+        self.spec = spec
+        self.dir = directory
+
+    @property
+    def name(self) -> str:
+        """The product name."""
+        return self.spec.product
+
+    def release_dir(self, version: str) -> Path:
+        """``releases/<version>``."""
+        return self.dir / self.spec.releases / version
+
+    def jump_files(self) -> dict[tuple[str, str], Path]:
+        """Every defined jump, keyed by (from, to) as its file name says."""
+        out: dict[tuple[str, str], Path] = {}
+        for p in sorted((self.dir / "jumps").glob("*.yaml")):
+            frm, sep, to = p.stem.partition("-")
+            if sep:
+                out[(frm, to)] = p
+        return out
+
+    def jump(self, frm: str, to: str) -> JumpSpec:
+        """Load and validate one jump.
+
+        Raises:
+            UnknownJumpError: no such jump (the message lists the defined ones).
+            SpecError: the jump file is invalid.
+        """
+        jumps = self.jump_files()
+        path = jumps.get((frm, to))
+        if path is None:
+            defined = ", ".join(f"{a} -> {b}" for a, b in sorted(jumps)) or "none"
+            raise UnknownJumpError(f"{self.name} has no jump {frm} -> {to}; defined: {defined}")
+        spec = _validate(JumpSpec, path)
+        if (spec.from_version, spec.to_version) != (frm, to):
+            raise SpecError(f"{path}: from/to ({spec.from_version} -> {spec.to_version}) do not match the file name")
+        return spec
+
+
+def _load_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError as e:
+        raise SpecError(f"{path}: no such file") from e
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path}: not valid YAML: {e}") from e
+
+
+def _validate(model: type[M], path: Path) -> M:
+    data = _load_yaml(path)
+    try:
+        return model.model_validate(data if data is not None else {}, strict=False)
+    except ValidationError as e:
+        problems = [f"{path}: {'.'.join(str(x) for x in err['loc']) or '(top)'}: {err['msg']}" for err in e.errors()]
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise SpecError(problems[0] + more, problems=problems) from e
+
+
+def load_product(specs_dir: Path, product: str | None) -> Product:
+    """Load ``specs/<product>/product.yaml``; with no product named, the only one there.
+
+    Raises:
+        SpecError: missing or invalid, or several products and none named.
+    """
+    if product is None:
+        found = sorted(p.parent.name for p in specs_dir.glob("*/product.yaml"))
+        if len(found) != 1:
+            raise SpecError(f"{specs_dir} holds {len(found)} products ({', '.join(found)}); pass --product")
+        product = found[0]
+    path = specs_dir / product / "product.yaml"
+    spec = _validate(ProductSpec, path)
+    if spec.product != product:
+        raise SpecError(f"{path}: product: {spec.product!r} does not match its directory {product!r}")
+    return Product(spec, path.parent)

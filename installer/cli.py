@@ -1,0 +1,224 @@
+"""``bundle-install``: the operator's command line. It only presents; the work is in
+:mod:`installer.engine`."""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+from installer import __version__
+from installer.engine import Engine, Options
+from installer.errors import JumpkitError, PreconditionError
+from installer.format import READABLE_FORMATS
+from installer.state import StatusDoc
+
+EXIT_CODES = """Exit codes: 0 ok; 2 usage; 3 bundle rejected (integrity, signature, format);
+4 precondition failed (nothing changed); 5 apply failed and was rolled back;
+6 apply failed and rollback failed (operator action needed; status says what);
+7 another run holds the lock."""
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="Verify, stage and apply jumpkit upgrade bundles on this manager.\n\n"
+    "Every apply is journaled under the state dir: after a crash, 'resume' finishes it and "
+    "'rollback' returns to the old version.\n\n" + EXIT_CODES,
+)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True)
+
+
+@dataclass
+class Globals:
+    """Options given before the command."""
+
+    opts: Options
+    json: bool
+    debug: bool
+
+
+G: Globals | None = None
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts.")]
+
+
+def _version_cb(value: bool) -> None:
+    if value:
+        print(f"bundle-install {__version__} (bundle formats {', '.join(map(str, READABLE_FORMATS))})")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    root: Annotated[Path, typer.Option("--root", help="Prefix for every target path (a sandbox root).")] = Path("/"),
+    state_dir: Annotated[Path | None, typer.Option("--state-dir", help="State dir (default <root>/var/lib/jumpkit/<product>).")] = None,
+    trust: Annotated[list[Path] | None, typer.Option("--trust", help="Trusted public key file or dir (default <root>/etc/jumpkit/trusted-keys/). Repeatable.")] = None,
+    allow_unsigned: Annotated[bool, typer.Option("--allow-unsigned", help="DEVELOPMENT ONLY: skip the signature check.")] = False,
+    accept_drift: Annotated[bool, typer.Option("--accept-drift", help="Apply over locally modified files (they are backed up).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Proceed although the services are unhealthy now.")] = False,
+    json_out: JsonOpt = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version_cb, is_eager=True, help="Print the version and the bundle formats read.")] = False,
+) -> None:
+    """Global options."""
+    global G
+    G = Globals(
+        Options(root=root, state_dir=state_dir, trust=list(trust or []), allow_unsigned=allow_unsigned,
+                accept_drift=accept_drift, force=force),
+        json_out, debug,
+    )
+    if allow_unsigned:
+        err.print("WARNING: --allow-unsigned: the bundle's signature is NOT checked. Development only.")
+
+
+def _g() -> Globals:
+    assert G is not None
+    return G
+
+
+def _fail(e: JumpkitError, as_json: bool) -> NoReturn:
+    if _g().debug:
+        traceback.print_exception(e)
+    details = getattr(e, "details", [])
+    if as_json:
+        print(json.dumps({"ok": False, "exit": e.exit_code, "error": e.message, "details": details}))
+    else:
+        err.print(f"bundle-install: {e.message}")
+        for d in details[1:] if isinstance(e, PreconditionError) else details:
+            err.print(f"  - {d}")
+    raise typer.Exit(e.exit_code)
+
+
+@contextmanager
+def _progress(as_json: bool) -> Iterator[Callable[[str, int], Callable[[int], None]] | None]:
+    if as_json or not sys.stderr.isatty():
+        yield None
+        return
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), TimeRemainingColumn(), console=err, transient=True) as bar:
+        def factory(label: str, total: int) -> Callable[[int], None]:
+            task = bar.add_task(label, total=total)
+            return lambda n: bar.advance(task, n)
+        yield factory
+
+
+def _engine(as_json: bool, progress: Callable[[str, int], Callable[[int], None]] | None) -> Engine:
+    log: Callable[[str], None] = (lambda _: None) if as_json else (lambda line: err.print(line))
+    return Engine(_g().opts, log=log, progress=progress)
+
+
+def _run(as_json: bool, fn: Callable[[Engine], Any]) -> Any:
+    as_json = as_json or _g().json
+    with _progress(as_json) as progress:
+        try:
+            return fn(_engine(as_json, progress))
+        except JumpkitError as e:
+            _fail(e, as_json)
+
+
+def _print_status(doc: StatusDoc, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(doc.to_json(), indent=2))
+        return
+    out.print(f"status:  {doc.status}")
+    out.print(f"summary: {doc.summary}")
+    if doc.from_version:
+        out.print(f"jump:    {doc.from_version} -> {doc.to_version}")
+    if doc.step:
+        out.print(f"step:    {doc.step}")
+    if doc.outage_seconds is not None:
+        out.print(f"outage:  {doc.outage_seconds:.3f}s")
+
+
+@app.command()
+def verify(bundle: Path, json_out: JsonOpt = False) -> None:
+    """Check a bundle's signature, manifest and every member's sha256. Changes nothing."""
+    m = _run(json_out, lambda e: e.verify(bundle))
+    if json_out or _g().json:
+        print(json.dumps({"ok": True, "bundle": m.bundle_id, "files": len(m.files), "bytes": m.total_size()}))
+    else:
+        out.print(f"OK {m.bundle_id}: signature and {len(m.members())} members verified")
+
+
+@app.command()
+def stage(bundle: Path, json_out: JsonOpt = False) -> None:
+    """Verify, run pre-flight checks and unpack into the staging area. Nothing stops."""
+    path = _run(json_out, lambda e: e.stage(bundle))
+    if json_out or _g().json:
+        print(json.dumps({"ok": True, "staging": str(path)}))
+    else:
+        out.print(f"staged into {path}")
+
+
+@app.command()
+def apply(bundle: Annotated[Path | None, typer.Argument(help="Bundle file; omit to apply the staged one.")] = None,
+          json_out: JsonOpt = False) -> None:
+    """Verify, stage, back up, stop, swap, start, health-check, commit; roll back on failure."""
+    doc = _run(json_out, lambda e: e.apply(bundle))
+    _print_status(doc, json_out or _g().json)
+
+
+@app.command()
+def status(json_out: JsonOpt = False) -> None:
+    """Show the state of the last or current run (status.json)."""
+    _print_status(_run(json_out, lambda e: e.status()), json_out or _g().json)
+
+
+@app.command()
+def resume(json_out: JsonOpt = False) -> None:
+    """Finish an apply (or rollback) that was interrupted by a crash."""
+    _print_status(_run(json_out, lambda e: e.resume()), json_out or _g().json)
+
+
+@app.command()
+def rollback(json_out: JsonOpt = False) -> None:
+    """Return to the from-version: after a crash, or after a finished apply while its backup is kept."""
+    _print_status(_run(json_out, lambda e: e.rollback()), json_out or _g().json)
+
+
+@app.command()
+def unstage(json_out: JsonOpt = False) -> None:
+    """Remove staging and backups. After this a finished apply can no longer be rolled back."""
+    msg = _run(json_out, lambda e: e.unstage())
+    print(json.dumps({"ok": True, "message": msg}) if (json_out or _g().json) else msg)
+
+
+@app.command()
+def plan(bundle: Path, json_out: JsonOpt = False) -> None:
+    """Dry run: every step apply would take and what it would touch. Changes nothing."""
+    report = _run(json_out, lambda e: e.plan(bundle))
+    if json_out or _g().json:
+        print(json.dumps(report, indent=2))
+        return
+    out.print(f"{report['bundle']}: installed {report['installed']}, upgrades {report['from']} -> {report['to']}")
+    pf = report["preflight"]
+    out.print("pre-flight: " + ("ok" if pf["ok"] else "WOULD FAIL"))
+    for line in pf.get("passed", []) + pf.get("problems", []):
+        out.print(f"  - {line}")
+    for d in report["drift"]:
+        out.print(f"  drift: {d}")
+    for n in report["notes"]:
+        out.print(f"  config: {n}")
+    for i, s in enumerate(report["steps"], 1):
+        out.print(f"{i:2}. {s['step']:<15} {s['detail']}")
+    out.print(f"estimated outage: {report['outage_estimate_seconds']}s")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

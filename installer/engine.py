@@ -1,0 +1,583 @@
+"""Orchestration: verify -> preflight -> stage -> plan -> journaled steps -> commit, and
+resume/rollback from whatever the journal says. Only this module sequences steps."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from installer.archive import (
+    DEFAULT_MAX_BUNDLE_BYTES,
+    Bundle,
+    iter_verified,
+    open_bundle,
+    verify_bundle,
+)
+from installer.errors import (
+    ApplyError,
+    JumpkitError,
+    PreconditionError,
+    RollbackError,
+    SpaceError,
+    StateError,
+    UsageError,
+)
+from installer.failpoints import failpoint
+from installer.format import Manifest, load_trusted_keys, verify_signature
+from installer.health import wait_healthy
+from installer.plan import Plan, compute_plan
+from installer.services import ServiceManager, service_manager
+from installer.stage import is_staged, load_staged, stage_bundle
+from installer.state import StateDir, StatusDoc, default_state_dir, find_state_dir
+from installer.steps import Context, Step, StopServices, apply_steps
+
+Log = Callable[[str], None]
+ProgressFactory = Callable[[str, int], Callable[[int], None]]
+SPACE_MARGIN = 1.05
+SPACE_SLACK = 16 * 1024 * 1024
+
+
+@dataclass
+class Options:
+    """What the operator chose on the command line."""
+
+    root: Path
+    state_dir: Path | None = None
+    trust: list[Path] = field(default_factory=list)
+    allow_unsigned: bool = False
+    accept_drift: bool = False
+    force: bool = False
+    max_bundle_bytes: int = DEFAULT_MAX_BUNDLE_BYTES
+
+
+def read_installed_version(root: Path, manifest: Manifest) -> str | None:
+    """The version the target reports in its version file, or None if unreadable."""
+    try:
+        return (root / manifest.version_file).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+class Engine:
+    """The installer's library API; the CLI only presents what this returns or raises."""
+
+    def __init__(
+        self,
+        opts: Options,
+        *,
+        log: Log = lambda _: None,
+        progress: ProgressFactory | None = None,
+        services: Callable[[Manifest, Path], ServiceManager] | None = None,
+    ) -> None:
+        self.opts = opts
+        self.root = opts.root
+        self._log = log
+        self._progress = progress
+        self._services = services or (lambda m, r: service_manager(m.services, r))
+        self._status: StatusDoc | None = None
+        self._state: StateDir | None = None
+
+    # --- plumbing -----------------------------------------------------------------
+    def _trusted(self) -> dict[str, Any]:
+        paths = self.opts.trust or [self.root / "etc/jumpkit/trusted-keys"]
+        return load_trusted_keys(paths)
+
+    def state_for(self, manifest: Manifest | None) -> StateDir:
+        """The state dir: --state-dir, the manifest's product default, or the only one."""
+        if self.opts.state_dir is not None:
+            return StateDir(self.opts.state_dir)
+        if manifest is not None:
+            return StateDir(default_state_dir(self.root, manifest.product))
+        found = find_state_dir(self.root)
+        if found is None:
+            raise UsageError(f"no single jumpkit state dir under {self.root}; pass --state-dir")
+        return StateDir(found)
+
+    def log(self, line: str) -> None:
+        """Log to the caller and, during a run, into status.json."""
+        self._log(line)
+        if self._status is not None and self._state is not None:
+            self._status.log.append(f"{time.strftime('%H:%M:%S')} {line}")
+            self._state.write_status(self._status)
+
+    def _set_status(self, **kw: Any) -> None:
+        assert self._status is not None and self._state is not None
+        for k, v in kw.items():
+            setattr(self._status, k, v)
+        self._state.write_status(self._status)
+
+    def _open(self, bundle_path: Path) -> tuple[Bundle, Manifest, bytes, bytes]:
+        bundle = open_bundle(bundle_path)
+        manifest, data, sig = verify_bundle(
+            bundle, self._trusted(), allow_unsigned=self.opts.allow_unsigned,
+            max_bytes=self.opts.max_bundle_bytes,
+        )
+        return bundle, manifest, data, sig
+
+    # --- verify -------------------------------------------------------------------
+    def verify(self, bundle_path: Path) -> Manifest:
+        """Check signature, manifest, member list and every member's hash. Writes nothing.
+
+        Raises:
+            BundleRejectedError: any check fails.
+        """
+        bundle, manifest, _, _ = self._open(bundle_path)
+        members = manifest.members()
+        tick = self._progress("verify", manifest.total_size()) if self._progress else None
+
+        def check(name: str) -> None:
+            sha, size = members[name]
+            for chunk in iter_verified(bundle, name, sha, size):
+                if tick is not None:
+                    tick(len(chunk))
+
+        try:
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                for fut in [pool.submit(check, n) for n in sorted(members, key=lambda n: -members[n][1])]:
+                    fut.result()
+        finally:
+            bundle.close()
+        return manifest
+
+    # --- preflight ----------------------------------------------------------------
+    def preflight(self, manifest: Manifest, state: StateDir, *, staged: bool) -> list[str]:
+        """Every precondition, collected; returns the lines that passed.
+
+        Raises:
+            PreconditionError: one or more checks failed (all are listed in ``details``).
+        """
+        problems: list[str] = []
+        passed: list[str] = []
+        installed = read_installed_version(self.root, manifest)
+        if installed is None:
+            problems.append(f"cannot read the installed version from {manifest.version_file}")
+        elif installed != manifest.from_version:
+            problems.append(
+                f"installed version is {installed}; this bundle upgrades {manifest.from_version}"
+                f" -> {manifest.to_version}"
+            )
+        else:
+            passed.append(f"installed version {installed} matches")
+        state.ensure()
+        dev = os.stat(state.path).st_dev
+        for top in sorted({f.path.split("/")[0] for f in manifest.files}):
+            probe = self.root / top
+            while not probe.exists():
+                probe = probe.parent
+            if os.stat(probe).st_dev != dev:
+                problems.append(f"{probe} is not on the state dir's filesystem (renames would copy)")
+        if not staged:
+            need = int(manifest.total_size() * SPACE_MARGIN) + SPACE_SLACK
+            free = shutil.disk_usage(state.path).free
+            if free < need:
+                problems.append(f"staging needs {need >> 20} MiB, {state.path} has {free >> 20} MiB free")
+            else:
+                passed.append(f"space: {need >> 20} MiB needed, {free >> 20} MiB free")
+        for check in manifest.checks:
+            path = self.root / check.path
+            label = check.description or f"{check.kind} {check.path}"
+            if check.kind == "disk-space":
+                free_mb = shutil.disk_usage(path).free >> 20 if path.exists() else 0
+                ok = free_mb >= check.min_mb
+                msg = f"{label}: {free_mb} MiB free, need {check.min_mb}"
+            elif check.kind == "writable":
+                ok = os.access(path, os.W_OK)
+                msg = f"{label}: {'writable' if ok else 'not writable'}"
+            else:
+                try:
+                    p = subprocess.run(list(check.command), cwd=self.root, capture_output=True,
+                                       text=True, timeout=check.timeout)
+                    ok = p.returncode == 0
+                    msg = f"{label}: exit {p.returncode} {(p.stdout + p.stderr).strip()[-200:]}"
+                except (OSError, subprocess.TimeoutExpired) as e:
+                    ok, msg = False, f"{label}: {e}"
+            (passed if ok else problems).append(msg)
+        if problems:
+            cls = SpaceError if all("MiB" in p for p in problems) else PreconditionError
+            raise cls(f"pre-flight failed: {problems[0]}" + (
+                f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""), details=problems)
+        return passed
+
+    # --- stage --------------------------------------------------------------------
+    def stage(self, bundle_path: Path) -> Path:
+        """Verify, check preconditions and unpack; the manager is not touched.
+
+        Raises:
+            BundleRejectedError, PreconditionError, LockedError, StateError.
+        """
+        bundle, manifest, data, sig = self._open(bundle_path)
+        state = self.state_for(manifest)
+        try:
+            with state.locked():
+                self._refuse_unfinished(state)
+                staged = is_staged(state, data, manifest.bundle_id)
+                self.preflight(manifest, state, staged=staged)
+                path = self._stage(bundle, manifest, data, sig, state)
+        finally:
+            bundle.close()
+        doc = state.read_status()
+        if doc.status not in ("working",):
+            doc = StatusDoc(status="staged", summary=f"{manifest.bundle_id} staged",
+                            bundle_id=manifest.bundle_id, from_version=manifest.from_version,
+                            to_version=manifest.to_version)
+            state.write_status(doc)
+        return path
+
+    def _stage(self, bundle: Bundle, manifest: Manifest, data: bytes, sig: bytes, state: StateDir) -> Path:
+        tick = self._progress("stage", manifest.total_size()) if self._progress else None
+        t0 = time.monotonic()
+        path = stage_bundle(bundle, manifest, data, sig, state, progress=tick)
+        self._log(f"staged {len(manifest.files)} files in {time.monotonic() - t0:.2f}s")
+        return path
+
+    # --- journal helpers ----------------------------------------------------------
+    @staticmethod
+    def _txn(state: StateDir) -> list[dict[str, Any]]:
+        records = state.journal()
+        starts = [i for i, r in enumerate(records) if r.get("event") == "start"]
+        return records[starts[-1]:] if starts else []
+
+    @staticmethod
+    def _txn_state(txn: list[dict[str, Any]]) -> str:
+        events = [r["event"] for r in txn]
+        if not events:
+            return "none"
+        for final in ("rolled-back", "commit", "rollback-start"):
+            if final in events:
+                last = max(i for i, e in enumerate(events) if e in ("rolled-back", "commit", "rollback-start"))
+                return {"rolled-back": "rolled-back", "commit": "committed",
+                        "rollback-start": "rolling-back"}[events[last]]
+        return "applying"
+
+    def _refuse_unfinished(self, state: StateDir) -> None:
+        st = self._txn_state(self._txn(state))
+        if st in ("applying", "rolling-back"):
+            raise StateError(
+                f"an earlier apply did not finish ({st}); run 'bundle-install resume' or "
+                "'bundle-install rollback' first"
+            )
+
+    def _context(self, state: StateDir, manifest: Manifest, plan: Plan, txn: list[dict[str, Any]]) -> Context:
+        ctx = Context(
+            root=self.root, state=state, manifest=manifest, plan=plan,
+            staging=state.staging_dir(manifest.bundle_id), backup=state.backup_dir(manifest.bundle_id),
+            services=self._services(manifest, self.root), log=self.log,
+        )
+        for r in txn:
+            if r.get("event") == "note":
+                ctx.notes[r["step"]] = r["data"]
+        return ctx
+
+    # --- apply --------------------------------------------------------------------
+    def apply(self, bundle_path: Path | None) -> StatusDoc:
+        """Apply a bundle (or the one staged) as one journaled transaction.
+
+        Raises:
+            BundleRejectedError: exit 3. PreconditionError: exit 4, nothing changed.
+            ApplyError: exit 5, rolled back. RollbackError: exit 6. LockedError: exit 7.
+        """
+        bundle: Bundle | None = None
+        if bundle_path is not None:
+            bundle, manifest, data, sig = self._open(bundle_path)
+            state = self.state_for(manifest)
+        else:
+            state = self.state_for(None)
+            manifest, data, sig = self._staged_bundle(state)
+        try:
+            with state.locked() as lock_note:
+                if lock_note:
+                    self._log(lock_note)
+                self._refuse_unfinished(state)
+                staged = is_staged(state, data, manifest.bundle_id)
+                self.preflight(manifest, state, staged=staged)
+                if not staged:
+                    assert bundle is not None
+                    self._stage(bundle, manifest, data, sig, state)
+                return self._transact(state, manifest)
+        finally:
+            if bundle is not None:
+                bundle.close()
+
+    def _staged_bundle(self, state: StateDir) -> tuple[Manifest, bytes, bytes]:
+        complete = [d for d in sorted(state.staging.glob("*")) if (d / ".complete").exists()]
+        if len(complete) != 1:
+            raise UsageError(f"{len(complete)} staged bundles in {state.staging}; name the bundle")
+        manifest, data = load_staged(state, complete[0].name)
+        sig = (complete[0] / "manifest.sig").read_bytes()
+        if not self.opts.allow_unsigned:
+            verify_signature(data, sig, self._trusted())
+        return manifest, data, sig
+
+    def _transact(self, state: StateDir, manifest: Manifest) -> StatusDoc:
+        staging = state.staging_dir(manifest.bundle_id)
+        plan = compute_plan(manifest, self.root, staging, accept_drift=self.opts.accept_drift)
+        for note in plan.notes:
+            self._log(note)
+        if plan.drift:
+            self._log(f"accepting drift in {len(plan.drift)} file(s); originals go to the backup")
+        plan.save(staging)
+        for old in state.backup.iterdir():
+            state.remove_tree(old)
+        state.backup_dir(manifest.bundle_id).mkdir(parents=True)
+        state.journal_reset()
+        steps = apply_steps()
+        self._state = state
+        self._status = StatusDoc(
+            status="working", summary=f"applying {manifest.from_version} -> {manifest.to_version}",
+            bundle_id=manifest.bundle_id, from_version=manifest.from_version,
+            to_version=manifest.to_version, started=time.time(),
+        )
+        state.journal_append({"event": "start", "bundle": manifest.bundle_id,
+                              "steps": [s.name for s in steps]})
+        self._set_status()
+        ctx = self._context(state, manifest, plan, [])
+        return self._run(ctx, steps, 0)
+
+    def _run(self, ctx: Context, steps: list[Step], first: int) -> StatusDoc:
+        state = ctx.state
+        for step in steps[first:]:
+            failpoint(f"begin:{step.name}")
+            state.journal_append({"event": "begin", "step": step.name})
+            self._set_status(step=step.name)
+            failpoint(f"run:{step.name}")
+            try:
+                step.run(ctx)
+            except (JumpkitError, OSError, KeyboardInterrupt) as e:
+                reason = f"{step.name} failed: {getattr(e, 'message', None) or e}"
+                self.log(reason)
+                self._rollback(ctx, steps, reason)
+                raise ApplyError(f"{reason}; rolled back to {ctx.manifest.from_version}",
+                                 step=step.name) from e
+            failpoint(f"done:{step.name}")
+            state.journal_append({"event": "done", "step": step.name})
+        failpoint("commit")
+        state.journal_append({"event": "commit"})
+        outage = self._outage(state)
+        summary = f"upgraded {ctx.manifest.from_version} -> {ctx.manifest.to_version}"
+        if outage is not None:
+            summary += f"; outage {outage:.2f}s"
+        self._set_status(status="finished", step=None, summary=summary, finished=time.time(),
+                         outage_seconds=outage)
+        self.log(summary)
+        state.append_history({"result": "finished", "bundle": ctx.manifest.bundle_id,
+                              "outage_seconds": outage})
+        assert self._status is not None
+        return self._status
+
+    def _outage(self, state: StateDir) -> float | None:
+        txn = self._txn(state)
+        t0 = next((r["ts"] for r in txn if r.get("event") == "begin" and r["step"] == StopServices.name), None)
+        t1 = next((r["ts"] for r in reversed(txn) if r.get("event") == "done" and r["step"] == "health"), None)
+        return round(t1 - t0, 3) if t0 is not None and t1 is not None else None
+
+    def _rollback(self, ctx: Context, steps: list[Step], reason: str) -> None:
+        state = ctx.state
+        txn = self._txn(state)
+        if not any(r["event"] == "rollback-start" for r in txn):
+            state.journal_append({"event": "rollback-start", "reason": reason})
+            txn = self._txn(state)
+        self._set_status(status="working", summary=f"rolling back: {reason}")
+        begun = [r["step"] for r in txn if r["event"] == "begin"]
+        undone = {r["step"] for r in txn if r["event"] == "undo-done"}
+        by_name = {s.name: s for s in steps}
+        restarted = False
+        for name in reversed(list(dict.fromkeys(begun))):
+            if name in undone:
+                continue
+            step = by_name[name]
+            failpoint(f"undo:{name}")
+            self.log(f"undo {name}")
+            state.journal_append({"event": "undo-begin", "step": name})
+            self._set_status(step=f"undo {name}")
+            try:
+                step.undo(ctx)
+            except (JumpkitError, OSError) as e:
+                msg = (f"rollback failed in {name}: {getattr(e, 'message', None) or e}; "
+                       f"the manager is between {ctx.manifest.from_version} and "
+                       f"{ctx.manifest.to_version}: fix the cause, then 'bundle-install rollback'")
+                state.journal_append({"event": "rollback-failed", "step": name, "error": str(e)})
+                self._set_status(status="failed", summary=msg)
+                state.append_history({"result": "failed", "bundle": ctx.manifest.bundle_id, "error": msg})
+                raise RollbackError(msg) from e
+            failpoint(f"after-undo:{name}")
+            state.journal_append({"event": "undo-done", "step": name})
+            restarted = restarted or name == StopServices.name
+        if restarted and ctx.manifest.services.health and ctx.notes.get(StopServices.name, {}).get("running"):
+            try:
+                wait_healthy(ctx.manifest.services.health, ctx.variables(ctx.manifest.from_version), self.root)
+            except JumpkitError as e:
+                msg = f"rolled back files, but {ctx.manifest.from_version} is not healthy: {e.message}"
+                self._set_status(status="failed", summary=msg)
+                raise RollbackError(msg) from e
+        state.journal_append({"event": "rolled-back"})
+        self._set_status(status="rolled-back", step=None, finished=time.time(), outage_seconds=None,
+                         summary=f"rolled back to {ctx.manifest.from_version}: {reason}")
+        state.append_history({"result": "rolled-back", "bundle": ctx.manifest.bundle_id, "reason": reason})
+
+    # --- resume / rollback ----------------------------------------------------------
+    def _load_txn(self, state: StateDir) -> tuple[Context, list[Step], list[dict[str, Any]]]:
+        txn = self._txn(state)
+        if not txn:
+            raise StateError("nothing to resume or roll back: the journal is empty")
+        bundle_id = txn[0]["bundle"]
+        manifest, _ = load_staged(state, bundle_id)
+        plan = Plan.load(state.staging_dir(bundle_id))
+        self._state = state
+        self._status = state.read_status()
+        steps = apply_steps()
+        return self._context(state, manifest, plan, txn), steps, txn
+
+    def resume(self) -> StatusDoc:
+        """Continue an interrupted apply (or an interrupted rollback) to its end.
+
+        Raises:
+            StateError: nothing is unfinished. ApplyError/RollbackError as for apply.
+        """
+        state = self.state_for(None)
+        with state.locked():
+            ctx, steps, txn = self._load_txn(state)
+            st = self._txn_state(txn)
+            if st == "rolling-back":
+                reason = next(r["reason"] for r in txn if r["event"] == "rollback-start")
+                self._rollback(ctx, steps, reason)
+                raise ApplyError(f"resumed the interrupted rollback to {ctx.manifest.from_version}")
+            if st != "applying":
+                raise StateError(f"nothing to resume: the last apply is {st}")
+            done = {r["step"] for r in txn if r["event"] == "done"}
+            first = next((i for i, s in enumerate(steps) if s.name not in done), len(steps))
+            self._set_status(status="working", summary=f"resuming at {steps[first].name if first < len(steps) else 'commit'}")
+            self.log(f"resuming after a crash at step {first + 1}/{len(steps)}")
+            return self._run(ctx, steps, first)
+
+    def rollback(self) -> StatusDoc:
+        """Return to the from-version, from a crash, a failure, or a finished apply
+        (while its backup is kept).
+
+        Raises:
+            StateError: nothing to roll back. RollbackError: exit 6.
+        """
+        state = self.state_for(None)
+        with state.locked():
+            ctx, steps, txn = self._load_txn(state)
+            st = self._txn_state(txn)
+            if st == "rolled-back":
+                raise StateError("nothing to roll back: the last apply was already rolled back")
+            if not state.backup_dir(ctx.manifest.bundle_id).is_dir():
+                raise StateError("the backup of the last apply is gone (unstaged); cannot roll back")
+            self._rollback(ctx, steps, "requested by the operator" if st == "committed" else "after an interrupted apply")
+            assert self._status is not None
+            return self._status
+
+    # --- unstage / status / plan ------------------------------------------------------
+    def unstage(self) -> str:
+        """Drop staging and backups (after which a finished apply can no longer be rolled back).
+
+        Raises:
+            StateError: an apply is unfinished.
+        """
+        state = self.state_for(None)
+        with state.locked():
+            self._refuse_unfinished(state)
+            n = 0
+            for d in [*state.staging.iterdir(), *state.backup.iterdir()]:
+                state.remove_tree(d)
+                n += 1
+            doc = state.read_status()
+            if doc.status == "staged":
+                doc = StatusDoc(status="idle", summary="unstaged")
+            else:
+                doc.log.append(f"{time.strftime('%H:%M:%S')} staging and backups removed")
+            state.write_status(doc)
+            return f"removed {n} staging/backup dir(s)"
+
+    def status(self) -> StatusDoc:
+        """The current status document (idle when nothing ever ran)."""
+        try:
+            state = self.state_for(None)
+        except UsageError:
+            return StatusDoc(summary=f"no jumpkit state under {self.root}")
+        return state.read_status()
+
+    def plan(self, bundle_path: Path) -> dict[str, Any]:
+        """Dry run: what apply would do, changing nothing under the root.
+
+        Raises:
+            BundleRejectedError: as verify.
+        """
+        bundle, manifest, _, _ = self._open(bundle_path)
+        state = self.state_for(manifest)
+        report: dict[str, Any] = {
+            "bundle": manifest.bundle_id, "from": manifest.from_version, "to": manifest.to_version,
+            "installed": read_installed_version(self.root, manifest),
+        }
+        try:
+            with tempfile.TemporaryDirectory(prefix="jumpkit-plan-") as tmp:
+                for f in manifest.files:
+                    if f.kind == "config":
+                        dest = Path(tmp) / "defaults" / f.path
+                        dest.parent.mkdir(parents=True, exist_ok=True)
+                        assert f.sha256 is not None
+                        with open(dest, "wb") as out:
+                            for chunk in iter_verified(bundle, f.member, f.sha256, f.size):
+                                out.write(chunk)
+                try:
+                    report["preflight"] = {"ok": True, "passed": self._preflight_dry(manifest, state)}
+                except PreconditionError as e:
+                    report["preflight"] = {"ok": False, "problems": e.details}
+                plan = compute_plan(manifest, self.root, Path(tmp), accept_drift=True)
+        finally:
+            bundle.close()
+        steps = apply_steps()
+        report["drift"] = plan.drift
+        report["notes"] = plan.notes
+        report["steps"] = [
+            {"step": "verify", "detail": f"signature + {len(manifest.members())} members"},
+            {"step": "stage", "detail": f"{manifest.total_size()} bytes into {state.staging_dir(manifest.bundle_id)}"},
+        ] + [{"step": s.name, "detail": self._describe(s.name, manifest, plan)} for s in steps] + [
+            {"step": "commit", "detail": "journal commit; backup kept until unstage or the next apply"}]
+        report["files"] = [{"path": op.path, "action": op.action if op.action == "remove" else (
+            "replace" if (self.root / op.path).exists() or (self.root / op.path).is_symlink() else "add"),
+            "group": op.group, "note": op.note} for op in plan.ops]
+        report["services"] = [s.name for s in manifest.services.services]
+        report["outage_estimate_seconds"] = round(
+            sum(min(s.stop_timeout, 2.0) + min(s.start_timeout, 2.0) for s in manifest.services.services)
+            + 0.00002 * len(plan.ops), 2)
+        return report
+
+    def _preflight_dry(self, manifest: Manifest, state: StateDir) -> list[str]:
+        if not state.path.exists():
+            # preflight creates the state dir; a dry run must not
+            with tempfile.TemporaryDirectory(dir=self._existing_parent(state.path)) as tmp:
+                return self.preflight(manifest, StateDir(Path(tmp)), staged=False)
+        return self.preflight(manifest, state, staged=False)
+
+    @staticmethod
+    def _existing_parent(p: Path) -> Path:
+        while not p.exists():
+            p = p.parent
+        return p
+
+    @staticmethod
+    def _describe(name: str, manifest: Manifest, plan: Plan) -> str:
+        svcs = [s.name for s in manifest.services.services]
+        if name == "stop-services":
+            return f"stop {', '.join(reversed(svcs)) or 'nothing'} ({manifest.services.backend})"
+        if name == "start-services":
+            return f"start {', '.join(svcs) or 'nothing'}"
+        if name.startswith("swap-"):
+            ops = plan.group(name.removeprefix("swap-"))
+            return f"{sum(o.action == 'place' for o in ops)} placed, {sum(o.action == 'remove' for o in ops)} removed"
+        if name.startswith("hooks-"):
+            hooks = [h.name for h in manifest.hooks if h.when == name.removeprefix("hooks-")]
+            return ", ".join(hooks) or "none"
+        if name == "health":
+            return ", ".join(c.name for c in manifest.services.health) or "none"
+        return ""

@@ -1,0 +1,465 @@
+"""The bundle format: the single definition shared by the builder (writes) and the
+installer (reads). Manifest model, canonical JSON, hashing and ed25519 signatures.
+
+A bundle (ZIP or RPM payload) holds::
+
+    manifest.json   canonical JSON of :class:`Manifest`
+    manifest.sig    canonical JSON ``{"keyid": ..., "sig": base64}`` over manifest.json
+    payload/<path>  one member per file or config in ``Manifest.files``
+    hooks/, migrations/, bin/   members listed in ``Manifest.extras``
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, BinaryIO, Literal
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from installer.errors import ManifestError, SignatureError, UnsafePathError
+from installer.paths import check_link_target, check_relpath
+from installer.version import Version
+
+FORMAT_VERSION = 1
+READABLE_FORMATS = (1,)
+MANIFEST_NAME = "manifest.json"
+SIGNATURE_NAME = "manifest.sig"
+PAYLOAD_PREFIX = "payload/"
+EXTRA_PREFIXES = ("hooks/", "migrations/", "bin/")
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+MAX_SIGNATURE_BYTES = 4096
+CHUNK = 1024 * 1024
+
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Mode = Annotated[int, Field(ge=0, le=0o7777)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class RewriteRule(_Model):
+    """A regex substitution applied line by line to an operator's config file."""
+
+    pattern: str
+    replacement: str
+
+
+class FileEntry(_Model):
+    """A file, config or symlink the jump places under the root."""
+
+    path: str
+    kind: Literal["file", "config", "symlink"] = "file"
+    sha256: Sha256 | None = None
+    size: int = Field(default=0, ge=0)
+    mode: Mode = 0o644
+    from_sha256: Sha256 | None = None
+    """Hash of the from-version file this replaces (drift check); None: the jump adds it."""
+    policy: Literal["replace", "keep-local", "rewrite"] = "replace"
+    rules: tuple[RewriteRule, ...] = ()
+    link_target: str | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _path_ok(cls, v: str) -> str:
+        return check_relpath(v)
+
+    @model_validator(mode="after")
+    def _kind_ok(self) -> FileEntry:
+        if self.kind == "symlink":
+            if self.link_target is None or self.sha256 is not None:
+                raise ValueError("a symlink has link_target and no sha256")
+            check_link_target(self.path, self.link_target)
+        else:
+            if self.sha256 is None or self.link_target is not None:
+                raise ValueError("a file has sha256 and no link_target")
+            if self.mode & 0o7000:
+                raise ValueError("setuid, setgid and sticky bits are not allowed")
+        if self.kind != "config" and (self.policy != "replace" or self.rules):
+            raise ValueError("only configs have a policy or rules")
+        return self
+
+    @property
+    def member(self) -> str:
+        """Name of the archive member holding this file's bytes."""
+        return PAYLOAD_PREFIX + self.path
+
+
+class RemovedEntry(_Model):
+    """A from-version file that the jump deletes."""
+
+    path: str
+    from_sha256: Sha256 | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _path_ok(cls, v: str) -> str:
+        return check_relpath(v)
+
+
+class Member(_Model):
+    """An archive member that is not placed under the root (hooks, migrations, installer)."""
+
+    name: str
+    sha256: Sha256
+    size: int = Field(ge=0)
+    mode: Mode = 0o644
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, v: str) -> str:
+        check_relpath(v)
+        if not v.startswith(EXTRA_PREFIXES):
+            raise ValueError(f"extra members live under {', '.join(EXTRA_PREFIXES)}")
+        return v
+
+
+class Lookup(_Model):
+    """Where the installer finds a value on the target: an INI key or an environment variable."""
+
+    file: str | None = None
+    key: str | None = None
+    """``section.option`` in an INI file."""
+    env: str | None = None
+    default: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Lookup:
+        if (self.file is None) == (self.env is None):
+            raise ValueError("a lookup names either file+key or env")
+        if self.file is not None:
+            check_relpath(self.file)
+            if not self.key or "." not in self.key:
+                raise ValueError("a file lookup needs key 'section.option'")
+        return self
+
+
+class HealthCheck(_Model):
+    """A check that must pass after start before the apply commits."""
+
+    name: str
+    kind: Literal["http", "tcp", "command"]
+    url: str | None = None
+    expect_status: int = 200
+    expect_body: str | None = None
+    host: str = "127.0.0.1"
+    port: str | None = None
+    command: tuple[str, ...] = ()
+    timeout: float = Field(default=2.0, gt=0, le=600)
+    interval: float = Field(default=0.2, gt=0, le=600)
+    retries: int = Field(default=50, ge=1, le=10000)
+
+
+class Service(_Model):
+    """A service of the manager; started in list order, stopped in reverse."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.:@-]{1,128}$")
+    stop_timeout: float = Field(default=30.0, gt=0)
+    start_timeout: float = Field(default=60.0, gt=0)
+    start: tuple[str, ...] = ()
+    stop: tuple[str, ...] = ()
+    status: tuple[str, ...] = ()
+
+
+class Services(_Model):
+    """How the target runs its services and which ones the jump restarts."""
+
+    backend: Literal["supervisord", "systemd", "command", "none"] = "none"
+    socket: str | None = None
+    """supervisord: unix socket path relative to the root."""
+    services: tuple[Service, ...] = ()
+    health: tuple[HealthCheck, ...] = ()
+
+
+class Check(_Model):
+    """A pre-flight check."""
+
+    kind: Literal["disk-space", "writable", "command"]
+    path: str = "."
+    min_mb: int = Field(default=0, ge=0)
+    command: tuple[str, ...] = ()
+    timeout: float = Field(default=60.0, gt=0)
+    description: str = ""
+
+
+class Hook(_Model):
+    """A script from ``hooks/`` the deploy runs with the services stopped."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    when: Literal["pre", "post"]
+    timeout: float = Field(default=300.0, gt=0)
+    undo: str | None = None
+    """Optional hook name run when the step is rolled back."""
+
+
+class Database(_Model):
+    """A database migrated by alembic from ``migrations/<name>/``."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    url: Lookup
+    from_revision: str | None
+    to_revision: str
+    rehearsal_seconds: float = 0.0
+
+
+class InstallerInfo(_Model):
+    """The frozen installer shipped in ``bin/bundle-install``."""
+
+    sha256: Sha256
+    version: str
+
+
+class Manifest(_Model):
+    """Everything a bundle promises; signed as canonical JSON."""
+
+    format: int
+    product: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+    from_version: str
+    to_version: str
+    version_file: str
+    files: tuple[FileEntry, ...] = ()
+    removed: tuple[RemovedEntry, ...] = ()
+    extras: tuple[Member, ...] = ()
+    lookups: dict[str, Lookup] = Field(default_factory=dict)
+    services: Services = Services()
+    checks: tuple[Check, ...] = ()
+    hooks: tuple[Hook, ...] = ()
+    databases: tuple[Database, ...] = ()
+    installer: InstallerInfo | None = None
+    builder_version: str
+    created: int = Field(ge=0)
+
+    @field_validator("format")
+    @classmethod
+    def _format_ok(cls, v: int) -> int:
+        if v not in READABLE_FORMATS:
+            raise ValueError(f"format {v} is not one this installer reads {READABLE_FORMATS}")
+        return v
+
+    @field_validator("from_version", "to_version")
+    @classmethod
+    def _version_ok(cls, v: str) -> str:
+        Version.parse(v)
+        return v
+
+    @field_validator("version_file")
+    @classmethod
+    def _vf_ok(cls, v: str) -> str:
+        return check_relpath(v)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        if Version.parse(self.to_version) <= Version.parse(self.from_version):
+            raise ValueError(f"to_version {self.to_version} is not above {self.from_version}")
+        seen: dict[str, str] = {}
+        for p in [f.path for f in self.files] + [r.path for r in self.removed]:
+            low = p.casefold()
+            if low in seen:
+                raise ValueError(f"path listed twice (or differing only in case): {p}")
+            seen[low] = p
+        names = [m.name for m in self.extras]
+        if len(set(names)) != len(names):
+            raise ValueError("an extra member is listed twice")
+        return self
+
+    @property
+    def bundle_id(self) -> str:
+        """Stable name for staging and backup directories."""
+        return f"{self.product}-{self.from_version}-to-{self.to_version}"
+
+    def members(self) -> dict[str, tuple[str, int]]:
+        """Every archive member the manifest promises (besides manifest and signature),
+        mapped to (sha256, size)."""
+        out: dict[str, tuple[str, int]] = {}
+        for f in self.files:
+            if f.sha256 is not None:
+                out[f.member] = (f.sha256, f.size)
+        for m in self.extras:
+            out[m.name] = (m.sha256, m.size)
+        return out
+
+    def total_size(self) -> int:
+        """Bytes the payload and extras take once unpacked."""
+        return sum(size for _, size in self.members().values())
+
+
+# --- canonical JSON -------------------------------------------------------------------
+
+
+def canonical_json(obj: Any) -> bytes:
+    """Sorted keys, compact separators, UTF-8: the only byte form jumpkit signs."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ManifestError(f"duplicate JSON key {k!r}")
+        out[k] = v
+    return out
+
+
+def loads_strict(data: bytes, *, what: str) -> Any:
+    """Parse JSON refusing duplicate keys, NaN and non-UTF-8.
+
+    Raises:
+        ManifestError: the bytes are not strict JSON.
+    """
+    def _no_constants(name: str) -> Any:
+        raise ManifestError(f"{what}: {name} is not allowed")
+
+    try:
+        return json.loads(
+            data.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constants
+        )
+    except ManifestError as e:
+        raise ManifestError(f"{what}: {e.message}") from e
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ManifestError(f"{what} is not valid JSON: {e}") from e
+
+
+def manifest_bytes(manifest: Manifest) -> bytes:
+    """The canonical bytes of ``manifest`` (what manifest.json holds)."""
+    return canonical_json(manifest.model_dump(mode="json"))
+
+
+def parse_manifest(data: bytes) -> Manifest:
+    """Parse manifest.json bytes. Call only after :func:`verify_signature` passed.
+
+    Raises:
+        ManifestError: not canonical JSON, or not a valid manifest.
+        UnsafePathError: a path in it is unsafe.
+    """
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"manifest is larger than {MAX_MANIFEST_BYTES} bytes")
+    obj = loads_strict(data, what=MANIFEST_NAME)
+    if not isinstance(obj, dict):
+        raise ManifestError("manifest is not a JSON object")
+    if obj.get("format") not in READABLE_FORMATS:
+        raise ManifestError(
+            f"unknown bundle format {obj.get('format')!r}; this installer reads {READABLE_FORMATS}"
+        )
+    try:
+        manifest = Manifest.model_validate_json(data, strict=True)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        ctx = first.get("ctx", {})
+        inner = ctx.get("error") if isinstance(ctx, dict) else None
+        if isinstance(inner, UnsafePathError):
+            raise inner from e
+        raise ManifestError(f"manifest field {loc}: {first['msg']}") from e
+    if canonical_json(obj) != data:
+        raise ManifestError("manifest.json is not in canonical form")
+    return manifest
+
+
+# --- hashing --------------------------------------------------------------------------
+
+
+def sha256_stream(stream: BinaryIO) -> tuple[str, int]:
+    """Hash a stream in chunks; returns (hex digest, size)."""
+    h = hashlib.sha256()
+    size = 0
+    while chunk := stream.read(CHUNK):
+        h.update(chunk)
+        size += len(chunk)
+    return h.hexdigest(), size
+
+
+def sha256_file(path: Path) -> tuple[str, int]:
+    """Hash a file without holding it in memory; returns (hex digest, size)."""
+    with open(path, "rb") as f:
+        return sha256_stream(f)
+
+
+# --- keys and signatures ----------------------------------------------------------------
+
+
+def key_id(public: Ed25519PublicKey) -> str:
+    """The sha256 of the raw public key, hex: names a key in manifest.sig."""
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    """Read a PEM ed25519 public key.
+
+    Raises:
+        SignatureError: the file is not an ed25519 public key.
+    """
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except (OSError, ValueError) as e:
+        raise SignatureError(f"cannot read public key {path}: {e}") from e
+    if not isinstance(key, Ed25519PublicKey):
+        raise SignatureError(f"{path} is not an ed25519 public key")
+    return key
+
+
+def load_trusted_keys(paths: Iterable[Path]) -> dict[str, Ed25519PublicKey]:
+    """Load every ``*.pub``/``*.pem`` public key from files or directories, by key id.
+
+    Raises:
+        SignatureError: a named file is not a public key.
+    """
+    keys: dict[str, Ed25519PublicKey] = {}
+    for p in paths:
+        files: Iterator[Path] | list[Path]
+        if p.is_dir():
+            files = sorted(x for x in p.iterdir() if x.suffix in (".pub", ".pem"))
+        elif p.exists():
+            files = [p]
+        else:
+            continue
+        for f in files:
+            k = load_public_key(f)
+            keys[key_id(k)] = k
+    return keys
+
+
+def sign_manifest(data: bytes, private: Ed25519PrivateKey) -> bytes:
+    """Return manifest.sig bytes for manifest.json bytes ``data``."""
+    sig = private.sign(data)
+    return canonical_json(
+        {"keyid": key_id(private.public_key()), "sig": base64.b64encode(sig).decode()}
+    )
+
+
+def verify_signature(data: bytes, sig_file: bytes, trusted: dict[str, Ed25519PublicKey]) -> str:
+    """Check manifest.sig over manifest.json bytes against the trusted keys.
+
+    Returns the key id that signed.
+
+    Raises:
+        SignatureError: the signature is malformed, by an unknown key, or does not match.
+    """
+    if len(sig_file) > MAX_SIGNATURE_BYTES:
+        raise SignatureError("manifest.sig is too large")
+    try:
+        obj = loads_strict(sig_file, what=SIGNATURE_NAME)
+    except ManifestError as e:
+        raise SignatureError(e.message) from e
+    if not isinstance(obj, dict) or set(obj) != {"keyid", "sig"}:
+        raise SignatureError("manifest.sig must hold exactly keyid and sig")
+    keyid, sig_b64 = obj["keyid"], obj["sig"]
+    if not isinstance(keyid, str) or not isinstance(sig_b64, str):
+        raise SignatureError("manifest.sig fields must be strings")
+    if not trusted:
+        raise SignatureError("no trusted keys: install one in the trust store or pass --trust")
+    key = trusted.get(keyid)
+    if key is None:
+        raise SignatureError(f"bundle is signed by an untrusted key {keyid[:16]}")
+    try:
+        key.verify(base64.b64decode(sig_b64, validate=True), data)
+    except (InvalidSignature, ValueError) as e:
+        raise SignatureError("signature does not match manifest.json") from e
+    return keyid

@@ -1,0 +1,94 @@
+"""Health checks: HTTP GET, TCP connect, or a command; each retried until it passes."""
+
+from __future__ import annotations
+
+import configparser
+import os
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+
+from installer.errors import HealthCheckError, PreconditionError
+from installer.format import HealthCheck, Lookup
+
+
+def resolve_lookup(lookup: Lookup, root: Path) -> str | None:
+    """Read a value from an INI file under the root or from the environment."""
+    if lookup.env is not None:
+        return os.environ.get(lookup.env, lookup.default)
+    assert lookup.file is not None and lookup.key is not None
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read(root / lookup.file)
+    except configparser.Error as e:
+        raise PreconditionError(f"cannot parse {lookup.file}: {e}") from e
+    section, _, option = lookup.key.partition(".")
+    return parser.get(section, option, fallback=lookup.default)
+
+
+def expand(text: str, variables: Mapping[str, str]) -> str:
+    """Replace ``{name}`` with a variable; unknown names stay as they are."""
+    for k, v in variables.items():
+        text = text.replace("{" + k + "}", v)
+    return text
+
+
+def _probe(check: HealthCheck, variables: Mapping[str, str], root: Path) -> tuple[bool, str]:
+    if check.kind == "http":
+        url = expand(check.url or "", variables)
+        try:
+            with urllib.request.urlopen(url, timeout=check.timeout) as r:
+                body = r.read(65536).decode(errors="replace")
+                status = r.status
+        except urllib.error.HTTPError as e:
+            return False, f"HTTP {e.code} from {url}"
+        except (OSError, ValueError) as e:
+            return False, f"{url}: {e}"
+        want = expand(check.expect_body, variables) if check.expect_body else None
+        if status != check.expect_status:
+            return False, f"HTTP {status} (want {check.expect_status}): {body[:200]}"
+        if want is not None and want not in body:
+            return False, f"body lacks {want!r}: {body[:200]}"
+        return True, body[:200]
+    if check.kind == "tcp":
+        port = expand(check.port or "", variables)
+        try:
+            with socket.create_connection((check.host, int(port)), timeout=check.timeout):
+                return True, f"connected to {check.host}:{port}"
+        except (OSError, ValueError) as e:
+            return False, f"{check.host}:{port}: {e}"
+    argv = [expand(a, variables) for a in check.command]
+    try:
+        p = subprocess.run(argv, cwd=root, capture_output=True, timeout=check.timeout, text=True)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return False, str(e)
+    out = (p.stdout + p.stderr).strip()[-200:]
+    return p.returncode == 0, out
+
+
+def wait_healthy(checks: tuple[HealthCheck, ...], variables: Mapping[str, str], root: Path) -> float:
+    """Run every check until it passes; returns seconds spent.
+
+    Raises:
+        HealthCheckError: a check failed all its retries (names it, with its last output).
+    """
+    t0 = time.monotonic()
+    for check in checks:
+        last = ""
+        for attempt in range(check.retries):
+            ok, last = _probe(check, variables, root)
+            if ok:
+                break
+            if attempt + 1 < check.retries:
+                time.sleep(check.interval)
+        else:
+            raise HealthCheckError(
+                f"health check {check.name!r} failed after {check.retries} tries: {last}",
+                check=check.name,
+                last_output=last,
+            )
+    return time.monotonic() - t0

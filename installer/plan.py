@@ -1,0 +1,164 @@
+"""The swap plan: which paths an apply places, replaces or removes, computed (with the
+drift check and config policies) before anything stops, and stored in the staging dir so
+that resume and rollback follow the same plan."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from installer.errors import DriftError, StateError
+from installer.format import FileEntry, Manifest, sha256_file
+from installer.paths import target_path
+from installer.state import write_atomic
+
+PLAN_NAME = "plan.json"
+NEW_SUFFIX = ".jumpkit-new"
+
+
+def current_digest(path: Path) -> str | None:
+    """sha256 of what is at ``path`` now: file bytes, or ``symlink:<target>`` for a link;
+    None if nothing is there. The builder records from-version digests the same way."""
+    if path.is_symlink():
+        return hashlib.sha256(b"symlink:" + os.readlink(path).encode()).hexdigest()
+    if not path.exists():
+        return None
+    return sha256_file(path)[0]
+
+
+@dataclass
+class SwapOp:
+    """One rename pair. ``place``: staged file into the root (the old one, if any, into
+    the backup). ``remove``: the old file into the backup."""
+
+    path: str
+    action: Literal["place", "remove"]
+    group: Literal["files", "configs"]
+    note: str = ""
+
+
+@dataclass
+class Plan:
+    """Everything the swap steps do, in order."""
+
+    bundle_id: str
+    ops: list[SwapOp] = field(default_factory=list)
+    new_dirs: list[str] = field(default_factory=list)
+    drift: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def group(self, name: str) -> list[SwapOp]:
+        """The ops of one swap step."""
+        return [op for op in self.ops if op.group == name]
+
+    def save(self, staging: Path) -> None:
+        """Write plan.json durably into the staging dir."""
+        write_atomic(staging / PLAN_NAME, json.dumps(asdict(self), indent=1).encode())
+
+    @classmethod
+    def load(cls, staging: Path) -> Plan:
+        """Read plan.json back.
+
+        Raises:
+            StateError: no plan in that staging dir.
+        """
+        try:
+            d = json.loads((staging / PLAN_NAME).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise StateError(f"no readable plan in {staging}: {e}") from e
+        d["ops"] = [SwapOp(**op) for op in d["ops"]]
+        return cls(**d)
+
+
+def _rewrite(text: str, entry: FileEntry) -> tuple[str, int]:
+    count = 0
+    for rule in entry.rules:
+        text, n = re.subn(rule.pattern, rule.replacement, text, flags=re.MULTILINE)
+        count += n
+    return text, count
+
+
+def _plan_config(entry: FileEntry, current: str | None, root: Path, staging: Path) -> tuple[SwapOp, str]:
+    default = staging / "defaults" / entry.path
+    out = staging / "files" / entry.path
+    out.parent.mkdir(parents=True, exist_ok=True)
+    edited = current is not None and current not in (entry.from_sha256, entry.sha256)
+    if entry.policy == "keep-local" and edited:
+        new = out.with_name(out.name + NEW_SUFFIX)
+        shutil.copy2(default, new)
+        op = SwapOp(entry.path + NEW_SUFFIX, "place", "configs", "kept local edits")
+        return op, f"{entry.path}: locally edited, kept; new default written to {op.path}"
+    if entry.policy == "rewrite" and edited:
+        text, n = _rewrite((root / entry.path).read_text(), entry)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(text)
+        os.chmod(tmp, entry.mode)
+        os.replace(tmp, out)
+        return SwapOp(entry.path, "place", "configs", f"rewrote {n} value(s)"), (
+            f"{entry.path}: locally edited, {n} value(s) rewritten, edits kept"
+        )
+    shutil.copy2(default, out)
+    return SwapOp(entry.path, "place", "configs", "new default"), ""
+
+
+def compute_plan(manifest: Manifest, root: Path, staging: Path, *, accept_drift: bool) -> Plan:
+    """Check drift, resolve config policies into staged files, and order the renames.
+
+    Raises:
+        DriftError: files to replace differ from the from-version (unless accept_drift).
+        UnsafePathError: a target path leads outside the root.
+    """
+    plan = Plan(manifest.bundle_id)
+    new_dirs: set[str] = set()
+
+    def note_dirs(rel: str) -> None:
+        parts = rel.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            d = "/".join(parts[:i])
+            if not (root / d).is_dir():
+                new_dirs.add(d)
+
+    for entry in manifest.files:
+        target = target_path(root, entry.path)
+        current = current_digest(target)
+        if entry.kind == "config" and entry.policy != "replace":
+            op, note = _plan_config(entry, current, root, staging)
+            if note:
+                plan.notes.append(note)
+        else:
+            if current != entry.from_sha256 and current != entry.sha256:
+                if entry.from_sha256 is None:
+                    plan.drift.append(f"{entry.path}: exists, but the from-version has no such file")
+                elif current is None:
+                    plan.drift.append(f"{entry.path}: missing")
+                else:
+                    plan.drift.append(f"{entry.path}: modified")
+            if entry.kind == "config":
+                op, _ = _plan_config(entry, current, root, staging)
+            else:
+                op = SwapOp(entry.path, "place", "files")
+        note_dirs(op.path)
+        plan.ops.append(op)
+    for removed in manifest.removed:
+        target = target_path(root, removed.path)
+        current = current_digest(target)
+        if current is None:
+            plan.notes.append(f"{removed.path}: already absent")
+            continue
+        if removed.from_sha256 is not None and current != removed.from_sha256:
+            plan.drift.append(f"{removed.path}: modified (the jump removes it)")
+        plan.ops.append(SwapOp(removed.path, "remove", "files"))
+    plan.new_dirs = sorted(new_dirs, key=lambda d: (d.count("/"), d))
+    if plan.drift and not accept_drift:
+        raise DriftError(
+            f"{len(plan.drift)} file(s) differ from {manifest.from_version}; "
+            "refusing (--accept-drift backs them up and continues)",
+            details=plan.drift,
+        )
+    return plan

@@ -1,0 +1,148 @@
+"""Service managers: the only code that starts and stops the manager's services.
+
+Backends: ``supervisord`` (XML-RPC over its unix socket), ``command`` (start/stop/status
+commands from the spec) and ``none``. The orchestration code sees only
+:class:`ServiceManager`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import xmlrpc.client
+from pathlib import Path
+from typing import Protocol
+
+from installer.errors import ServiceError
+from installer.format import Service, Services
+
+
+class ServiceManager(Protocol):
+    """Start, stop and query one service at a time."""
+
+    def is_running(self, service: Service) -> bool:
+        """Whether the service is up now."""
+        ...
+
+    def stop(self, service: Service) -> None:
+        """Stop and wait (bounded by ``service.stop_timeout``).
+
+        Raises:
+            ServiceError: it did not stop in time.
+        """
+        ...
+
+    def start(self, service: Service) -> None:
+        """Start and wait until the manager reports it running.
+
+        Raises:
+            ServiceError: it did not start.
+        """
+        ...
+
+
+class NoServices:
+    """For managers whose services jumpkit does not control."""
+
+    def is_running(self, service: Service) -> bool:
+        """See :class:`ServiceManager`."""
+        return False
+
+    def stop(self, service: Service) -> None:
+        """See :class:`ServiceManager`."""
+
+    def start(self, service: Service) -> None:
+        """See :class:`ServiceManager`."""
+
+
+class Supervisord:
+    """supervisord through XML-RPC on its unix socket."""
+
+    def __init__(self, socket: Path) -> None:
+        from supervisor.xmlrpc import SupervisorTransport
+
+        self.socket = socket
+        self._proxy = xmlrpc.client.ServerProxy(
+            "http://127.0.0.1", transport=SupervisorTransport(None, None, f"unix://{socket}")
+        )
+
+    def _call(self, what: str, name: str, *args: object) -> object:
+        try:
+            return getattr(self._proxy.supervisor, what)(name, *args)
+        except xmlrpc.client.Fault as e:
+            if what == "stopProcess" and "NOT_RUNNING" in e.faultString:
+                return True
+            if what == "startProcess" and "ALREADY_STARTED" in e.faultString:
+                return True
+            raise ServiceError(f"supervisord {what}({name}): {e.faultString}") from e
+        except OSError as e:
+            raise ServiceError(f"cannot reach supervisord at {self.socket}: {e}") from e
+
+    def _state(self, service: Service) -> str:
+        info = self._call("getProcessInfo", service.name)
+        return str(info.get("statename")) if isinstance(info, dict) else "UNKNOWN"
+
+    def is_running(self, service: Service) -> bool:
+        """See :class:`ServiceManager`."""
+        return self._state(service) in ("RUNNING", "STARTING", "STOPPING")
+
+    def stop(self, service: Service) -> None:
+        """See :class:`ServiceManager`. supervisord escalates to SIGKILL after the
+        program's own stopwaitsecs; we bound the wait by ``stop_timeout``."""
+        self._call("stopProcess", service.name, False)
+        deadline = time.monotonic() + service.stop_timeout
+        while time.monotonic() < deadline:
+            if not self.is_running(service):
+                return
+            time.sleep(0.005)
+        raise ServiceError(f"{service.name} did not stop within {service.stop_timeout:g}s")
+
+    def start(self, service: Service) -> None:
+        """See :class:`ServiceManager`."""
+        self._call("startProcess", service.name, True)
+
+
+class Commands:
+    """Start/stop/status commands named in the spec (argv lists, no shell)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _run(self, argv: tuple[str, ...], timeout: float, what: str) -> int:
+        if not argv:
+            raise ServiceError(f"no {what} command in the spec")
+        try:
+            return subprocess.run(list(argv), cwd=self.root, timeout=timeout, capture_output=True).returncode
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise ServiceError(f"{what} command {argv[0]} failed: {e}") from e
+
+    def is_running(self, service: Service) -> bool:
+        """See :class:`ServiceManager`."""
+        return self._run(service.status, 30, "status") == 0
+
+    def stop(self, service: Service) -> None:
+        """See :class:`ServiceManager`."""
+        if self._run(service.stop, service.stop_timeout, "stop") != 0:
+            raise ServiceError(f"stop command for {service.name} failed")
+
+    def start(self, service: Service) -> None:
+        """See :class:`ServiceManager`."""
+        if self._run(service.start, service.start_timeout, "start") != 0:
+            raise ServiceError(f"start command for {service.name} failed")
+
+
+def service_manager(spec: Services, root: Path) -> ServiceManager:
+    """The backend the manifest names.
+
+    Raises:
+        ServiceError: the backend is not available on this installer.
+    """
+    if spec.backend == "none" or not spec.services:
+        return NoServices()
+    if spec.backend == "supervisord":
+        if spec.socket is None:
+            raise ServiceError("supervisord backend needs 'socket'")
+        return Supervisord(root / spec.socket)
+    if spec.backend == "command":
+        return Commands(root)
+    raise ServiceError(f"service backend {spec.backend!r} is not supported by this installer")

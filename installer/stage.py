@@ -1,0 +1,135 @@
+"""Unpacking a verified bundle into the staging area, hashing every byte on the way.
+
+The staging area is ``<state>/staging/<bundle-id>/``, built as ``<bundle-id>.partial``
+and renamed into place once complete, so a crash never leaves a half staging that looks
+whole. Layout::
+
+    manifest.json, manifest.sig   as verified
+    files/<path>     files to swap into the root (configs go here once planned)
+    defaults/<path>  the bundle's config files, as shipped
+    bundle/<name>    hooks/, migrations/, bin/
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from installer.archive import Bundle, iter_verified
+from installer.errors import BundleRejectedError, SpaceError
+from installer.format import MANIFEST_NAME, SIGNATURE_NAME, Manifest, parse_manifest
+from installer.state import StateDir, write_atomic
+
+COMPLETE_MARK = ".complete"
+Progress = Callable[[int], None]
+
+
+def staged_path(state: StateDir, manifest: Manifest) -> Path:
+    """Where ``manifest``'s bundle is (or will be) staged."""
+    return state.staging_dir(manifest.bundle_id)
+
+
+def is_staged(state: StateDir, manifest_data: bytes, bundle_id: str) -> bool:
+    """True when the same manifest was staged completely before."""
+    d = state.staging_dir(bundle_id)
+    try:
+        return (d / COMPLETE_MARK).exists() and (d / MANIFEST_NAME).read_bytes() == manifest_data
+    except OSError:
+        return False
+
+
+def load_staged(state: StateDir, bundle_id: str) -> tuple[Manifest, bytes]:
+    """Read back a complete staging's manifest (it was verified when staged).
+
+    Raises:
+        BundleRejectedError: the staging is incomplete or its manifest is unreadable.
+    """
+    d = state.staging_dir(bundle_id)
+    if not (d / COMPLETE_MARK).exists():
+        raise BundleRejectedError(f"{d} is not a complete staging")
+    data = (d / MANIFEST_NAME).read_bytes()
+    return parse_manifest(data), data
+
+
+def _destinations(root: Path, manifest: Manifest) -> dict[str, tuple[Path, int]]:
+    out: dict[str, tuple[Path, int]] = {}
+    for f in manifest.files:
+        if f.kind != "symlink":
+            out[f.member] = (root / ("defaults" if f.kind == "config" else "files") / f.path, f.mode)
+    for m in manifest.extras:
+        out[m.name] = (root / "bundle" / m.name, m.mode)
+    return out
+
+
+def stage_bundle(
+    bundle: Bundle,
+    manifest: Manifest,
+    manifest_data: bytes,
+    sig: bytes,
+    state: StateDir,
+    *,
+    progress: Progress | None = None,
+    workers: int = 2,
+) -> Path:
+    """Unpack every member (verifying its hash) into the staging area.
+
+    Returns the staging directory. Idempotent: an identical complete staging is reused.
+
+    Raises:
+        BundleRejectedError: a member does not match the manifest (staging removed).
+        SpaceError: the disk filled up (staging removed).
+    """
+    state.ensure()
+    final = staged_path(state, manifest)
+    if is_staged(state, manifest_data, manifest.bundle_id):
+        return final
+    partial = final.with_name(final.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.rmtree(final, ignore_errors=True)
+    partial.mkdir(parents=True, mode=0o700)
+    promised = manifest.members()
+    targets = _destinations(partial, manifest)
+    for d in sorted({p.parent for p, _ in targets.values()}):
+        d.mkdir(parents=True, exist_ok=True)
+
+    def extract(name: str) -> None:
+        dest, mode = targets[name]
+        sha, size = promised[name]
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            for chunk in iter_verified(bundle, name, sha, size):
+                out.write(chunk)
+                if progress is not None:
+                    progress(len(chunk))
+        os.chmod(dest, mode)
+
+    # largest first so the two workers finish together
+    order = sorted(promised, key=lambda n: -promised[n][1])
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for fut in [pool.submit(extract, n) for n in order]:
+                fut.result()
+        for f in manifest.files:
+            if f.kind == "symlink":
+                link = partial / "files" / f.path
+                link.parent.mkdir(parents=True, exist_ok=True)
+                assert f.link_target is not None
+                os.symlink(f.link_target, link)
+        (partial / MANIFEST_NAME).write_bytes(manifest_data)
+        (partial / SIGNATURE_NAME).write_bytes(sig)
+        os.sync()  # one flush for every file: cheaper than an fsync per file
+        write_atomic(partial / COMPLETE_MARK, b"ok\n")
+        os.replace(partial, final)
+    except OSError as e:
+        shutil.rmtree(partial, ignore_errors=True)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise SpaceError(f"disk full while staging into {state.staging}; staging removed") from e
+        raise
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return final

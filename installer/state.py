@@ -1,0 +1,241 @@
+"""The state directory: lock, journal, status and history. Every write is durable
+(append+fsync for the journal, write-temp-fsync-rename for status)."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from installer.errors import LockedError, StateError
+from installer.paths import fsync_dir
+
+Status = Literal["idle", "staged", "working", "finished", "failed", "rolled-back"]
+MAX_LOG_LINES = 200
+
+
+def default_state_dir(root: Path, product: str) -> Path:
+    """``<root>/var/lib/jumpkit/<product>``."""
+    return root / "var/lib/jumpkit" / product
+
+
+def find_state_dir(root: Path) -> Path | None:
+    """The one product state dir under ``root``, if exactly one exists."""
+    base = root / "var/lib/jumpkit"
+    if not base.is_dir():
+        return None
+    dirs = [d for d in sorted(base.iterdir()) if d.is_dir()]
+    return dirs[0] if len(dirs) == 1 else None
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` by write-temp, fsync, rename, fsync dir."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class StatusDoc:
+    """status.json, DRP-style."""
+
+    status: Status = "idle"
+    summary: str = ""
+    step: str | None = None
+    bundle_id: str | None = None
+    from_version: str | None = None
+    to_version: str | None = None
+    started: float | None = None
+    updated: float | None = None
+    finished: float | None = None
+    outage_seconds: float | None = None
+    log: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The document as written to status.json (``from``/``to`` as DRP names them)."""
+        return {
+            "status": self.status,
+            "summary": self.summary,
+            "step": self.step,
+            "bundle": self.bundle_id,
+            "from": self.from_version,
+            "to": self.to_version,
+            "started": self.started,
+            "updated": self.updated,
+            "finished": self.finished,
+            "outage_seconds": self.outage_seconds,
+            "log": self.log[-MAX_LOG_LINES:],
+            **({"extra": self.extra} if self.extra else {}),
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> StatusDoc:
+        """Inverse of :meth:`to_json`."""
+        return cls(
+            status=d.get("status", "idle"),
+            summary=d.get("summary", ""),
+            step=d.get("step"),
+            bundle_id=d.get("bundle"),
+            from_version=d.get("from"),
+            to_version=d.get("to"),
+            started=d.get("started"),
+            updated=d.get("updated"),
+            finished=d.get("finished"),
+            outage_seconds=d.get("outage_seconds"),
+            log=list(d.get("log", [])),
+            extra=dict(d.get("extra", {})),
+        )
+
+
+class StateDir:
+    """Paths and durable records under the state directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lock_path = path / "lock"
+        self.journal_path = path / "journal.jsonl"
+        self.status_path = path / "status.json"
+        self.history_path = path / "history.jsonl"
+        self.staging = path / "staging"
+        self.backup = path / "backup"
+        self._lock_fd: int | None = None
+
+    def ensure(self) -> None:
+        """Create the directory tree (mode 0700)."""
+        for d in (self.path, self.staging, self.backup):
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    # --- lock ---------------------------------------------------------------------
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[str | None]:
+        """Hold the exclusive lock. Yields a note when a previous holder died holding it.
+
+        Raises:
+            LockedError: a live process holds the lock.
+        """
+        self.ensure()
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                pid = _read_pid(fd)
+                raise LockedError(
+                    f"another bundle-install run (pid {pid}) holds {self.lock_path}", pid=pid
+                ) from e
+            prev = _read_pid(fd)
+            note = None
+            if prev and prev != os.getpid() and not _pid_alive(prev):
+                note = f"previous run (pid {prev}) died holding the lock; taken over"
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            os.fsync(fd)
+            self._lock_fd = fd
+            try:
+                yield note
+            finally:
+                os.ftruncate(fd, 0)
+                self._lock_fd = None
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    # --- journal ------------------------------------------------------------------
+    def journal_append(self, record: dict[str, Any]) -> None:
+        """Append one record and fsync before returning."""
+        record = {"ts": round(time.time(), 6), **record}
+        line = json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n"
+        fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def journal(self) -> list[dict[str, Any]]:
+        """All complete records; a torn last line (crash mid-write) is ignored."""
+        try:
+            text = self.journal_path.read_text()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in text.splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+        return out
+
+    def journal_reset(self) -> None:
+        """Archive the finished journal into history and start a new one."""
+        if self.journal_path.exists():
+            self.journal_path.unlink()
+            fsync_dir(self.path)
+
+    # --- status -------------------------------------------------------------------
+    def read_status(self) -> StatusDoc:
+        """status.json, or an idle document when there is none."""
+        try:
+            return StatusDoc.from_json(json.loads(self.status_path.read_text()))
+        except FileNotFoundError:
+            return StatusDoc()
+        except (json.JSONDecodeError, AttributeError) as e:
+            raise StateError(f"{self.status_path} is corrupt: {e}") from e
+
+    def write_status(self, doc: StatusDoc) -> None:
+        """Write status.json durably."""
+        doc.updated = time.time()
+        write_atomic(self.status_path, (json.dumps(doc.to_json(), indent=2) + "\n").encode())
+
+    def append_history(self, record: dict[str, Any]) -> None:
+        """One line per finished, failed or rolled-back run."""
+        line = json.dumps({"ts": round(time.time(), 3), **record}, sort_keys=True) + "\n"
+        with open(self.history_path, "a") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+
+    # --- staging/backup -----------------------------------------------------------
+    def staging_dir(self, bundle_id: str) -> Path:
+        """Where a bundle is unpacked."""
+        return self.staging / bundle_id
+
+    def backup_dir(self, bundle_id: str) -> Path:
+        """Where replaced files and database backups go."""
+        return self.backup / bundle_id
+
+    def remove_tree(self, path: Path) -> None:
+        """Remove a staging or backup tree (only inside the state dir)."""
+        if self.path not in path.parents:
+            raise StateError(f"refusing to remove {path}: outside {self.path}")
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _read_pid(fd: int) -> int | None:
+    raw = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    return int(raw) if raw.isdigit() else None

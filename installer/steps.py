@@ -1,0 +1,217 @@
+"""The journaled steps of an apply. Each has idempotent ``run`` and ``undo``; the engine
+records begin/done around them and undoes begun steps in reverse on failure."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from installer.errors import StepError
+from installer.format import Manifest
+from installer.health import resolve_lookup, wait_healthy
+from installer.plan import Plan
+from installer.services import ServiceManager
+from installer.state import StateDir
+from installer.swap import Swapper
+
+
+@dataclass
+class Context:
+    """What every step may use. Side effects go through ``services`` and the filesystem
+    under ``root``; journal notes persist data a step's undo needs."""
+
+    root: Path
+    state: StateDir
+    manifest: Manifest
+    plan: Plan
+    staging: Path
+    backup: Path
+    services: ServiceManager
+    log: Callable[[str], None]
+    notes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def note(self, step: str, data: dict[str, Any]) -> None:
+        """Persist ``data`` for ``step`` in the journal before acting on it."""
+        self.state.journal_append({"event": "note", "step": step, "data": data})
+        self.notes[step] = data
+
+    def variables(self, version: str) -> dict[str, str]:
+        """Values for ``{name}`` in health checks: the lookups and ``version``."""
+        out = {"version": version}
+        for name, lookup in self.manifest.lookups.items():
+            value = resolve_lookup(lookup, self.root)
+            if value is not None:
+                out[name] = value
+        return out
+
+
+class Step(Protocol):
+    """A unit of the apply transaction."""
+
+    name: str
+    outage: bool
+
+    def run(self, ctx: Context) -> None:
+        """Do the step; safe to call again after a crash inside it."""
+        ...
+
+    def undo(self, ctx: Context) -> None:
+        """Reverse the step, whether it finished or not; safe to call again."""
+        ...
+
+
+class StopServices:
+    """Stop the services that run now (reverse start order); undo starts them again."""
+
+    name = "stop-services"
+    outage = True
+
+    def run(self, ctx: Context) -> None:
+        """See :class:`Step`."""
+        svcs = ctx.manifest.services.services
+        if self.name not in ctx.notes:
+            ctx.note(self.name, {"running": [s.name for s in svcs if ctx.services.is_running(s)]})
+        running = set(ctx.notes[self.name]["running"])
+        for s in reversed(svcs):
+            if s.name in running:
+                ctx.log(f"stopping {s.name}")
+                ctx.services.stop(s)
+
+    def undo(self, ctx: Context) -> None:
+        """See :class:`Step`."""
+        running = set(ctx.notes.get(self.name, {}).get("running", []))
+        for s in ctx.manifest.services.services:
+            if s.name in running:
+                ctx.log(f"starting {s.name} again")
+                ctx.services.start(s)
+
+
+class StartServices:
+    """Start the services that were running before the stop (start order)."""
+
+    name = "start-services"
+    outage = True
+
+    def _names(self, ctx: Context) -> set[str]:
+        note = ctx.notes.get(StopServices.name)
+        if note is None:
+            return {s.name for s in ctx.manifest.services.services}
+        return set(note["running"])
+
+    def run(self, ctx: Context) -> None:
+        """See :class:`Step`."""
+        names = self._names(ctx)
+        for s in ctx.manifest.services.services:
+            if s.name in names:
+                ctx.log(f"starting {s.name}")
+                ctx.services.start(s)
+
+    def undo(self, ctx: Context) -> None:
+        """See :class:`Step`."""
+        names = self._names(ctx)
+        for s in reversed(ctx.manifest.services.services):
+            if s.name in names:
+                ctx.services.stop(s)
+
+
+class Health:
+    """Wait for every health check of the new version (RAUC's mark-good gate)."""
+
+    name = "health"
+    outage = True
+
+    def run(self, ctx: Context) -> None:
+        """See :class:`Step`."""
+        if not ctx.manifest.services.health:
+            return
+        if not ctx.notes.get(StopServices.name, {}).get("running", True):
+            ctx.log("no service was running before the apply; health checks skipped")
+            return
+        took = wait_healthy(ctx.manifest.services.health, ctx.variables(ctx.manifest.to_version), ctx.root)
+        ctx.log(f"healthy after {took:.2f}s")
+
+    def undo(self, ctx: Context) -> None:
+        """See :class:`Step`."""
+
+
+class SwapGroup:
+    """Swap one plan group (files or configs) by rename."""
+
+    outage = True
+
+    def __init__(self, group: str) -> None:
+        self.group = group
+        self.name = f"swap-{group}"
+
+    def _swapper(self, ctx: Context) -> Swapper:
+        return Swapper(ctx.root, ctx.staging / "files", ctx.backup / "files", label=self.group)
+
+    def run(self, ctx: Context) -> None:
+        """See :class:`Step`."""
+        ops = ctx.plan.group(self.group)
+        ctx.log(f"swapping {len(ops)} {self.group}")
+        self._swapper(ctx).run(ops, ctx.plan.new_dirs)
+
+    def undo(self, ctx: Context) -> None:
+        """See :class:`Step`."""
+        self._swapper(ctx).undo(ctx.plan.group(self.group), ctx.plan.new_dirs)
+
+
+class Hooks:
+    """Run the spec's hooks of one phase with the services stopped."""
+
+    outage = True
+
+    def __init__(self, when: str) -> None:
+        self.when = when
+        self.name = f"hooks-{when}"
+
+    def _exec(self, ctx: Context, name: str, timeout: float) -> None:
+        script = ctx.staging / "bundle" / "hooks" / name
+        env = {
+            **os.environ,
+            "JUMPKIT_ROOT": str(ctx.root),
+            "JUMPKIT_FROM": ctx.manifest.from_version,
+            "JUMPKIT_TO": ctx.manifest.to_version,
+            "JUMPKIT_STAGING": str(ctx.staging),
+        }
+        ctx.log(f"hook {name}")
+        try:
+            p = subprocess.run([str(script)], cwd=ctx.root, env=env, timeout=timeout,
+                               capture_output=True, text=True)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise StepError(f"hook {name} could not run: {e}", step=self.name) from e
+        for line in (p.stdout + p.stderr).splitlines()[-20:]:
+            ctx.log(f"  {name}: {line}")
+        if p.returncode != 0:
+            raise StepError(f"hook {name} exited {p.returncode}", step=self.name)
+
+    def run(self, ctx: Context) -> None:
+        """See :class:`Step`."""
+        for hook in ctx.manifest.hooks:
+            if hook.when == self.when:
+                self._exec(ctx, hook.name, hook.timeout)
+
+    def undo(self, ctx: Context) -> None:
+        """See :class:`Step`."""
+        for hook in reversed(ctx.manifest.hooks):
+            if hook.when == self.when and hook.undo:
+                self._exec(ctx, hook.undo, hook.timeout)
+
+
+def apply_steps() -> list[Step]:
+    """The transaction, in order. Everything before it (verify, stage, plan) is outside
+    the outage window."""
+    return [
+        StopServices(),
+        Hooks("pre"),
+        SwapGroup("files"),
+        SwapGroup("configs"),
+        Hooks("post"),
+        StartServices(),
+        Health(),
+    ]

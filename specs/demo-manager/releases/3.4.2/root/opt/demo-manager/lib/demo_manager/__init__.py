@@ -1,0 +1,3 @@
+"""demo-manager 3.4.2."""
+
+VERSION = "3.4.2"

@@ -1,0 +1,3 @@
+"""demo-manager 4.2.0."""
+
+VERSION = "4.2.0"
