@@ -43,8 +43,9 @@ def _fail(e: JumpkitError, as_json: bool, debug: bool) -> NoReturn:
         print(json.dumps({"ok": False, "exit": e.exit_code, "error": e.message, "details": details}))
     else:
         err.print(f"bundle-build: {e.message}")
-        for d in details[1:]:
-            err.print(f"  - {d}")
+        for d in details:
+            if d not in e.message:
+                err.print(f"  - {d}")
     raise typer.Exit(e.exit_code)
 
 
@@ -161,3 +162,7 @@ def main() -> None:
     """Console-script entry point."""
     os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColu
 
 from installer import __version__
 from installer.engine import Engine, Options
-from installer.errors import JumpkitError, PreconditionError
+from installer.errors import JumpkitError
 from installer.format import READABLE_FORMATS
 from installer.state import StatusDoc
 
@@ -95,8 +95,9 @@ def _fail(e: JumpkitError, as_json: bool) -> NoReturn:
         print(json.dumps({"ok": False, "exit": e.exit_code, "error": e.message, "details": details}))
     else:
         err.print(f"bundle-install: {e.message}")
-        for d in details[1:] if isinstance(e, PreconditionError) else details:
-            err.print(f"  - {d}")
+        for d in details:
+            if d not in e.message:
+                err.print(f"  - {d}")
     raise typer.Exit(e.exit_code)
 
 

@@ -33,7 +33,7 @@ from installer.errors import (
 from installer.failpoints import failpoint
 from installer.format import Manifest, load_trusted_keys, verify_signature
 from installer.health import wait_healthy
-from installer.plan import Plan, compute_plan
+from installer.plan import Plan, check_drift, compute_plan, drift_error
 from installer.services import ServiceManager, service_manager
 from installer.stage import is_staged, load_staged, stage_bundle
 from installer.state import StateDir, StatusDoc, default_state_dir, find_state_dir
@@ -200,6 +200,13 @@ class Engine:
                 except (OSError, subprocess.TimeoutExpired) as e:
                     ok, msg = False, f"{label}: {e}"
             (passed if ok else problems).append(msg)
+        drift = check_drift(manifest, self.root)
+        if drift and not self.opts.accept_drift and not problems:
+            raise drift_error(manifest, drift)
+        if drift:
+            (passed if self.opts.accept_drift else problems).append(
+                f"drift: {len(drift)} file(s) differ from {manifest.from_version}"
+                + (" (accepted)" if self.opts.accept_drift else ""))
         if problems:
             cls = SpaceError if all("MiB" in p for p in problems) else PreconditionError
             raise cls(f"pre-flight failed: {problems[0]}" + (
@@ -426,7 +433,8 @@ class Engine:
     def _load_txn(self, state: StateDir) -> tuple[Context, list[Step], list[dict[str, Any]]]:
         txn = self._txn(state)
         if not txn:
-            raise StateError("nothing to resume or roll back: the journal is empty")
+            raise StateError("nothing to resume or roll back: no apply in the journal "
+                             "(unstage and the next apply drop the backup of the last one)")
         bundle_id = txn[0]["bundle"]
         manifest, _ = load_staged(state, bundle_id)
         plan = Plan.load(state.staging_dir(bundle_id))
@@ -490,6 +498,7 @@ class Engine:
             for d in [*state.staging.iterdir(), *state.backup.iterdir()]:
                 state.remove_tree(d)
                 n += 1
+            state.journal_reset()
             doc = state.read_status()
             if doc.status == "staged":
                 doc = StatusDoc(status="idle", summary="unstaged")

@@ -107,6 +107,31 @@ def _plan_config(entry: FileEntry, current: str | None, root: Path, staging: Pat
     return SwapOp(entry.path, "place", "configs", "new default"), ""
 
 
+def _drift_of(entry: FileEntry, current: str | None) -> str | None:
+    if current in (entry.from_sha256, entry.sha256):
+        return None
+    if entry.from_sha256 is None:
+        return f"{entry.path}: exists, but the from-version has no such file"
+    return f"{entry.path}: missing" if current is None else f"{entry.path}: modified"
+
+
+def check_drift(manifest: Manifest, root: Path) -> list[str]:
+    """Files the jump replaces or removes that differ from the from-version (configs
+    under keep-local or rewrite are the operator's to edit and never drift)."""
+    out = []
+    for entry in manifest.files:
+        if entry.kind == "config" and entry.policy != "replace":
+            continue
+        d = _drift_of(entry, current_digest(target_path(root, entry.path)))
+        if d:
+            out.append(d)
+    for removed in manifest.removed:
+        current = current_digest(target_path(root, removed.path))
+        if current is not None and removed.from_sha256 is not None and current != removed.from_sha256:
+            out.append(f"{removed.path}: modified (the jump removes it)")
+    return out
+
+
 def compute_plan(manifest: Manifest, root: Path, staging: Path, *, accept_drift: bool) -> Plan:
     """Check drift, resolve config policies into staged files, and order the renames.
 
@@ -132,13 +157,9 @@ def compute_plan(manifest: Manifest, root: Path, staging: Path, *, accept_drift:
             if note:
                 plan.notes.append(note)
         else:
-            if current != entry.from_sha256 and current != entry.sha256:
-                if entry.from_sha256 is None:
-                    plan.drift.append(f"{entry.path}: exists, but the from-version has no such file")
-                elif current is None:
-                    plan.drift.append(f"{entry.path}: missing")
-                else:
-                    plan.drift.append(f"{entry.path}: modified")
+            d = _drift_of(entry, current)
+            if d:
+                plan.drift.append(d)
             if entry.kind == "config":
                 op, _ = _plan_config(entry, current, root, staging)
             else:
@@ -156,9 +177,14 @@ def compute_plan(manifest: Manifest, root: Path, staging: Path, *, accept_drift:
         plan.ops.append(SwapOp(removed.path, "remove", "files"))
     plan.new_dirs = sorted(new_dirs, key=lambda d: (d.count("/"), d))
     if plan.drift and not accept_drift:
-        raise DriftError(
-            f"{len(plan.drift)} file(s) differ from {manifest.from_version}; "
-            "refusing (--accept-drift backs them up and continues)",
-            details=plan.drift,
-        )
+        raise drift_error(manifest, plan.drift)
     return plan
+
+
+def drift_error(manifest: Manifest, drift: list[str]) -> DriftError:
+    """The refusal for ``drift``, naming the first file."""
+    return DriftError(
+        f"{len(drift)} file(s) differ from {manifest.from_version} ({drift[0]}); "
+        "refusing: --accept-drift backs them up and continues",
+        details=drift,
+    )

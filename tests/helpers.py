@@ -1,0 +1,152 @@
+"""Test helpers: sandboxes with a real supervisord, tree hashes, running the real CLIs."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SPECS = REPO / "specs"
+# Runtime files of the test harness, not of the manager.
+HARNESS = ("var/lib/jumpkit", "etc/supervisord.conf", "var/run", "var/log")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def short_tmp(prefix: str) -> Path:
+    """A short path: supervisord's unix socket path must stay under 108 bytes."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+def tree_hash(root: Path, exclude: tuple[str, ...] = HARNESS) -> str:
+    """sha256 over every path, type, mode, link target and content under root."""
+    h = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        base = Path(dirpath)
+        for name in sorted(dirnames + filenames):
+            full = base / name
+            rel = full.relative_to(root).as_posix()
+            if any(rel == e or rel.startswith(e + "/") for e in exclude):
+                continue
+            st = full.lstat()
+            h.update(f"{rel}\0{st.st_mode:o}\0".encode())
+            if full.is_symlink():
+                h.update(os.readlink(full).encode())
+            elif full.is_file():
+                h.update(hashlib.sha256(full.read_bytes()).digest())
+        dirnames[:] = [d for d in dirnames if not (base / d).is_symlink()]
+    return h.hexdigest()
+
+
+def run_cli(module: str, *args: str | Path, env: dict[str, str] | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
+        env={**os.environ, **(env or {})}, timeout=timeout, cwd=REPO,
+    )
+
+
+def install(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return run_cli("installer.cli", *args, env=env)
+
+
+def build(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return run_cli("builder.cli", *args)
+
+
+def get(url: str, timeout: float = 2) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return str(r.read().decode().strip())
+    except OSError:
+        return None
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie left for a non-reaping init counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@dataclass
+class Sandbox:
+    root: Path
+    port: int
+    supervisord_pid: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def version(self) -> str | None:
+        return get(self.url + "/version")
+
+    def start_supervisord(self) -> None:
+        conf = self.root / "etc/supervisord.conf"
+        subprocess.run([str(Path(sys.executable).parent / "supervisord"), "-c", str(conf)], check=True)
+        pidfile = self.root / "var/run/supervisord.pid"
+        for _ in range(200):
+            if pidfile.exists() and pidfile.read_text().strip():
+                break
+            time.sleep(0.02)
+        self.supervisord_pid = int(pidfile.read_text())
+        self.wait_version()
+
+    def wait_version(self, want: str | None = None, tries: int = 200) -> str | None:
+        v = None
+        for _ in range(tries):
+            v = self.version()
+            if v is not None and (want is None or v == want):
+                return v
+            time.sleep(0.02)
+        return v
+
+    def stop(self) -> None:
+        pid = self.supervisord_pid
+        if pid is None:
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        for _ in range(250):
+            if not alive(pid):
+                break
+            time.sleep(0.02)
+        else:
+            os.kill(pid, signal.SIGKILL)
+        self.supervisord_pid = None
+
+    def destroy(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root.parent, ignore_errors=True)
+
+
+def make_sandbox(version: str, pub: Path, port: int, *, specs: Path = SPECS, product: str = "demo-manager",
+                 supervise: bool = True) -> Sandbox:
+    root = short_tmp("jk-") / "r"
+    p = build("sandbox", "--specs", specs, "--product", product, "--version", version, "--root", root,
+              "--trust", pub, "--set", f"server.port={port}")
+    assert p.returncode == 0, p.stderr
+    sb = Sandbox(root, port)
+    if supervise:
+        sb.start_supervisord()
+    return sb

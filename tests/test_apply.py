@@ -1,0 +1,152 @@
+"""End-to-end apply on a sandbox manager with a real supervisord-run service."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.helpers import REPO, Sandbox, install, tree_hash
+
+
+def status(sb: Sandbox) -> dict[str, object]:
+    p = install("--root", sb.root, "status", "--json")
+    assert p.returncode == 0, p.stderr
+    return dict(json.loads(p.stdout))
+
+
+def test_apply_upgrades_running_manager(sandbox: Callable[..., Sandbox], bundle: Path) -> None:
+    sb = sandbox()
+    assert sb.version() == "4.0.1"
+    p = install("--root", sb.root, "apply", bundle)
+    assert p.returncode == 0, p.stderr
+    assert sb.version() == "4.1.1"
+    st = status(sb)
+    assert st["status"] == "finished"
+    assert isinstance(st["outage_seconds"], float) and 0 < st["outage_seconds"] < 10
+    assert (sb.root / "opt/demo-manager/VERSION").read_text() == "4.1.1\n"
+    assert not (sb.root / "opt/demo-manager/lib/demo_manager/legacy_tcp.py").exists()
+    ini = (sb.root / "etc/demo-manager/manager.ini").read_text()
+    assert "http://10.0.0.11:7000?role=peer" in ini and f"port = {sb.port}" in ini
+
+
+def test_rollback_after_finished_restores_exact_tree(sandbox: Callable[..., Sandbox], bundle: Path) -> None:
+    sb = sandbox()
+    before = tree_hash(sb.root)
+    assert install("--root", sb.root, "apply", bundle).returncode == 0
+    after = tree_hash(sb.root)
+    p = install("--root", sb.root, "rollback")
+    assert p.returncode == 0, p.stderr
+    assert tree_hash(sb.root) == before
+    assert sb.wait_version("4.0.1") == "4.0.1"
+    assert status(sb)["status"] == "rolled-back"
+    # the same staging applies again
+    assert install("--root", sb.root, "apply").returncode == 0
+    assert tree_hash(sb.root) == after
+    assert sb.version() == "4.1.1"
+    # after unstage the backup is gone and rollback says so
+    assert install("--root", sb.root, "unstage").returncode == 0
+    p = install("--root", sb.root, "rollback")
+    assert p.returncode == 4 and "backup" in p.stderr
+
+
+def test_wrong_from_version_refused_nothing_changed(sandbox: Callable[..., Sandbox], bundle: Path) -> None:
+    sb = sandbox("4.1.1", supervise=False)
+    before = tree_hash(sb.root, exclude=())
+    p = install("--root", sb.root, "apply", bundle)
+    assert p.returncode == 4
+    assert "installed version is 4.1.1" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+    # only the (empty) state dir and lock may appear
+    assert tree_hash(sb.root, exclude=("var/lib/jumpkit",)) == before
+
+
+def test_drift_refused_then_accepted(sandbox: Callable[..., Sandbox], bundle: Path) -> None:
+    sb = sandbox()
+    server = sb.root / "opt/demo-manager/lib/demo_manager/server.py"
+    server.write_text(server.read_text() + "# hotfix\n")
+    before = tree_hash(sb.root)
+    p = install("--root", sb.root, "apply", bundle)
+    assert p.returncode == 4
+    assert "server.py: modified" in p.stderr
+    assert tree_hash(sb.root) == before
+    p = install("--root", sb.root, "--accept-drift", "apply", bundle)
+    assert p.returncode == 0, p.stderr
+    assert sb.version() == "4.1.1"
+    assert install("--root", sb.root, "rollback").returncode == 0
+    assert "# hotfix" in server.read_text()
+    assert tree_hash(sb.root) == before
+
+
+def test_lock_held_exits_7(sandbox: Callable[..., Sandbox], bundle: Path) -> None:
+    sb = sandbox(supervise=False)
+    state = sb.root / "var/lib/jumpkit/demo-manager"
+    state.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({str(state / 'lock')!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, str(os.getpid()).encode())\n"
+        "print('locked', flush=True); time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        before = tree_hash(sb.root)
+        p = install("--root", sb.root, "apply", bundle)
+        assert p.returncode == 7
+        assert f"pid {holder.pid}" in p.stderr
+        assert tree_hash(sb.root) == before
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_plan_changes_nothing(sandbox: Callable[..., Sandbox], bundle: Path) -> None:
+    sb = sandbox(supervise=False)
+    before = tree_hash(sb.root, exclude=())
+    p = install("--root", sb.root, "plan", bundle, "--json")
+    assert p.returncode == 0, p.stderr
+    report = json.loads(p.stdout)
+    steps = [s["step"] for s in report["steps"]]
+    assert steps[:3] == ["verify", "stage", "stop-services"] and steps[-2:] == ["health", "commit"]
+    actions = {f["path"]: f["action"] for f in report["files"]}
+    assert actions["opt/demo-manager/lib/demo_manager/legacy_tcp.py"] == "remove"
+    assert actions["opt/demo-manager/lib/demo_manager/metrics.py"] == "add"
+    assert actions["opt/demo-manager/VERSION"] == "replace"
+    assert report["preflight"]["ok"] is True
+    assert tree_hash(sb.root, exclude=()) == before
+
+
+def test_stage_then_apply_staged(sandbox: Callable[..., Sandbox], bundle: Path) -> None:
+    sb = sandbox()
+    p = install("--root", sb.root, "stage", bundle)
+    assert p.returncode == 0, p.stderr
+    assert status(sb)["status"] == "staged"
+    assert sb.version() == "4.0.1"
+    p = install("--root", sb.root, "apply")
+    assert p.returncode == 0, p.stderr
+    assert sb.version() == "4.1.1"
+
+
+def test_failed_health_check_rolls_back(sandbox: Callable[..., Sandbox], keys: dict[str, Path],
+                                        tmp_path: Path) -> None:
+    """A 4.1.1 that cannot start: the apply rolls back by itself and 4.0.1 answers again."""
+    specs = tmp_path / "specs"
+    shutil.copytree(REPO / "specs", specs, symlinks=True)
+    cluster = specs / "demo-manager/releases/4.1.1/root/opt/demo-manager/lib/demo_manager/cluster.py"
+    cluster.write_text(cluster.read_text() + "\nraise SystemExit('broken release')\n")
+    from tests.helpers import build
+
+    out = tmp_path / "dist"
+    assert build("--specs", specs, "--from", "4.0.1", "--to", "4.1.1", "--key", keys["key"],
+                 "--out", out).returncode == 0
+    sb = sandbox()
+    before = tree_hash(sb.root)
+    p = install("--root", sb.root, "apply", out / "demo-manager-4.0.1-to-4.1.1.zip")
+    assert p.returncode == 5, p.stderr
+    assert "health check 'version' failed" in p.stderr
+    assert sb.wait_version("4.0.1") == "4.0.1"
+    assert tree_hash(sb.root) == before
+    st = status(sb)
+    assert st["status"] == "rolled-back" and "version" in str(st["summary"])
