@@ -125,28 +125,60 @@ def build_bundle(
     return BuildResult(dest, out.sha.hexdigest(), out.pos, manifest, time.monotonic() - t0)
 
 
-def _manifest(product: Product, frm: str, to: str, collected: Collected,
-              digests: dict[str, tuple[str, int]], epoch: int, jump: JumpSpec) -> Manifest:
+def _manifest(
+    product: Product,
+    frm: str,
+    to: str,
+    collected: Collected,
+    digests: dict[str, tuple[str, int]],
+    epoch: int,
+    jump: JumpSpec,
+) -> Manifest:
     files = []
     for p in sorted(collected.files, key=lambda p: p.path):
         sha, size = digests[p.source.name] if p.source is not None else (None, 0)
-        files.append(FileEntry(path=p.path, kind=p.kind, sha256=sha, size=size, mode=p.mode,
-                               from_sha256=p.from_sha256, policy=p.policy, rules=p.rules,
-                               link_target=p.link_target))
-    extras = [Member(name=s.name, sha256=digests[s.name][0], size=digests[s.name][1], mode=s.mode)
-              for s in collected.extras]
+        files.append(
+            FileEntry(
+                path=p.path,
+                kind=p.kind,
+                sha256=sha,
+                size=size,
+                mode=p.mode,
+                from_sha256=p.from_sha256,
+                policy=p.policy,
+                rules=p.rules,
+                link_target=p.link_target,
+            )
+        )
+    extras = [
+        Member(name=s.name, sha256=digests[s.name][0], size=digests[s.name][1], mode=s.mode)
+        for s in collected.extras
+    ]
     svc = jump.services or product.spec.services
-    hooks = [Hook(name=h.name, when=h.when, timeout=h.timeout,
-                  undo=f"{h.name}-undo" if h.undo_script else None) for h in jump.hooks]
+    hooks = [
+        Hook(name=h.name, when=h.when, timeout=h.timeout, undo=f"{h.name}-undo" if h.undo_script else None)
+        for h in jump.hooks
+    ]
     try:
         return Manifest(
-            format=FORMAT_VERSION, product=product.name, from_version=frm, to_version=to,
-            version_file=product.spec.version_file, files=tuple(files),
-            removed=tuple(sorted(collected.removed, key=lambda r: r.path)), extras=tuple(extras),
+            format=FORMAT_VERSION,
+            product=product.name,
+            from_version=frm,
+            to_version=to,
+            version_file=product.spec.version_file,
+            files=tuple(files),
+            removed=tuple(sorted(collected.removed, key=lambda r: r.path)),
+            extras=tuple(extras),
             lookups=product.spec.lookups,
-            services=Services(backend=svc.backend, socket=svc.socket, services=svc.services, health=svc.health),
-            checks=product.spec.checks + jump.checks, hooks=tuple(hooks), databases=(),
-            installer=None, builder_version=__version__, created=epoch,
+            services=Services(
+                backend=svc.backend, socket=svc.socket, services=svc.services, health=svc.health
+            ),
+            checks=product.spec.checks + jump.checks,
+            hooks=tuple(hooks),
+            databases=(),
+            installer=None,
+            builder_version=__version__,
+            created=epoch,
         )
     except ValueError as e:
         raise BuildError(f"the jump does not make a valid manifest: {e}") from e

@@ -54,12 +54,32 @@ def build(
     ctx: typer.Context,
     frm: Annotated[str | None, typer.Option("--from", help="Version the bundle upgrades from.")] = None,
     to: Annotated[str | None, typer.Option("--to", help="Version the bundle upgrades to.")] = None,
-    product: Annotated[str | None, typer.Option("--product", help="Product under --specs (default: the only one).")] = None,
+    product: Annotated[
+        str | None, typer.Option("--product", help="Product under --specs (default: the only one).")
+    ] = None,
     specs: Annotated[Path, typer.Option("--specs", help="Specs directory.")] = Path("specs"),
     out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("dist"),
-    key: Annotated[Path | None, typer.Option("--key", envvar="JUMPKIT_SIGNING_KEY", help="ed25519 private key (PEM) to sign the manifest. Env: JUMPKIT_SIGNING_KEY.")] = None,
-    unsigned: Annotated[bool, typer.Option("--unsigned", help="Build without a signature (development only; installers refuse it without --allow-unsigned).")] = False,
-    level: Annotated[int, typer.Option("--level", min=0, max=9, help="Deflate level; incompressible files are stored whatever the level.")] = 6,
+    key: Annotated[
+        Path | None,
+        typer.Option(
+            "--key",
+            envvar="JUMPKIT_SIGNING_KEY",
+            help="ed25519 private key (PEM) to sign the manifest. Env: JUMPKIT_SIGNING_KEY.",
+        ),
+    ] = None,
+    unsigned: Annotated[
+        bool,
+        typer.Option(
+            "--unsigned",
+            help="Build without a signature (development only; installers need --allow-unsigned).",
+        ),
+    ] = False,
+    level: Annotated[
+        int,
+        typer.Option(
+            "--level", min=0, max=9, help="Deflate level; incompressible files are stored whatever the level."
+        ),
+    ] = 6,
     json_out: JsonOpt = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
     version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
@@ -79,22 +99,50 @@ def build(
         raise typer.Exit(2)
     show = not json_out and sys.stderr.isatty()
     try:
-        with Progress("building", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                      console=err, transient=True, disable=not show) as bar:
+        with Progress(
+            "building",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=err,
+            transient=True,
+            disable=not show,
+        ) as bar:
             task = bar.add_task("build", total=None)
-            result = build_bundle(specs, product, frm, to, out, key=None if unsigned else key, level=level,
-                                  progress=lambda n: bar.advance(task, n))
+            result = build_bundle(
+                specs,
+                product,
+                frm,
+                to,
+                out,
+                key=None if unsigned else key,
+                level=level,
+                progress=lambda n: bar.advance(task, n),
+            )
     except JumpkitError as e:
         _fail(e, json_out, debug)
     m = result.manifest
     if json_out:
-        print(json.dumps({"ok": True, "bundle": str(result.path), "sha256": result.sha256, "size": result.size,
-                          "files": len(m.files), "removed": len(m.removed), "signed": not unsigned,
-                          "seconds": round(result.seconds, 3)}))
+        print(
+            json.dumps(
+                {
+                    "ok": True,
+                    "bundle": str(result.path),
+                    "sha256": result.sha256,
+                    "size": result.size,
+                    "files": len(m.files),
+                    "removed": len(m.removed),
+                    "signed": not unsigned,
+                    "seconds": round(result.seconds, 3),
+                }
+            )
+        )
     else:
         print(f"{result.path}  {result.size} bytes  sha256 {result.sha256}")
-        print(f"  {len(m.files)} files, {len(m.removed)} removed, {'signed' if not unsigned else 'UNSIGNED'}, "
-              f"{result.seconds:.2f}s")
+        print(
+            f"  {len(m.files)} files, {len(m.removed)} removed, {'signed' if not unsigned else 'UNSIGNED'}, "
+            f"{result.seconds:.2f}s"
+        )
 
 
 @app.command()
@@ -119,7 +167,9 @@ def keygen(
 @app.command()
 def inspect(
     bundle: Path,
-    trust: Annotated[list[Path] | None, typer.Option("--trust", help="Verify the signature against these public keys.")] = None,
+    trust: Annotated[
+        list[Path] | None, typer.Option("--trust", help="Verify the signature against these public keys.")
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Show a bundle's manifest: jump, files, configs and policies, services, checks, signature."""
@@ -139,8 +189,15 @@ def sandbox(
     root: Annotated[Path, typer.Option("--root", help="Empty directory to install into.")],
     product: Annotated[str | None, typer.Option("--product", help="Product under --specs.")] = None,
     specs: Annotated[Path, typer.Option("--specs", help="Specs directory.")] = Path("specs"),
-    trust: Annotated[list[Path] | None, typer.Option("--trust", help="Public key to install in the root's trust store.")] = None,
-    setting: Annotated[list[str] | None, typer.Option("--set", help="Operator edit after install: section.key=value in the product's INI configs.")] = None,
+    trust: Annotated[
+        list[Path] | None, typer.Option("--trust", help="Public key to install in the root's trust store.")
+    ] = None,
+    setting: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="Operator edit after install: section.key=value in the product's INI configs."
+        ),
+    ] = None,
 ) -> None:
     """Lay out a release as a fresh install under a sandbox root (demo and tests): files,
     rendered configs, data, trust store and a supervisord config. Never on a real manager."""

@@ -93,8 +93,12 @@ def render_configs(product: Product, version: str, variables: dict[str, Any]) ->
         SpecError: a template fails to render (undefined variable, syntax).
     """
     cfg_dir = product.release_dir(version) / "config"
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(cfg_dir), undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True, autoescape=False)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(cfg_dir),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
     out: dict[str, bytes] = {}
     for rel in walk_tree(cfg_dir):
         if not rel.endswith(".j2"):
@@ -118,10 +122,16 @@ def collect(product: Product, jump: JumpSpec, jump_dir: Path) -> Collected:
         if not product.release_dir(v).is_dir():
             raise SpecError(f"release {v} has no directory {product.release_dir(v)}")
     fs = jump.files
-    old = {p: f for p, f in walk_tree(product.release_dir(frm) / "root").items()
-           if _matches(p, fs.include) and not _matches(p, fs.exclude)}
-    new = {p: f for p, f in walk_tree(product.release_dir(to) / "root").items()
-           if _matches(p, fs.include) and not _matches(p, fs.exclude)}
+    old = {
+        p: f
+        for p, f in walk_tree(product.release_dir(frm) / "root").items()
+        if _matches(p, fs.include) and not _matches(p, fs.exclude)
+    }
+    new = {
+        p: f
+        for p, f in walk_tree(product.release_dir(to) / "root").items()
+        if _matches(p, fs.include) and not _matches(p, fs.exclude)
+    }
     out = Collected()
     for path, full in new.items():
         mode = normalized_mode(path, full, fs.modes)
@@ -134,10 +144,16 @@ def collect(product: Product, jump: JumpSpec, jump_dir: Path) -> Collected:
                 continue
             out.files.append(Pending(path, "symlink", 0o777, from_sha, link_target=target))
             continue
-        if before is not None and not before.is_symlink() and from_sha == current_digest(full) \
-                and normalized_mode(path, before, fs.modes) == mode:
+        if (
+            before is not None
+            and not before.is_symlink()
+            and from_sha == current_digest(full)
+            and normalized_mode(path, before, fs.modes) == mode
+        ):
             continue
-        out.files.append(Pending(path, "file", mode, from_sha, Source(PAYLOAD_PREFIX + path, mode, path=full)))
+        out.files.append(
+            Pending(path, "file", mode, from_sha, Source(PAYLOAD_PREFIX + path, mode, path=full))
+        )
     removed = set(old) - set(new)
     for path in fs.remove:
         check_relpath(path)
@@ -154,9 +170,17 @@ def collect(product: Product, jump: JumpSpec, jump_dir: Path) -> Collected:
         from_sha = None if before_cfg is None else hashlib.sha256(before_cfg).hexdigest()
         if before_cfg == data:
             continue
-        out.files.append(Pending(
-            path, "config", 0o644, from_sha, Source(PAYLOAD_PREFIX + path, 0o644, data=data),
-            policy=spec.policy if spec else "replace", rules=spec.rules if spec else ()))
+        out.files.append(
+            Pending(
+                path,
+                "config",
+                0o644,
+                from_sha,
+                Source(PAYLOAD_PREFIX + path, 0o644, data=data),
+                policy=spec.policy if spec else "replace",
+                rules=spec.rules if spec else (),
+            )
+        )
     for path in sorted(set(old_cfg) - set(new_cfg)):
         removed.add(path)
     for path in sorted(removed):
@@ -167,7 +191,9 @@ def collect(product: Product, jump: JumpSpec, jump_dir: Path) -> Collected:
             from_sha = current_digest(before) if before is not None else None
         out.removed.append(RemovedEntry(path=path, from_sha256=from_sha))
     for hook in jump.hooks:
-        for name, script in [(hook.name, hook.script)] + ([(f"{hook.name}-undo", hook.undo_script)] if hook.undo_script else []):
+        for name, script in [(hook.name, hook.script)] + (
+            [(f"{hook.name}-undo", hook.undo_script)] if hook.undo_script else []
+        ):
             src = jump_dir / script
             if not src.is_file():
                 raise SpecError(f"hooks: {hook.name}: script {src} does not exist")

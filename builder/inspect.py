@@ -28,7 +28,11 @@ def inspect_bundle(path: Path, trust: list[Path]) -> dict[str, Any]:
     bundle = open_bundle(path)
     try:
         data = bundle.read_small(MANIFEST_NAME, MAX_MANIFEST_BYTES)
-        sig = bundle.read_small(SIGNATURE_NAME, MAX_SIGNATURE_BYTES) if bundle.has_member(SIGNATURE_NAME) else b""
+        sig = (
+            bundle.read_small(SIGNATURE_NAME, MAX_SIGNATURE_BYTES)
+            if bundle.has_member(SIGNATURE_NAME)
+            else b""
+        )
     finally:
         bundle.close()
     signature: dict[str, Any] = {"present": bool(sig)}
@@ -38,11 +42,11 @@ def inspect_bundle(path: Path, trust: list[Path]) -> dict[str, Any]:
         except (ValueError, AttributeError):
             signature["keyid"] = None
     if trust:
+        if not sig:
+            raise SignatureError("bundle is unsigned")
         signature["verified_by"] = verify_signature(data, sig, load_trusted_keys(trust))
-    elif sig:
-        signature["verified_by"] = None
     else:
-        raise SignatureError("bundle is unsigned") if trust else None
+        signature["verified_by"] = None
     manifest = parse_manifest(data)
     return {
         "bundle": str(path),
@@ -58,29 +62,45 @@ def describe(info: dict[str, Any]) -> list[str]:
     m = info["manifest"]
     sig = info["signature"]
     lines = [
-        f"{m['product']} {m['from_version']} -> {m['to_version']}   ({info['size']} bytes, format {m['format']}, "
+        f"{m['product']} {m['from_version']} -> {m['to_version']}   "
+        f"({info['size']} bytes, format {m['format']}, "
         f"built by jumpkit {m['builder_version']})",
-        "signature: " + ("none (unsigned development bundle)" if not sig["present"] else
-                         f"key {str(sig.get('keyid'))[:16]}, " +
-                         ("verified" if sig.get("verified_by") else "not verified (pass --trust)")),
-        "installer: " + ("none: DEVELOPMENT bundle (no bin/bundle-install)" if info["development"]
-                         else f"bin/bundle-install {m['installer']['version']}"),
+        "signature: "
+        + (
+            "none (unsigned development bundle)"
+            if not sig["present"]
+            else f"key {str(sig.get('keyid'))[:16]}, "
+            + ("verified" if sig.get("verified_by") else "not verified (pass --trust)")
+        ),
+        "installer: "
+        + (
+            "none: DEVELOPMENT bundle (no bin/bundle-install)"
+            if info["development"]
+            else f"bin/bundle-install {m['installer']['version']}"
+        ),
     ]
     kinds: dict[str, int] = {}
     for f in m["files"]:
         kinds[f["kind"]] = kinds.get(f["kind"], 0) + 1
     total = sum(f["size"] for f in m["files"])
-    lines.append(f"files: {len(m['files'])} ({', '.join(f'{v} {k}' for k, v in sorted(kinds.items()))}), "
-                 f"{total} bytes; removed: {len(m['removed'])}")
+    lines.append(
+        f"files: {len(m['files'])} ({', '.join(f'{v} {k}' for k, v in sorted(kinds.items()))}), "
+        f"{total} bytes; removed: {len(m['removed'])}"
+    )
     for f in m["files"]:
         if f["kind"] == "config":
-            lines.append(f"  config {f['path']}: {f['policy']}" + (f" ({len(f['rules'])} rule(s))" if f["rules"] else ""))
+            lines.append(
+                f"  config {f['path']}: {f['policy']}"
+                + (f" ({len(f['rules'])} rule(s))" if f["rules"] else "")
+            )
     for r in m["removed"][:20]:
         lines.append(f"  remove {r['path']}")
     svc = m["services"]
     if svc["services"]:
-        lines.append(f"services ({svc['backend']}): {', '.join(s['name'] for s in svc['services'])}; "
-                     f"health: {', '.join(h['name'] for h in svc['health']) or 'none'}")
+        lines.append(
+            f"services ({svc['backend']}): {', '.join(s['name'] for s in svc['services'])}; "
+            f"health: {', '.join(h['name'] for h in svc['health']) or 'none'}"
+        )
     for c in m["checks"]:
         lines.append(f"check: {c['kind']} {c.get('description') or c['path']}")
     for h in m["hooks"]:

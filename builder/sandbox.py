@@ -18,8 +18,15 @@ from builder.spec import Product
 SUPERVISOR_CONF = "etc/supervisord.conf"
 
 
-def lay_out(product: Product, version: str, root: Path, *, overrides: dict[str, str] | None = None,
-            trust: list[Path] | None = None, python: str = sys.executable) -> None:
+def lay_out(
+    product: Product,
+    version: str,
+    root: Path,
+    *,
+    overrides: dict[str, str] | None = None,
+    trust: list[Path] | None = None,
+    python: str = sys.executable,
+) -> None:
     """Install ``version`` of ``product`` into an empty ``root``.
 
     ``overrides`` are operator edits applied after rendering: ``section.key=value`` in the
@@ -88,20 +95,42 @@ def write_supervisor_conf(product: Product, root: Path, python: str) -> Path:
     sock = product.spec.services.socket or "var/run/supervisor.sock"
     r = root.resolve()
     lines = [
-        "[unix_http_server]", f"file={r / sock}", "chmod=0700", "",
-        "[supervisord]", f"logfile={r}/var/log/supervisord.log", f"pidfile={r}/var/run/supervisord.pid",
-        f"childlogdir={r}/var/log", "nodaemon=false", "silent=true", "", "[rpcinterface:supervisor]",
-        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface", "",
-        "[supervisorctl]", f"serverurl=unix://{r / sock}", "",
+        "[unix_http_server]",
+        f"file={r / sock}",
+        "chmod=0700",
+        "",
+        "[supervisord]",
+        f"logfile={r}/var/log/supervisord.log",
+        f"pidfile={r}/var/run/supervisord.pid",
+        f"childlogdir={r}/var/log",
+        "nodaemon=false",
+        "silent=true",
+        "",
+        "[rpcinterface:supervisor]",
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+        "",
+        "[supervisorctl]",
+        f"serverurl=unix://{r / sock}",
+        "",
     ]
     for svc in product.spec.services.services:
         argv = product.spec.sandbox.programs.get(svc.name)
         if argv is None:
             raise BuildError(f"sandbox.programs has no command for service {svc.name}")
         cmd = " ".join(a.replace("{root}", str(r)).replace("{python}", python) for a in argv)
-        lines += [f"[program:{svc.name}]", f"command={cmd}", f"directory={r}", "startsecs=0",
-                  "startretries=0", "autorestart=false", "stopwaitsecs=5", "stopsignal=TERM",
-                  f"stdout_logfile={r}/var/log/{svc.name}.log", "redirect_stderr=true", ""]
+        lines += [
+            f"[program:{svc.name}]",
+            f"command={cmd}",
+            f"directory={r}",
+            "startsecs=0",
+            "startretries=0",
+            "autorestart=false",
+            "stopwaitsecs=5",
+            "stopsignal=TERM",
+            f"stdout_logfile={r}/var/log/{svc.name}.log",
+            "redirect_stderr=true",
+            "",
+        ]
     conf = root / SUPERVISOR_CONF
     conf.parent.mkdir(parents=True, exist_ok=True)
     conf.write_text("\n".join(lines))

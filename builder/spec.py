@@ -15,7 +15,6 @@ from installer.format import Check, HealthCheck, Lookup, RewriteRule, Service
 from installer.paths import check_relpath
 from installer.version import Version
 
-
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -170,7 +169,9 @@ class Product:
             raise UnknownJumpError(f"{self.name} has no jump {frm} -> {to}; defined: {defined}")
         spec = _validate(JumpSpec, path)
         if (spec.from_version, spec.to_version) != (frm, to):
-            raise SpecError(f"{path}: from/to ({spec.from_version} -> {spec.to_version}) do not match the file name")
+            raise SpecError(
+                f"{path}: from/to ({spec.from_version} -> {spec.to_version}) do not match the file name"
+            )
         return spec
 
 
@@ -188,7 +189,9 @@ def _validate(model: type[M], path: Path) -> M:
     try:
         return model.model_validate(data if data is not None else {}, strict=False)
     except ValidationError as e:
-        problems = [f"{path}: {'.'.join(str(x) for x in err['loc']) or '(top)'}: {err['msg']}" for err in e.errors()]
+        problems = [
+            f"{path}: {'.'.join(str(x) for x in err['loc']) or '(top)'}: {err['msg']}" for err in e.errors()
+        ]
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
         raise SpecError(problems[0] + more, problems=problems) from e
 

@@ -64,7 +64,9 @@ class Prepared:
 
 def _dos_time(epoch: int) -> tuple[int, int]:
     t = time.gmtime(max(epoch, 315532800))
-    return (t.tm_hour << 11) | (t.tm_min << 5) | (t.tm_sec // 2), ((t.tm_year - 1980) << 9) | (t.tm_mon << 5) | t.tm_mday
+    return (t.tm_hour << 11) | (t.tm_min << 5) | (t.tm_sec // 2), ((t.tm_year - 1980) << 9) | (
+        t.tm_mon << 5
+    ) | t.tm_mday
 
 
 def _open_source(src: Source) -> BinaryIO:
@@ -133,8 +135,9 @@ def prepare(src: Source, level: int, spill_dir: Path) -> Prepared:
 class ZipWriter:
     """Writes entries in the order added; compression runs ``workers`` entries ahead."""
 
-    def __init__(self, dest: BinaryIO, *, epoch: int, level: int = 6, workers: int = 2,
-                 force_zip64: bool = False) -> None:
+    def __init__(
+        self, dest: BinaryIO, *, epoch: int, level: int = 6, workers: int = 2, force_zip64: bool = False
+    ) -> None:
         self.dest = dest
         self.level = level
         self.workers = workers
@@ -144,7 +147,9 @@ class ZipWriter:
         self._names: set[str] = set()
         self._spill = Path(tempfile.mkdtemp(prefix="jumpkit-zip-"))
 
-    def write_all(self, sources: Iterable[Source], progress: Callable[[int], None] | None = None) -> dict[str, tuple[str, int]]:
+    def write_all(
+        self, sources: Iterable[Source], progress: Callable[[int], None] | None = None
+    ) -> dict[str, tuple[str, int]]:
         """Write every source; returns {name: (sha256, size)}."""
         digests: dict[str, tuple[str, int]] = {}
         window = self.workers * 4
@@ -162,7 +167,9 @@ class ZipWriter:
         """Write one in-memory entry now (manifest, signature)."""
         self._emit(prepare(Source(name, mode, data=data), self.level, self._spill), {}, None)
 
-    def _emit(self, p: Prepared, digests: dict[str, tuple[str, int]], progress: Callable[[int], None] | None) -> None:
+    def _emit(
+        self, p: Prepared, digests: dict[str, tuple[str, int]], progress: Callable[[int], None] | None
+    ) -> None:
         name = p.source.name
         if name in self._names:
             raise ValueError(f"duplicate entry {name}")
@@ -172,9 +179,22 @@ class ZipWriter:
         zip64 = self.force_zip64 or p.size >= U32 or p.csize >= U32
         extra = struct.pack("<HHQQ", 1, 16, p.size, p.csize) if zip64 else b""
         version = 45 if zip64 else 20
-        self.dest.write(struct.pack(
-            "<IHHHHHIIIHH", 0x04034B50, version, _UTF8, p.method, self.dos_time, self.dos_date,
-            p.crc, U32 if zip64 else p.csize, U32 if zip64 else p.size, len(raw), len(extra)))
+        self.dest.write(
+            struct.pack(
+                "<IHHHHHIIIHH",
+                0x04034B50,
+                version,
+                _UTF8,
+                p.method,
+                self.dos_time,
+                self.dos_date,
+                p.crc,
+                U32 if zip64 else p.csize,
+                U32 if zip64 else p.size,
+                len(raw),
+                len(extra),
+            )
+        )
         self.dest.write(raw + extra)
         if p.blob is not None:
             self.dest.write(p.blob)
@@ -189,13 +209,34 @@ class ZipWriter:
             cd_fields += [p.size, p.csize]
         if self.force_zip64 or offset >= U32:
             cd_fields.append(offset)
-        cd_extra = struct.pack(f"<HH{len(cd_fields)}Q", 1, 8 * len(cd_fields), *cd_fields) if cd_fields else b""
+        cd_extra = (
+            struct.pack(f"<HH{len(cd_fields)}Q", 1, 8 * len(cd_fields), *cd_fields) if cd_fields else b""
+        )
         ext_attr = (stat.S_IFREG | (p.source.mode & 0o777)) << 16
-        self._central.append(struct.pack(
-            "<IHHHHHHIIIHHHHHII", 0x02014B50, (3 << 8) | version, version, _UTF8, p.method,
-            self.dos_time, self.dos_date, p.crc, U32 if zip64 else p.csize, U32 if zip64 else p.size,
-            len(raw), len(cd_extra), 0, 0, 0, ext_attr,
-            U32 if (self.force_zip64 or offset >= U32) else offset) + raw + cd_extra)
+        self._central.append(
+            struct.pack(
+                "<IHHHHHHIIIHHHHHII",
+                0x02014B50,
+                (3 << 8) | version,
+                version,
+                _UTF8,
+                p.method,
+                self.dos_time,
+                self.dos_date,
+                p.crc,
+                U32 if zip64 else p.csize,
+                U32 if zip64 else p.size,
+                len(raw),
+                len(cd_extra),
+                0,
+                0,
+                0,
+                ext_attr,
+                U32 if (self.force_zip64 or offset >= U32) else offset,
+            )
+            + raw
+            + cd_extra
+        )
         digests[name] = (p.sha256, p.size)
         if progress is not None:
             progress(p.size)
@@ -218,11 +259,23 @@ class ZipWriter:
         n = len(self._central)
         if self.force_zip64 or n >= U16 or cd_offset >= U32 or cd_size >= U32:
             z64_offset = self.dest.tell()
-            self.dest.write(struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, (3 << 8) | 45, 45, 0, 0,
-                                        n, n, cd_size, cd_offset))
+            self.dest.write(
+                struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, (3 << 8) | 45, 45, 0, 0, n, n, cd_size, cd_offset)
+            )
             self.dest.write(struct.pack("<IIQI", 0x07064B50, 0, z64_offset, 1))
-            self.dest.write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, min(n, U16), min(n, U16),
-                                        min(cd_size, U32), min(cd_offset, U32), 0))
+            self.dest.write(
+                struct.pack(
+                    "<IHHHHIIH",
+                    0x06054B50,
+                    0,
+                    0,
+                    min(n, U16),
+                    min(n, U16),
+                    min(cd_size, U32),
+                    min(cd_offset, U32),
+                    0,
+                )
+            )
         else:
             self.dest.write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, n, n, cd_size, cd_offset, 0))
         shutil.rmtree(self._spill, ignore_errors=True)

@@ -10,7 +10,7 @@ import threading
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import IO, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -52,7 +52,7 @@ class Bundle(Protocol):
         """The uncompressed size the container declares for a member."""
         ...
 
-    def open_member(self, name: str) -> BinaryIO:
+    def open_member(self, name: str) -> IO[bytes]:
         """A binary stream of the member's bytes."""
         ...
 
@@ -119,11 +119,15 @@ class ZipBundle:
         """See :class:`Bundle`."""
         return self._infos[name].file_size
 
-    def open_member(self, name: str) -> BinaryIO:
+    def open_member(self, name: str) -> IO[bytes]:
         """See :class:`Bundle`. Thread-safe: each thread reads through its own handle."""
         zf: zipfile.ZipFile | None = getattr(self._local, "zip", None)
         if zf is None:
-            zf = zipfile.ZipFile(self.path) if threading.current_thread() is not threading.main_thread() else self._zip
+            zf = (
+                zipfile.ZipFile(self.path)
+                if threading.current_thread() is not threading.main_thread()
+                else self._zip
+            )
             self._local.zip = zf
         try:
             return zf.open(self._infos[name])

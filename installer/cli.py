@@ -61,22 +61,53 @@ def _version_cb(value: bool) -> None:
 
 @app.callback()
 def main_options(
-    root: Annotated[Path, typer.Option("--root", help="Prefix for every target path (a sandbox root).")] = Path("/"),
-    state_dir: Annotated[Path | None, typer.Option("--state-dir", help="State dir (default <root>/var/lib/jumpkit/<product>).")] = None,
-    trust: Annotated[list[Path] | None, typer.Option("--trust", help="Trusted public key file or dir (default <root>/etc/jumpkit/trusted-keys/). Repeatable.")] = None,
-    allow_unsigned: Annotated[bool, typer.Option("--allow-unsigned", help="DEVELOPMENT ONLY: skip the signature check.")] = False,
-    accept_drift: Annotated[bool, typer.Option("--accept-drift", help="Apply over locally modified files (they are backed up).")] = False,
-    force: Annotated[bool, typer.Option("--force", help="Proceed although the services are unhealthy now.")] = False,
+    root: Annotated[
+        Path, typer.Option("--root", help="Prefix for every target path (a sandbox root).")
+    ] = Path("/"),
+    state_dir: Annotated[
+        Path | None, typer.Option("--state-dir", help="State dir (default <root>/var/lib/jumpkit/<product>).")
+    ] = None,
+    trust: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--trust",
+            help="Trusted public key file or dir (default <root>/etc/jumpkit/trusted-keys/). Repeatable.",
+        ),
+    ] = None,
+    allow_unsigned: Annotated[
+        bool, typer.Option("--allow-unsigned", help="DEVELOPMENT ONLY: skip the signature check.")
+    ] = False,
+    accept_drift: Annotated[
+        bool, typer.Option("--accept-drift", help="Apply over locally modified files (they are backed up).")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Proceed although the services are unhealthy now.")
+    ] = False,
     json_out: JsonOpt = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
-    version: Annotated[bool, typer.Option("--version", callback=_version_cb, is_eager=True, help="Print the version and the bundle formats read.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_version_cb,
+            is_eager=True,
+            help="Print the version and the bundle formats read.",
+        ),
+    ] = False,
 ) -> None:
     """Global options."""
     global G
     G = Globals(
-        Options(root=root, state_dir=state_dir, trust=list(trust or []), allow_unsigned=allow_unsigned,
-                accept_drift=accept_drift, force=force),
-        json_out, debug,
+        Options(
+            root=root,
+            state_dir=state_dir,
+            trust=list(trust or []),
+            allow_unsigned=allow_unsigned,
+            accept_drift=accept_drift,
+            force=force,
+        ),
+        json_out,
+        debug,
     )
     if allow_unsigned:
         err.print("WARNING: --allow-unsigned: the bundle's signature is NOT checked. Development only.")
@@ -106,11 +137,20 @@ def _progress(as_json: bool) -> Iterator[Callable[[str, int], Callable[[int], No
     if as_json or not sys.stderr.isatty():
         yield None
         return
-    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                  TransferSpeedColumn(), TimeRemainingColumn(), console=err, transient=True) as bar:
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+
         def factory(label: str, total: int) -> Callable[[int], None]:
             task = bar.add_task(label, total=total)
             return lambda n: bar.advance(task, n)
+
         yield factory
 
 
@@ -163,8 +203,10 @@ def stage(bundle: Path, json_out: JsonOpt = False) -> None:
 
 
 @app.command()
-def apply(bundle: Annotated[Path | None, typer.Argument(help="Bundle file; omit to apply the staged one.")] = None,
-          json_out: JsonOpt = False) -> None:
+def apply(
+    bundle: Annotated[Path | None, typer.Argument(help="Bundle file; omit to apply the staged one.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
     """Verify, stage, back up, stop, swap, start, health-check, commit; roll back on failure."""
     doc = _run(json_out, lambda e: e.apply(bundle))
     _print_status(doc, json_out or _g().json)
@@ -202,7 +244,9 @@ def plan(bundle: Path, json_out: JsonOpt = False) -> None:
     if json_out or _g().json:
         print(json.dumps(report, indent=2))
         return
-    out.print(f"{report['bundle']}: installed {report['installed']}, upgrades {report['from']} -> {report['to']}")
+    out.print(
+        f"{report['bundle']}: installed {report['installed']}, upgrades {report['from']} -> {report['to']}"
+    )
     pf = report["preflight"]
     out.print("pre-flight: " + ("ok" if pf["ok"] else "WOULD FAIL"))
     for line in pf.get("passed", []) + pf.get("problems", []):

@@ -32,7 +32,7 @@ from installer.errors import (
 )
 from installer.failpoints import failpoint
 from installer.format import Manifest, load_trusted_keys, verify_signature
-from installer.health import wait_healthy
+from installer.health import lookup_variables, wait_healthy
 from installer.plan import Plan, check_drift, compute_plan, drift_error
 from installer.services import ServiceManager, service_manager
 from installer.stage import is_staged, load_staged, stage_bundle
@@ -117,7 +117,9 @@ class Engine:
     def _open(self, bundle_path: Path) -> tuple[Bundle, Manifest, bytes, bytes]:
         bundle = open_bundle(bundle_path)
         manifest, data, sig = verify_bundle(
-            bundle, self._trusted(), allow_unsigned=self.opts.allow_unsigned,
+            bundle,
+            self._trusted(),
+            allow_unsigned=self.opts.allow_unsigned,
             max_bytes=self.opts.max_bundle_bytes,
         )
         return bundle, manifest, data, sig
@@ -193,25 +195,59 @@ class Engine:
                 msg = f"{label}: {'writable' if ok else 'not writable'}"
             else:
                 try:
-                    p = subprocess.run(list(check.command), cwd=self.root, capture_output=True,
-                                       text=True, timeout=check.timeout)
+                    p = subprocess.run(
+                        list(check.command),
+                        cwd=self.root,
+                        capture_output=True,
+                        text=True,
+                        timeout=check.timeout,
+                    )
                     ok = p.returncode == 0
                     msg = f"{label}: exit {p.returncode} {(p.stdout + p.stderr).strip()[-200:]}"
                 except (OSError, subprocess.TimeoutExpired) as e:
                     ok, msg = False, f"{label}: {e}"
             (passed if ok else problems).append(msg)
+        problems += self._services_ready(manifest, passed)
         drift = check_drift(manifest, self.root)
         if drift and not self.opts.accept_drift and not problems:
             raise drift_error(manifest, drift)
         if drift:
             (passed if self.opts.accept_drift else problems).append(
                 f"drift: {len(drift)} file(s) differ from {manifest.from_version}"
-                + (" (accepted)" if self.opts.accept_drift else ""))
+                + (" (accepted)" if self.opts.accept_drift else "")
+            )
         if problems:
             cls = SpaceError if all("MiB" in p for p in problems) else PreconditionError
-            raise cls(f"pre-flight failed: {problems[0]}" + (
-                f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""), details=problems)
+            raise cls(
+                f"pre-flight failed: {problems[0]}"
+                + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""),
+                details=problems,
+            )
         return passed
+
+    def _services_ready(self, manifest: Manifest, passed: list[str]) -> list[str]:
+        """Services reachable, and healthy now (unless --force): an already broken manager
+        is not upgraded, because a rollback could not prove anything."""
+        svcs = manifest.services.services
+        if not svcs:
+            return []
+        try:
+            mgr = self._services(manifest, self.root)
+            running = [s.name for s in svcs if mgr.is_running(s)]
+        except JumpkitError as e:
+            return [f"services: {e.message}"]
+        passed.append(f"services: {len(running)}/{len(svcs)} running ({manifest.services.backend})")
+        if not running or not manifest.services.health or self.opts.force:
+            return []
+        once = tuple(c.model_copy(update={"retries": 1}) for c in manifest.services.health)
+        try:
+            wait_healthy(
+                once, lookup_variables(manifest.lookups, self.root, manifest.from_version), self.root
+            )
+        except JumpkitError as e:
+            return [f"the manager is unhealthy now ({e.message}); --force proceeds anyway"]
+        passed.append("health checks pass on the installed version")
+        return []
 
     # --- stage --------------------------------------------------------------------
     def stage(self, bundle_path: Path) -> Path:
@@ -232,9 +268,13 @@ class Engine:
             bundle.close()
         doc = state.read_status()
         if doc.status not in ("working",):
-            doc = StatusDoc(status="staged", summary=f"{manifest.bundle_id} staged",
-                            bundle_id=manifest.bundle_id, from_version=manifest.from_version,
-                            to_version=manifest.to_version)
+            doc = StatusDoc(
+                status="staged",
+                summary=f"{manifest.bundle_id} staged",
+                bundle_id=manifest.bundle_id,
+                from_version=manifest.from_version,
+                to_version=manifest.to_version,
+            )
             state.write_status(doc)
         return path
 
@@ -250,7 +290,7 @@ class Engine:
     def _txn(state: StateDir) -> list[dict[str, Any]]:
         records = state.journal()
         starts = [i for i, r in enumerate(records) if r.get("event") == "start"]
-        return records[starts[-1]:] if starts else []
+        return records[starts[-1] :] if starts else []
 
     @staticmethod
     def _txn_state(txn: list[dict[str, Any]]) -> str:
@@ -259,9 +299,14 @@ class Engine:
             return "none"
         for final in ("rolled-back", "commit", "rollback-start"):
             if final in events:
-                last = max(i for i, e in enumerate(events) if e in ("rolled-back", "commit", "rollback-start"))
-                return {"rolled-back": "rolled-back", "commit": "committed",
-                        "rollback-start": "rolling-back"}[events[last]]
+                last = max(
+                    i for i, e in enumerate(events) if e in ("rolled-back", "commit", "rollback-start")
+                )
+                return {
+                    "rolled-back": "rolled-back",
+                    "commit": "committed",
+                    "rollback-start": "rolling-back",
+                }[events[last]]
         return "applying"
 
     def _refuse_unfinished(self, state: StateDir) -> None:
@@ -274,9 +319,14 @@ class Engine:
 
     def _context(self, state: StateDir, manifest: Manifest, plan: Plan, txn: list[dict[str, Any]]) -> Context:
         ctx = Context(
-            root=self.root, state=state, manifest=manifest, plan=plan,
-            staging=state.staging_dir(manifest.bundle_id), backup=state.backup_dir(manifest.bundle_id),
-            services=self._services(manifest, self.root), log=self.log,
+            root=self.root,
+            state=state,
+            manifest=manifest,
+            plan=plan,
+            staging=state.staging_dir(manifest.bundle_id),
+            backup=state.backup_dir(manifest.bundle_id),
+            services=self._services(manifest, self.root),
+            log=self.log,
         )
         for r in txn:
             if r.get("event") == "note":
@@ -338,12 +388,16 @@ class Engine:
         steps = apply_steps()
         self._state = state
         self._status = StatusDoc(
-            status="working", summary=f"applying {manifest.from_version} -> {manifest.to_version}",
-            bundle_id=manifest.bundle_id, from_version=manifest.from_version,
-            to_version=manifest.to_version, started=time.time(),
+            status="working",
+            summary=f"applying {manifest.from_version} -> {manifest.to_version}",
+            bundle_id=manifest.bundle_id,
+            from_version=manifest.from_version,
+            to_version=manifest.to_version,
+            started=time.time(),
         )
-        state.journal_append({"event": "start", "bundle": manifest.bundle_id,
-                              "steps": [s.name for s in steps]})
+        state.journal_append(
+            {"event": "start", "bundle": manifest.bundle_id, "steps": [s.name for s in steps]}
+        )
         self._set_status()
         ctx = self._context(state, manifest, plan, [])
         return self._run(ctx, steps, 0)
@@ -361,8 +415,9 @@ class Engine:
                 reason = f"{step.name} failed: {getattr(e, 'message', None) or e}"
                 self.log(reason)
                 self._rollback(ctx, steps, reason)
-                raise ApplyError(f"{reason}; rolled back to {ctx.manifest.from_version}",
-                                 step=step.name) from e
+                raise ApplyError(
+                    f"{reason}; rolled back to {ctx.manifest.from_version}", step=step.name
+                ) from e
             failpoint(f"done:{step.name}")
             state.journal_append({"event": "done", "step": step.name})
         failpoint("commit")
@@ -371,18 +426,24 @@ class Engine:
         summary = f"upgraded {ctx.manifest.from_version} -> {ctx.manifest.to_version}"
         if outage is not None:
             summary += f"; outage {outage:.2f}s"
-        self._set_status(status="finished", step=None, summary=summary, finished=time.time(),
-                         outage_seconds=outage)
+        self._set_status(
+            status="finished", step=None, summary=summary, finished=time.time(), outage_seconds=outage
+        )
         self.log(summary)
-        state.append_history({"result": "finished", "bundle": ctx.manifest.bundle_id,
-                              "outage_seconds": outage})
+        state.append_history(
+            {"result": "finished", "bundle": ctx.manifest.bundle_id, "outage_seconds": outage}
+        )
         assert self._status is not None
         return self._status
 
     def _outage(self, state: StateDir) -> float | None:
         txn = self._txn(state)
-        t0 = next((r["ts"] for r in txn if r.get("event") == "begin" and r["step"] == StopServices.name), None)
-        t1 = next((r["ts"] for r in reversed(txn) if r.get("event") == "done" and r["step"] == "health"), None)
+        t0 = next(
+            (r["ts"] for r in txn if r.get("event") == "begin" and r["step"] == StopServices.name), None
+        )
+        t1 = next(
+            (r["ts"] for r in reversed(txn) if r.get("event") == "done" and r["step"] == "health"), None
+        )
         return round(t1 - t0, 3) if t0 is not None and t1 is not None else None
 
     def _rollback(self, ctx: Context, steps: list[Step], reason: str) -> None:
@@ -407,9 +468,11 @@ class Engine:
             try:
                 step.undo(ctx)
             except (JumpkitError, OSError) as e:
-                msg = (f"rollback failed in {name}: {getattr(e, 'message', None) or e}; "
-                       f"the manager is between {ctx.manifest.from_version} and "
-                       f"{ctx.manifest.to_version}: fix the cause, then 'bundle-install rollback'")
+                msg = (
+                    f"rollback failed in {name}: {getattr(e, 'message', None) or e}; "
+                    f"the manager is between {ctx.manifest.from_version} and "
+                    f"{ctx.manifest.to_version}: fix the cause, then 'bundle-install rollback'"
+                )
                 state.journal_append({"event": "rollback-failed", "step": name, "error": str(e)})
                 self._set_status(status="failed", summary=msg)
                 state.append_history({"result": "failed", "bundle": ctx.manifest.bundle_id, "error": msg})
@@ -419,22 +482,31 @@ class Engine:
             restarted = restarted or name == StopServices.name
         if restarted and ctx.manifest.services.health and ctx.notes.get(StopServices.name, {}).get("running"):
             try:
-                wait_healthy(ctx.manifest.services.health, ctx.variables(ctx.manifest.from_version), self.root)
+                wait_healthy(
+                    ctx.manifest.services.health, ctx.variables(ctx.manifest.from_version), self.root
+                )
             except JumpkitError as e:
                 msg = f"rolled back files, but {ctx.manifest.from_version} is not healthy: {e.message}"
                 self._set_status(status="failed", summary=msg)
                 raise RollbackError(msg) from e
         state.journal_append({"event": "rolled-back"})
-        self._set_status(status="rolled-back", step=None, finished=time.time(), outage_seconds=None,
-                         summary=f"rolled back to {ctx.manifest.from_version}: {reason}")
+        self._set_status(
+            status="rolled-back",
+            step=None,
+            finished=time.time(),
+            outage_seconds=None,
+            summary=f"rolled back to {ctx.manifest.from_version}: {reason}",
+        )
         state.append_history({"result": "rolled-back", "bundle": ctx.manifest.bundle_id, "reason": reason})
 
     # --- resume / rollback ----------------------------------------------------------
     def _load_txn(self, state: StateDir) -> tuple[Context, list[Step], list[dict[str, Any]]]:
         txn = self._txn(state)
         if not txn:
-            raise StateError("nothing to resume or roll back: no apply in the journal "
-                             "(unstage and the next apply drop the backup of the last one)")
+            raise StateError(
+                "nothing to resume or roll back: no apply in the journal "
+                "(unstage and the next apply drop the backup of the last one)"
+            )
         bundle_id = txn[0]["bundle"]
         manifest, _ = load_staged(state, bundle_id)
         plan = Plan.load(state.staging_dir(bundle_id))
@@ -461,7 +533,10 @@ class Engine:
                 raise StateError(f"nothing to resume: the last apply is {st}")
             done = {r["step"] for r in txn if r["event"] == "done"}
             first = next((i for i, s in enumerate(steps) if s.name not in done), len(steps))
-            self._set_status(status="working", summary=f"resuming at {steps[first].name if first < len(steps) else 'commit'}")
+            self._set_status(
+                status="working",
+                summary=f"resuming at {steps[first].name if first < len(steps) else 'commit'}",
+            )
             self.log(f"resuming after a crash at step {first + 1}/{len(steps)}")
             return self._run(ctx, steps, first)
 
@@ -480,7 +555,9 @@ class Engine:
                 raise StateError("nothing to roll back: the last apply was already rolled back")
             if not state.backup_dir(ctx.manifest.bundle_id).is_dir():
                 raise StateError("the backup of the last apply is gone (unstaged); cannot roll back")
-            self._rollback(ctx, steps, "requested by the operator" if st == "committed" else "after an interrupted apply")
+            self._rollback(
+                ctx, steps, "requested by the operator" if st == "committed" else "after an interrupted apply"
+            )
             assert self._status is not None
             return self._status
 
@@ -524,7 +601,9 @@ class Engine:
         bundle, manifest, _, _ = self._open(bundle_path)
         state = self.state_for(manifest)
         report: dict[str, Any] = {
-            "bundle": manifest.bundle_id, "from": manifest.from_version, "to": manifest.to_version,
+            "bundle": manifest.bundle_id,
+            "from": manifest.from_version,
+            "to": manifest.to_version,
             "installed": read_installed_version(self.root, manifest),
         }
         try:
@@ -547,18 +626,38 @@ class Engine:
         steps = apply_steps()
         report["drift"] = plan.drift
         report["notes"] = plan.notes
-        report["steps"] = [
-            {"step": "verify", "detail": f"signature + {len(manifest.members())} members"},
-            {"step": "stage", "detail": f"{manifest.total_size()} bytes into {state.staging_dir(manifest.bundle_id)}"},
-        ] + [{"step": s.name, "detail": self._describe(s.name, manifest, plan)} for s in steps] + [
-            {"step": "commit", "detail": "journal commit; backup kept until unstage or the next apply"}]
-        report["files"] = [{"path": op.path, "action": op.action if op.action == "remove" else (
-            "replace" if (self.root / op.path).exists() or (self.root / op.path).is_symlink() else "add"),
-            "group": op.group, "note": op.note} for op in plan.ops]
+        report["steps"] = (
+            [
+                {"step": "verify", "detail": f"signature + {len(manifest.members())} members"},
+                {
+                    "step": "stage",
+                    "detail": f"{manifest.total_size()} bytes into {state.staging_dir(manifest.bundle_id)}",
+                },
+            ]
+            + [{"step": s.name, "detail": self._describe(s.name, manifest, plan)} for s in steps]
+            + [{"step": "commit", "detail": "journal commit; backup kept until unstage or the next apply"}]
+        )
+        report["files"] = [
+            {
+                "path": op.path,
+                "action": op.action
+                if op.action == "remove"
+                else (
+                    "replace"
+                    if (self.root / op.path).exists() or (self.root / op.path).is_symlink()
+                    else "add"
+                ),
+                "group": op.group,
+                "note": op.note,
+            }
+            for op in plan.ops
+        ]
         report["services"] = [s.name for s in manifest.services.services]
         report["outage_estimate_seconds"] = round(
             sum(min(s.stop_timeout, 2.0) + min(s.start_timeout, 2.0) for s in manifest.services.services)
-            + 0.00002 * len(plan.ops), 2)
+            + 0.00002 * len(plan.ops),
+            2,
+        )
         return report
 
     def _preflight_dry(self, manifest: Manifest, state: StateDir) -> list[str]:
@@ -583,7 +682,8 @@ class Engine:
             return f"start {', '.join(svcs) or 'nothing'}"
         if name.startswith("swap-"):
             ops = plan.group(name.removeprefix("swap-"))
-            return f"{sum(o.action == 'place' for o in ops)} placed, {sum(o.action == 'remove' for o in ops)} removed"
+            placed = sum(o.action == "place" for o in ops)
+            return f"{placed} placed, {len(ops) - placed} removed"
         if name.startswith("hooks-"):
             hooks = [h.name for h in manifest.hooks if h.when == name.removeprefix("hooks-")]
             return ", ".join(hooks) or "none"

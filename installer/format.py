@@ -313,6 +313,7 @@ def loads_strict(data: bytes, *, what: str) -> Any:
     Raises:
         ManifestError: the bytes are not strict JSON.
     """
+
     def _no_constants(name: str) -> Any:
         raise ManifestError(f"{what}: {name} is not allowed")
 
@@ -429,9 +430,7 @@ def load_trusted_keys(paths: Iterable[Path]) -> dict[str, Ed25519PublicKey]:
 def sign_manifest(data: bytes, private: Ed25519PrivateKey) -> bytes:
     """Return manifest.sig bytes for manifest.json bytes ``data``."""
     sig = private.sign(data)
-    return canonical_json(
-        {"keyid": key_id(private.public_key()), "sig": base64.b64encode(sig).decode()}
-    )
+    return canonical_json({"keyid": key_id(private.public_key()), "sig": base64.b64encode(sig).decode()})
 
 
 def verify_signature(data: bytes, sig_file: bytes, trusted: dict[str, Ed25519PublicKey]) -> str:

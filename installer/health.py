@@ -30,6 +30,16 @@ def resolve_lookup(lookup: Lookup, root: Path) -> str | None:
     return parser.get(section, option, fallback=lookup.default)
 
 
+def lookup_variables(lookups: Mapping[str, Lookup], root: Path, version: str) -> dict[str, str]:
+    """Values for ``{name}`` in health checks: every lookup that resolves, and ``version``."""
+    out = {"version": version}
+    for name, lookup in lookups.items():
+        value = resolve_lookup(lookup, root)
+        if value is not None:
+            out[name] = value
+    return out
+
+
 def expand(text: str, variables: Mapping[str, str]) -> str:
     """Replace ``{name}`` with a variable; unknown names stay as they are."""
     for k, v in variables.items():

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from installer.errors import StepError
 from installer.format import Manifest
-from installer.health import resolve_lookup, wait_healthy
+from installer.health import lookup_variables, wait_healthy
 from installer.plan import Plan
 from installer.services import ServiceManager
 from installer.state import StateDir
@@ -41,12 +41,7 @@ class Context:
 
     def variables(self, version: str) -> dict[str, str]:
         """Values for ``{name}`` in health checks: the lookups and ``version``."""
-        out = {"version": version}
-        for name, lookup in self.manifest.lookups.items():
-            value = resolve_lookup(lookup, self.root)
-            if value is not None:
-                out[name] = value
-        return out
+        return lookup_variables(self.manifest.lookups, self.root, version)
 
 
 class Step(Protocol):
@@ -181,8 +176,9 @@ class Hooks:
         }
         ctx.log(f"hook {name}")
         try:
-            p = subprocess.run([str(script)], cwd=ctx.root, env=env, timeout=timeout,
-                               capture_output=True, text=True)
+            p = subprocess.run(
+                [str(script)], cwd=ctx.root, env=env, timeout=timeout, capture_output=True, text=True
+            )
         except (OSError, subprocess.TimeoutExpired) as e:
             raise StepError(f"hook {name} could not run: {e}", step=self.name) from e
         for line in (p.stdout + p.stderr).splitlines()[-20:]:

@@ -41,7 +41,9 @@ class Swapper:
                 fsync_dir(d)
         self._dirty.clear()
 
-    def run(self, ops: list[SwapOp], new_dirs: list[str], progress: Callable[[int], None] | None = None) -> None:
+    def run(
+        self, ops: list[SwapOp], new_dirs: list[str], progress: Callable[[int], None] | None = None
+    ) -> None:
         """Apply every op; safe to call again after a crash at any point.
 
         Raises:

@@ -14,7 +14,12 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for name in ("good", "evil"):
         p = build("keygen", "--out", d, "--name", name)
         assert p.returncode == 0, p.stderr
-    return {"key": d / "good.key", "pub": d / "good.pub", "evil_key": d / "evil.key", "evil_pub": d / "evil.pub"}
+    return {
+        "key": d / "good.key",
+        "pub": d / "good.pub",
+        "evil_key": d / "evil.key",
+        "evil_pub": d / "evil.pub",
+    }
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -53,11 +54,16 @@ def tree_hash(root: Path, exclude: tuple[str, ...] = HARNESS) -> str:
     return h.hexdigest()
 
 
-def run_cli(module: str, *args: str | Path, env: dict[str, str] | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    module: str, *args: str | Path, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
-        env={**os.environ, **(env or {})}, timeout=timeout, cwd=REPO,
+        [sys.executable, "-m", module, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+        cwd=REPO,
     )
 
 
@@ -123,10 +129,8 @@ class Sandbox:
         pid = self.supervisord_pid
         if pid is None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
         for _ in range(250):
             if not alive(pid):
                 break
@@ -140,11 +144,31 @@ class Sandbox:
         shutil.rmtree(self.root.parent, ignore_errors=True)
 
 
-def make_sandbox(version: str, pub: Path, port: int, *, specs: Path = SPECS, product: str = "demo-manager",
-                 supervise: bool = True) -> Sandbox:
+def make_sandbox(
+    version: str,
+    pub: Path,
+    port: int,
+    *,
+    specs: Path = SPECS,
+    product: str = "demo-manager",
+    supervise: bool = True,
+) -> Sandbox:
     root = short_tmp("jk-") / "r"
-    p = build("sandbox", "--specs", specs, "--product", product, "--version", version, "--root", root,
-              "--trust", pub, "--set", f"server.port={port}")
+    p = build(
+        "sandbox",
+        "--specs",
+        specs,
+        "--product",
+        product,
+        "--version",
+        version,
+        "--root",
+        root,
+        "--trust",
+        pub,
+        "--set",
+        f"server.port={port}",
+    )
     assert p.returncode == 0, p.stderr
     sb = Sandbox(root, port)
     if supervise:

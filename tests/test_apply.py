@@ -85,11 +85,20 @@ def test_lock_held_exits_7(sandbox: Callable[..., Sandbox], bundle: Path) -> Non
     sb = sandbox(supervise=False)
     state = sb.root / "var/lib/jumpkit/demo-manager"
     state.mkdir(parents=True)
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import fcntl, os, sys, time\n"
-        f"fd = os.open({str(state / 'lock')!r}, os.O_RDWR | os.O_CREAT)\n"
-        "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, str(os.getpid()).encode())\n"
-        "print('locked', flush=True); time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import fcntl, os, sys, time\n"
+                f"fd = os.open({str(state / 'lock')!r}, os.O_RDWR | os.O_CREAT)\n"
+                "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, str(os.getpid()).encode())\n"
+                "print('locked', flush=True); time.sleep(60)\n"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         before = tree_hash(sb.root)
@@ -129,8 +138,9 @@ def test_stage_then_apply_staged(sandbox: Callable[..., Sandbox], bundle: Path) 
     assert sb.version() == "4.1.1"
 
 
-def test_failed_health_check_rolls_back(sandbox: Callable[..., Sandbox], keys: dict[str, Path],
-                                        tmp_path: Path) -> None:
+def test_failed_health_check_rolls_back(
+    sandbox: Callable[..., Sandbox], keys: dict[str, Path], tmp_path: Path
+) -> None:
     """A 4.1.1 that cannot start: the apply rolls back by itself and 4.0.1 answers again."""
     specs = tmp_path / "specs"
     shutil.copytree(REPO / "specs", specs, symlinks=True)
@@ -139,8 +149,12 @@ def test_failed_health_check_rolls_back(sandbox: Callable[..., Sandbox], keys: d
     from tests.helpers import build
 
     out = tmp_path / "dist"
-    assert build("--specs", specs, "--from", "4.0.1", "--to", "4.1.1", "--key", keys["key"],
-                 "--out", out).returncode == 0
+    assert (
+        build(
+            "--specs", specs, "--from", "4.0.1", "--to", "4.1.1", "--key", keys["key"], "--out", out
+        ).returncode
+        == 0
+    )
     sb = sandbox()
     before = tree_hash(sb.root)
     p = install("--root", sb.root, "apply", out / "demo-manager-4.0.1-to-4.1.1.zip")
