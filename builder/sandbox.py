@@ -60,7 +60,7 @@ def lay_out(
     keys.mkdir(parents=True, exist_ok=True)
     for pub in trust or []:
         shutil.copyfile(pub, keys / pub.name)
-    for d in ("var/run", "var/log"):
+    for d in ("var/run", "var/log", "var/lib"):
         (root / d).mkdir(parents=True, exist_ok=True)
     sb = product.spec.sandbox
     if sb.init:

@@ -1,0 +1,166 @@
+"""bundle-build: reproducibility, spec errors, inspect, and the ZIP writer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from builder.zipwriter import Source, ZipWriter
+from tests.helpers import REPO, SPECS, build
+
+
+def sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_build_twice_is_byte_identical(tmp_path: Path, keys: dict[str, Path]) -> None:
+    outs = []
+    for i in range(2):
+        out = tmp_path / f"d{i}"
+        p = build(
+            "--specs", SPECS, "--from", "4.0.1", "--to", "4.1.1", "--key", keys["key"], "--out", out, "--json"
+        )
+        assert p.returncode == 0, p.stderr
+        doc = json.loads(p.stdout)
+        assert doc["sha256"] == sha(Path(doc["bundle"]))
+        outs.append(doc["sha256"])
+    assert outs[0] == outs[1]
+
+
+def test_build_independent_of_checkout_mtimes_and_umask(tmp_path: Path, keys: dict[str, Path]) -> None:
+    """A fresh clone has other mtimes and maybe another umask: same bytes."""
+    specs = tmp_path / "specs"
+    old = os.umask(0o077)
+    try:
+        shutil.copytree(SPECS, specs, symlinks=True)
+    finally:
+        os.umask(old)
+    for f in specs.rglob("*"):
+        if not f.is_symlink():
+            os.utime(f, (1_000_000_000, 1_000_000_000))
+    a = build(
+        "--specs", SPECS, "--from", "4.0.1", "--to", "4.1.1", "--key", keys["key"], "--out", tmp_path / "a"
+    )
+    b = build(
+        "--specs", specs, "--from", "4.0.1", "--to", "4.1.1", "--key", keys["key"], "--out", tmp_path / "b"
+    )
+    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    name = "demo-manager-4.0.1-to-4.1.1.zip"
+    assert sha(tmp_path / "a" / name) == sha(tmp_path / "b" / name)
+
+
+def test_source_date_epoch_sets_timestamps(tmp_path: Path, keys: dict[str, Path]) -> None:
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "builder.cli",
+            "--specs",
+            str(SPECS),
+            "--from",
+            "4.0.1",
+            "--to",
+            "4.1.1",
+            "--key",
+            str(keys["key"]),
+            "--out",
+            str(tmp_path),
+        ],
+        env={**os.environ, "SOURCE_DATE_EPOCH": "1700000000"},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert p.returncode == 0, p.stderr
+    with zipfile.ZipFile(tmp_path / "demo-manager-4.0.1-to-4.1.1.zip") as z:
+        assert {i.date_time[:3] for i in z.infolist()} == {(2023, 11, 14)}
+
+
+def test_undefined_jump_lists_defined(tmp_path: Path, keys: dict[str, Path]) -> None:
+    p = build("--specs", SPECS, "--from", "4.0.1", "--to", "4.2.0", "--key", keys["key"], "--out", tmp_path)
+    assert p.returncode == 2
+    assert "no jump 4.0.1 -> 4.2.0" in p.stderr and "4.1.1 -> 4.2.0" in p.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_spec_errors_name_file_and_field(tmp_path: Path, keys: dict[str, Path]) -> None:
+    specs = tmp_path / "specs"
+    shutil.copytree(SPECS, specs, symlinks=True)
+    jump = specs / "demo-manager/jumps/4.0.1-4.1.1.yaml"
+    jump.write_text(jump.read_text().replace("policy: rewrite", "policy: sometimes"))
+    p = build(
+        "--specs", specs, "--from", "4.0.1", "--to", "4.1.1", "--key", keys["key"], "--out", tmp_path / "o"
+    )
+    assert p.returncode == 2
+    assert f"{jump}: configs.0.policy" in p.stderr
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+
+
+def test_keygen_private_key_is_0600(tmp_path: Path) -> None:
+    p = build("keygen", "--out", tmp_path, "--name", "k", "--json")
+    assert p.returncode == 0
+    assert (tmp_path / "k.key").stat().st_mode & 0o777 == 0o600
+    assert build("keygen", "--out", tmp_path, "--name", "k").returncode != 0  # no silent overwrite
+
+
+def test_inspect_human_and_json(bundle: Path, keys: dict[str, Path]) -> None:
+    p = build("inspect", bundle, "--trust", keys["pub"])
+    assert p.returncode == 0, p.stderr
+    assert "demo-manager 4.0.1 -> 4.1.1" in p.stdout and "verified" in p.stdout
+    assert "config etc/demo-manager/manager.ini: rewrite" in p.stdout
+    assert "DEVELOPMENT" in p.stdout
+    doc = json.loads(build("inspect", bundle, "--json").stdout)
+    assert doc["manifest"]["from_version"] == "4.0.1" and doc["development"] is True
+    p = build("inspect", bundle, "--trust", keys["evil_pub"])
+    assert p.returncode == 3
+
+
+def test_bundle_manifest_records_drift_hashes_and_removals(bundle: Path) -> None:
+    with zipfile.ZipFile(bundle) as z:
+        m = json.loads(z.read("manifest.json"))
+        names = z.namelist()
+    files = {f["path"]: f for f in m["files"]}
+    assert files["opt/demo-manager/VERSION"]["from_sha256"] == hashlib.sha256(b"4.0.1\n").hexdigest()
+    assert files["opt/demo-manager/lib/demo_manager/metrics.py"]["from_sha256"] is None
+    assert [r["path"] for r in m["removed"]] == ["opt/demo-manager/lib/demo_manager/legacy_tcp.py"]
+    assert names[-2:] == ["manifest.json", "manifest.sig"]
+    assert "payload/opt/demo-manager/bin/demo-manager" not in names  # unchanged files do not ship
+
+
+def test_zipwriter_stores_incompressible_and_reads_back(tmp_path: Path) -> None:
+    (tmp_path / "text").write_text("config line\n" * 50_000)
+    (tmp_path / "random").write_bytes(os.urandom(2_000_000))
+    (tmp_path / "empty").write_bytes(b"")
+    for force64 in (False, True):
+        dest = tmp_path / f"t{force64}.zip"
+        with open(dest, "wb") as f:
+            w = ZipWriter(f, epoch=1_700_000_000, force_zip64=force64)
+            digests = w.write_all([Source(n, 0o640, path=tmp_path / n) for n in ("text", "random", "empty")])
+            w.close()
+        with zipfile.ZipFile(dest) as z:
+            assert z.testzip() is None
+            info = {i.filename: i for i in z.infolist()}
+            assert info["text"].compress_type == zipfile.ZIP_DEFLATED
+            assert info["random"].compress_type == zipfile.ZIP_STORED
+            assert info["text"].external_attr >> 16 == 0o100640
+            for n in ("text", "random", "empty"):
+                assert hashlib.sha256(z.read(n)).hexdigest() == digests[n][0]
+        p = subprocess.run(["unzip", "-tq", str(dest)], capture_output=True, text=True)
+        assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_zipwriter_many_entries_uses_zip64_end_record(tmp_path: Path) -> None:
+    dest = tmp_path / "many.zip"
+    n = 70_000
+    with open(dest, "wb") as f:
+        w = ZipWriter(f, epoch=1_700_000_000, level=0)
+        w.write_all(Source(f"f{i:05d}", 0o644, data=b"x") for i in range(n))
+        w.close()
+    with zipfile.ZipFile(dest) as z:
+        assert len(z.infolist()) == n and z.read("f69999") == b"x"

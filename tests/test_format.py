@@ -1,0 +1,79 @@
+"""The format module: canonical JSON, strict parsing, versions, hostile paths."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from installer.errors import ManifestError, UnsafePathError, VersionError
+from installer.format import canonical_json, loads_strict, parse_manifest
+from installer.paths import check_link_target, check_relpath, target_path
+from installer.version import Version
+
+
+def test_canonical_json_is_sorted_and_compact() -> None:
+    assert canonical_json({"b": 1, "a": [1, "é"]}) == '{"a":[1,"é"],"b":1}'.encode()
+
+
+def test_duplicate_keys_and_nan_refused() -> None:
+    with pytest.raises(ManifestError, match="duplicate"):
+        loads_strict(b'{"a":1,"a":2}', what="x")
+    with pytest.raises(ManifestError):
+        loads_strict(b'{"a":NaN}', what="x")
+
+
+@pytest.mark.parametrize(
+    "data", [b"", b"[]", b'{"format":2}', b'{"format":1}', b"\xff\xfe", b'{"format":1,"product":"x"}']
+)
+def test_bad_manifests_raise_manifest_error(data: bytes) -> None:
+    with pytest.raises(ManifestError):
+        parse_manifest(data)
+
+
+def test_versions_order_as_semver() -> None:
+    assert Version.parse("4.0.1") < Version.parse("4.1.1") < Version.parse("4.10.0")
+    assert Version.parse("4.2.0-rc1") < Version.parse("4.2.0")
+    for bad in ("4.0", "v4.0.1", "04.0.1", "4.0.1.2", ""):
+        with pytest.raises(VersionError):
+            Version.parse(bad)
+
+
+@pytest.mark.parametrize(
+    "path", ["/etc/passwd", "../x", "a/../../x", "a//b", "./a", "a/.", "a\\b", "a\x00b", "", "a\nb"]
+)
+def test_unsafe_relpaths(path: str) -> None:
+    with pytest.raises(UnsafePathError):
+        check_relpath(path)
+
+
+def test_link_targets_must_stay_inside() -> None:
+    assert check_link_target("opt/a/CHANGES", "share/doc/x") == "share/doc/x"
+    assert check_link_target("opt/a/b", "../c") == "../c"
+    for bad in ("/etc/passwd", "../../../x", "../../.."):
+        with pytest.raises(UnsafePathError):
+            check_link_target("opt/a", bad)
+
+
+def test_symlinked_parent_out_of_root_refused(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "opt").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    (root / "opt/app").symlink_to(tmp_path / "outside")
+    with pytest.raises(UnsafePathError):
+        target_path(root, "opt/app/file")
+    (root / "opt/inside").mkdir()
+    (root / "opt/link").symlink_to("inside")
+    assert target_path(root, "opt/link/file") == root / "opt/link/file"
+
+
+def test_installer_imports_no_build_host_modules() -> None:
+    code = (
+        "import sys, installer.cli, installer.engine, installer.archive, installer.stage\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('builder', 'jinja2', 'yaml')]\n"
+        "print(bad); sys.exit(1 if bad else 0)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
