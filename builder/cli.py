@@ -80,6 +80,10 @@ def build(
             "--level", min=0, max=9, help="Deflate level; incompressible files are stored whatever the level."
         ),
     ] = 6,
+    checksum: Annotated[
+        bool,
+        typer.Option("--checksum", help="Also print the bundle's sha256 (one more hash pass)."),
+    ] = False,
     json_out: JsonOpt = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
     version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
@@ -117,6 +121,7 @@ def build(
                 out,
                 key=None if unsigned else key,
                 level=level,
+                checksum=checksum,
                 progress=lambda n: bar.advance(task, n),
             )
     except JumpkitError as e:
@@ -138,7 +143,7 @@ def build(
             )
         )
     else:
-        print(f"{result.path}  {result.size} bytes  sha256 {result.sha256}")
+        print(f"{result.path}  {result.size} bytes" + (f"  sha256 {result.sha256}" if result.sha256 else ""))
         print(
             f"  {len(m.files)} files, {len(m.removed)} removed, {'signed' if not unsigned else 'UNSIGNED'}, "
             f"{result.seconds:.2f}s"

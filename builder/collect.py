@@ -21,7 +21,7 @@ from installer.paths import check_link_target, check_relpath
 from installer.plan import current_digest
 
 
-@dataclass
+@dataclass(slots=True)
 class Pending:
     """A manifest file entry waiting for the writer's sha256 and size."""
 
@@ -53,33 +53,46 @@ def _matches(path: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(path, p) for p in patterns)
 
 
-def walk_tree(top: Path) -> dict[str, Path]:
+@dataclass(frozen=True, slots=True)
+class TreeFile:
+    """A file or symlink found in a release tree (stat taken once, while walking)."""
+
+    path: str
+    mode: int
+    size: int
+    is_link: bool
+
+
+def walk_tree(top: Path) -> dict[str, TreeFile]:
     """Every file and symlink under ``top`` by relative POSIX path (sorted).
 
     Raises:
         SpecError: a special file (device, fifo, socket) or an unsafe name.
     """
-    out: dict[str, Path] = {}
+    out: dict[str, TreeFile] = {}
     if not top.is_dir():
         return out
-    for dirpath, dirnames, filenames in os.walk(top):
-        dirnames.sort()
-        base = Path(dirpath)
-        for name in sorted(filenames) + [d for d in dirnames if (base / d).is_symlink()]:
-            full = base / name
-            rel = full.relative_to(top).as_posix()
-            check_relpath(rel)
-            st = full.lstat()
-            if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
-                raise SpecError(f"{full}: only regular files and symlinks can ship")
-            out[rel] = full
+    stack = [("", os.fspath(top))]
+    while stack:
+        prefix, d = stack.pop()
+        with os.scandir(d) as it:
+            for e in it:
+                rel = prefix + e.name
+                if e.is_dir(follow_symlinks=False):
+                    stack.append((rel + "/", e.path))
+                    continue
+                check_relpath(rel)
+                st = e.stat(follow_symlinks=False)
+                if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+                    raise SpecError(f"{e.path}: only regular files and symlinks can ship")
+                out[rel] = TreeFile(e.path, st.st_mode, st.st_size, stat.S_ISLNK(st.st_mode))
     return dict(sorted(out.items()))
 
 
-def normalized_mode(path: str, full: Path, modes: dict[str, str]) -> int:
+def normalized_mode(path: str, st_mode: int, modes: dict[str, str]) -> int:
     """0755 if the tree's file is executable, else 0644 (as git records modes, so a build
     does not depend on the umask of the checkout), then the spec's ``modes`` overrides."""
-    mode = 0o755 if full.lstat().st_mode & 0o111 else 0o644
+    mode = 0o755 if st_mode & 0o111 else 0o644
     for pat, m in modes.items():
         if fnmatch.fnmatchcase(path, pat):
             mode = int(m, 8)
@@ -133,27 +146,27 @@ def collect(product: Product, jump: JumpSpec, jump_dir: Path) -> Collected:
         if _matches(p, fs.include) and not _matches(p, fs.exclude)
     }
     out = Collected()
-    for path, full in new.items():
-        mode = normalized_mode(path, full, fs.modes)
+    for path, entry in new.items():
         before = old.get(path)
-        from_sha = current_digest(before) if before is not None else None
-        if full.is_symlink():
-            target = os.readlink(full)
+        from_sha = current_digest(Path(before.path)) if before is not None else None
+        if entry.is_link:
+            target = os.readlink(entry.path)
             check_link_target(path, target)
-            if from_sha == current_digest(full):
+            if from_sha == current_digest(Path(entry.path)):
                 continue
             out.files.append(Pending(path, "symlink", 0o777, from_sha, link_target=target))
             continue
+        mode = normalized_mode(path, entry.mode, fs.modes)
         if (
             before is not None
-            and not before.is_symlink()
-            and from_sha == current_digest(full)
-            and normalized_mode(path, before, fs.modes) == mode
+            and not before.is_link
+            and before.size == entry.size
+            and normalized_mode(path, before.mode, fs.modes) == mode
+            and from_sha == current_digest(Path(entry.path))
         ):
             continue
-        out.files.append(
-            Pending(path, "file", mode, from_sha, Source(PAYLOAD_PREFIX + path, mode, path=full))
-        )
+        source = Source(PAYLOAD_PREFIX + path, mode, path=entry.path, size=entry.size)
+        out.files.append(Pending(path, "file", mode, from_sha, source))
     removed = set(old) - set(new)
     for path in fs.remove:
         check_relpath(path)
@@ -188,7 +201,7 @@ def collect(product: Product, jump: JumpSpec, jump_dir: Path) -> Collected:
         if before is None and path in old_cfg:
             from_sha = hashlib.sha256(old_cfg[path]).hexdigest()
         else:
-            from_sha = current_digest(before) if before is not None else None
+            from_sha = current_digest(Path(before.path)) if before is not None else None
         out.removed.append(RemovedEntry(path=path, from_sha256=from_sha))
     for hook in jump.hooks:
         for name, script in [(hook.name, hook.script)] + (

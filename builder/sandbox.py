@@ -44,11 +44,11 @@ def lay_out(
     for rel, src in walk_tree(release / "root").items():
         dest = root / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_symlink():
-            os.symlink(os.readlink(src), dest)
+        if src.is_link:
+            os.symlink(os.readlink(src.path), dest)
         else:
-            shutil.copyfile(src, dest)
-            os.chmod(dest, normalized_mode(rel, src, {}))
+            shutil.copyfile(src.path, dest)
+            os.chmod(dest, normalized_mode(rel, src.mode, {}))
     for rel, data in render_configs(product, version, dict(product.spec.variables)).items():
         dest = root / rel
         dest.parent.mkdir(parents=True, exist_ok=True)

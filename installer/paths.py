@@ -22,21 +22,22 @@ def check_relpath(path: str, *, what: str = "path") -> str:
     """
     if not isinstance(path, str) or not path:
         raise UnsafePathError(f"{what} is empty or not a string")
-    if len(path.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
+    if len(path) > MAX_PATH_BYTES or len(path.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
         raise UnsafePathError(f"{what} is longer than {MAX_PATH_BYTES} bytes", entry=path[:80])
     if path.startswith("/"):
         raise UnsafePathError(f"{what} is absolute", entry=path)
-    if "\\" in path or any(ord(c) < 32 or ord(c) == 127 for c in path):
+    if "\\" in path or not path.isprintable():
         raise UnsafePathError(f"{what} holds a backslash or control character", entry=repr(path))
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise UnsafePathError(f"{what} is not valid UTF-8", entry=repr(path)) from e
+    if not path.isascii():
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise UnsafePathError(f"{what} is not valid UTF-8", entry=repr(path)) from e
     parts = path.split("/")
     for part in parts:
         if part in ("", ".", ".."):
             raise UnsafePathError(f"{what} has an empty, '.' or '..' component", entry=path)
-    if unicodedata.normalize("NFC", path) != path:
+    if not path.isascii() and unicodedata.normalize("NFC", path) != path:
         raise UnsafePathError(f"{what} is not in Unicode NFC form", entry=repr(path))
     return path
 

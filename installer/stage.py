@@ -96,19 +96,27 @@ def stage_bundle(
     for d in sorted({p.parent for p, _ in targets.values()}):
         d.mkdir(parents=True, exist_ok=True)
 
+    umask = os.umask(0o022)
+    os.umask(umask)
+
     def extract(name: str) -> None:
         dest, mode = targets[name]
         sha, size = promised[name]
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as out:
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        try:
+            if mode & umask:
+                os.fchmod(fd, mode)
             for chunk in iter_verified(bundle, name, sha, size):
-                out.write(chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
                 if progress is not None:
                     progress(len(chunk))
-        os.chmod(dest, mode)
+        finally:
+            os.close(fd)
 
-    # largest first so the two workers finish together
-    order = sorted(promised, key=lambda n: -promised[n][1])
+    # archive order: neighbours in a directory are created together, as unzip does
+    order = list(promised)
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for fut in [pool.submit(extract, n) for n in order]:

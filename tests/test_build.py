@@ -24,7 +24,18 @@ def test_build_twice_is_byte_identical(tmp_path: Path, keys: dict[str, Path]) ->
     for i in range(2):
         out = tmp_path / f"d{i}"
         p = build(
-            "--specs", SPECS, "--from", "4.0.1", "--to", "4.1.1", "--key", keys["key"], "--out", out, "--json"
+            "--specs",
+            SPECS,
+            "--from",
+            "4.0.1",
+            "--to",
+            "4.1.1",
+            "--key",
+            keys["key"],
+            "--out",
+            out,
+            "--json",
+            "--checksum",
         )
         assert p.returncode == 0, p.stderr
         doc = json.loads(p.stdout)

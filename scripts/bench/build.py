@@ -1,0 +1,99 @@
+"""Benchmark: bundle-build of a ~600 MiB realistic tree against `tar -cf - | zstd -T0 -3`
+(time) and `zip -r -6` (size), measured in the same run. Prints ratios; never fails on
+absolute time.
+
+    uv run python scripts/bench/build.py [--size-mb 600] [--files 25000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, make_product, make_tree, python, timed, tree_stats, warm
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size-mb", type=int, default=600)
+    ap.add_argument("--files", type=int, default=25_000)
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each contender, interleaved; medians")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    tree = make_tree(args.size_mb, args.files)
+    n, size = tree_stats(tree)
+    with tempfile.TemporaryDirectory(prefix="jk-bench-", dir=REPO / ".cache") as tmp:
+        work = Path(tmp)
+        specs = make_product(tree, work)
+        subprocess.run(
+            [python(), "-m", "builder.cli", "keygen", "--out", str(work / "k")],
+            check=True,
+            capture_output=True,
+        )
+        warm(tree)
+        zstd_times, our_times, rss = [], [], 0
+        for _ in range(args.repeat):
+            (work / "b.tar.zst").unlink(missing_ok=True)
+            zstd_times.append(
+                timed(["sh", "-c", f"tar -cf - -C {tree} . | zstd -q -T0 -3 -o {work / 'b.tar.zst'}"])[0]
+            )
+            t, peak = timed(
+                [
+                    python(),
+                    "-m",
+                    "builder.cli",
+                    "--specs",
+                    str(specs),
+                    "--from",
+                    "1.0.0",
+                    "--to",
+                    "1.1.0",
+                    "--key",
+                    str(work / "k/signing.key"),
+                    "--out",
+                    str(work / "dist"),
+                ],
+                stdout=subprocess.DEVNULL,
+            )
+            our_times.append(t)
+            rss = max(rss, peak)
+        t_zstd, t_ours = statistics.median(zstd_times), statistics.median(our_times)
+        bundle = work / "dist/bench-1.0.0-to-1.1.0.zip"
+        t_zip, _ = timed(["sh", "-c", f"cd {tree} && zip -r -6 -q {work / 'b.zip'} . -x .done"])
+        res = {
+            "files": n,
+            "tree_mib": round(size / 2**20, 1),
+            "repeat": args.repeat,
+            "tar_zstd_s": round(t_zstd, 2),
+            "zip6_s": round(t_zip, 2),
+            "bundle_build_s": round(t_ours, 2),
+            "time_ratio_vs_tar_zstd": round(t_ours / t_zstd, 2),
+            "bundle_mib": round(bundle.stat().st_size / 2**20, 1),
+            "zip6_mib": round((work / "b.zip").stat().st_size / 2**20, 1),
+            "tar_zstd_mib": round((work / "b.tar.zst").stat().st_size / 2**20, 1),
+            "size_ratio_vs_zip6": round(bundle.stat().st_size / (work / "b.zip").stat().st_size, 3),
+            "peak_rss_mib": round(rss / 1024, 1),
+        }
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"tree: {res['files']} files, {res['tree_mib']} MiB; medians of {args.repeat} interleaved runs")
+        print(f"tar|zstd -T0 -3 : {res['tar_zstd_s']:7.2f} s  {res['tar_zstd_mib']} MiB")
+        print(f"zip -r -6       : {res['zip6_s']:7.2f} s  {res['zip6_mib']} MiB")
+        print(
+            f"bundle-build    : {res['bundle_build_s']:7.2f} s  {res['bundle_mib']} MiB  peak RSS {res['peak_rss_mib']} MiB"
+        )
+        print(f"time ratio vs tar|zstd: {res['time_ratio_vs_tar_zstd']}x (target <= 1.6)")
+        print(f"size ratio vs zip -6  : {res['size_ratio_vs_zip6']}x (target <= 1.05)")
+        print(f"peak RSS              : {res['peak_rss_mib']} MiB (target < 120)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

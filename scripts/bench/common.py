@@ -1,0 +1,172 @@
+"""Shared by the benchmarks: a generated, realistic manager tree and a product spec
+around it, cached under .cache/bench/ so repeated runs only measure."""
+
+from __future__ import annotations
+
+import os
+import random
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = REPO / ".cache" / "bench"
+LIB_DIRS = [Path("/usr/lib/x86_64-linux-gnu"), Path("/usr/lib/aarch64-linux-gnu"), Path("/usr/lib")]
+
+WORDS = [
+    "def",
+    "class",
+    "return",
+    "import",
+    "from",
+    "self",
+    "None",
+    "True",
+    "False",
+    "if",
+    "else",
+    "elif",
+    "for",
+    "while",
+    "in",
+    "not",
+    "and",
+    "or",
+    "try",
+    "except",
+    "finally",
+    "with",
+    "as",
+    "yield",
+    "lambda",
+    "config",
+    "service",
+    "manager",
+    "cluster",
+    "node",
+    "endpoint",
+    "version",
+    "upgrade",
+    "bundle",
+    "database",
+    "schema",
+    "table",
+    "column",
+    "index",
+    "request",
+    "response",
+    "handler",
+    "logger",
+    "error",
+    "value",
+    "key",
+    "name",
+    "path",
+]
+
+
+def _text_corpus(rng: random.Random, size: int) -> bytes:
+    lines = []
+    total = 0
+    while total < size:
+        indent = "    " * rng.randint(0, 3)
+        line = indent + " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))) + "\n"
+        lines.append(line)
+        total += len(line)
+    return "".join(lines).encode()
+
+
+def _elf_files() -> list[Path]:
+    out = []
+    for d in LIB_DIRS:
+        if d.is_dir():
+            out += [p for p in sorted(d.rglob("*.so*")) if p.is_file() and not p.is_symlink()]
+    return out
+
+
+def make_tree(size_mb: int = 600, files: int = 25_000) -> Path:
+    """~size_mb MiB in ~files files: 35% text (source, configs), 35% ELF libraries copied
+    from this machine, 30% incompressible blobs (archives, images). Deterministic."""
+    tree = CACHE / f"tree-{size_mb}-{files}"
+    if (tree / ".done").exists():
+        return tree
+    shutil.rmtree(tree, ignore_errors=True)
+    rng = random.Random(42)
+    budget = size_mb * 1024 * 1024
+    text_budget, elf_budget, blob_budget = int(budget * 0.35), int(budget * 0.35), int(budget * 0.30)
+    n_blob = max(1, files // 200)
+    n_text = files - n_blob - 2000
+    corpus = _text_corpus(rng, 8 * 1024 * 1024)
+    per_text = max(256, text_budget // max(n_text, 1))
+    for i in range(n_text):
+        p = tree / f"opt/app/lib/pkg{i % 97:02d}/mod{i // 970:03d}/file{i}.py"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        n = rng.randint(per_text // 2, per_text * 3 // 2)
+        off = rng.randrange(0, len(corpus) - n)
+        p.write_bytes(f"# file {i}\n".encode() + corpus[off : off + n])
+    elfs = [p for p in _elf_files() if 16 * 1024 <= p.stat().st_size <= 8 * 1024 * 1024]
+    rng.shuffle(elfs)
+    used = 0
+    i = 0
+    while used < elf_budget and elfs:
+        src = elfs[i % len(elfs)]
+        dest = tree / f"opt/app/native/d{i % 50:02d}/{i}-{src.name}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        data = src.read_bytes()[: elf_budget - used]
+        dest.write_bytes(data)
+        used += len(data)
+        i += 1
+    per_blob = blob_budget // n_blob
+    for j in range(n_blob):
+        p = tree / f"opt/app/share/blobs/blob{j:04d}.bin"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(rng.randbytes(per_blob))
+    (tree / ".done").write_text("ok\n")
+    return tree
+
+
+def tree_stats(tree: Path) -> tuple[int, int]:
+    n = size = 0
+    for dirpath, _, filenames in os.walk(tree):
+        for f in filenames:
+            if f != ".done":
+                n += 1
+                size += os.lstat(os.path.join(dirpath, f)).st_size
+    return n, size
+
+
+def make_product(tree: Path, work: Path) -> Path:
+    """specs/bench/ with an empty 1.0.0 and 1.1.0 = the tree; returns the specs dir."""
+    specs = work / "specs"
+    d = specs / "bench"
+    (d / "jumps").mkdir(parents=True, exist_ok=True)
+    (d / "product.yaml").write_text("product: bench\nversion_file: VERSION\n")
+    (d / "jumps/1.0.0-1.1.0.yaml").write_text("from: 1.0.0\nto: 1.1.0\nfiles:\n  exclude: ['.done']\n")
+    (d / "releases/1.0.0/root").mkdir(parents=True, exist_ok=True)
+    (d / "releases/1.1.0").mkdir(parents=True, exist_ok=True)
+    link = d / "releases/1.1.0/root"
+    if not link.exists():
+        link.symlink_to(tree)
+    return specs
+
+
+def timed(argv: list[str], **kw: object) -> tuple[float, int]:
+    """Run a command; returns (seconds, peak RSS of the child in KiB)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t0 = time.perf_counter()
+    subprocess.run(argv, check=True, **kw)  # type: ignore[call-overload]
+    dt = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return dt, peak if peak > before else before
+
+
+def warm(tree: Path) -> None:
+    """Read the tree once so that every contender starts from a warm page cache."""
+    subprocess.run(f"tar -cf - -C {tree} . > /dev/null", shell=True, check=True)
+
+
+def python() -> str:
+    return sys.executable

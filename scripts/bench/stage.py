@@ -1,0 +1,105 @@
+"""Benchmark: `bundle-install stage` (verify the signature, check every member's sha256,
+unpack) of the ~600 MiB bundle against `unzip -q` of the same ZIP, in the same run.
+Prints the ratio; never fails on absolute time.
+
+    uv run python scripts/bench/stage.py [--size-mb 600] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, make_product, make_tree, python, timed
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size-mb", type=int, default=600)
+    ap.add_argument("--files", type=int, default=25_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    tree = make_tree(args.size_mb, args.files)
+    with tempfile.TemporaryDirectory(prefix="jk-bench-", dir=REPO / ".cache") as tmp:
+        work = Path(tmp)
+        specs = make_product(tree, work)
+        subprocess.run(
+            [python(), "-m", "builder.cli", "keygen", "--out", str(work / "k")],
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            [
+                python(),
+                "-m",
+                "builder.cli",
+                "--specs",
+                str(specs),
+                "--from",
+                "1.0.0",
+                "--to",
+                "1.1.0",
+                "--key",
+                str(work / "k/signing.key"),
+                "--out",
+                str(work / "dist"),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        bundle = work / "dist/bench-1.0.0-to-1.1.0.zip"
+        subprocess.run(["cat", str(bundle)], stdout=subprocess.DEVNULL, check=True)  # warm the cache
+        unzip_t, stage_t = [], []
+        for i in range(args.repeat):
+            out = work / f"unz{i}"
+            unzip_t.append(timed(["unzip", "-q", str(bundle), "-d", str(out)])[0])
+            shutil.rmtree(out)
+            root = work / f"root{i}"
+            root.mkdir()
+            (root / "VERSION").write_text("1.0.0\n")
+            stage_t.append(
+                timed(
+                    [
+                        python(),
+                        "-m",
+                        "installer.cli",
+                        "--root",
+                        str(root),
+                        "--trust",
+                        str(work / "k/signing.pub"),
+                        "stage",
+                        str(bundle),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                )[0]
+            )
+            shutil.rmtree(root)
+        res = {
+            "bundle_mib": round(bundle.stat().st_size / 2**20, 1),
+            "repeat": args.repeat,
+            "unzip_s": round(statistics.median(unzip_t), 2),
+            "stage_s": round(statistics.median(stage_t), 2),
+        }
+        res["ratio_vs_unzip"] = round(res["stage_s"] / res["unzip_s"], 2)
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"bundle: {res['bundle_mib']} MiB; medians of {args.repeat} interleaved runs")
+        print(f"unzip -q              : {res['unzip_s']:6.2f} s")
+        print(
+            f"bundle-install stage  : {res['stage_s']:6.2f} s  (signature + sha256 of every member + unpack + sync)"
+        )
+        print(f"ratio vs unzip        : {res['ratio_vs_unzip']}x (target <= 1.0)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
