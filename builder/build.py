@@ -14,12 +14,14 @@ from builder import __version__
 from builder.collect import Collected, collect
 from builder.errors import BuildError
 from builder.keys import load_private_key
+from builder.migrations import plan_database
 from builder.spec import JumpSpec, Product, load_product
 from builder.zipwriter import ZipWriter
 from installer.format import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     SIGNATURE_NAME,
+    Database,
     FileEntry,
     Hook,
     Manifest,
@@ -92,6 +94,7 @@ def build_bundle(
     level: int = 6,
     workers: int = 2,
     checksum: bool = False,
+    rehearse: bool = True,
     progress: Callable[[int], None] | None = None,
 ) -> BuildResult:
     """Build ``<out_dir>/<product>-<from>-to-<to>.zip``. ``key`` None builds an unsigned
@@ -106,6 +109,11 @@ def build_bundle(
     jump_path = product.jump_files()[(frm, to)]
     private = load_private_key(key) if key is not None else None
     collected = collect(product, jump, jump_path.parent)
+    databases = []
+    for spec in product.spec.databases:
+        db, sources = plan_database(product, jump, spec, rehearse=rehearse)
+        databases.append(db)
+        collected.extras += sources
     epoch = source_epoch(calendar.timegm(jump.date.timetuple()) if jump.date else None)
     out_dir.mkdir(parents=True, exist_ok=True)
     dest = out_dir / f"{bundle_name(product.name, frm, to)}.zip"
@@ -114,7 +122,9 @@ def build_bundle(
     try:
         writer = ZipWriter(out, epoch=epoch, level=level, workers=workers)  # type: ignore[arg-type]
         digests = writer.write_all(collected.sources(), progress)
-        manifest = _manifest(product, jump.from_version, jump.to_version, collected, digests, epoch, jump)
+        manifest = _manifest(
+            product, jump.from_version, jump.to_version, collected, digests, epoch, jump, databases
+        )
         data = manifest_bytes(manifest)
         writer.add_bytes(MANIFEST_NAME, data)
         if private is not None:
@@ -138,6 +148,7 @@ def _manifest(
     digests: dict[str, tuple[str, int]],
     epoch: int,
     jump: JumpSpec,
+    databases: list[Database],
 ) -> Manifest:
     files = []
     for p in sorted(collected.files, key=lambda p: p.path):
@@ -180,7 +191,7 @@ def _manifest(
             ),
             checks=product.spec.checks + jump.checks,
             hooks=tuple(hooks),
-            databases=(),
+            databases=tuple(databases),
             installer=None,
             builder_version=__version__,
             created=epoch,

@@ -84,6 +84,10 @@ def build(
         bool,
         typer.Option("--checksum", help="Also print the bundle's sha256 (one more hash pass)."),
     ] = False,
+    no_rehearse: Annotated[
+        bool,
+        typer.Option("--no-rehearse", help="Skip the upgrade/downgrade/upgrade rehearsal of migrations."),
+    ] = False,
     json_out: JsonOpt = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
     version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
@@ -122,6 +126,7 @@ def build(
                 key=None if unsigned else key,
                 level=level,
                 checksum=checksum,
+                rehearse=not no_rehearse,
                 progress=lambda n: bar.advance(task, n),
             )
     except JumpkitError as e:

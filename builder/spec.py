@@ -31,6 +31,22 @@ class ServicesSpec(_Spec):
     health: tuple[HealthCheck, ...] = ()
 
 
+class DatabaseSpec(_Spec):
+    """A database of the product, migrated by alembic."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    script_dir: str
+    """The alembic script dir inside each release dir (its ``versions/`` ship)."""
+    url: Lookup
+    """Where the installer finds the URL on the target (never put a password here)."""
+    url_kind: Literal["url", "sqlite-path"] = "url"
+
+    @field_validator("script_dir")
+    @classmethod
+    def _rel(cls, v: str) -> str:
+        return check_relpath(v)
+
+
 class SandboxSpec(_Spec):
     """How ``bundle-build sandbox`` lays out a fresh install for demos and tests."""
 
@@ -54,6 +70,7 @@ class ProductSpec(_Spec):
     lookups: dict[str, Lookup] = Field(default_factory=dict)
     services: ServicesSpec = ServicesSpec()
     checks: tuple[Check, ...] = ()
+    databases: tuple[DatabaseSpec, ...] = ()
     sandbox: SandboxSpec = SandboxSpec()
 
     @field_validator("version_file")
@@ -122,6 +139,8 @@ class JumpSpec(_Spec):
     checks: tuple[Check, ...] = ()
     hooks: tuple[HookSpec, ...] = ()
     services: ServicesSpec | None = None
+    revisions: dict[str, str] = Field(default_factory=dict)
+    """Per database: the target revision (default: the to-release's head)."""
 
     @field_validator("from_version", "to_version")
     @classmethod

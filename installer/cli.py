@@ -260,6 +260,27 @@ def plan(bundle: Path, json_out: JsonOpt = False) -> None:
     out.print(f"estimated outage: {report['outage_estimate_seconds']}s")
 
 
+@app.command()
+def migrations(
+    bundle: Path,
+    sql: Annotated[
+        bool, typer.Option("--sql", help="Print the offline SQL of the upgrade (alembic offline mode).")
+    ] = False,
+    dialect: Annotated[
+        str | None,
+        typer.Option(
+            "--dialect", help="SQL dialect (postgresql, sqlite); default: the target's database URL."
+        ),
+    ] = None,
+) -> None:
+    """Show what the bundle's schema migrations would run, as SQL for a DBA to review."""
+    if not sql:
+        err.print("bundle-install migrations: pass --sql")
+        raise typer.Exit(2)
+    text = _run(False, lambda e: e.migrations_sql(bundle, dialect))
+    sys.stdout.write(text)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

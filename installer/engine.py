@@ -33,6 +33,7 @@ from installer.errors import (
 from installer.failpoints import failpoint
 from installer.format import Manifest, load_trusted_keys, verify_signature
 from installer.health import lookup_variables, wait_healthy
+from installer.migrate import current_revision, database_url, offline_sql, safe_url
 from installer.plan import Plan, check_drift, compute_plan, drift_error
 from installer.services import ServiceManager, service_manager
 from installer.stage import is_staged, load_staged, stage_bundle
@@ -208,6 +209,7 @@ class Engine:
                     ok, msg = False, f"{label}: {e}"
             (passed if ok else problems).append(msg)
         problems += self._services_ready(manifest, passed)
+        problems += self._databases_ready(manifest, passed)
         drift = check_drift(manifest, self.root)
         if drift and not self.opts.accept_drift and not problems:
             raise drift_error(manifest, drift)
@@ -248,6 +250,25 @@ class Engine:
             return [f"the manager is unhealthy now ({e.message}); --force proceeds anyway"]
         passed.append("health checks pass on the installed version")
         return []
+
+    def _databases_ready(self, manifest: Manifest, passed: list[str]) -> list[str]:
+        """Every database reachable and at the from-revision (schema drift is refused)."""
+        problems = []
+        for db in manifest.databases:
+            try:
+                url = database_url(db, self.root)
+                current = current_revision(url)
+            except JumpkitError as e:
+                problems.append(f"database {db.name}: {e.message}")
+                continue
+            if current != db.from_revision:
+                problems.append(
+                    f"database {db.name} ({safe_url(url)}) is at revision {current}; the bundle migrates "
+                    f"{db.from_revision} -> {db.to_revision} (schema drift)"
+                )
+            else:
+                passed.append(f"database {db.name} at {current}")
+        return problems
 
     # --- stage --------------------------------------------------------------------
     def stage(self, bundle_path: Path) -> Path:
@@ -653,12 +674,56 @@ class Engine:
             for op in plan.ops
         ]
         report["services"] = [s.name for s in manifest.services.services]
+        report["databases"] = [
+            {
+                "name": db.name,
+                "from": db.from_revision,
+                "to": db.to_revision,
+                "revisions": list(db.revisions),
+                "rehearsal_seconds": db.rehearsal_seconds,
+            }
+            for db in manifest.databases
+        ]
         report["outage_estimate_seconds"] = round(
             sum(min(s.stop_timeout, 2.0) + min(s.start_timeout, 2.0) for s in manifest.services.services)
+            + sum(db.rehearsal_seconds for db in manifest.databases)
             + 0.00002 * len(plan.ops),
             2,
         )
         return report
+
+    def migrations_sql(self, bundle_path: Path, dialect: str | None) -> str:
+        """The offline SQL of the bundle's migrations (alembic offline mode), for review.
+
+        ``dialect`` (e.g. ``postgresql``) overrides the URL found on this target.
+
+        Raises:
+            BundleRejectedError: as verify. MigrationError: alembic cannot render it.
+        """
+        bundle, manifest, _, _ = self._open(bundle_path)
+        out = []
+        try:
+            with tempfile.TemporaryDirectory(prefix="jumpkit-sql-") as tmp:
+                for m in manifest.extras:
+                    if m.name.startswith("migrations/"):
+                        dest = Path(tmp) / m.name
+                        dest.parent.mkdir(parents=True, exist_ok=True)
+                        with open(dest, "wb") as f:
+                            for chunk in iter_verified(bundle, m.name, m.sha256, m.size):
+                                f.write(chunk)
+                for db in manifest.databases:
+                    if dialect:
+                        url = f"{dialect}://"
+                    else:
+                        try:
+                            url = database_url(db, self.root)
+                        except JumpkitError:
+                            url = "sqlite://"
+                    out.append(f"-- database {db.name}: {db.from_revision} -> {db.to_revision}\n")
+                    out.append(offline_sql(Path(tmp) / db.script_dir, url, db.from_revision, db.to_revision))
+        finally:
+            bundle.close()
+        return "".join(out)
 
     def _preflight_dry(self, manifest: Manifest, state: StateDir) -> list[str]:
         if not state.path.exists():
@@ -687,6 +752,17 @@ class Engine:
         if name.startswith("hooks-"):
             hooks = [h.name for h in manifest.hooks if h.when == name.removeprefix("hooks-")]
             return ", ".join(hooks) or "none"
+        if name == "backup-db":
+            return ", ".join(db.name for db in manifest.databases) or "none"
+        if name == "migrate":
+            return (
+                "; ".join(
+                    f"{db.name}: {db.from_revision} -> {db.to_revision} ({', '.join(db.revisions)}; "
+                    f"rehearsed {db.rehearsal_seconds:.2f}s)"
+                    for db in manifest.databases
+                )
+                or "none"
+            )
         if name == "health":
             return ", ".join(c.name for c in manifest.services.health) or "none"
         return ""

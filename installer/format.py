@@ -200,13 +200,22 @@ class Hook(_Model):
 
 
 class Database(_Model):
-    """A database migrated by alembic from ``migrations/<name>/``."""
+    """A database migrated by alembic from ``migrations/<name>/versions/``."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     url: Lookup
+    url_kind: Literal["url", "sqlite-path"] = "url"
+    """``sqlite-path``: the lookup gives a SQLite file path (relative to the root)."""
     from_revision: str | None
     to_revision: str
+    revisions: tuple[str, ...] = ()
+    """The revisions the upgrade runs, oldest first."""
     rehearsal_seconds: float = 0.0
+
+    @property
+    def script_dir(self) -> str:
+        """Where the alembic script dir lives in the bundle (and in the staging area)."""
+        return f"migrations/{self.name}"
 
 
 class InstallerInfo(_Model):

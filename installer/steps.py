@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from installer.errors import StepError
-from installer.format import Manifest
+from installer.errors import JumpkitError, StepError
+from installer.failpoints import failpoint
+from installer.format import Database, Manifest
 from installer.health import lookup_variables, wait_healthy
+from installer.migrate import backup, current_revision, database_url, downgrade, restore, upgrade
 from installer.plan import Plan
 from installer.services import ServiceManager
 from installer.state import StateDir
@@ -199,13 +201,86 @@ class Hooks:
                 self._exec(ctx, hook.undo, hook.timeout)
 
 
+class BackupDatabases:
+    """Back up every database before the outage (SQLite online backup, pg_dump)."""
+
+    name = "backup-db"
+    outage = False
+
+    def run(self, ctx: Context) -> None:
+        """See :class:`Step`."""
+        done: dict[str, dict[str, str]] = {}
+        for db in ctx.manifest.databases:
+            url = database_url(db, ctx.root)
+            info = backup(url, ctx.backup / "db" / db.name)
+            ctx.log(
+                f"database {db.name}: backup {info['kind']}"
+                + (f" ({info['reason']})" if "reason" in info else "")
+            )
+            done[db.name] = info
+        if done:
+            ctx.note(self.name, done)
+
+    def undo(self, ctx: Context) -> None:
+        """See :class:`Step`. (The backup goes with the backup dir.)"""
+
+
+class Migrate:
+    """Upgrade every database to the jump's revision, one transaction per migration; undo
+    downgrades to the from-revision, or restores the backup if the downgrade fails."""
+
+    name = "migrate"
+    outage = True
+
+    def _script(self, ctx: Context, db: Database) -> Path:
+        return ctx.staging / "bundle" / db.script_dir
+
+    def run(self, ctx: Context) -> None:
+        """See :class:`Step`."""
+        for db in ctx.manifest.databases:
+            url = database_url(db, ctx.root)
+            current = current_revision(url)
+            if current == db.to_revision:
+                continue
+            if current != db.from_revision and current not in db.revisions:
+                raise StepError(
+                    f"database {db.name} is at {current}, expected {db.from_revision}", step=self.name
+                )
+
+            def reached(rev: Any, is_upgrade: bool, db_name: str = db.name) -> None:
+                ctx.state.journal_append(
+                    {"event": "note", "step": self.name, "data": {"db": db_name, "revision": rev}}
+                )
+                ctx.log(f"database {db_name}: at {rev}")
+                failpoint("migrate:revision")
+
+            ctx.log(f"database {db.name}: {current} -> {db.to_revision} ({len(db.revisions)} revision(s))")
+            upgrade(self._script(ctx, db), url, db.to_revision, reached)
+
+    def undo(self, ctx: Context) -> None:
+        """See :class:`Step`."""
+        backups = ctx.notes.get(BackupDatabases.name, {})
+        for db in reversed(ctx.manifest.databases):
+            url = database_url(db, ctx.root)
+            if current_revision(url) == db.from_revision:
+                continue
+            try:
+                downgrade(self._script(ctx, db), url, db.from_revision)
+                ctx.log(f"database {db.name}: downgraded to {db.from_revision}")
+            except JumpkitError as e:
+                ctx.log(f"database {db.name}: downgrade failed ({e.message}); restoring the backup")
+                restore(url, backups.get(db.name, {"kind": "none", "reason": "no backup was taken"}))
+
+
 def apply_steps() -> list[Step]:
     """The transaction, in order. Everything before it (verify, stage, plan) is outside
     the outage window."""
     return [
+        BackupDatabases(),
         StopServices(),
         Hooks("pre"),
         SwapGroup("files"),
+        Migrate(),
         SwapGroup("configs"),
         Hooks("post"),
         StartServices(),

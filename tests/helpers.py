@@ -18,8 +18,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SPECS = REPO / "specs"
-# Runtime files of the test harness, not of the manager.
-HARNESS = ("var/lib/jumpkit", "etc/supervisord.conf", "var/run", "var/log")
+# Runtime files of the test harness, not of the manager, and the demo's database (its
+# bytes change with page layout; compared by revision and rows instead: db_state()).
+DEMO_DB = "var/lib/demo-manager/manager.db"
+HARNESS = ("var/lib/jumpkit", "etc/supervisord.conf", "var/run", "var/log", DEMO_DB)
 
 
 def free_port() -> int:
@@ -52,6 +54,24 @@ def tree_hash(root: Path, exclude: tuple[str, ...] = HARNESS) -> str:
                 h.update(hashlib.sha256(full.read_bytes()).digest())
         dirnames[:] = [d for d in dirnames if not (base / d).is_symlink()]
     return h.hexdigest()
+
+
+def db_state(url: str) -> dict[str, object]:
+    """The alembic revision and every table's rows (sorted), for "exactly" comparisons."""
+    from sqlalchemy import create_engine, inspect, pool, text
+
+    engine = create_engine(url, poolclass=pool.NullPool)
+    out: dict[str, object] = {}
+    with engine.connect() as c:
+        for table in sorted(inspect(c).get_table_names()):
+            cols = [col["name"] for col in inspect(c).get_columns(table)]
+            rows = c.execute(text(f'SELECT * FROM "{table}"')).fetchall()
+            out[table] = (cols, sorted(tuple(map(str, r)) for r in rows))
+    return out
+
+
+def sqlite_url(root: Path) -> str:
+    return f"sqlite:///{root / DEMO_DB}"
 
 
 def run_cli(

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from installer.steps import apply_steps
-from tests.helpers import Sandbox, install, tree_hash
+from tests.helpers import Sandbox, db_state, install, sqlite_url, tree_hash
 
 STEPS = [s.name for s in apply_steps()]
 CRASH_POINTS = [f"{where}:{step}" for step in STEPS for where in ("begin", "run", "done")] + [
@@ -29,10 +29,15 @@ def expected(
 
     sb = make_sandbox("4.0.1", keys["pub"], port)
     try:
-        old = tree_hash(sb.root)
+        old, old_db = tree_hash(sb.root), db_state(sqlite_url(sb.root))
         p = install("--root", sb.root, "apply", bundle)
         assert p.returncode == 0, p.stderr
-        return {"old": old, "new": tree_hash(sb.root)}
+        return {
+            "old": old,
+            "old_db": old_db,
+            "new": tree_hash(sb.root),
+            "new_db": db_state(sqlite_url(sb.root)),
+        }
     finally:
         sb.destroy()
 
@@ -46,7 +51,7 @@ def crash(sb: Sandbox, bundle: Path, point: str) -> None:
 
 @pytest.mark.parametrize("point", CRASH_POINTS)
 def test_crash_then_resume(
-    point: str, sandbox: Callable[..., Sandbox], bundle: Path, expected: dict[str, str]
+    point: str, sandbox: Callable[..., Sandbox], bundle: Path, expected: dict[str, object]
 ) -> None:
     sb = sandbox()
     crash(sb, bundle, point)
@@ -56,24 +61,26 @@ def test_crash_then_resume(
     p = install("--root", sb.root, "resume")
     assert p.returncode == 0, p.stderr
     assert tree_hash(sb.root) == expected["new"]
+    assert db_state(sqlite_url(sb.root)) == expected["new_db"]
     assert sb.wait_version("4.1.1") == "4.1.1"
 
 
 @pytest.mark.parametrize("point", CRASH_POINTS)
 def test_crash_then_rollback(
-    point: str, sandbox: Callable[..., Sandbox], bundle: Path, expected: dict[str, str]
+    point: str, sandbox: Callable[..., Sandbox], bundle: Path, expected: dict[str, object]
 ) -> None:
     sb = sandbox()
     crash(sb, bundle, point)
     p = install("--root", sb.root, "rollback")
     assert p.returncode == 0, p.stderr
     assert tree_hash(sb.root) == expected["old"]
+    assert db_state(sqlite_url(sb.root)) == expected["old_db"]
     assert sb.wait_version("4.0.1") == "4.0.1"
 
 
 @pytest.mark.parametrize("point", ["undo:swap-files", "after-undo:swap-configs", "undo:stop-services"])
 def test_crash_during_rollback_then_rollback_again(
-    point: str, sandbox: Callable[..., Sandbox], bundle: Path, expected: dict[str, str]
+    point: str, sandbox: Callable[..., Sandbox], bundle: Path, expected: dict[str, object]
 ) -> None:
     sb = sandbox()
     crash(sb, bundle, "done:start-services")
@@ -82,6 +89,7 @@ def test_crash_during_rollback_then_rollback_again(
     p = install("--root", sb.root, "rollback")
     assert p.returncode == 0, p.stderr
     assert tree_hash(sb.root) == expected["old"]
+    assert db_state(sqlite_url(sb.root)) == expected["old_db"]
     assert sb.wait_version("4.0.1") == "4.0.1"
 
 

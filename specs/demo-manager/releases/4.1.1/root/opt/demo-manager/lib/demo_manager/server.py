@@ -59,7 +59,7 @@ def main(argv):
                 except sqlite3.Error as e:
                     self._send(503, json.dumps({"status": "db-error", "error": str(e)}))
             elif self.path == "/items":
-                rows = query(db, "SELECT id, name FROM items ORDER BY id")
+                rows = query(db, "SELECT id, title, owner FROM items ORDER BY id")
                 self._send(200, json.dumps([list(r) for r in rows]))
             elif self.path == "/metrics":
                 self._send(200, metrics.render(VERSION), "text/plain")

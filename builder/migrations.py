@@ -1,0 +1,78 @@
+"""A jump's databases: revisions from the release trees, the linear-path check, the
+rehearsal, and the script files that ship in ``migrations/<name>/versions/``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from builder.errors import BuildError, SpecError
+from builder.spec import DatabaseSpec, JumpSpec, Product
+from builder.zipwriter import Source
+from installer.errors import JumpkitError
+from installer.format import Database
+from installer.migrate import revision_path
+
+
+def _head(script_dir: Path) -> str | None:
+    from alembic.script import ScriptDirectory
+
+    if not (script_dir / "versions").is_dir():
+        return None
+    heads = ScriptDirectory(str(script_dir)).get_heads()
+    if len(heads) > 1:
+        raise SpecError(f"{script_dir}: several heads ({', '.join(sorted(heads))}); merge them first")
+    return heads[0] if heads else None
+
+
+def plan_database(
+    product: Product, jump: JumpSpec, spec: DatabaseSpec, *, rehearse: bool
+) -> tuple[Database, list[Source]]:
+    """The manifest entry and the files to ship for one database.
+
+    Raises:
+        SpecError: no script dir, several heads, or no linear path (branches/merges named).
+        BuildError: the rehearsal failed (the message says which step and why).
+    """
+    to_dir = product.release_dir(jump.to_version) / spec.script_dir
+    from_dir = product.release_dir(jump.from_version) / spec.script_dir
+    if not (to_dir / "versions").is_dir():
+        raise SpecError(f"databases: {spec.name}: {to_dir}/versions does not exist")
+    from_rev = _head(from_dir)
+    to_rev = jump.revisions.get(spec.name) or _head(to_dir)
+    if to_rev is None:
+        raise SpecError(f"databases: {spec.name}: {to_dir} has no revisions")
+    try:
+        revisions = revision_path(to_dir, from_rev, to_rev)
+    except JumpkitError as e:
+        raise SpecError(f"databases: {spec.name}: {e.message}") from e
+    seconds = 0.0
+    if rehearse and revisions:
+        p = subprocess.run(
+            [sys.executable, "-m", "builder.rehearse", str(to_dir), from_rev or "-", to_rev],
+            capture_output=True,
+            text=True,
+        )
+        try:
+            result = json.loads(p.stdout.strip().splitlines()[-1])
+        except (IndexError, json.JSONDecodeError) as e:
+            raise BuildError(f"rehearsal of {spec.name} crashed: {p.stderr.strip()[-300:]}") from e
+        if not result["ok"]:
+            raise BuildError(f"rehearsal of {spec.name} {from_rev} -> {to_rev} failed: {result['error']}")
+        seconds = result["seconds"]
+    sources = [
+        Source(f"migrations/{spec.name}/versions/{f.name}", 0o644, path=f)
+        for f in sorted((to_dir / "versions").glob("*.py"))
+    ]
+    db = Database(
+        name=spec.name,
+        url=spec.url,
+        url_kind=spec.url_kind,
+        from_revision=from_rev,
+        to_revision=to_rev,
+        revisions=tuple(revisions),
+        rehearsal_seconds=seconds,
+    )
+    return db, sources

@@ -1,0 +1,320 @@
+"""Schema migrations: the adapter between the installer and alembic/SQLAlchemy.
+
+jumpkit supplies the alembic ``env.py`` (written into the staged script dir), so every
+bundle migrates the same way: one transaction per migration (SQLite included: DDL runs
+inside BEGIN ... COMMIT), each revision reported as it is reached, the URL passed in
+memory and never logged with its password.
+
+Migrations run inside the frozen installer, so they may import only
+:data:`MIGRATION_MODULES` (the standard library, ``alembic`` and ``sqlalchemy``).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from installer.errors import JumpkitError, PreconditionError
+from installer.format import Database
+from installer.health import resolve_lookup
+
+MIGRATION_MODULES = frozenset(sys.stdlib_module_names) | {"alembic", "sqlalchemy"}
+"""Top-level modules a migration may import: what the frozen installer ships for it."""
+
+ENV_PY = '''"""alembic env.py supplied by jumpkit (do not edit: the installer rewrites it)."""
+from alembic import context
+from sqlalchemy import create_engine, event, pool
+
+config = context.config
+url = config.attributes["url"]
+
+
+def _on_apply(ctx, step, heads, run_args):
+    callback = config.attributes.get("on_revision")
+    if callback is not None:
+        callback(step.up_revision_id if step.is_upgrade else step.down_revision_ids, step.is_upgrade)
+
+
+if context.is_offline_mode():
+    context.configure(url=url, literal_binds=True, transaction_per_migration=True,
+                      dialect_opts={"paramstyle": "named"})
+    with context.begin_transaction():
+        context.run_migrations()
+else:
+    engine = create_engine(url, poolclass=pool.NullPool)
+    if engine.dialect.name == "sqlite":
+        @event.listens_for(engine, "connect")
+        def _connect(dbapi_connection, record):
+            dbapi_connection.isolation_level = None
+
+        @event.listens_for(engine, "begin")
+        def _begin(connection):
+            connection.exec_driver_sql("BEGIN")
+
+    with engine.connect() as connection:
+        context.configure(connection=connection, transaction_per_migration=True,
+                          render_as_batch=True, on_version_apply=_on_apply)
+        with context.begin_transaction():
+            context.run_migrations()
+'''
+
+
+class MigrationError(JumpkitError):
+    """alembic or the database failed; the message never holds a password."""
+
+    exit_code = 5
+
+
+def database_url(db: Database, root: Path) -> str:
+    """The URL of ``db`` on this target, from its lookup.
+
+    Raises:
+        PreconditionError: the lookup finds nothing.
+    """
+    value = resolve_lookup(db.url, root)
+    if not value:
+        where = f"${db.url.env}" if db.url.env else f"{db.url.file} [{db.url.key}]"
+        raise PreconditionError(f"database {db.name}: no URL in {where}")
+    if db.url_kind == "sqlite-path":
+        path = Path(value)
+        return f"sqlite:///{path if path.is_absolute() else root / path}"
+    return value
+
+
+def safe_url(url: str) -> str:
+    """The URL with its password masked, for logs and errors."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparsable database URL>"
+
+
+def _config(
+    script_dir: Path,
+    url: str,
+    on_revision: Callable[[Any, bool], None] | None = None,
+    output: io.StringIO | None = None,
+) -> Any:
+    from alembic.config import Config
+
+    (script_dir / "env.py").write_text(ENV_PY)
+    cfg = Config(output_buffer=output) if output is not None else Config()
+    cfg.set_main_option("script_location", str(script_dir))
+    cfg.attributes["url"] = url
+    cfg.attributes["on_revision"] = on_revision
+    return cfg
+
+
+def current_revision(url: str) -> str | None:
+    """The revision in ``alembic_version`` (None for an empty database).
+
+    Raises:
+        MigrationError: cannot connect or read.
+    """
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy import create_engine, pool
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        engine = create_engine(url, poolclass=pool.NullPool)
+        with engine.connect() as conn:
+            heads = MigrationContext.configure(conn).get_current_heads()
+    except SQLAlchemyError as e:
+        raise MigrationError(f"cannot read the schema revision of {safe_url(url)}: {type(e).__name__}") from e
+    if len(heads) > 1:
+        raise MigrationError(f"{safe_url(url)} has several heads: {', '.join(heads)}")
+    return heads[0] if heads else None
+
+
+def revision_path(script_dir: Path, from_rev: str | None, to_rev: str) -> list[str]:
+    """The revisions an upgrade from ``from_rev`` to ``to_rev`` runs, oldest first.
+
+    Raises:
+        MigrationError: the revisions do not form one linear path (names branches/merges).
+    """
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    script = ScriptDirectory(str(script_dir))
+    try:
+        revs = list(script.iterate_revisions(to_rev, from_rev or "base"))
+    except CommandError as e:
+        raise MigrationError(f"no revision path {from_rev or 'base'} -> {to_rev}: {e}") from e
+    problems = []
+    for rev in revs:
+        if isinstance(rev.down_revision, (tuple, list)) and len(rev.down_revision) > 1:
+            problems.append(f"{rev.revision} merges {', '.join(rev.down_revision)}")
+        if len(rev.nextrev) > 1:
+            problems.append(f"{rev.revision} branches into {', '.join(sorted(rev.nextrev))}")
+    heads = script.get_heads()
+    if len(heads) > 1:
+        problems.append(f"several heads: {', '.join(sorted(heads))}")
+    if problems:
+        raise MigrationError("revisions are not one linear path: " + "; ".join(problems))
+    return [r.revision for r in reversed(revs)]
+
+
+def upgrade(
+    script_dir: Path, url: str, to_rev: str, on_revision: Callable[[Any, bool], None] | None = None
+) -> None:
+    """Upgrade to ``to_rev``, one transaction per migration.
+
+    Raises:
+        MigrationError: a migration failed (its own transaction is rolled back).
+    """
+    _run("upgrade", script_dir, url, to_rev, on_revision)
+
+
+def downgrade(script_dir: Path, url: str, to_rev: str | None) -> None:
+    """Downgrade to ``to_rev`` (None: base).
+
+    Raises:
+        MigrationError: a downgrade failed.
+    """
+    _run("downgrade", script_dir, url, to_rev or "base", None)
+
+
+def _run(
+    what: str, script_dir: Path, url: str, rev: str, on_revision: Callable[[Any, bool], None] | None
+) -> None:
+    from alembic import command
+
+    cfg = _config(script_dir, url, on_revision)
+    try:
+        getattr(command, what)(cfg, rev)
+    except JumpkitError:
+        raise
+    except Exception as e:  # alembic and migrations raise anything; translate at the boundary
+        msg = str(e).replace(url, safe_url(url)).splitlines()[0][:300] if str(e) else ""
+        raise MigrationError(f"{what} to {rev} failed: {type(e).__name__}: {msg}") from e
+
+
+def offline_sql(script_dir: Path, url: str, from_rev: str | None, to_rev: str) -> str:
+    """The SQL an upgrade would run, for a DBA to review (alembic offline mode).
+
+    Raises:
+        MigrationError: alembic cannot render it.
+    """
+    from alembic import command
+
+    out = io.StringIO()
+    cfg = _config(script_dir, url, None, out)
+    try:
+        command.upgrade(cfg, f"{from_rev or 'base'}:{to_rev}", sql=True)
+    except Exception as e:
+        raise MigrationError(f"cannot render offline SQL: {e}") from e
+    return out.getvalue()
+
+
+# --- backups ---------------------------------------------------------------------------
+
+
+def backup(url: str, dest: Path) -> dict[str, str]:
+    """Back up a database into ``dest`` before the outage, where the backend allows it.
+
+    SQLite: the online backup API. PostgreSQL: ``pg_dump -Fc`` when it is installed;
+    otherwise none (transactional DDL makes each migration atomic; the plan says so).
+
+    Raises:
+        MigrationError: the backup failed.
+    """
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    dest.mkdir(parents=True, exist_ok=True)
+    if u.get_backend_name() == "sqlite" and u.database:
+        target = dest / "sqlite.db"
+        try:
+            src = sqlite3.connect(f"file:{u.database}?mode=ro", uri=True)
+            dst = sqlite3.connect(target)
+            with dst:
+                src.backup(dst)
+            src.close()
+            dst.close()
+        except sqlite3.Error as e:
+            raise MigrationError(f"SQLite backup of {u.database} failed: {e}") from e
+        return {"kind": "sqlite", "path": str(target)}
+    if u.get_backend_name() == "postgresql":
+        pg_dump = shutil.which("pg_dump")
+        if pg_dump is None:
+            return {"kind": "none", "reason": "pg_dump not installed; relying on transactional DDL"}
+        target = dest / "pg.dump"
+        p = subprocess.run(
+            [pg_dump, "-Fc", "-f", str(target), *_pg_args(url)],
+            env=_pg_env(url),
+            capture_output=True,
+            text=True,
+        )
+        if p.returncode != 0:
+            raise MigrationError(f"pg_dump failed: {p.stderr.strip()[-300:]}")
+        return {"kind": "pg_dump", "path": str(target)}
+    return {"kind": "none", "reason": f"no backup method for {u.get_backend_name()}"}
+
+
+def restore(url: str, info: dict[str, str]) -> None:
+    """Put a backup from :func:`backup` back.
+
+    Raises:
+        MigrationError: no usable backup, or the restore failed.
+    """
+    from sqlalchemy.engine import make_url
+
+    kind = info.get("kind")
+    if kind == "sqlite":
+        db = make_url(url).database
+        assert db is not None
+        try:
+            src = sqlite3.connect(info["path"])
+            dst = sqlite3.connect(db)
+            with dst:
+                src.backup(dst)
+            src.close()
+            dst.close()
+        except sqlite3.Error as e:
+            raise MigrationError(f"SQLite restore failed: {e}") from e
+        return
+    if kind == "pg_dump":
+        pg_restore = shutil.which("pg_restore") or "pg_restore"
+        p = subprocess.run(
+            [pg_restore, "--clean", "--if-exists", "--single-transaction", *_pg_args(url), info["path"]],
+            env=_pg_env(url),
+            capture_output=True,
+            text=True,
+        )
+        if p.returncode != 0:
+            raise MigrationError(f"pg_restore failed: {p.stderr.strip()[-300:]}")
+        return
+    raise MigrationError(f"no backup to restore ({info.get('reason', kind)})")
+
+
+def _pg_args(url: str) -> Sequence[str]:
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    args = ["-d", str(u.database)]
+    if u.host:
+        args += ["-h", u.host]
+    if u.port:
+        args += ["-p", str(u.port)]
+    if u.username:
+        args += ["-U", u.username]
+    return args
+
+
+def _pg_env(url: str) -> dict[str, str]:
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    env = dict(os.environ)
+    if u.password:
+        env["PGPASSWORD"] = str(u.password)
+    return env

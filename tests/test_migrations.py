@@ -1,0 +1,304 @@
+"""Schema migrations on SQLite (the embedded default) and on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from installer.migrate import upgrade
+from tests import postgres
+from tests.helpers import REPO, SPECS, Sandbox, build, db_state, get, install, sqlite_url, tree_hash
+
+FAIL_0004 = """
+import os
+if os.environ.get("DEMO_FAIL_0004"):
+    def upgrade():
+        op.execute("UPDATE items SET owner = 'half-done'")
+        raise RuntimeError("migration 0004 failed halfway (test fixture)")
+"""
+
+SLOW_0003 = """
+import os
+import time
+_real_upgrade_0003 = upgrade
+
+
+def upgrade():
+    _real_upgrade_0003()
+    time.sleep(float(os.environ.get("DEMO_SLOW_0003", "0")))
+"""
+
+
+def fixture_specs(tmp: Path, *, postgres_url_env: bool = False) -> Path:
+    """The demo specs with test hooks in 4.1.1's migrations: DEMO_FAIL_0004 makes 0004
+    raise after a first statement, DEMO_SLOW_0003 makes 0003 slow."""
+    specs = tmp / "specs"
+    shutil.copytree(SPECS, specs, symlinks=True)
+    versions = specs / "demo-manager/releases/4.1.1/migrations/main/versions"
+    p = versions / "0004_items_title.py"
+    p.write_text(p.read_text() + FAIL_0004)
+    p = versions / "0003_items_owner.py"
+    p.write_text(p.read_text() + SLOW_0003)
+    if postgres_url_env:
+        prod = specs / "demo-manager/product.yaml"
+        text = prod.read_text()
+        text = text.replace(
+            "url: {file: etc/demo-manager/manager.ini, key: database.path}\n    url_kind: sqlite-path",
+            "url: {env: DEMO_DB_URL}",
+        )
+        text = text.replace("  backend: supervisord", "  backend: none")
+        prod.write_text(text)
+    return specs
+
+
+def build_bundle(specs: Path, keys: dict[str, Path], out: Path) -> Path:
+    p = build("--specs", specs, "--from", "4.0.1", "--to", "4.1.1", "--key", keys["key"], "--out", out)
+    assert p.returncode == 0, p.stderr
+    return out / "demo-manager-4.0.1-to-4.1.1.zip"
+
+
+def status(root: Path) -> dict[str, object]:
+    return dict(json.loads(install("--root", root, "status", "--json").stdout))
+
+
+# --- SQLite ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sqlite_case(
+    tmp_path: Path, keys: dict[str, Path], sandbox: Callable[..., Sandbox]
+) -> tuple[Sandbox, Path]:
+    specs = fixture_specs(tmp_path)
+    bundle = build_bundle(specs, keys, tmp_path / "dist")
+    return sandbox(specs=specs), bundle
+
+
+def test_sqlite_apply_reaches_to_revision_with_data(sqlite_case: tuple[Sandbox, Path]) -> None:
+    sb, bundle = sqlite_case
+    p = install("--root", sb.root, "apply", bundle)
+    assert p.returncode == 0, p.stderr
+    state = db_state(sqlite_url(sb.root))
+    assert state["alembic_version"] == (["version_num"], [("0004",)])
+    cols, rows = state["items"]  # type: ignore[misc]
+    assert cols == ["id", "title", "legacy_flag", "owner"]
+    assert rows == [
+        ("1", "alpha", "0", "migrated-alpha"),
+        ("2", "beta", "0", "migrated-beta"),
+        ("3", "gamma", "0", "migrated-gamma"),
+    ]
+    assert sb.wait_version("4.1.1") == "4.1.1"
+    assert "migrated-alpha" in (get(sb.url + "/items") or "")
+    journal = (sb.root / "var/lib/jumpkit/demo-manager/journal.jsonl").read_text()
+    assert '"revision":"0003"' in journal and '"revision":"0004"' in journal
+    assert (
+        sb.root / "var/lib/jumpkit/demo-manager/backup/demo-manager-4.0.1-to-4.1.1/db/main/sqlite.db"
+    ).exists()
+
+
+def test_sqlite_migration_failing_halfway_rolls_back(sqlite_case: tuple[Sandbox, Path]) -> None:
+    sb, bundle = sqlite_case
+    before, before_db = tree_hash(sb.root), db_state(sqlite_url(sb.root))
+    p = install("--root", sb.root, "apply", bundle, env={"DEMO_FAIL_0004": "1"})
+    assert p.returncode == 5, p.stderr
+    assert "migration 0004 failed halfway" in p.stderr
+    assert db_state(sqlite_url(sb.root)) == before_db
+    assert tree_hash(sb.root) == before
+    assert sb.wait_version("4.0.1") == "4.0.1"
+
+
+def test_sqlite_sigkill_during_long_migration_then_resume_and_rollback(
+    sqlite_case: tuple[Sandbox, Path],
+) -> None:
+    sb, bundle = sqlite_case
+    before, before_db = tree_hash(sb.root), db_state(sqlite_url(sb.root))
+    env = {"DEMO_SLOW_0003": "3"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "installer.cli", "--root", str(sb.root), "apply", str(bundle)],
+        env={**os.environ, **env},
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    journal = sb.root / "var/lib/jumpkit/demo-manager/journal.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if journal.exists() and '"step":"migrate"' in journal.read_text():
+            break
+        time.sleep(0.02)
+    time.sleep(0.5)  # inside 0003's sleep
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert '"event":"done","step":"migrate"' not in journal.read_text().replace(" ", "")
+    p = install("--root", sb.root, "resume")
+    assert p.returncode == 0, p.stderr
+    assert db_state(sqlite_url(sb.root))["alembic_version"] == (["version_num"], [("0004",)])
+    assert sb.wait_version("4.1.1") == "4.1.1"
+    p = install("--root", sb.root, "rollback")
+    assert p.returncode == 0, p.stderr
+    assert db_state(sqlite_url(sb.root)) == before_db
+    assert tree_hash(sb.root) == before
+
+
+def test_sqlite_schema_drift_refused(sqlite_case: tuple[Sandbox, Path]) -> None:
+    import sqlite3
+
+    sb, bundle = sqlite_case
+    con = sqlite3.connect(sb.root / "var/lib/demo-manager/manager.db")
+    con.execute("UPDATE alembic_version SET version_num = '0001'")
+    con.commit()
+    con.close()
+    before, before_db = tree_hash(sb.root), db_state(sqlite_url(sb.root))
+    p = install("--root", sb.root, "apply", bundle)
+    assert p.returncode == 4
+    assert "is at revision 0001; the bundle migrates 0002 -> 0004 (schema drift)" in p.stderr
+    assert tree_hash(sb.root) == before and db_state(sqlite_url(sb.root)) == before_db
+
+
+def test_offline_sql_for_review(bundle: Path, tmp_path: Path, keys: dict[str, Path]) -> None:
+    p = install(
+        "--root", tmp_path, "--trust", keys["pub"], "migrations", "--sql", "--dialect", "postgresql", bundle
+    )
+    assert p.returncode == 0, p.stderr
+    assert "ALTER TABLE items ADD COLUMN owner VARCHAR(100) DEFAULT 'admin' NOT NULL;" in p.stdout
+    assert "ALTER TABLE items RENAME name TO title;" in p.stdout
+
+
+def test_plan_shows_revisions(sandbox: Callable[..., Sandbox], bundle: Path) -> None:
+    sb = sandbox()
+    report = json.loads(install("--root", sb.root, "plan", bundle, "--json").stdout)
+    assert report["databases"][0]["revisions"] == ["0003", "0004"]
+    assert report["databases"][0]["rehearsal_seconds"] > 0
+
+
+# --- builder: graph and rehearsal ----------------------------------------------------------
+
+
+def test_build_refuses_branching_revisions(tmp_path: Path, keys: dict[str, Path]) -> None:
+    specs = fixture_specs(tmp_path)
+    versions = specs / "demo-manager/releases/4.1.1/migrations/main/versions"
+    (versions / "0004b_branch.py").write_text(
+        'revision = "0004b"\ndown_revision = "0003"\n\n'
+        "def upgrade():\n    pass\n\n\ndef downgrade():\n    pass\n"
+    )
+    p = build(
+        "--specs", specs, "--from", "4.0.1", "--to", "4.1.1", "--key", keys["key"], "--out", tmp_path / "o"
+    )
+    assert p.returncode == 2
+    assert "several heads" in p.stderr and "0004b" in p.stderr
+
+
+def test_rehearsal_refuses_imports_the_installer_lacks(tmp_path: Path, keys: dict[str, Path]) -> None:
+    specs = fixture_specs(tmp_path)
+    m = specs / "demo-manager/releases/4.1.1/migrations/main/versions/0004_items_title.py"
+    m.write_text("import yaml  # not shipped by the installer\n" + m.read_text())
+    p = build(
+        "--specs", specs, "--from", "4.0.1", "--to", "4.1.1", "--key", keys["key"], "--out", tmp_path / "o"
+    )
+    assert p.returncode == 1
+    assert "imports 'yaml'" in p.stderr and "rehearsal of main" in p.stderr
+
+
+def test_rehearsal_catches_a_broken_downgrade(tmp_path: Path, keys: dict[str, Path]) -> None:
+    specs = fixture_specs(tmp_path)
+    m = specs / "demo-manager/releases/4.1.1/migrations/main/versions/0003_items_owner.py"
+    m.write_text(m.read_text().replace('        batch.drop_column("owner")', "        pass"))
+    p = build(
+        "--specs", specs, "--from", "4.0.1", "--to", "4.1.1", "--key", keys["key"], "--out", tmp_path / "o"
+    )
+    assert p.returncode == 1
+    assert "rehearsal of main" in p.stderr
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pg_admin() -> Iterator[str]:
+    with postgres.cluster() as url:
+        yield url
+
+
+@pytest.fixture
+def pg_case(tmp_path: Path, keys: dict[str, Path], pg_admin: str) -> tuple[Path, Path, str]:
+    specs = fixture_specs(tmp_path, postgres_url_env=True)
+    bundle = build_bundle(specs, keys, tmp_path / "dist")
+    url = postgres.create_database(pg_admin)
+    work = tmp_path / "scripts"
+    shutil.copytree(specs / "demo-manager/releases/4.0.1/migrations/main", work)
+    upgrade(work, url, "0002")
+    from sqlalchemy import create_engine, pool, text
+
+    with create_engine(url, poolclass=pool.NullPool).begin() as c:
+        c.execute(text("INSERT INTO items (id, name) VALUES (1, 'alpha'), (2, 'beta')"))
+    root = tmp_path / "root"
+    p = build("sandbox", "--specs", specs, "--version", "4.0.1", "--root", root, "--trust", keys["pub"])
+    assert p.returncode == 0, p.stderr
+    return root, bundle, url
+
+
+def test_pg_apply_with_pg_dump_backup_and_rollback(pg_case: tuple[Path, Path, str]) -> None:
+    root, bundle, url = pg_case
+    before, before_db = tree_hash(root), db_state(url)
+    p = install("--root", root, "apply", bundle, env={"DEMO_DB_URL": url})
+    assert p.returncode == 0, p.stderr
+    assert "backup pg_dump" in p.stderr
+    state = db_state(url)
+    assert state["alembic_version"] == (["version_num"], [("0004",)])
+    assert state["items"][1] == [("1", "alpha", "0", "migrated-alpha"), ("2", "beta", "0", "migrated-beta")]  # type: ignore[index]
+    assert (root / "var/lib/jumpkit/demo-manager/backup/demo-manager-4.0.1-to-4.1.1/db/main/pg.dump").exists()
+    # the password never reaches a log, the journal or status
+    leaks = [
+        p.stderr,
+        (root / "var/lib/jumpkit/demo-manager/journal.jsonl").read_text(),
+        (root / "var/lib/jumpkit/demo-manager/status.json").read_text(),
+    ]
+    assert not any(postgres.PASSWORD in text for text in leaks)
+    p = install("--root", root, "rollback", env={"DEMO_DB_URL": url})
+    assert p.returncode == 0, p.stderr
+    assert db_state(url) == before_db and tree_hash(root) == before
+
+
+def test_pg_migration_failing_halfway_rolls_back(pg_case: tuple[Path, Path, str]) -> None:
+    root, bundle, url = pg_case
+    before, before_db = tree_hash(root), db_state(url)
+    p = install("--root", root, "apply", bundle, env={"DEMO_DB_URL": url, "DEMO_FAIL_0004": "1"})
+    assert p.returncode == 5, p.stderr
+    assert postgres.PASSWORD not in p.stderr
+    assert db_state(url) == before_db and tree_hash(root) == before
+
+
+def test_pg_sigkill_between_revisions_then_resume(pg_case: tuple[Path, Path, str]) -> None:
+    root, bundle, url = pg_case
+    before_db = db_state(url)
+    p = install(
+        "--root", root, "apply", bundle, env={"DEMO_DB_URL": url, "JUMPKIT_FAILPOINT": "migrate:revision@1"}
+    )
+    assert p.returncode == -9
+    p = install("--root", root, "resume", env={"DEMO_DB_URL": url})
+    assert p.returncode == 0, p.stderr
+    assert db_state(url)["alembic_version"] == (["version_num"], [("0004",)])
+    p = install("--root", root, "rollback", env={"DEMO_DB_URL": url})
+    assert p.returncode == 0, p.stderr
+    assert db_state(url) == before_db
+
+
+def test_pg_schema_drift_refused(pg_case: tuple[Path, Path, str]) -> None:
+    root, bundle, url = pg_case
+    from sqlalchemy import create_engine, pool, text
+
+    with create_engine(url, poolclass=pool.NullPool).begin() as c:
+        c.execute(text("UPDATE alembic_version SET version_num = '0003'"))
+    before, before_db = tree_hash(root), db_state(url)
+    p = install("--root", root, "apply", bundle, env={"DEMO_DB_URL": url})
+    assert p.returncode == 4
+    assert "is at revision 0003" in p.stderr and postgres.PASSWORD not in p.stderr
+    assert tree_hash(root) == before and db_state(url) == before_db
