@@ -187,7 +187,10 @@ def _manifest(
             extras=tuple(extras),
             lookups=product.spec.lookups,
             services=Services(
-                backend=svc.backend, socket=svc.socket, services=svc.services, health=svc.health
+                backend=svc.backend,
+                socket=svc.socket,
+                services=tuple(s.model_copy(update={"added": s.name in jump.units}) for s in svc.services),
+                health=svc.health,
             ),
             checks=product.spec.checks + jump.checks,
             hooks=tuple(hooks),

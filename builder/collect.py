@@ -14,7 +14,7 @@ from typing import Any, Literal
 import jinja2
 
 from builder.errors import SpecError
-from builder.spec import JumpSpec, Product
+from builder.spec import JumpSpec, Product, UnitSpec
 from builder.zipwriter import Source
 from installer.format import PAYLOAD_PREFIX, RemovedEntry, RewriteRule
 from installer.paths import check_link_target, check_relpath
@@ -124,6 +124,33 @@ def render_configs(product: Product, version: str, variables: dict[str, Any]) ->
     return out
 
 
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+
+def render_unit(product: str, version: str, name: str, unit: UnitSpec, stop_timeout: float) -> bytes:
+    """Render templates/systemd/service.j2 for one service."""
+    from builder import __version__
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    return (
+        env.get_template("systemd/service.j2")
+        .render(
+            name=name,
+            unit=unit,
+            product=product,
+            version=version,
+            stop_timeout=max(1, stop_timeout),
+            jumpkit_version=__version__,
+        )
+        .encode()
+    )
+
+
 def collect(product: Product, jump: JumpSpec, jump_dir: Path) -> Collected:
     """Diff the from- and to-release trees under the jump's include/exclude patterns.
 
@@ -203,6 +230,13 @@ def collect(product: Product, jump: JumpSpec, jump_dir: Path) -> Collected:
         else:
             from_sha = current_digest(Path(before.path)) if before is not None else None
         out.removed.append(RemovedEntry(path=path, from_sha256=from_sha))
+    for name, unit in sorted(jump.units.items()):
+        path = f"etc/systemd/system/{name}.service"
+        if path in {f.path for f in out.files}:
+            raise SpecError(f"units: {name}: {path} is also shipped as a file")
+        svc = next((s for s in (jump.services or product.spec.services).services if s.name == name), None)
+        data = render_unit(product.name, jump.to_version, name, unit, svc.stop_timeout if svc else 30.0)
+        out.files.append(Pending(path, "file", 0o644, None, Source(PAYLOAD_PREFIX + path, 0o644, data=data)))
     for hook in jump.hooks:
         for name, script in [(hook.name, hook.script)] + (
             [(f"{hook.name}-undo", hook.undo_script)] if hook.undo_script else []

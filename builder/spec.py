@@ -22,6 +22,22 @@ class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class UnitSpec(_Spec):
+    """A systemd unit the builder renders (templates/systemd/service.j2) when a jump adds
+    a service; it ships as ``etc/systemd/system/<name>.service``."""
+
+    exec_start: tuple[str, ...]
+    description: str | None = None
+    type: Literal["simple", "exec", "notify", "forking", "oneshot"] = "simple"
+    user: str | None = None
+    working_directory: str | None = None
+    environment: dict[str, str] = Field(default_factory=dict)
+    after: tuple[str, ...] = ("network.target",)
+    requires: tuple[str, ...] = ()
+    restart: Literal["no", "on-failure", "always"] = "on-failure"
+    wanted_by: str = "multi-user.target"
+
+
 class ServicesSpec(_Spec):
     """How the product runs its services (per product; a jump may override)."""
 
@@ -139,6 +155,8 @@ class JumpSpec(_Spec):
     checks: tuple[Check, ...] = ()
     hooks: tuple[HookSpec, ...] = ()
     services: ServicesSpec | None = None
+    units: dict[str, UnitSpec] = Field(default_factory=dict)
+    """Services this jump adds, by name: systemd units rendered into the payload."""
     revisions: dict[str, str] = Field(default_factory=dict)
     """Per database: the target revision (default: the to-release's head)."""
 

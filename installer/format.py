@@ -166,6 +166,8 @@ class Service(_Model):
     start: tuple[str, ...] = ()
     stop: tuple[str, ...] = ()
     status: tuple[str, ...] = ()
+    added: bool = False
+    """The jump adds this service: it is started after the swap although it never ran."""
 
 
 class Services(_Model):

@@ -175,10 +175,39 @@ def compute_plan(manifest: Manifest, root: Path, staging: Path, *, accept_drift:
         if removed.from_sha256 is not None and current != removed.from_sha256:
             plan.drift.append(f"{removed.path}: modified (the jump removes it)")
         plan.ops.append(SwapOp(removed.path, "remove", "files"))
-    plan.new_dirs = sorted(new_dirs, key=lambda d: (d.count("/"), d))
+    _collapse_new_subtrees(plan, new_dirs)
     if plan.drift and not accept_drift:
         raise drift_error(manifest, plan.drift)
     return plan
+
+
+def _collapse_new_subtrees(plan: Plan, new_dirs: set[str]) -> None:
+    """A directory that does not exist yet and holds only files of the files group moves
+    into place with one rename (the staged directory), not one rename per file: a jump
+    that adds a 24,000-file tree swaps in O(1)."""
+    tops = {d for d in new_dirs if d.rpartition("/")[0] not in new_dirs}
+
+    def top_of(path: str) -> str | None:
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            if "/".join(parts[:i]) in tops:
+                return "/".join(parts[:i])
+        return None
+
+    blocked = {top_of(op.path) for op in plan.ops if op.group != "files" or op.action != "place"}
+    collapsed: dict[str, None] = {}
+    ops: list[SwapOp] = []
+    for op in plan.ops:
+        top = top_of(op.path) if op.group == "files" and op.action == "place" else None
+        if top is not None and top not in blocked:
+            if top not in collapsed:
+                collapsed[top] = None
+                ops.append(SwapOp(top, "place", "files", "new directory, one rename"))
+            continue
+        ops.append(op)
+    plan.ops = ops
+    keep = [d for d in new_dirs if not any(d == t or d.startswith(t + "/") for t in collapsed)]
+    plan.new_dirs = sorted(keep, key=lambda d: (d.count("/"), d))
 
 
 def drift_error(manifest: Manifest, drift: list[str]) -> DriftError:

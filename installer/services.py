@@ -1,7 +1,7 @@
 """Service managers: the only code that starts and stops the manager's services.
 
-Backends: ``supervisord`` (XML-RPC over its unix socket), ``command`` (start/stop/status
-commands from the spec) and ``none``. The orchestration code sees only
+Backends: ``supervisord`` (XML-RPC over its unix socket), ``systemd`` (systemctl),
+``command`` (start/stop/status commands from the spec) and ``none``. The orchestration code sees only
 :class:`ServiceManager`.
 """
 
@@ -98,7 +98,11 @@ class Supervisord:
         raise ServiceError(f"{service.name} did not stop within {service.stop_timeout:g}s")
 
     def start(self, service: Service) -> None:
-        """See :class:`ServiceManager`."""
+        """See :class:`ServiceManager`. A process still STOPPING (a stop that timed out,
+        which supervisord finishes with SIGKILL after its stopwaitsecs) is waited for."""
+        deadline = time.monotonic() + service.start_timeout
+        while self._state(service) == "STOPPING" and time.monotonic() < deadline:
+            time.sleep(0.02)
         self._call("startProcess", service.name, True)
 
 
@@ -131,6 +135,42 @@ class Commands:
             raise ServiceError(f"start command for {service.name} failed")
 
 
+class Systemd:
+    """systemd through ``systemctl`` (found on PATH). A daemon-reload runs once before the
+    first start, so unit files the swap placed are seen."""
+
+    def __init__(self, systemctl: str = "systemctl") -> None:
+        self.systemctl = systemctl
+        self._reloaded = False
+
+    def _run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        try:
+            return subprocess.run([self.systemctl, *args], capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            raise ServiceError(f"systemctl {' '.join(args)} did not return within {timeout:g}s") from e
+        except OSError as e:
+            raise ServiceError(f"cannot run {self.systemctl}: {e.strerror}") from e
+
+    def is_running(self, service: Service) -> bool:
+        """See :class:`ServiceManager`."""
+        return self._run("is-active", "--quiet", service.name).returncode == 0
+
+    def stop(self, service: Service) -> None:
+        """See :class:`ServiceManager`."""
+        p = self._run("stop", service.name, timeout=service.stop_timeout)
+        if p.returncode != 0:
+            raise ServiceError(f"systemctl stop {service.name} failed: {p.stderr.strip()[-200:]}")
+
+    def start(self, service: Service) -> None:
+        """See :class:`ServiceManager`."""
+        if not self._reloaded:
+            self._run("daemon-reload")
+            self._reloaded = True
+        p = self._run("start", service.name, timeout=service.start_timeout)
+        if p.returncode != 0:
+            raise ServiceError(f"systemctl start {service.name} failed: {p.stderr.strip()[-200:]}")
+
+
 def service_manager(spec: Services, root: Path) -> ServiceManager:
     """The backend the manifest names.
 
@@ -145,4 +185,4 @@ def service_manager(spec: Services, root: Path) -> ServiceManager:
         return Supervisord(root / spec.socket)
     if spec.backend == "command":
         return Commands(root)
-    raise ServiceError(f"service backend {spec.backend!r} is not supported by this installer")
+    return Systemd()

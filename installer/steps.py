@@ -14,7 +14,7 @@ from installer.errors import JumpkitError, StepError
 from installer.failpoints import failpoint
 from installer.format import Database, Manifest
 from installer.health import lookup_variables, wait_healthy
-from installer.migrate import backup, current_revision, database_url, downgrade, restore, upgrade
+from installer.migrate import backup, current_revision, database_url, downgrade, preload, restore, upgrade
 from installer.plan import Plan
 from installer.services import ServiceManager
 from installer.state import StateDir
@@ -97,7 +97,7 @@ class StartServices:
         note = ctx.notes.get(StopServices.name)
         if note is None:
             return {s.name for s in ctx.manifest.services.services}
-        return set(note["running"])
+        return set(note["running"]) | {s.name for s in ctx.manifest.services.services if s.added}
 
     def run(self, ctx: Context) -> None:
         """See :class:`Step`."""
@@ -210,6 +210,8 @@ class BackupDatabases:
     def run(self, ctx: Context) -> None:
         """See :class:`Step`."""
         done: dict[str, dict[str, str]] = {}
+        if ctx.manifest.databases:
+            preload()
         for db in ctx.manifest.databases:
             url = database_url(db, ctx.root)
             info = backup(url, ctx.backup / "db" / db.name)

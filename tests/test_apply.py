@@ -118,7 +118,10 @@ def test_plan_changes_nothing(sandbox: Callable[..., Sandbox], bundle: Path) -> 
     assert p.returncode == 0, p.stderr
     report = json.loads(p.stdout)
     steps = [s["step"] for s in report["steps"]]
-    assert steps[:3] == ["verify", "stage", "stop-services"] and steps[-2:] == ["health", "commit"]
+    assert steps[:4] == ["verify", "stage", "backup-db", "stop-services"] and steps[-2:] == [
+        "health",
+        "commit",
+    ]
     actions = {f["path"]: f["action"] for f in report["files"]}
     assert actions["opt/demo-manager/lib/demo_manager/legacy_tcp.py"] == "remove"
     assert actions["opt/demo-manager/lib/demo_manager/metrics.py"] == "add"

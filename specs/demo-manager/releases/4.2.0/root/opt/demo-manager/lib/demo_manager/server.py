@@ -72,7 +72,7 @@ def main(argv):
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     print(f"demo-manager {VERSION} listening on 127.0.0.1:{port}", flush=True)
-    server.serve_forever()
+    server.serve_forever(poll_interval=0.05)
     server.server_close()
     return 0
 

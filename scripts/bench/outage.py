@@ -1,0 +1,198 @@
+"""Benchmark: the outage a client sees, polling the demo service every 10 ms, for
+(a) a bare supervisord stop+start of the service, and (b) `bundle-install apply` of the
+demo jump 4.0.1 -> 4.1.1 carrying a ~1 MiB payload and one carrying a ~600 MiB payload
+(the realistic tree of build.py, as a new directory of the release). Prints both ratios
+to the bare restart; never fails on absolute time.
+
+    uv run python scripts/bench/outage.py [--size-mb 600] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import xmlrpc.client
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, make_tree, python
+from supervisor.xmlrpc import SupervisorTransport
+
+
+class Poller(threading.Thread):
+    """GET /version every 10 ms; the outage is the longest gap between two answers."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.stop_flag, self.answers = url, threading.Event(), []
+
+    def run(self) -> None:
+        while not self.stop_flag.is_set():
+            try:
+                with urllib.request.urlopen(self.url, timeout=1) as r:
+                    r.read()
+                self.answers.append(time.perf_counter())
+            except OSError:
+                pass
+            time.sleep(0.01)
+
+    def outage(self) -> float:
+        return max((b - a for a, b in zip(self.answers, self.answers[1:], strict=False)), default=0.0)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([python(), "-m", *args], capture_output=True, text=True, cwd=REPO, check=True)
+
+
+def sandbox(specs: Path, pub: Path, port: int, base: Path) -> Path:
+    root = Path(tempfile.mkdtemp(prefix="jk-out-", dir="/tmp")) / "r"
+    cli(
+        "builder.cli",
+        "sandbox",
+        "--specs",
+        str(specs),
+        "--version",
+        "4.0.1",
+        "--root",
+        str(root),
+        "--trust",
+        str(pub),
+        "--set",
+        f"server.port={port}",
+    )
+    subprocess.run(
+        [str(Path(python()).parent / "supervisord"), "-c", str(root / "etc/supervisord.conf")], check=True
+    )
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/version", timeout=1).read()
+            break
+        except OSError:
+            time.sleep(0.02)
+    return root
+
+
+def teardown(root: Path) -> None:
+    pid = int((root / "var/run/supervisord.pid").read_text())
+    os.kill(pid, signal.SIGTERM)
+    for _ in range(300):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split(")")[-1].split()[0] == "Z":
+                    break
+        except FileNotFoundError:
+            break
+        time.sleep(0.02)
+    shutil.rmtree(root.parent, ignore_errors=True)
+
+
+def measure(action, root: Path, port: int) -> float:  # type: ignore[no-untyped-def]
+    poller = Poller(f"http://127.0.0.1:{port}/version")
+    poller.start()
+    time.sleep(0.3)
+    action(root)
+    time.sleep(0.3)
+    poller.stop_flag.set()
+    poller.join()
+    return poller.outage()
+
+
+def bare_restart(root: Path) -> None:
+    proxy = xmlrpc.client.ServerProxy(
+        "http://127.0.0.1",
+        transport=SupervisorTransport(None, None, f"unix://{root / 'var/run/supervisor.sock'}"),
+    )
+    proxy.supervisor.stopProcess("demo-manager", True)
+    proxy.supervisor.startProcess("demo-manager", True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size-mb", type=int, default=600)
+    ap.add_argument("--files", type=int, default=25_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    tree = make_tree(args.size_mb, args.files)
+    with tempfile.TemporaryDirectory(prefix="jk-outage-", dir=REPO / ".cache") as tmp:
+        work = Path(tmp)
+        cli("builder.cli", "keygen", "--out", str(work / "k"))
+        key, pub = work / "k/signing.key", work / "k/signing.pub"
+        bundles = {}
+        for label, payload in (("1mib", None), ("big", tree)):
+            specs = work / f"specs-{label}"
+            shutil.copytree(REPO / "specs", specs, symlinks=True)
+            extra = specs / "demo-manager/releases/4.1.1/root/opt/demo-manager/share/payload"
+            if payload is None:
+                extra.mkdir(parents=True)
+                (extra / "blob.bin").write_bytes(os.urandom(1024 * 1024))
+            else:
+                subprocess.run(["cp", "-al", str(payload), str(extra)], check=True)
+                (extra / ".done").unlink(missing_ok=True)
+            cli(
+                "builder.cli",
+                "--specs",
+                str(specs),
+                "--from",
+                "4.0.1",
+                "--to",
+                "4.1.1",
+                "--key",
+                str(key),
+                "--out",
+                str(work / f"dist-{label}"),
+            )
+            bundles[label] = (specs, work / f"dist-{label}/demo-manager-4.0.1-to-4.1.1.zip")
+        port = 18000 + os.getpid() % 1000
+        results: dict[str, list[float]] = {"bare": [], "1mib": [], "big": []}
+        for _ in range(args.repeat):
+            for label in results:
+                specs, bundle = bundles["1mib" if label == "bare" else label]
+                root = sandbox(specs, pub, port, work)
+                try:
+                    if label == "bare":
+                        results[label].append(measure(bare_restart, root, port))
+                    else:
+
+                        def apply(r: Path, b: Path = bundle) -> None:
+                            cli("installer.cli", "--root", str(r), "apply", str(b))
+
+                        results[label].append(measure(apply, root, port))
+                finally:
+                    teardown(root)
+        med = {k: statistics.median(v) for k, v in results.items()}
+        res = {
+            "repeat": args.repeat,
+            "bare_restart_s": round(med["bare"], 3),
+            "apply_1mib_s": round(med["1mib"], 3),
+            "apply_600mib_s": round(med["big"], 3),
+            "ratio_1mib": round(med["1mib"] / med["bare"], 2),
+            "ratio_600mib": round(med["big"] / med["bare"], 2),
+            "bundle_600mib_mib": round(bundles["big"][1].stat().st_size / 2**20, 1),
+        }
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"client-seen outage, median of {args.repeat} (polling every 10 ms):")
+        print(f"bare supervisord stop+start : {res['bare_restart_s']:.3f} s")
+        print(
+            f"apply, ~1 MiB payload       : {res['apply_1mib_s']:.3f} s  ratio {res['ratio_1mib']}x (target <= 1.3)"
+        )
+        print(
+            f"apply, ~600 MiB payload     : {res['apply_600mib_s']:.3f} s  ratio {res['ratio_600mib']}x (target <= 1.3)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

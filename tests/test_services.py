@@ -1,0 +1,213 @@
+"""Service backends: systemd (units rendered by the builder, systemctl driven through a
+fake on PATH), command, and a supervised service that will not stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import textwrap
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO, SPECS, Sandbox, build, install, tree_hash
+
+FAKE_SYSTEMCTL = """#!/bin/sh
+# Fake systemctl: logs every call, keeps unit state as files in $FAKE_SYSTEMD_STATE.
+echo "$*" >> "$FAKE_SYSTEMD_STATE/calls"
+case "$1" in
+  is-active) [ -f "$FAKE_SYSTEMD_STATE/$3.active" ]; exit $? ;;
+  stop) rm -f "$FAKE_SYSTEMD_STATE/$2.active" ;;
+  start) touch "$FAKE_SYSTEMD_STATE/$2.active" ;;
+  daemon-reload) ;;
+  *) echo "fake systemctl: unknown $1" >&2; exit 1 ;;
+esac
+"""
+
+
+def svc_product(tmp: Path, backend: str, services_yaml: str, jump_extra: str = "") -> Path:
+    specs = tmp / "specs"
+    d = specs / "svc"
+    (d / "jumps").mkdir(parents=True)
+    (d / "product.yaml").write_text(
+        f"product: svc\nversion_file: opt/svc/VERSION\nservices:\n  backend: {backend}\n"
+        + textwrap.indent(services_yaml, "  ")
+    )
+    for v in ("1.0.0", "1.1.0"):
+        (d / f"releases/{v}/root/opt/svc").mkdir(parents=True)
+        (d / f"releases/{v}/root/opt/svc/VERSION").write_text(v + "\n")
+    (d / "jumps/1.0.0-1.1.0.yaml").write_text("from: 1.0.0\nto: 1.1.0\n" + jump_extra)
+    return specs
+
+
+def build_and_sandbox(specs: Path, keys: dict[str, Path], tmp: Path) -> tuple[Path, Path]:
+    p = build(
+        "--specs", specs, "--from", "1.0.0", "--to", "1.1.0", "--key", keys["key"], "--out", tmp / "dist"
+    )
+    assert p.returncode == 0, p.stderr
+    root = tmp / "root"
+    p = build("sandbox", "--specs", specs, "--version", "1.0.0", "--root", root, "--trust", keys["pub"])
+    assert p.returncode == 0, p.stderr
+    return root, tmp / "dist/svc-1.0.0-to-1.1.0.zip"
+
+
+SYSTEMD_SERVICES = """services:
+  - name: api
+    stop_timeout: 20
+  - name: worker
+"""
+SYSTEMD_JUMP = """units:
+  worker:
+    exec_start: ["/bin/sleep", "infinity"]
+    description: svc background worker
+    user: svc
+    environment: {LANG: C.UTF-8}
+"""
+
+
+@pytest.fixture
+def fake_systemctl(tmp_path: Path) -> dict[str, str]:
+    bindir = tmp_path / "fakebin"
+    bindir.mkdir()
+    script = bindir / "systemctl"
+    script.write_text(FAKE_SYSTEMCTL)
+    script.chmod(0o755)
+    state = tmp_path / "systemd-state"
+    state.mkdir()
+    (state / "api.active").touch()
+    return {"PATH": f"{bindir}:{os.environ['PATH']}", "FAKE_SYSTEMD_STATE": str(state)}
+
+
+def test_rendered_unit_passes_systemd_analyze(tmp_path: Path, keys: dict[str, Path]) -> None:
+    specs = svc_product(tmp_path, "systemd", SYSTEMD_SERVICES, SYSTEMD_JUMP)
+    _, bundle = build_and_sandbox(specs, keys, tmp_path)
+    with zipfile.ZipFile(bundle) as z:
+        unit = z.read("payload/etc/systemd/system/worker.service").decode()
+        manifest = json.loads(z.read("manifest.json"))
+    assert "ExecStart=/bin/sleep infinity" in unit and "TimeoutStopSec=30" in unit
+    assert [s["added"] for s in manifest["services"]["services"]] == [False, True]
+    path = tmp_path / "worker.service"
+    path.write_text(unit)
+    p = subprocess.run(["systemd-analyze", "verify", "--man=no", str(path)], capture_output=True, text=True)
+    assert p.returncode == 0 and p.stderr.strip() == "", p.stderr
+
+
+def test_systemd_backend_command_sequence(
+    tmp_path: Path, keys: dict[str, Path], fake_systemctl: dict[str, str]
+) -> None:
+    specs = svc_product(tmp_path, "systemd", SYSTEMD_SERVICES, SYSTEMD_JUMP)
+    root, bundle = build_and_sandbox(specs, keys, tmp_path)
+    p = install("--root", root, "apply", bundle, env=fake_systemctl)
+    assert p.returncode == 0, p.stderr
+    calls = (Path(fake_systemctl["FAKE_SYSTEMD_STATE"]) / "calls").read_text().splitlines()
+    # pre-flight probes, stop what ran (api), reload units, start api and the added worker
+    transaction = calls[calls.index("stop api") :]
+    assert transaction == ["stop api", "daemon-reload", "start api", "start worker"]
+    assert (root / "etc/systemd/system/worker.service").exists()
+    (Path(fake_systemctl["FAKE_SYSTEMD_STATE"]) / "calls").write_text("")
+    p = install("--root", root, "rollback", env=fake_systemctl)
+    assert p.returncode == 0, p.stderr
+    calls = (Path(fake_systemctl["FAKE_SYSTEMD_STATE"]) / "calls").read_text().splitlines()
+    assert calls == ["stop worker", "stop api", "daemon-reload", "start api"]
+    assert not (root / "etc/systemd/system/worker.service").exists()
+
+
+def test_command_backend(tmp_path: Path, keys: dict[str, Path]) -> None:
+    log = tmp_path / "calls"
+    flag = tmp_path / "running"
+    flag.touch()
+    sh = "/bin/sh"
+    services = textwrap.dedent(f"""\
+        services:
+          - name: app
+            start: ["{sh}", "-c", "echo start >> {log}; touch {flag}"]
+            stop: ["{sh}", "-c", "echo stop >> {log}; rm -f {flag}"]
+            status: ["test", "-f", "{flag}"]
+        """)
+    specs = svc_product(tmp_path, "command", services)
+    root, bundle = build_and_sandbox(specs, keys, tmp_path)
+    p = install("--root", root, "apply", bundle)
+    assert p.returncode == 0, p.stderr
+    assert log.read_text().split() == ["stop", "start"] and flag.exists()
+
+
+def test_service_that_will_not_stop_aborts_before_files(
+    sandbox: Callable[..., Sandbox], keys: dict[str, Path], tmp_path: Path
+) -> None:
+    """stop_timeout 1s and a service that ignores its stop signal: the apply stops before
+    touching any file, the service keeps running the old version, exit 5."""
+    import shutil
+
+    specs = tmp_path / "specs"
+    shutil.copytree(SPECS, specs, symlinks=True)
+    prod = specs / "demo-manager/product.yaml"
+    prod.write_text(prod.read_text().replace("stop_timeout: 10", "stop_timeout: 1"))
+    out = tmp_path / "dist"
+    assert (
+        build(
+            "--specs", specs, "--from", "4.0.1", "--to", "4.1.1", "--key", keys["key"], "--out", out
+        ).returncode
+        == 0
+    )
+    sb = sandbox(supervise=False, specs=specs)
+    conf = sb.root / "etc/supervisord.conf"
+    conf.write_text(
+        conf.read_text()
+        .replace("stopsignal=TERM", "stopsignal=WINCH")
+        .replace("stopwaitsecs=5", "stopwaitsecs=3")
+    )
+    sb.start_supervisord()
+    before = tree_hash(sb.root)
+    p = install("--root", sb.root, "apply", out / "demo-manager-4.0.1-to-4.1.1.zip")
+    assert p.returncode == 5, p.stderr
+    assert "did not stop within 1s" in p.stderr
+    assert tree_hash(sb.root) == before
+    journal = (sb.root / "var/lib/jumpkit/demo-manager/journal.jsonl").read_text()
+    assert '"step":"swap-files"' not in journal
+    assert sb.wait_version("4.0.1") == "4.0.1"
+
+
+def test_outage_recorded_below_health_timeout(sandbox: Callable[..., Sandbox], bundle: Path) -> None:
+    sb = sandbox()
+    assert install("--root", sb.root, "apply", bundle).returncode == 0
+    st = json.loads(install("--root", sb.root, "status", "--json").stdout)
+    # the demo's health budget: 500 tries x 20 ms interval
+    assert 0 < st["outage_seconds"] < 10
+
+
+def test_unhealthy_manager_refused_unless_forced(sandbox: Callable[..., Sandbox], bundle: Path) -> None:
+    sb = sandbox()
+    ini = sb.root / "etc/demo-manager/manager.ini"
+    # the operator moved the port but did not restart: the health check cannot reach 4.0.1
+    ini.write_text(ini.read_text().replace(f"port = {sb.port}", "port = 1"))
+    before = tree_hash(sb.root)
+    p = install("--root", sb.root, "apply", bundle)
+    assert p.returncode == 4
+    assert "unhealthy now" in p.stderr and "--force" in p.stderr
+    assert tree_hash(sb.root) == before
+
+
+def test_helper_scripts_are_executable() -> None:
+    for script in ("scripts/setup", "scripts/test", "scripts/demo", ".ci/run"):
+        assert (REPO / script).stat().st_mode & stat.S_IXUSR, script
+
+
+def test_new_directory_moves_in_with_one_rename(tmp_path: Path, keys: dict[str, Path]) -> None:
+    specs = svc_product(tmp_path, "none", "services: []\n")
+    new = specs / "svc/releases/1.1.0/root/opt/svc/plugins"
+    (new / "a").mkdir(parents=True)
+    for i in range(50):
+        (new / "a" / f"p{i}.py").write_text(f"# plugin {i}\n")
+    (new / "b.py").write_text("# b\n")
+    root, bundle = build_and_sandbox(specs, keys, tmp_path)
+    before = tree_hash(root)
+    report = json.loads(install("--root", root, "plan", bundle, "--json").stdout)
+    assert [f["path"] for f in report["files"]] == ["opt/svc/VERSION", "opt/svc/plugins"]
+    assert install("--root", root, "apply", bundle).returncode == 0
+    assert (root / "opt/svc/plugins/a/p49.py").read_text() == "# plugin 49\n"
+    assert install("--root", root, "rollback").returncode == 0
+    assert not (root / "opt/svc/plugins").exists() and tree_hash(root) == before
