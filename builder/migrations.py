@@ -16,6 +16,22 @@ from installer.format import Database
 from installer.migrate import revision_path
 
 
+def estimate_bucket(seconds: float) -> float:
+    """Round a measured duration up to 0.5, 1, 2, 5, 10, 20, 50, ... seconds.
+
+    The manifest records this bucket, not the raw timing, so that two builds of the same
+    inputs stay byte-identical (a timing differs run to run; a bucket only when the
+    migrations' speed changes by a step). It serves as an upper-bound outage estimate."""
+    ladder = (1.0, 2.0, 5.0)
+    scale = 0.1
+    while True:
+        for m in ladder:
+            step = m * scale
+            if step >= 0.5 and seconds <= step:
+                return step
+        scale *= 10
+
+
 def _head(script_dir: Path) -> str | None:
     from alembic.script import ScriptDirectory
 
@@ -61,7 +77,7 @@ def plan_database(
             raise BuildError(f"rehearsal of {spec.name} crashed: {p.stderr.strip()[-300:]}") from e
         if not result["ok"]:
             raise BuildError(f"rehearsal of {spec.name} {from_rev} -> {to_rev} failed: {result['error']}")
-        seconds = result["seconds"]
+        seconds = estimate_bucket(result["seconds"])
     sources = [
         Source(f"migrations/{spec.name}/versions/{f.name}", 0o644, path=f)
         for f in sorted((to_dir / "versions").glob("*.py"))

@@ -176,7 +176,23 @@ def test_plan_shows_revisions(sandbox: Callable[..., Sandbox], bundle: Path) -> 
     sb = sandbox()
     report = json.loads(install("--root", sb.root, "plan", bundle, "--json").stdout)
     assert report["databases"][0]["revisions"] == ["0003", "0004"]
-    assert report["databases"][0]["rehearsal_seconds"] > 0
+    assert report["databases"][0]["rehearsal_seconds"] == 0.5
+
+
+def test_rehearsal_time_is_bucketed_for_reproducible_builds() -> None:
+    from builder.migrations import estimate_bucket
+
+    assert [estimate_bucket(x) for x in (0.0, 0.04, 0.5, 0.6, 1.5, 4.0, 9.0, 11.0, 120.0)] == [
+        0.5,
+        0.5,
+        0.5,
+        1.0,
+        2.0,
+        5.0,
+        10.0,
+        20.0,
+        200.0,
+    ]
 
 
 # --- builder: graph and rehearsal ----------------------------------------------------------
