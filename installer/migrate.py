@@ -240,15 +240,7 @@ def backup(url: str, dest: Path) -> dict[str, str]:
     dest.mkdir(parents=True, exist_ok=True)
     if u.get_backend_name() == "sqlite" and u.database:
         target = dest / "sqlite.db"
-        try:
-            src = sqlite3.connect(f"file:{u.database}?mode=ro", uri=True)
-            dst = sqlite3.connect(target)
-            with dst:
-                src.backup(dst)
-            src.close()
-            dst.close()
-        except sqlite3.Error as e:
-            raise MigrationError(f"SQLite backup of {u.database} failed: {e}") from e
+        _sqlite_copy(f"file:{u.database}?mode=ro", str(target), f"SQLite backup of {u.database}")
         return {"kind": "sqlite", "path": str(target)}
     if u.get_backend_name() == "postgresql":
         pg_dump = shutil.which("pg_dump")
@@ -279,15 +271,7 @@ def restore(url: str, info: dict[str, str]) -> None:
     if kind == "sqlite":
         db = make_url(url).database
         assert db is not None
-        try:
-            src = sqlite3.connect(info["path"])
-            dst = sqlite3.connect(db)
-            with dst:
-                src.backup(dst)
-            src.close()
-            dst.close()
-        except sqlite3.Error as e:
-            raise MigrationError(f"SQLite restore failed: {e}") from e
+        _sqlite_copy(f"file:{info['path']}?mode=ro", db, "SQLite restore")
         return
     if kind == "pg_dump":
         pg_restore = shutil.which("pg_restore") or "pg_restore"
@@ -301,6 +285,19 @@ def restore(url: str, info: dict[str, str]) -> None:
             raise MigrationError(f"pg_restore failed: {p.stderr.strip()[-300:]}")
         return
     raise MigrationError(f"no backup to restore ({info.get('reason', kind)})")
+
+
+def _sqlite_copy(src_uri: str, dst: str, what: str) -> None:
+    """Copy a whole SQLite database with the online backup API (consistent while in use)."""
+    try:
+        src = sqlite3.connect(src_uri, uri=True)
+        out = sqlite3.connect(dst)
+        with out:
+            src.backup(out)
+        src.close()
+        out.close()
+    except sqlite3.Error as e:
+        raise MigrationError(f"{what} failed: {e}") from e
 
 
 def _pg_args(url: str) -> Sequence[str]:

@@ -30,11 +30,18 @@ SLOW_0003 = """
 import os
 import time
 _real_upgrade_0003 = upgrade
+_real_downgrade_0003 = downgrade
 
 
 def upgrade():
     _real_upgrade_0003()
     time.sleep(float(os.environ.get("DEMO_SLOW_0003", "0")))
+
+
+def downgrade():
+    if os.environ.get("DEMO_FAIL_DOWNGRADE_0003"):
+        raise RuntimeError("downgrade of 0003 failed (test fixture)")
+    _real_downgrade_0003()
 """
 
 
@@ -112,6 +119,18 @@ def test_sqlite_migration_failing_halfway_rolls_back(sqlite_case: tuple[Sandbox,
     assert "migration 0004 failed halfway" in p.stderr
     assert db_state(sqlite_url(sb.root)) == before_db
     assert tree_hash(sb.root) == before
+    assert sb.wait_version("4.0.1") == "4.0.1"
+
+
+def test_sqlite_failed_downgrade_falls_back_to_the_backup(sqlite_case: tuple[Sandbox, Path]) -> None:
+    sb, bundle = sqlite_case
+    before, before_db = tree_hash(sb.root), db_state(sqlite_url(sb.root))
+    p = install(
+        "--root", sb.root, "apply", bundle, env={"DEMO_FAIL_0004": "1", "DEMO_FAIL_DOWNGRADE_0003": "1"}
+    )
+    assert p.returncode == 5, p.stderr
+    assert "downgrade failed" in p.stderr and "restoring the backup" in p.stderr, p.stderr
+    assert db_state(sqlite_url(sb.root)) == before_db and tree_hash(sb.root) == before
     assert sb.wait_version("4.0.1") == "4.0.1"
 
 
@@ -290,6 +309,16 @@ def test_pg_migration_failing_halfway_rolls_back(pg_case: tuple[Path, Path, str]
     assert p.returncode == 5, p.stderr
     assert postgres.PASSWORD not in p.stderr
     assert db_state(url) == before_db and tree_hash(root) == before
+
+
+def test_pg_failed_downgrade_falls_back_to_pg_restore(pg_case: tuple[Path, Path, str]) -> None:
+    root, bundle, url = pg_case
+    before_db = db_state(url)
+    env = {"DEMO_DB_URL": url, "DEMO_FAIL_0004": "1", "DEMO_FAIL_DOWNGRADE_0003": "1"}
+    p = install("--root", root, "apply", bundle, env=env)
+    assert p.returncode == 5, p.stderr
+    assert "restoring the backup" in p.stderr
+    assert db_state(url) == before_db
 
 
 def test_pg_sigkill_between_revisions_then_resume(pg_case: tuple[Path, Path, str]) -> None:
