@@ -15,7 +15,7 @@ from builder.collect import Collected, collect
 from builder.errors import BuildError
 from builder.keys import load_private_key
 from builder.migrations import plan_database
-from builder.spec import JumpSpec, Product, load_product
+from builder.spec import JumpSpec, Product, load_product, start_order
 from builder.zipwriter import ZipWriter
 from installer.format import (
     FORMAT_VERSION,
@@ -189,7 +189,10 @@ def _manifest(
             services=Services(
                 backend=svc.backend,
                 socket=svc.socket,
-                services=tuple(s.model_copy(update={"added": s.name in jump.units}) for s in svc.services),
+                services=tuple(
+                    s.model_copy(update={"added": s.name in jump.units})
+                    for s in start_order(svc.services, f"{product.name} services")
+                ),
                 health=svc.health,
             ),
             checks=product.spec.checks + jump.checks,

@@ -168,16 +168,31 @@ class Service(_Model):
     status: tuple[str, ...] = ()
     added: bool = False
     """The jump adds this service: it is started after the swap although it never ran."""
+    depends_on: tuple[str, ...] = ()
+    """Services this one needs: they start before it and stop after it."""
 
 
 class Services(_Model):
-    """How the target runs its services and which ones the jump restarts."""
+    """How the target runs its services and which ones the jump restarts. ``services``
+    is in start order (every service after those it depends on); stop is the reverse."""
 
     backend: Literal["supervisord", "systemd", "command", "none"] = "none"
     socket: str | None = None
     """supervisord: unix socket path relative to the root."""
     services: tuple[Service, ...] = ()
     health: tuple[HealthCheck, ...] = ()
+
+    @model_validator(mode="after")
+    def _order_ok(self) -> Services:
+        seen: set[str] = set()
+        for s in self.services:
+            if s.name in seen:
+                raise ValueError(f"service {s.name} is listed twice")
+            missing = [d for d in s.depends_on if d not in seen]
+            if missing:
+                raise ValueError(f"service {s.name} starts before {', '.join(missing)}, which it depends on")
+            seen.add(s.name)
+        return self
 
 
 class Check(_Model):

@@ -211,3 +211,87 @@ def test_new_directory_moves_in_with_one_rename(tmp_path: Path, keys: dict[str, 
     assert (root / "opt/svc/plugins/a/p49.py").read_text() == "# plugin 49\n"
     assert install("--root", root, "rollback").returncode == 0
     assert not (root / "opt/svc/plugins").exists() and tree_hash(root) == before
+
+
+DEPENDENT_SERVICES = """services:
+  - name: web
+    depends_on: [api]
+  - name: api
+    depends_on: [db]
+  - name: db
+"""
+
+
+def test_dependencies_order_start_and_stop(
+    tmp_path: Path, keys: dict[str, Path], fake_systemctl: dict[str, str]
+) -> None:
+    specs = svc_product(tmp_path, "systemd", DEPENDENT_SERVICES)
+    root, bundle = build_and_sandbox(specs, keys, tmp_path)
+    state = Path(fake_systemctl["FAKE_SYSTEMD_STATE"])
+    for name in ("web", "db"):
+        (state / f"{name}.active").touch()
+    p = install("--root", root, "apply", bundle, env=fake_systemctl)
+    assert p.returncode == 0, p.stderr
+    calls = (state / "calls").read_text().splitlines()
+    transaction = calls[calls.index("stop web") :]
+    assert transaction == [
+        "stop web",
+        "stop api",
+        "stop db",
+        "daemon-reload",
+        "start db",
+        "start api",
+        "start web",
+    ]
+
+
+def test_dependency_cycle_refused(tmp_path: Path, keys: dict[str, Path]) -> None:
+    specs = svc_product(
+        tmp_path,
+        "systemd",
+        DEPENDENT_SERVICES.replace("  - name: db\n", "  - name: db\n    depends_on: [web]\n"),
+    )
+    p = build(
+        "--specs", specs, "--from", "1.0.0", "--to", "1.1.0", "--key", keys["key"], "--out", tmp_path / "o"
+    )
+    assert p.returncode == 2 and "cycle" in p.stderr
+
+
+def test_running_binary_replaced_by_rename(tmp_path: Path, keys: dict[str, Path]) -> None:
+    """A process keeps running from the old inode while the swap renames its binary away;
+    the next start runs the new binary (DRP's self-replacement)."""
+    import hashlib
+    import shutil as sh
+
+    specs = svc_product(tmp_path, "none", "services: []\n")
+    for v, tail in (("1.0.0", b""), ("1.1.0", b"\0jumpkit-1.1.0")):
+        app = specs / f"svc/releases/{v}/root/opt/svc/bin/app"
+        app.parent.mkdir(parents=True)
+        sh.copyfile("/bin/sleep", app)
+        with open(app, "ab") as f:
+            f.write(tail)
+        app.chmod(0o755)
+    (specs / "svc/jumps/1.0.0-1.1.0.yaml").write_text(
+        "from: 1.0.0\nto: 1.1.0\nfiles:\n  modes: {'opt/svc/bin/*': '0755'}\n"
+    )
+    root, bundle = build_and_sandbox(specs, keys, tmp_path)
+    old = subprocess.Popen([str(root / "opt/svc/bin/app"), "300"])
+    try:
+        p = install("--root", root, "apply", bundle)
+        assert p.returncode == 0, p.stderr
+        assert old.poll() is None  # still running from the old inode
+        assert "/var/lib/jumpkit/svc/backup/" in os.readlink(f"/proc/{old.pid}/exe")
+        new = subprocess.Popen([str(root / "opt/svc/bin/app"), "300"])
+        try:
+            exe = Path(os.readlink(f"/proc/{new.pid}/exe"))
+            assert exe == root / "opt/svc/bin/app"
+            assert (
+                hashlib.sha256(exe.read_bytes()).digest()
+                == hashlib.sha256((specs / "svc/releases/1.1.0/root/opt/svc/bin/app").read_bytes()).digest()
+            )
+        finally:
+            new.kill()
+            new.wait()
+    finally:
+        old.kill()
+        old.wait()
