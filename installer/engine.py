@@ -103,11 +103,11 @@ class Engine:
         return StateDir(found)
 
     def log(self, line: str) -> None:
-        """Log to the caller and, during a run, into status.json."""
+        """Log to the caller and, during a run, into status.json (written at the next step
+        boundary: two fsyncs per log line would lengthen the outage)."""
         self._log(line)
         if self._status is not None and self._state is not None:
             self._status.log.append(f"{time.strftime('%H:%M:%S')} {line}")
-            self._state.write_status(self._status)
 
     def _set_status(self, **kw: Any) -> None:
         assert self._status is not None and self._state is not None
@@ -447,10 +447,10 @@ class Engine:
         summary = f"upgraded {ctx.manifest.from_version} -> {ctx.manifest.to_version}"
         if outage is not None:
             summary += f"; outage {outage:.2f}s"
+        self.log(summary)
         self._set_status(
             status="finished", step=None, summary=summary, finished=time.time(), outage_seconds=outage
         )
-        self.log(summary)
         state.append_history(
             {"result": "finished", "bundle": ctx.manifest.bundle_id, "outage_seconds": outage}
         )
