@@ -50,9 +50,11 @@ def schema(url: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for t in sorted(insp.get_table_names()):
         out[t] = {
-            "columns": [
+            # by name: a downgrade that re-adds a dropped column cannot put it back in its
+            # old position without a table rebuild, and no query by name can tell
+            "columns": sorted(
                 (c["name"], str(c["type"]), c["nullable"], str(c.get("default"))) for c in insp.get_columns(t)
-            ],
+            ),
             "pk": insp.get_pk_constraint(t).get("constrained_columns"),
             "indexes": sorted((i["name"] or "", tuple(i["column_names"])) for i in insp.get_indexes(t)),
             "fks": sorted(

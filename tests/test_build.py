@@ -175,3 +175,14 @@ def test_zipwriter_many_entries_uses_zip64_end_record(tmp_path: Path) -> None:
         w.close()
     with zipfile.ZipFile(dest) as z:
         assert len(z.infolist()) == n and z.read("f69999") == b"x"
+
+
+def test_every_demo_jump_builds_with_rehearsal(tmp_path: Path, keys: dict[str, Path]) -> None:
+    for frm, to in (("3.4.2", "4.0.1"), ("4.0.1", "4.1.1"), ("4.1.1", "4.2.0")):
+        p = build(
+            "--specs", SPECS, "--from", frm, "--to", to, "--key", keys["key"], "--out", tmp_path, "--json"
+        )
+        assert p.returncode == 0, p.stderr
+        with zipfile.ZipFile(json.loads(p.stdout)["bundle"]) as z:
+            db = json.loads(z.read("manifest.json"))["databases"][0]
+        assert db["revisions"] and db["rehearsal_seconds"] == 0.5
