@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Iterator
@@ -51,6 +52,9 @@ class Globals:
 G: Globals | None = None
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts.")]
+BundleArg = Annotated[
+    Path, typer.Argument(exists=True, dir_okay=False, readable=True, help="The bundle file (.zip).")
+]
 
 
 def _version_cb(value: bool) -> None:
@@ -166,6 +170,9 @@ def _run(as_json: bool, fn: Callable[[Engine], Any]) -> Any:
             return fn(_engine(as_json, progress))
         except JumpkitError as e:
             _fail(e, as_json)
+        except KeyboardInterrupt:
+            err.print("bundle-install: interrupted; 'bundle-install status' says where it stopped")
+            raise typer.Exit(130) from None
 
 
 def _print_status(doc: StatusDoc, as_json: bool) -> None:
@@ -183,7 +190,7 @@ def _print_status(doc: StatusDoc, as_json: bool) -> None:
 
 
 @app.command()
-def verify(bundle: Path, json_out: JsonOpt = False) -> None:
+def verify(bundle: BundleArg, json_out: JsonOpt = False) -> None:
     """Check a bundle's signature, manifest and every member's sha256. Changes nothing."""
     m = _run(json_out, lambda e: e.verify(bundle))
     if json_out or _g().json:
@@ -193,7 +200,7 @@ def verify(bundle: Path, json_out: JsonOpt = False) -> None:
 
 
 @app.command()
-def stage(bundle: Path, json_out: JsonOpt = False) -> None:
+def stage(bundle: BundleArg, json_out: JsonOpt = False) -> None:
     """Verify, run pre-flight checks and unpack into the staging area. Nothing stops."""
     path = _run(json_out, lambda e: e.stage(bundle))
     if json_out or _g().json:
@@ -204,7 +211,12 @@ def stage(bundle: Path, json_out: JsonOpt = False) -> None:
 
 @app.command()
 def apply(
-    bundle: Annotated[Path | None, typer.Argument(help="Bundle file; omit to apply the staged one.")] = None,
+    bundle: Annotated[
+        Path | None,
+        typer.Argument(
+            exists=True, dir_okay=False, readable=True, help="Bundle file; omit for the staged one."
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Verify, stage, back up, stop, swap, start, health-check, commit; roll back on failure."""
@@ -238,7 +250,7 @@ def unstage(json_out: JsonOpt = False) -> None:
 
 
 @app.command()
-def plan(bundle: Path, json_out: JsonOpt = False) -> None:
+def plan(bundle: BundleArg, json_out: JsonOpt = False) -> None:
     """Dry run: every step apply would take and what it would touch. Changes nothing."""
     report = _run(json_out, lambda e: e.plan(bundle))
     if json_out or _g().json:
@@ -262,7 +274,7 @@ def plan(bundle: Path, json_out: JsonOpt = False) -> None:
 
 @app.command()
 def migrations(
-    bundle: Path,
+    bundle: BundleArg,
     sql: Annotated[
         bool, typer.Option("--sql", help="Print the offline SQL of the upgrade (alembic offline mode).")
     ] = False,
@@ -281,8 +293,13 @@ def migrations(
     sys.stdout.write(text)
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM (systemd, yum, an operator) rolls back like Ctrl-C
+
+
 def main() -> None:
     """Console-script entry point."""
+    signal.signal(signal.SIGTERM, _terminate)
     app()
 
 

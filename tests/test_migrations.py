@@ -167,6 +167,31 @@ def test_sqlite_sigkill_during_long_migration_then_resume_and_rollback(
     assert tree_hash(sb.root) == before
 
 
+def test_sigterm_during_migration_rolls_back(sqlite_case: tuple[Sandbox, Path]) -> None:
+    """systemd, yum or an operator sending SIGTERM mid-apply gets a clean rollback (exit 5)."""
+    sb, bundle = sqlite_case
+    before, before_db = tree_hash(sb.root), db_state(sqlite_url(sb.root))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "installer.cli", "--root", str(sb.root), "apply", str(bundle)],
+        env={**os.environ, "DEMO_SLOW_0003": "3"},
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    journal = sb.root / "var/lib/jumpkit/demo-manager/journal.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (
+        journal.exists() and '"step":"migrate"' in journal.read_text()
+    ):
+        time.sleep(0.02)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 5, stderr
+    assert db_state(sqlite_url(sb.root)) == before_db and tree_hash(sb.root) == before
+    assert sb.wait_version("4.0.1") == "4.0.1"
+
+
 def test_sqlite_schema_drift_refused(sqlite_case: tuple[Sandbox, Path]) -> None:
     import sqlite3
 
