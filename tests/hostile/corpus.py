@@ -88,12 +88,71 @@ def dotdot_in_signed_manifest(
     return write(out, resign(members, {**man, "files": files}, k))
 
 
+def truncated_archive(
+    m: Members, man: dict[str, object], k: Ed25519PrivateKey, e: Ed25519PrivateKey, out: Path
+) -> Path:
+    """The central directory survives, the data it points to does not."""
+    write(out, m)
+    data = out.read_bytes()
+    cd = data.rfind(b"PK\x01\x02", 0, data.rfind(b"PK\x05\x06"))
+    first_cd = data.find(b"PK\x01\x02")
+    body, tail = data[:first_cd], data[first_cd:]
+    out.write_bytes(body[: len(body) // 2] + b"\0" * (len(body) - len(body) // 2) + tail)
+    assert cd > 0
+    return out
+
+
+def local_name_mismatch(
+    m: Members, man: dict[str, object], k: Ed25519PrivateKey, e: Ed25519PrivateKey, out: Path
+) -> Path:
+    """The local header names a different file than the central directory (the trick
+    that makes some extractors write one name while checking another)."""
+    write(out, m)
+    data = bytearray(out.read_bytes())
+    name = first_payload(m).encode()
+    at = data.find(b"PK\x03\x04")
+    while at >= 0 and data[at + 30 : at + 30 + len(name)] != name:
+        at = data.find(b"PK\x03\x04", at + 4)
+    data[at + 30 + len(name) - 1] ^= 0x20
+    out.write_bytes(bytes(data))
+    return out
+
+
+def zip_bomb(
+    m: Members, man: dict[str, object], k: Ed25519PrivateKey, e: Ed25519PrivateKey, out: Path
+) -> Path:
+    """A member that declares (in the signed manifest and the ZIP) 1 KiB but inflates to
+    64 MiB of zeros."""
+    name = first_payload(m)
+    bomb = b"\0" * (64 * 1024 * 1024)
+    files = json.loads(json.dumps(man["files"]))
+    entry = next(f for f in files if "payload/" + f["path"] == name)
+    entry["size"] = 1024
+    members = resign({**m, name: bomb}, {**man, "files": files}, k)
+    write(out, members)
+    data = bytearray(out.read_bytes())
+    raw = name.encode()
+    for sig, size_at in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
+        at = data.find(sig)
+        while at >= 0:
+            name_at = at + (30 if sig == b"PK\x03\x04" else 46)
+            if data[name_at : name_at + len(raw)] == raw:
+                data[at + size_at : at + size_at + 4] = (1024).to_bytes(4, "little")
+                break
+            at = data.find(sig, at + 4)
+    out.write_bytes(bytes(data))
+    return out
+
+
 CORE_CASES: dict[str, Case] = {
     "payload-byte-changed": payload_byte_changed,
     "member-not-in-manifest": member_not_in_manifest,
     "untrusted-key": untrusted_key,
     "dotdot-member": dotdot_member,
     "dotdot-in-signed-manifest": dotdot_in_signed_manifest,
+    "truncated-archive": truncated_archive,
+    "local-name-mismatch": local_name_mismatch,
+    "zip-bomb": zip_bomb,
 }
 
 
