@@ -7,7 +7,6 @@ absolute time.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -16,26 +15,17 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, make_product, make_tree, python, timed, tree_stats, warm
+from common import REPO, keygen, make_product, make_tree, parser, python, timed, tree_stats, warm
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size-mb", type=int, default=600)
-    ap.add_argument("--files", type=int, default=25_000)
-    ap.add_argument("--repeat", type=int, default=3, help="runs of each contender, interleaved; medians")
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
+    args = parser(__doc__).parse_args()
     tree = make_tree(args.size_mb, args.files)
     n, size = tree_stats(tree)
     with tempfile.TemporaryDirectory(prefix="jk-bench-", dir=REPO / ".cache") as tmp:
         work = Path(tmp)
         specs = make_product(tree, work)
-        subprocess.run(
-            [python(), "-m", "builder.cli", "keygen", "--out", str(work / "k")],
-            check=True,
-            capture_output=True,
-        )
+        key, _ = keygen(work)
         warm(tree)
         zstd_times, our_times, rss = [], [], 0
         for _ in range(args.repeat):
@@ -55,7 +45,7 @@ def main() -> int:
                     "--to",
                     "1.1.0",
                     "--key",
-                    str(work / "k/signing.key"),
+                    str(key),
                     "--out",
                     str(work / "dist"),
                 ],

@@ -3,6 +3,7 @@ around it, cached under .cache/bench/ so repeated runs only measure."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import random
 import resource
@@ -98,7 +99,7 @@ def make_tree(size_mb: int = 600, files: int = 25_000) -> Path:
     budget = size_mb * 1024 * 1024
     text_budget, elf_budget, blob_budget = int(budget * 0.35), int(budget * 0.35), int(budget * 0.30)
     n_blob = max(1, files // 200)
-    n_text = files - n_blob - 2000
+    n_text = files - n_blob - min(2000, files // 10)
     corpus = _text_corpus(rng, 8 * 1024 * 1024)
     per_text = max(256, text_budget // max(n_text, 1))
     for i in range(n_text):
@@ -170,3 +171,24 @@ def warm(tree: Path) -> None:
 
 def python() -> str:
     return sys.executable
+
+
+def parser(doc: str | None) -> argparse.ArgumentParser:
+    """The options every benchmark takes."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size-mb", type=int, default=600)
+    ap.add_argument("--files", type=int, default=25_000)
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each contender, interleaved; medians")
+    ap.add_argument("--json", action="store_true")
+    return ap
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run one of jumpkit's CLIs (``builder.cli`` / ``installer.cli``) from the repo."""
+    return subprocess.run([python(), "-m", *args], capture_output=True, text=True, cwd=REPO, check=True)
+
+
+def keygen(work: Path) -> tuple[Path, Path]:
+    """A signing key pair under work/k; returns (private, public)."""
+    cli("builder.cli", "keygen", "--out", str(work / "k"))
+    return work / "k/signing.key", work / "k/signing.pub"

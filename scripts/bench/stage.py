@@ -7,7 +7,6 @@ Prints the ratio; never fails on absolute time.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import statistics
@@ -17,43 +16,28 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, make_product, make_tree, python, timed
+from common import REPO, cli, keygen, make_product, make_tree, parser, python, timed
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size-mb", type=int, default=600)
-    ap.add_argument("--files", type=int, default=25_000)
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
+    args = parser(__doc__).parse_args()
     tree = make_tree(args.size_mb, args.files)
     with tempfile.TemporaryDirectory(prefix="jk-bench-", dir=REPO / ".cache") as tmp:
         work = Path(tmp)
         specs = make_product(tree, work)
-        subprocess.run(
-            [python(), "-m", "builder.cli", "keygen", "--out", str(work / "k")],
-            check=True,
-            capture_output=True,
-        )
-        subprocess.run(
-            [
-                python(),
-                "-m",
-                "builder.cli",
-                "--specs",
-                str(specs),
-                "--from",
-                "1.0.0",
-                "--to",
-                "1.1.0",
-                "--key",
-                str(work / "k/signing.key"),
-                "--out",
-                str(work / "dist"),
-            ],
-            check=True,
-            capture_output=True,
+        key, pub = keygen(work)
+        cli(
+            "builder.cli",
+            "--specs",
+            str(specs),
+            "--from",
+            "1.0.0",
+            "--to",
+            "1.1.0",
+            "--key",
+            str(key),
+            "--out",
+            str(work / "dist"),
         )
         bundle = work / "dist/bench-1.0.0-to-1.1.0.zip"
         subprocess.run(["cat", str(bundle)], stdout=subprocess.DEVNULL, check=True)  # warm the cache
@@ -74,7 +58,7 @@ def main() -> int:
                         "--root",
                         str(root),
                         "--trust",
-                        str(work / "k/signing.pub"),
+                        str(pub),
                         "stage",
                         str(bundle),
                     ],
