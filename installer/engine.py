@@ -3,9 +3,6 @@ resume/rollback from whatever the journal says. Only this module sequences steps
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -14,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from installer import preflight
 from installer.archive import (
     DEFAULT_MAX_BUNDLE_BYTES,
     Bundle,
@@ -26,15 +24,15 @@ from installer.errors import (
     JumpkitError,
     PreconditionError,
     RollbackError,
-    SpaceError,
     StateError,
     UsageError,
 )
 from installer.failpoints import failpoint
 from installer.format import Manifest, load_trusted_keys, verify_signature
-from installer.health import lookup_variables, wait_healthy
-from installer.migrate import current_revision, database_url, offline_sql, safe_url
-from installer.plan import Plan, check_drift, compute_plan, drift_error
+from installer.health import wait_healthy
+from installer.migrate import database_url, offline_sql
+from installer.plan import Plan, compute_plan
+from installer.preflight import read_installed_version
 from installer.services import ServiceManager, service_manager
 from installer.stage import is_staged, load_staged, stage_bundle
 from installer.state import StateDir, StatusDoc, default_state_dir, find_state_dir
@@ -42,8 +40,6 @@ from installer.steps import Context, Step, StopServices, apply_steps
 
 Log = Callable[[str], None]
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
-SPACE_MARGIN = 1.05
-SPACE_SLACK = 16 * 1024 * 1024
 
 
 @dataclass
@@ -57,14 +53,6 @@ class Options:
     accept_drift: bool = False
     force: bool = False
     max_bundle_bytes: int = DEFAULT_MAX_BUNDLE_BYTES
-
-
-def read_installed_version(root: Path, manifest: Manifest) -> str | None:
-    """The version the target reports in its version file, or None if unreadable."""
-    try:
-        return (root / manifest.version_file).read_text().strip()
-    except (OSError, UnicodeDecodeError):
-        return None
 
 
 class Engine:
@@ -152,123 +140,20 @@ class Engine:
 
     # --- preflight ----------------------------------------------------------------
     def preflight(self, manifest: Manifest, state: StateDir, *, staged: bool) -> list[str]:
-        """Every precondition, collected; returns the lines that passed.
+        """See :func:`installer.preflight.check`.
 
         Raises:
-            PreconditionError: one or more checks failed (all are listed in ``details``).
+            PreconditionError: one or more checks failed (all listed in ``details``).
         """
-        problems: list[str] = []
-        passed: list[str] = []
-        installed = read_installed_version(self.root, manifest)
-        if installed is None:
-            problems.append(f"cannot read the installed version from {manifest.version_file}")
-        elif installed != manifest.from_version:
-            problems.append(
-                f"installed version is {installed}; this bundle upgrades {manifest.from_version}"
-                f" -> {manifest.to_version}"
-            )
-        else:
-            passed.append(f"installed version {installed} matches")
-        state.ensure()
-        dev = os.stat(state.path).st_dev
-        for top in sorted({f.path.split("/")[0] for f in manifest.files}):
-            probe = self.root / top
-            while not probe.exists():
-                probe = probe.parent
-            if os.stat(probe).st_dev != dev:
-                problems.append(f"{probe} is not on the state dir's filesystem (renames would copy)")
-        if not staged:
-            need = int(manifest.total_size() * SPACE_MARGIN) + SPACE_SLACK
-            free = shutil.disk_usage(state.path).free
-            if free < need:
-                problems.append(f"staging needs {need >> 20} MiB, {state.path} has {free >> 20} MiB free")
-            else:
-                passed.append(f"space: {need >> 20} MiB needed, {free >> 20} MiB free")
-        for check in manifest.checks:
-            path = self.root / check.path
-            label = check.description or f"{check.kind} {check.path}"
-            if check.kind == "disk-space":
-                free_mb = shutil.disk_usage(path).free >> 20 if path.exists() else 0
-                ok = free_mb >= check.min_mb
-                msg = f"{label}: {free_mb} MiB free, need {check.min_mb}"
-            elif check.kind == "writable":
-                ok = os.access(path, os.W_OK)
-                msg = f"{label}: {'writable' if ok else 'not writable'}"
-            else:
-                try:
-                    p = subprocess.run(
-                        list(check.command),
-                        cwd=self.root,
-                        capture_output=True,
-                        text=True,
-                        timeout=check.timeout,
-                    )
-                    ok = p.returncode == 0
-                    msg = f"{label}: exit {p.returncode} {(p.stdout + p.stderr).strip()[-200:]}"
-                except (OSError, subprocess.TimeoutExpired) as e:
-                    ok, msg = False, f"{label}: {e}"
-            (passed if ok else problems).append(msg)
-        problems += self._services_ready(manifest, passed)
-        problems += self._databases_ready(manifest, passed)
-        drift = check_drift(manifest, self.root)
-        if drift and not self.opts.accept_drift and not problems:
-            raise drift_error(manifest, drift)
-        if drift:
-            (passed if self.opts.accept_drift else problems).append(
-                f"drift: {len(drift)} file(s) differ from {manifest.from_version}"
-                + (" (accepted)" if self.opts.accept_drift else "")
-            )
-        if problems:
-            cls = SpaceError if all("MiB" in p for p in problems) else PreconditionError
-            raise cls(
-                f"pre-flight failed: {problems[0]}"
-                + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""),
-                details=problems,
-            )
-        return passed
-
-    def _services_ready(self, manifest: Manifest, passed: list[str]) -> list[str]:
-        """Services reachable, and healthy now (unless --force): an already broken manager
-        is not upgraded, because a rollback could not prove anything."""
-        svcs = manifest.services.services
-        if not svcs:
-            return []
-        try:
-            mgr = self._services(manifest, self.root)
-            running = [s.name for s in svcs if mgr.is_running(s)]
-        except JumpkitError as e:
-            return [f"services: {e.message}"]
-        passed.append(f"services: {len(running)}/{len(svcs)} running ({manifest.services.backend})")
-        if not running or not manifest.services.health or self.opts.force:
-            return []
-        once = tuple(c.model_copy(update={"retries": 1}) for c in manifest.services.health)
-        try:
-            wait_healthy(
-                once, lookup_variables(manifest.lookups, self.root, manifest.from_version), self.root
-            )
-        except JumpkitError as e:
-            return [f"the manager is unhealthy now ({e.message}); --force proceeds anyway"]
-        passed.append("health checks pass on the installed version")
-        return []
-
-    def _databases_ready(self, manifest: Manifest, passed: list[str]) -> list[str]:
-        """Every database reachable and at the from-revision (schema drift is refused)."""
-        problems = []
-        for db in manifest.databases:
-            try:
-                url = database_url(db, self.root)
-                current = current_revision(url)
-            except JumpkitError as e:
-                problems.append(f"database {db.name}: {e.message}")
-                continue
-            if current != db.from_revision:
-                problems.append(
-                    f"database {db.name} ({safe_url(url)}) is at revision {current}; the bundle migrates "
-                    f"{db.from_revision} -> {db.to_revision} (schema drift)"
-                )
-            else:
-                passed.append(f"database {db.name} at {current}")
-        return problems
+        return preflight.check(
+            manifest,
+            state,
+            self.root,
+            lambda: self._services(manifest, self.root),
+            staged=staged,
+            accept_drift=self.opts.accept_drift,
+            force=self.opts.force,
+        )
 
     # --- stage --------------------------------------------------------------------
     def stage(self, bundle_path: Path) -> Path:

@@ -1,0 +1,160 @@
+"""Pre-flight: every precondition of an apply, collected and reported at once (exit 4),
+before anything is staged or stopped."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from installer.errors import JumpkitError, PreconditionError, SpaceError
+from installer.format import Manifest
+from installer.health import lookup_variables, wait_healthy
+from installer.migrate import current_revision, database_url, safe_url
+from installer.plan import check_drift, drift_error
+from installer.services import ServiceManager
+from installer.state import StateDir
+
+SPACE_MARGIN = 1.05
+SPACE_SLACK = 16 * 1024 * 1024
+
+
+def read_installed_version(root: Path, manifest: Manifest) -> str | None:
+    """The version the target reports in its version file, or None if unreadable."""
+    try:
+        return (root / manifest.version_file).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def check(
+    manifest: Manifest,
+    state: StateDir,
+    root: Path,
+    services: Callable[[], ServiceManager],
+    *,
+    staged: bool,
+    accept_drift: bool,
+    force: bool,
+) -> list[str]:
+    """Every precondition, collected; returns the lines that passed.
+
+    Raises:
+        PreconditionError: one or more checks failed (all are listed in ``details``).
+    """
+    problems: list[str] = []
+    passed: list[str] = []
+    installed = read_installed_version(root, manifest)
+    if installed is None:
+        problems.append(f"cannot read the installed version from {manifest.version_file}")
+    elif installed != manifest.from_version:
+        problems.append(
+            f"installed version is {installed}; this bundle upgrades {manifest.from_version}"
+            f" -> {manifest.to_version}"
+        )
+    else:
+        passed.append(f"installed version {installed} matches")
+    state.ensure()
+    dev = os.stat(state.path).st_dev
+    for top in sorted({f.path.split("/")[0] for f in manifest.files}):
+        probe = root / top
+        while not probe.exists():
+            probe = probe.parent
+        if os.stat(probe).st_dev != dev:
+            problems.append(f"{probe} is not on the state dir's filesystem (renames would copy)")
+    if not staged:
+        need = int(manifest.total_size() * SPACE_MARGIN) + SPACE_SLACK
+        free = shutil.disk_usage(state.path).free
+        if free < need:
+            problems.append(f"staging needs {need >> 20} MiB, {state.path} has {free >> 20} MiB free")
+        else:
+            passed.append(f"space: {need >> 20} MiB needed, {free >> 20} MiB free")
+    for check in manifest.checks:
+        path = root / check.path
+        label = check.description or f"{check.kind} {check.path}"
+        if check.kind == "disk-space":
+            free_mb = shutil.disk_usage(path).free >> 20 if path.exists() else 0
+            ok = free_mb >= check.min_mb
+            msg = f"{label}: {free_mb} MiB free, need {check.min_mb}"
+        elif check.kind == "writable":
+            ok = os.access(path, os.W_OK)
+            msg = f"{label}: {'writable' if ok else 'not writable'}"
+        else:
+            try:
+                p = subprocess.run(
+                    list(check.command),
+                    cwd=root,
+                    capture_output=True,
+                    text=True,
+                    timeout=check.timeout,
+                )
+                ok = p.returncode == 0
+                msg = f"{label}: exit {p.returncode} {(p.stdout + p.stderr).strip()[-200:]}"
+            except (OSError, subprocess.TimeoutExpired) as e:
+                ok, msg = False, f"{label}: {e}"
+        (passed if ok else problems).append(msg)
+    problems += _services_ready(manifest, root, services, passed, force=force)
+    problems += _databases_ready(manifest, root, passed)
+    drift = check_drift(manifest, root)
+    if drift and not accept_drift and not problems:
+        raise drift_error(manifest, drift)
+    if drift:
+        (passed if accept_drift else problems).append(
+            f"drift: {len(drift)} file(s) differ from {manifest.from_version}"
+            + (" (accepted)" if accept_drift else "")
+        )
+    if problems:
+        cls = SpaceError if all("MiB" in p for p in problems) else PreconditionError
+        raise cls(
+            f"pre-flight failed: {problems[0]}"
+            + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""),
+            details=problems,
+        )
+    return passed
+
+
+def _services_ready(
+    manifest: Manifest, root: Path, services: Callable[[], ServiceManager], passed: list[str], *, force: bool
+) -> list[str]:
+    """Services reachable, and healthy now (unless --force): an already broken manager
+    is not upgraded, because a rollback could not prove anything."""
+    svcs = manifest.services.services
+    if not svcs:
+        return []
+    try:
+        mgr = services()
+        running = [s.name for s in svcs if mgr.is_running(s)]
+    except JumpkitError as e:
+        return [f"services: {e.message}"]
+    passed.append(f"services: {len(running)}/{len(svcs)} running ({manifest.services.backend})")
+    if not running or not manifest.services.health or force:
+        return []
+    once = tuple(c.model_copy(update={"retries": 1}) for c in manifest.services.health)
+    try:
+        wait_healthy(once, lookup_variables(manifest.lookups, root, manifest.from_version), root)
+    except JumpkitError as e:
+        return [f"the manager is unhealthy now ({e.message}); --force proceeds anyway"]
+    passed.append("health checks pass on the installed version")
+    return []
+
+
+def _databases_ready(manifest: Manifest, root: Path, passed: list[str]) -> list[str]:
+    """Every database reachable and at the from-revision (schema drift is refused)."""
+    problems = []
+    for db in manifest.databases:
+        try:
+            url = database_url(db, root)
+            current = current_revision(url)
+        except JumpkitError as e:
+            problems.append(f"database {db.name}: {e.message}")
+            continue
+        if current != db.from_revision:
+            problems.append(
+                f"database {db.name} ({safe_url(url)}) is at revision {current}; the bundle migrates "
+                f"{db.from_revision} -> {db.to_revision} (schema drift)"
+            )
+        else:
+            passed.append(f"database {db.name} at {current}")
+    return problems
