@@ -361,6 +361,34 @@ def test_pg_sigkill_between_revisions_then_resume(pg_case: tuple[Path, Path, str
     assert db_state(url) == before_db
 
 
+def test_pg_sigkill_during_long_migration_then_resume(pg_case: tuple[Path, Path, str]) -> None:
+    root, bundle, url = pg_case
+    before_db = db_state(url)
+    env = {**os.environ, "DEMO_DB_URL": url, "DEMO_SLOW_0003": "3"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "installer.cli", "--root", str(root), "apply", str(bundle)],
+        env=env,
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    journal = root / "var/lib/jumpkit/demo-manager/journal.jsonl"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (
+        journal.exists() and '"step":"migrate"' in journal.read_text()
+    ):
+        time.sleep(0.02)
+    time.sleep(0.5)  # inside 0003's sleep, its transaction open
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    p = install("--root", root, "resume", env={"DEMO_DB_URL": url})
+    assert p.returncode == 0, p.stderr
+    assert db_state(url)["alembic_version"] == (["version_num"], [("0004",)])
+    p = install("--root", root, "rollback", env={"DEMO_DB_URL": url})
+    assert p.returncode == 0, p.stderr
+    assert db_state(url) == before_db
+
+
 def test_pg_schema_drift_refused(pg_case: tuple[Path, Path, str]) -> None:
     root, bundle, url = pg_case
     from sqlalchemy import create_engine, pool, text
