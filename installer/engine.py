@@ -328,6 +328,13 @@ class Engine:
             state.journal_append({"event": "done", "step": step.name})
         failpoint("commit")
         state.journal_append({"event": "commit"})
+        failpoint("committed")
+        return self._finish(ctx)
+
+    def _finish(self, ctx: Context) -> StatusDoc:
+        """Record a committed apply in status and history (also after a crash right after
+        the commit record)."""
+        state = ctx.state
         outage = self._outage(state)
         summary = f"upgraded {ctx.manifest.from_version} -> {ctx.manifest.to_version}"
         if outage is not None:
@@ -435,6 +442,8 @@ class Engine:
                 reason = next(r["reason"] for r in txn if r["event"] == "rollback-start")
                 self._rollback(ctx, steps, reason)
                 raise ApplyError(f"resumed the interrupted rollback to {ctx.manifest.from_version}")
+            if st == "committed" and self._status is not None and self._status.status != "finished":
+                return self._finish(ctx)  # the crash came after the commit record
             if st != "applying":
                 raise StateError(f"nothing to resume: the last apply is {st}")
             done = {r["step"] for r in txn if r["event"] == "done"}
