@@ -110,3 +110,51 @@ def test_replace_of_edited_config_is_drift(setup: tuple[Path, Path, Path]) -> No
     assert (root / "etc/cfg/replaced.ini").read_text() == "[a]\nversion = 1.1.0\n"
     assert install("--root", root, "rollback").returncode == 0
     assert (root / "etc/cfg/replaced.ini").read_text() == "[a]\nversion = mine\n"
+
+
+def test_hooks_run_in_order_and_undo(tmp_path: Path, keys: dict[str, Path]) -> None:
+    specs = product(tmp_path)
+    jump = specs / "cfg/jumps/1.0.0-1.1.0.yaml"
+    for name, body in (
+        ("pre.sh", "echo pre-$JUMPKIT_FROM-$JUMPKIT_TO"),
+        ("post.sh", "echo post; exit ${FAIL_POST:-0}"),
+        ("post-undo.sh", "echo undo-post"),
+    ):
+        script = jump.parent / name
+        script.write_text(
+            f'#!/bin/sh\n{body.split(";")[0]} >> "$JUMPKIT_ROOT/var/hooks.log"\n'
+            + (f"{body.split(';')[1]}\n" if ";" in body else "")
+        )
+        script.chmod(0o755)
+    jump.write_text(
+        jump.read_text()
+        + textwrap.dedent("""\
+        hooks:
+          - {name: pre, when: pre, script: pre.sh}
+          - {name: post, when: post, script: post.sh, undo_script: post-undo.sh}
+        """)
+    )
+    out = tmp_path / "dist"
+    assert (
+        build(
+            "--specs", specs, "--from", "1.0.0", "--to", "1.1.0", "--key", keys["key"], "--out", out
+        ).returncode
+        == 0
+    )
+    root = tmp_path / "root"
+    assert (
+        build(
+            "sandbox", "--specs", specs, "--version", "1.0.0", "--root", root, "--trust", keys["pub"]
+        ).returncode
+        == 0
+    )
+    bundle = out / "cfg-1.0.0-to-1.1.0.zip"
+    log = root / "var/hooks.log"
+    p = install("--root", root, "apply", bundle, env={"FAIL_POST": "3"})
+    assert p.returncode == 5 and "hook post exited 3" in p.stderr
+    assert log.read_text().split() == ["pre-1.0.0-1.1.0", "post", "undo-post"]
+    assert (root / "app/VERSION").read_text() == "1.0.0\n"
+    log.unlink()
+    p = install("--root", root, "apply", bundle)
+    assert p.returncode == 0, p.stderr
+    assert log.read_text().split() == ["pre-1.0.0-1.1.0", "post"]
