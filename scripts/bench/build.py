@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, keygen, make_product, make_tree, parser, python, timed, tree_stats, warm
+from common import REPO, build_argv, keygen, make_product, make_tree, parser, timed, tree_stats, warm
 
 
 def main() -> int:
@@ -33,24 +33,7 @@ def main() -> int:
             zstd_times.append(
                 timed(["sh", "-c", f"tar -cf - -C {tree} . | zstd -q -T0 -3 -o {work / 'b.tar.zst'}"])[0]
             )
-            t, peak = timed(
-                [
-                    python(),
-                    "-m",
-                    "builder.cli",
-                    "--specs",
-                    str(specs),
-                    "--from",
-                    "1.0.0",
-                    "--to",
-                    "1.1.0",
-                    "--key",
-                    str(key),
-                    "--out",
-                    str(work / "dist"),
-                ],
-                stdout=subprocess.DEVNULL,
-            )
+            t, peak = timed(build_argv(specs, key, work / "dist"), stdout=subprocess.DEVNULL)
             our_times.append(t)
             rss = max(rss, peak)
         t_zstd, t_ours = statistics.median(zstd_times), statistics.median(our_times)

@@ -192,3 +192,22 @@ def keygen(work: Path) -> tuple[Path, Path]:
     """A signing key pair under work/k; returns (private, public)."""
     cli("builder.cli", "keygen", "--out", str(work / "k"))
     return work / "k/signing.key", work / "k/signing.pub"
+
+
+def build_argv(specs: Path, key: Path, out: Path) -> list[str]:
+    """The bundle-build command line for the bench product's 1.0.0 -> 1.1.0 jump."""
+    return [
+        python(),
+        "-m",
+        "builder.cli",
+        "--specs",
+        str(specs),
+        "--from",
+        "1.0.0",
+        "--to",
+        "1.1.0",
+        "--key",
+        str(key),
+        "--out",
+        str(out),
+    ]

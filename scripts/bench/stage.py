@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, cli, keygen, make_product, make_tree, parser, python, timed
+from common import REPO, build_argv, keygen, make_product, make_tree, parser, python, timed
 
 
 def main() -> int:
@@ -26,19 +26,7 @@ def main() -> int:
         work = Path(tmp)
         specs = make_product(tree, work)
         key, pub = keygen(work)
-        cli(
-            "builder.cli",
-            "--specs",
-            str(specs),
-            "--from",
-            "1.0.0",
-            "--to",
-            "1.1.0",
-            "--key",
-            str(key),
-            "--out",
-            str(work / "dist"),
-        )
+        subprocess.run(build_argv(specs, key, work / "dist"), check=True, capture_output=True)
         bundle = work / "dist/bench-1.0.0-to-1.1.0.zip"
         subprocess.run(["cat", str(bundle)], stdout=subprocess.DEVNULL, check=True)  # warm the cache
         unzip_t, stage_t = [], []
