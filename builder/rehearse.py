@@ -34,8 +34,9 @@ def _guard(script_dir: Path) -> None:
             and name.partition(".")[0] not in MIGRATION_MODULES
         ):
             raise ImportError(
-                f"migration {Path(importer).name} imports {name!r}; migrations may import only the standard "
-                "library, alembic and sqlalchemy (what the frozen installer ships)"
+                f"migration {Path(importer).name} imports {name!r}; migrations may import only alembic, "
+                "sqlalchemy and the standard-library modules in installer.migrate.MIGRATION_STDLIB "
+                "(what the frozen installer ships)"
             )
         return real_import(name, globals, locals, fromlist, level)
 

@@ -5,3 +5,6 @@ build host has (no ``builder``, no jinja2).
 """
 
 __version__ = "0.1.0"
+
+READABLE_FORMATS = (1,)
+"""Bundle format versions this installer reads (``format`` in the manifest)."""

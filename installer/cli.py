@@ -11,17 +11,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
-from installer import __version__
-from installer.engine import Engine, Options
+from installer import READABLE_FORMATS, __version__
 from installer.errors import JumpkitError
-from installer.format import READABLE_FORMATS
-from installer.state import StatusDoc
+
+if TYPE_CHECKING:  # the engine (pydantic, cryptography, ...) loads when a command runs, not for --help
+    from installer.engine import Engine, Options
+    from installer.state import StatusDoc
 
 EXIT_CODES = """Exit codes: 0 ok; 2 usage; 3 bundle rejected (integrity, signature, format);
 4 precondition failed (nothing changed); 5 apply failed and was rolled back;
@@ -100,6 +100,8 @@ def main_options(
     ] = False,
 ) -> None:
     """Global options."""
+    from installer.engine import Options
+
     global G
     G = Globals(
         Options(
@@ -141,6 +143,8 @@ def _progress(as_json: bool) -> Iterator[Callable[[str, int], Callable[[int], No
     if as_json or not sys.stderr.isatty():
         yield None
         return
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -159,6 +163,8 @@ def _progress(as_json: bool) -> Iterator[Callable[[str, int], Callable[[int], No
 
 
 def _engine(as_json: bool, progress: Callable[[str, int], Callable[[int], None]] | None) -> Engine:
+    from installer.engine import Engine
+
     log: Callable[[str], None] = (lambda _: None) if as_json else (lambda line: err.print(line))
     return Engine(_g().opts, log=log, progress=progress)
 

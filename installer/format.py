@@ -23,16 +23,17 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from installer import READABLE_FORMATS
 from installer.errors import ManifestError, SignatureError, UnsafePathError
 from installer.paths import check_link_target, check_relpath
 from installer.version import Version
 
 FORMAT_VERSION = 1
-READABLE_FORMATS = (1,)
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
 PAYLOAD_PREFIX = "payload/"
 EXTRA_PREFIXES = ("hooks/", "migrations/", "bin/")
+INSTALLER_MEMBER = "bin/bundle-install"
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 MAX_SIGNATURE_BYTES = 4096
 CHUNK = 1024 * 1024
@@ -236,10 +237,12 @@ class Database(_Model):
 
 
 class InstallerInfo(_Model):
-    """The frozen installer shipped in ``bin/bundle-install``."""
+    """The frozen installer shipped in ``bin/bundle-install`` (its bytes are the extra member of
+    that name; this records what ``bundle-install --version`` said when the bundle was built)."""
 
     sha256: Sha256
     version: str
+    formats: tuple[int, ...]
 
 
 class Manifest(_Model):
@@ -259,6 +262,7 @@ class Manifest(_Model):
     hooks: tuple[Hook, ...] = ()
     databases: tuple[Database, ...] = ()
     installer: InstallerInfo | None = None
+    development: bool = False
     builder_version: str
     created: int = Field(ge=0)
 
@@ -293,6 +297,10 @@ class Manifest(_Model):
         names = [m.name for m in self.extras]
         if len(set(names)) != len(names):
             raise ValueError("an extra member is listed twice")
+        if (self.installer is None) != self.development:
+            raise ValueError("a bundle is a development bundle exactly when it ships no installer")
+        if self.installer is not None and INSTALLER_MEMBER not in names:
+            raise ValueError(f"installer recorded but {INSTALLER_MEMBER} is not an extra member")
         return self
 
     @property

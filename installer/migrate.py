@@ -6,7 +6,8 @@ inside BEGIN ... COMMIT), each revision reported as it is reached, the URL passe
 memory and never logged with its password.
 
 Migrations run inside the frozen installer, so they may import only
-:data:`MIGRATION_MODULES` (the standard library, ``alembic`` and ``sqlalchemy``).
+:data:`MIGRATION_MODULES`: ``alembic``, ``sqlalchemy`` and a fixed list of standard-library
+modules, all frozen into ``bundle-install`` (the builder's rehearsal refuses any other).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import os
 import shutil
 import sqlite3
 import subprocess
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,53 @@ from installer.errors import JumpkitError, PreconditionError
 from installer.format import Database
 from installer.health import resolve_lookup
 
-MIGRATION_MODULES = frozenset(sys.stdlib_module_names) | {"alembic", "sqlalchemy"}
-"""Top-level modules a migration may import: what the frozen installer ships for it."""
+MIGRATION_STDLIB = (
+    "__future__",
+    "abc",
+    "base64",
+    "binascii",
+    "bisect",
+    "calendar",
+    "collections",
+    "contextlib",
+    "copy",
+    "csv",
+    "dataclasses",
+    "datetime",
+    "decimal",
+    "enum",
+    "fractions",
+    "functools",
+    "graphlib",
+    "hashlib",
+    "heapq",
+    "hmac",
+    "io",
+    "ipaddress",
+    "itertools",
+    "json",
+    "logging",
+    "math",
+    "operator",
+    "os",
+    "pathlib",
+    "random",
+    "re",
+    "secrets",
+    "string",
+    "struct",
+    "sys",
+    "textwrap",
+    "time",
+    "types",
+    "typing",
+    "uuid",
+    "warnings",
+    "zlib",
+    "zoneinfo",
+)
+MIGRATION_MODULES = frozenset(MIGRATION_STDLIB) | {"alembic", "sqlalchemy"}
+"""Top-level modules a migration may import: exactly what the frozen installer ships for it."""
 
 ENV_PY = '''"""alembic env.py supplied by jumpkit (do not edit: the installer rewrites it)."""
 from alembic import context
