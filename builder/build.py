@@ -13,17 +13,20 @@ from pathlib import Path
 from builder import __version__
 from builder.collect import Collected, collect
 from builder.errors import BuildError
+from builder.frozen import FrozenInstaller
 from builder.keys import load_private_key
 from builder.migrations import plan_database
 from builder.spec import JumpSpec, Product, load_product, start_order
-from builder.zipwriter import ZipWriter
+from builder.zipwriter import Source, ZipWriter
 from installer.format import (
     FORMAT_VERSION,
+    INSTALLER_MEMBER,
     MANIFEST_NAME,
     SIGNATURE_NAME,
     Database,
     FileEntry,
     Hook,
+    InstallerInfo,
     Manifest,
     Member,
     Services,
@@ -95,10 +98,11 @@ def build_bundle(
     workers: int = 2,
     checksum: bool = False,
     rehearse: bool = True,
+    installer: FrozenInstaller | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> BuildResult:
     """Build ``<out_dir>/<product>-<from>-to-<to>.zip``. ``key`` None builds an unsigned
-    development bundle.
+    bundle; ``installer`` None a development bundle (no ``bin/bundle-install``).
 
     Raises:
         SpecError: invalid or unknown specs. BuildError: missing key or inputs.
@@ -114,6 +118,8 @@ def build_bundle(
         db, sources = plan_database(product, jump, spec, rehearse=rehearse)
         databases.append(db)
         collected.extras += sources
+    if installer is not None:
+        collected.extras.append(Source(INSTALLER_MEMBER, 0o755, path=installer.path))
     epoch = source_epoch(calendar.timegm(jump.date.timetuple()) if jump.date else None)
     out_dir.mkdir(parents=True, exist_ok=True)
     dest = out_dir / f"{bundle_name(product.name, frm, to)}.zip"
@@ -123,7 +129,7 @@ def build_bundle(
         writer = ZipWriter(out, epoch=epoch, level=level, workers=workers)  # type: ignore[arg-type]
         digests = writer.write_all(collected.sources(), progress)
         manifest = _manifest(
-            product, jump.from_version, jump.to_version, collected, digests, epoch, jump, databases
+            product, jump.from_version, jump.to_version, collected, digests, epoch, jump, databases, installer
         )
         data = manifest_bytes(manifest)
         writer.add_bytes(MANIFEST_NAME, data)
@@ -149,6 +155,7 @@ def _manifest(
     epoch: int,
     jump: JumpSpec,
     databases: list[Database],
+    installer: FrozenInstaller | None,
 ) -> Manifest:
     files = []
     for p in sorted(collected.files, key=lambda p: p.path):
@@ -198,7 +205,12 @@ def _manifest(
             checks=product.spec.checks + jump.checks,
             hooks=tuple(hooks),
             databases=tuple(databases),
-            installer=None,
+            installer=None
+            if installer is None
+            else InstallerInfo(
+                sha256=digests[INSTALLER_MEMBER][0], version=installer.version, formats=installer.formats
+            ),
+            development=installer is None,
             builder_version=__version__,
             created=epoch,
         )

@@ -16,6 +16,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 
 from builder import __version__
 from builder.build import build_bundle
+from builder.frozen import DEFAULT_INSTALLER, FrozenInstaller, probe_installer
 from builder.inspect import describe, inspect_bundle
 from builder.keys import keygen as make_key
 from builder.sandbox import lay_out
@@ -88,6 +89,22 @@ def build(
         bool,
         typer.Option("--no-rehearse", help="Skip the upgrade/downgrade/upgrade rehearsal of migrations."),
     ] = False,
+    installer: Annotated[
+        Path | None,
+        typer.Option(
+            "--installer",
+            help="Frozen bundle-install to embed as bin/bundle-install "
+            f"(default: {DEFAULT_INSTALLER} if it exists; build it with scripts/freeze-installer).",
+        ),
+    ] = None,
+    no_installer: Annotated[
+        bool,
+        typer.Option(
+            "--no-installer",
+            envvar="JUMPKIT_NO_INSTALLER",
+            help="Embed no installer: a DEVELOPMENT bundle (inspect says so). Env: JUMPKIT_NO_INSTALLER=1.",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
     version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
@@ -107,6 +124,7 @@ def build(
         raise typer.Exit(2)
     show = not json_out and sys.stderr.isatty()
     try:
+        frozen = _installer(installer, no_installer, json_out)
         with Progress(
             "building",
             BarColumn(),
@@ -127,6 +145,7 @@ def build(
                 level=level,
                 checksum=checksum,
                 rehearse=not no_rehearse,
+                installer=frozen,
                 progress=lambda n: bar.advance(task, n),
             )
     except JumpkitError as e:
@@ -143,6 +162,8 @@ def build(
                     "files": len(m.files),
                     "removed": len(m.removed),
                     "signed": not unsigned,
+                    "installer": m.installer.version if m.installer else None,
+                    "development": m.development,
                     "seconds": round(result.seconds, 3),
                 }
             )
@@ -151,8 +172,25 @@ def build(
         print(f"{result.path}  {result.size} bytes" + (f"  sha256 {result.sha256}" if result.sha256 else ""))
         print(
             f"  {len(m.files)} files, {len(m.removed)} removed, {'signed' if not unsigned else 'UNSIGNED'}, "
-            f"{result.seconds:.2f}s"
+            + (f"installer {m.installer.version}, " if m.installer else "DEVELOPMENT bundle (no installer), ")
+            + f"{result.seconds:.2f}s"
         )
+
+
+def _installer(path: Path | None, none: bool, quiet: bool) -> FrozenInstaller | None:
+    """The installer to embed: --installer, else dist/bundle-install when it exists."""
+    if none:
+        return None
+    if path is None:
+        if not DEFAULT_INSTALLER.is_file():
+            if not quiet:
+                err.print(
+                    f"bundle-build: no {DEFAULT_INSTALLER} (scripts/freeze-installer builds it): "
+                    "building a DEVELOPMENT bundle without an installer"
+                )
+            return None
+        path = DEFAULT_INSTALLER
+    return probe_installer(path)
 
 
 @app.command()

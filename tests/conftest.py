@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import SPECS, Sandbox, build, free_port, make_sandbox
+from tests.helpers import REPO, Sandbox, build, build_demo, free_port, make_sandbox
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +26,31 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def bundle(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Path]) -> Path:
     out = tmp_path_factory.mktemp("dist")
-    p = build("--specs", SPECS, "--from", "4.0.1", "--to", "4.1.1", "--key", keys["key"], "--out", out)
+    p = build_demo(out, keys["key"], "--no-installer")
+    assert p.returncode == 0, p.stderr
+    return out / "demo-manager-4.0.1-to-4.1.1.zip"
+
+
+@pytest.fixture(scope="session")
+def frozen() -> Path:
+    """The portable frozen installer (launcher + staticx + PyInstaller), built by
+    scripts/freeze-installer; cached by source hash, so only the first run pays ~70 s."""
+    p = subprocess.run(
+        [str(REPO / "scripts/freeze-installer"), "--print-path"],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        cwd=REPO,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    return Path(p.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def release_bundle(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Path], frozen: Path) -> Path:
+    """The demo jump as a release bundle: signed, with the frozen installer in bin/."""
+    out = tmp_path_factory.mktemp("release")
+    p = build_demo(out, keys["key"], "--installer", frozen)
     assert p.returncode == 0, p.stderr
     return out / "demo-manager-4.0.1-to-4.1.1.zip"
 

@@ -94,7 +94,17 @@ def install(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.
 
 
 def build(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return run_cli("builder.cli", *args)
+    """``bundle-build``; a development bundle unless ``--installer`` is given, whether or not
+    this checkout holds a dist/bundle-install (the builder's default)."""
+    explicit = "--installer" in args
+    return run_cli("builder.cli", *args, env=None if explicit else {"JUMPKIT_NO_INSTALLER": "1"})
+
+
+def build_demo(
+    out: Path, key: Path, *extra: str | Path, frm: str = "4.0.1", to: str = "4.1.1"
+) -> subprocess.CompletedProcess[str]:
+    """``bundle-build`` of a demo-manager jump, signed with ``key``, into ``out``."""
+    return build("--specs", SPECS, "--from", frm, "--to", to, "--key", key, "--out", out, *extra)
 
 
 def get(url: str, timeout: float = 2) -> str | None:

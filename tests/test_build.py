@@ -12,7 +12,7 @@ import zipfile
 from pathlib import Path
 
 from builder.zipwriter import Source, ZipWriter
-from tests.helpers import REPO, SPECS, build
+from tests.helpers import REPO, SPECS, build, build_demo
 
 
 def sha(p: Path) -> str:
@@ -23,20 +23,7 @@ def test_build_twice_is_byte_identical(tmp_path: Path, keys: dict[str, Path]) ->
     outs = []
     for i in range(2):
         out = tmp_path / f"d{i}"
-        p = build(
-            "--specs",
-            SPECS,
-            "--from",
-            "4.0.1",
-            "--to",
-            "4.1.1",
-            "--key",
-            keys["key"],
-            "--out",
-            out,
-            "--json",
-            "--checksum",
-        )
+        p = build_demo(out, keys["key"], "--json", "--checksum", "--no-installer")
         assert p.returncode == 0, p.stderr
         doc = json.loads(p.stdout)
         assert doc["sha256"] == sha(Path(doc["bundle"]))

@@ -1,0 +1,240 @@
+"""The frozen installer (issue 5): what it contains, that it runs where the managers are
+(an empty chroot, a noexec /tmp), and the end-to-end paths driven through the binary that a
+release bundle carries: apply with migrations under supervisord, a tampered bundle, a crash
+then resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from installer import READABLE_FORMATS, __version__
+from installer.migrate import MIGRATION_STDLIB, current_revision
+from tests.helpers import REPO, Sandbox, build, sqlite_url, tree_hash
+from tests.hostile.corpus import payload_byte_changed, read
+
+FREEZE_PY = REPO / ".cache/freeze/venv/bin/python"
+
+
+def run(exe: Path, *args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(exe), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture(scope="module")
+def shipped(release_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """bin/bundle-install taken out of the release bundle, as an operator does."""
+    d = tmp_path_factory.mktemp("shipped")
+    with zipfile.ZipFile(release_bundle) as z:
+        exe = d / "bundle-install"
+        exe.write_bytes(z.read("bin/bundle-install"))
+    exe.chmod(0o755)
+    return exe
+
+
+def in_namespace(script: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in a private mount namespace: its mounts vanish with it."""
+    return subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "bash", "-euc", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env},
+    )
+
+
+def test_version_names_the_formats_it_reads(frozen: Path) -> None:
+    p = run(frozen, "--version")
+    assert p.returncode == 0, p.stderr
+    formats = ", ".join(map(str, READABLE_FORMATS))
+    assert p.stdout.strip() == f"bundle-install {__version__} (bundle formats {formats})"
+
+
+def test_contents_everything_the_installer_needs_and_nothing_of_the_builder(frozen: Path) -> None:
+    script = (
+        "import json, sys, tempfile, pathlib\n"
+        f"sys.path.insert(0, {str(REPO / 'scripts/freeze')!r})\n"
+        "from layers import unpack\n"
+        "with tempfile.TemporaryDirectory() as t:\n"
+        "    l = unpack(pathlib.Path(sys.argv[1]), pathlib.Path(t))\n"
+        "    print(json.dumps({'layers': l.layers, 'modules': sorted(l.modules), 'elf': sorted(l.elf),\n"
+        "                      'builtin': sys.builtin_module_names}))\n"
+    )
+    p = subprocess.run(
+        [str(FREEZE_PY), "-c", script, str(frozen)], capture_output=True, text=True, timeout=300
+    )
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert [layer.split(": ")[1] for layer in doc["layers"]] == [
+        "jumpkit launcher (static)",
+        "staticx",
+        "PyInstaller onefile",
+    ]
+    modules = set(doc["modules"])
+    for needed in (
+        "installer.cli",
+        "installer.engine",
+        "alembic.command",
+        "alembic.runtime.migration",
+        "sqlalchemy.dialects.sqlite.pysqlite",
+        "sqlalchemy.dialects.postgresql.psycopg",
+        "psycopg",
+        "cryptography.hazmat.primitives.asymmetric.ed25519",
+        "supervisor.xmlrpc",
+    ):
+        assert needed in modules, needed
+    tops = {m.partition(".")[0] for m in modules}
+    missing = [m for m in MIGRATION_STDLIB if m not in tops and m not in doc["builtin"]]
+    assert not missing, f"modules migrations may import but the binary lacks: {missing}"
+    assert not tops & {"builder", "jinja2", "yaml", "pytest"}, tops & {"builder", "jinja2", "yaml", "pytest"}
+    assert any(e.endswith("libc.so.6") for e in doc["elf"]), "the portable build carries its own glibc"
+
+
+def test_glibc_floor_of_the_portable_build_is_none(frozen: Path) -> None:
+    p = subprocess.run(
+        [str(REPO / "scripts/glibc-floor"), str(frozen), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["floor"] is None and doc["bundled_glibc"]
+    assert re.fullmatch(r"GLIBC_2\.\d+(\.\d+)?", doc["highest_used"])
+
+
+def test_runs_in_an_empty_chroot(frozen: Path, tmp_path: Path) -> None:
+    root = tmp_path / "empty"
+    (root / "proc").mkdir(parents=True)
+    (root / "tmp").mkdir(mode=0o1777)
+    exe = root / "bundle-install"
+    exe.write_bytes(frozen.read_bytes())
+    exe.chmod(0o755)
+    assert sorted(p.name for p in root.iterdir()) == ["bundle-install", "proc", "tmp"]
+    p = in_namespace('mount -t proc proc "$R/proc"; chroot "$R" /bundle-install --version', R=str(root))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith(f"bundle-install {__version__} ")
+
+
+def test_noexec_tmpdir_still_runs_and_leaves_nothing(frozen: Path, tmp_path: Path) -> None:
+    """TMPDIR on a noexec mount: the launcher picks an exec-capable directory instead."""
+    ne = tmp_path / "noexec"
+    ne.mkdir()
+    before = set(Path("/tmp").glob(".bundle-install-*"))
+    p = in_namespace(
+        'mount -t tmpfs -o noexec tmpfs "$NE"; TMPDIR="$NE" "$EXE" --version; ls -A "$NE" | wc -l',
+        NE=str(ne),
+        EXE=str(frozen),
+    )
+    assert p.returncode == 0, p.stderr
+    version, leftovers = p.stdout.strip().splitlines()
+    assert version.startswith("bundle-install ") and leftovers == "0"
+    assert set(Path("/tmp").glob(".bundle-install-*")) == before
+
+
+def test_every_tmp_noexec_runs_from_the_binarys_directory(frozen: Path) -> None:
+    """CIS-hardened host: /tmp and /var/tmp noexec; the bundle's own bin/ dir is used."""
+    p = in_namespace(
+        'exec 3<"$EXE"\n'
+        "mount -t tmpfs -o noexec tmpfs /tmp; mount -t tmpfs -o noexec tmpfs /var/tmp\n"
+        "mkdir /tmp/bin; mount -t tmpfs -o exec tmpfs /tmp/bin\n"
+        "cat <&3 >/tmp/bin/bundle-install; chmod 755 /tmp/bin/bundle-install\n"
+        "TMPDIR=/tmp /tmp/bin/bundle-install --version\n"
+        "ls -A /tmp/bin",
+        EXE=str(frozen),
+    )
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.strip().splitlines()
+    assert lines[0].startswith("bundle-install ") and lines[1:] == ["bundle-install"]
+
+
+def test_no_exec_capable_directory_fails_with_one_line_naming_the_fix(frozen: Path) -> None:
+    p = in_namespace(
+        'exec 3<"$EXE"\n'
+        "mount -t tmpfs -o noexec tmpfs /tmp; mount -t tmpfs -o noexec tmpfs /var/tmp\n"
+        "mkdir /tmp/ro; mount -t tmpfs -o exec tmpfs /tmp/ro\n"
+        "cat <&3 >/tmp/ro/bundle-install; chmod 755 /tmp/ro/bundle-install; mount -o remount,ro /tmp/ro\n"
+        "rc=0; TMPDIR=/tmp /tmp/ro/bundle-install --version || rc=$?; exit $rc",
+        EXE=str(frozen),
+    )
+    assert p.returncode == 4, (p.returncode, p.stderr)
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr
+    assert "noexec" in lines[0] and "set TMPDIR to a writable directory" in lines[0]
+
+
+def test_release_bundle_records_the_installer(release_bundle: Path, frozen: Path) -> None:
+    doc = json.loads(build("inspect", release_bundle, "--json").stdout)
+    assert doc["development"] is False
+    info = doc["manifest"]["installer"]
+    assert info["version"] == __version__ and list(info["formats"]) == list(READABLE_FORMATS)
+    assert info["sha256"] == hashlib.sha256(frozen.read_bytes()).hexdigest()
+    member = next(m for m in doc["manifest"]["extras"] if m["name"] == "bin/bundle-install")
+    assert member["mode"] == 0o755 and member["sha256"] == info["sha256"]
+    human = build("inspect", release_bundle).stdout
+    assert f"installer: bin/bundle-install {__version__}" in human and "DEVELOPMENT" not in human
+
+
+def test_build_refuses_an_installer_that_is_not_one(tmp_path: Path, keys: dict[str, Path]) -> None:
+    fake = tmp_path / "bundle-install"
+    fake.write_text("#!/bin/sh\necho hello\n")
+    fake.chmod(0o755)
+    out = tmp_path / "out"
+    p = build("--from", "4.0.1", "--to", "4.1.1", "--key", keys["key"], "--out", out, "--installer", fake)
+    assert p.returncode != 0
+    assert "'--version' failed" in p.stderr
+    assert not out.exists() or not list(out.iterdir())
+
+
+def test_apply_through_the_shipped_binary(
+    sandbox: Callable[..., Sandbox], release_bundle: Path, shipped: Path
+) -> None:
+    sb = sandbox()
+    assert current_revision(sqlite_url(sb.root)) == "0002"
+    p = run(shipped, "--root", sb.root, "apply", release_bundle)
+    assert p.returncode == 0, p.stderr
+    assert sb.wait_version("4.1.1") == "4.1.1"
+    assert current_revision(sqlite_url(sb.root)) == "0004"
+    st = json.loads(run(shipped, "--root", sb.root, "status", "--json").stdout)
+    assert st["status"] == "finished" and st["outage_seconds"] > 0
+
+
+def test_tampered_bundle_rejected_by_the_binary(
+    sandbox: Callable[..., Sandbox], release_bundle: Path, shipped: Path, tmp_path: Path
+) -> None:
+    sb = sandbox()
+    before = tree_hash(sb.root)
+    k = Ed25519PrivateKey.generate()
+    man = json.loads(read(release_bundle)["manifest.json"])
+    bad = payload_byte_changed(read(release_bundle), man, k, k, tmp_path / "bad.zip")
+    p = run(shipped, "--root", sb.root, "apply", bad)
+    assert p.returncode == 3, p.stderr
+    assert tree_hash(sb.root) == before and sb.version() == "4.0.1"
+
+
+def test_crash_then_resume_through_the_binary(
+    sandbox: Callable[..., Sandbox], release_bundle: Path, shipped: Path
+) -> None:
+    sb = sandbox()
+    p = run(shipped, "--root", sb.root, "apply", release_bundle, env={"JUMPKIT_FAILPOINT": "done:migrate"})
+    assert p.returncode in (-9, 137), (p.returncode, p.stderr)
+    st = json.loads(run(shipped, "--root", sb.root, "status", "--json").stdout)
+    assert st["status"] == "working"
+    p = run(shipped, "--root", sb.root, "resume")
+    assert p.returncode == 0, p.stderr
+    assert sb.wait_version("4.1.1") == "4.1.1"
+    assert current_revision(sqlite_url(sb.root)) == "0004"
