@@ -8,3 +8,8 @@ __version__ = "0.1.0"
 
 READABLE_FORMATS = (1,)
 """Bundle format versions this installer reads (``format`` in the manifest)."""
+
+
+def version_line() -> str:
+    """What ``bundle-install --version`` prints (the builder parses it)."""
+    return f"bundle-install {__version__} (bundle formats {', '.join(map(str, READABLE_FORMATS))})"

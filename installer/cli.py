@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 
-from installer import READABLE_FORMATS, __version__
+from installer import version_line
 from installer.errors import JumpkitError
 
 if TYPE_CHECKING:  # the engine (pydantic, cryptography, ...) loads when a command runs, not for --help
@@ -59,7 +59,7 @@ BundleArg = Annotated[
 
 def _version_cb(value: bool) -> None:
     if value:
-        print(f"bundle-install {__version__} (bundle formats {', '.join(map(str, READABLE_FORMATS))})")
+        print(version_line())
         raise typer.Exit()
 
 
@@ -306,6 +306,9 @@ def _terminate(signum: int, frame: object) -> None:
 def main() -> None:
     """Console-script entry point."""
     signal.signal(signal.SIGTERM, _terminate)
+    from installer.selfupdate import hand_over
+
+    hand_over(sys.argv)  # a newer installer left on this manager by an earlier apply runs instead
     app()
 
 

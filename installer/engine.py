@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from installer import preflight
+from installer import preflight, selfupdate
 from installer.archive import (
     DEFAULT_MAX_BUNDLE_BYTES,
     Bundle,
@@ -28,7 +28,7 @@ from installer.errors import (
     UsageError,
 )
 from installer.failpoints import failpoint
-from installer.format import Manifest, load_trusted_keys, verify_signature
+from installer.format import INSTALLER_MEMBER, Manifest, load_trusted_keys, verify_signature
 from installer.health import wait_healthy
 from installer.migrate import database_url, offline_sql
 from installer.plan import Plan, compute_plan
@@ -340,6 +340,13 @@ class Engine:
         if outage is not None:
             summary += f"; outage {outage:.2f}s"
         self.log(summary)
+        info = ctx.manifest.installer
+        if info is not None:  # the bundle's installer becomes the manager's (selfupdate.py)
+            state.journal_append({"event": "note", "step": "installer", "data": {"sha256": info.sha256}})
+            ctx.notes["installer"] = {"sha256": info.sha256}
+            staged = state.staging_dir(ctx.manifest.bundle_id) / "bundle" / INSTALLER_MEMBER
+            if selfupdate.install(self.root, staged, info):
+                self.log(f"bundle-install {info.version} is now the manager's installer")
         self._set_status(
             status="finished", step=None, summary=summary, finished=time.time(), outage_seconds=outage
         )
@@ -402,6 +409,9 @@ class Engine:
                 msg = f"rolled back files, but {ctx.manifest.from_version} is not healthy: {e.message}"
                 self._set_status(status="failed", summary=msg)
                 raise RollbackError(msg) from e
+        info = ctx.manifest.installer
+        if info is not None and "installer" in ctx.notes and selfupdate.restore(self.root, info):
+            self.log("put the manager's previous installer back")
         state.journal_append({"event": "rolled-back"})
         self._set_status(
             status="rolled-back",

@@ -32,7 +32,9 @@ def find_state_dir(root: Path) -> Path | None:
     base = root / "var/lib/jumpkit"
     if not base.is_dir():
         return None
-    dirs = [d for d in sorted(base.iterdir()) if d.is_dir()]
+    # bin/ (the manager's installer) and bundles/ (unpacked bundle RPMs) live here too:
+    # a state dir is one an apply has written to
+    dirs = [d for d in sorted(base.iterdir()) if d.is_dir() and (d / "status.json").is_file()]
     return dirs[0] if len(dirs) == 1 else None
 
 

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from installer import READABLE_FORMATS, __version__
 from installer.migrate import MIGRATION_STDLIB, current_revision
-from tests.helpers import REPO, Sandbox, build, sqlite_url, tree_hash
+from tests.helpers import REPO, Sandbox, build, build_demo, sqlite_url, tree_hash
 from tests.hostile.corpus import payload_byte_changed, read
 
 FREEZE_PY = REPO / ".cache/freeze/venv/bin/python"
@@ -238,3 +238,37 @@ def test_crash_then_resume_through_the_binary(
     assert p.returncode == 0, p.stderr
     assert sb.wait_version("4.1.1") == "4.1.1"
     assert current_revision(sqlite_url(sb.root)) == "0004"
+
+
+def test_the_bundles_installer_becomes_the_managers_and_the_next_run_uses_it(
+    sandbox: Callable[..., Sandbox], keys: dict[str, Path], frozen: Path, tmp_path: Path
+) -> None:
+    """DRP's self-replacement: a jump that ships a newer installer leaves it on the manager,
+    and the next run of the older binary hands over to it (same arguments)."""
+    newer = tmp_path / "newer/bundle-install"
+    newer.parent.mkdir()
+    newer.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = --version ]; then echo "bundle-install 9.9.9 (bundle formats 1)"; exit 0; fi\n'
+        'echo "$@" > "$(dirname "$0")/ran-with"\n'
+    )
+    newer.chmod(0o755)
+    p = build_demo(tmp_path / "dist", keys["key"], "--installer", newer)
+    assert p.returncode == 0, p.stderr
+    bundle = tmp_path / "dist/demo-manager-4.0.1-to-4.1.1.zip"
+    sb = sandbox()
+    p = run(frozen, "--root", sb.root, "apply", bundle)
+    assert p.returncode == 0, p.stderr
+    installed = sb.root / "var/lib/jumpkit/bin/bundle-install"
+    assert installed.read_bytes() == newer.read_bytes()
+    assert json.loads((installed.parent / "bundle-install.json").read_text())["version"] == "9.9.9"
+
+    p = run(frozen, "--root", sb.root, "status", "--json")
+    assert p.returncode == 0, p.stderr
+    assert "handing over to the manager's newer installer 9.9.9" in p.stderr
+    assert (installed.parent / "ran-with").read_text().split() == ["--root", str(sb.root), "status", "--json"]
+
+    p = run(frozen, "--root", sb.root, "rollback", env={"JUMPKIT_NO_REEXEC": "1"})
+    assert p.returncode == 0, p.stderr
+    assert sb.wait_version("4.0.1") == "4.0.1"
+    assert not installed.exists(), "rollback puts the previous installer (here: none) back"
