@@ -111,6 +111,25 @@ else:
 '''
 
 
+PG_DRIVER = "pg8000"
+"""The PostgreSQL driver the installer ships (pure Python: nothing native to unpack)."""
+
+
+def with_driver(url: str) -> str:
+    """``url`` with the PostgreSQL driver the installer ships, whatever driver it names
+    (``postgresql://`` would mean psycopg2, which is not there)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        u = make_url(url)
+    except ArgumentError:
+        return url
+    if u.get_backend_name() == "postgresql" and u.get_driver_name() != PG_DRIVER:
+        return u.set(drivername=f"postgresql+{PG_DRIVER}").render_as_string(hide_password=False)
+    return url
+
+
 class MigrationError(JumpkitError):
     """alembic or the database failed; the message never holds a password."""
 
@@ -154,7 +173,7 @@ def _config(
     (script_dir / "env.py").write_text(ENV_PY)
     cfg = Config(output_buffer=output) if output is not None else Config()
     cfg.set_main_option("script_location", str(script_dir))
-    cfg.attributes["url"] = url
+    cfg.attributes["url"] = with_driver(url)
     cfg.attributes["on_revision"] = on_revision
     return cfg
 
@@ -177,7 +196,7 @@ def current_revision(url: str) -> str | None:
     from sqlalchemy.exc import SQLAlchemyError
 
     try:
-        engine = create_engine(url, poolclass=pool.NullPool)
+        engine = create_engine(with_driver(url), poolclass=pool.NullPool)
         with engine.connect() as conn:
             heads = MigrationContext.configure(conn).get_current_heads()
     except SQLAlchemyError as e:

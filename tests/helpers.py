@@ -62,7 +62,9 @@ def db_state(url: str) -> dict[str, object]:
     """The alembic revision and every table's rows (sorted), for "exactly" comparisons."""
     from sqlalchemy import create_engine, inspect, pool, text
 
-    engine = create_engine(url, poolclass=pool.NullPool)
+    from installer.migrate import with_driver
+
+    engine = create_engine(with_driver(url), poolclass=pool.NullPool)
     out: dict[str, object] = {}
     with engine.connect() as c:
         for table in sorted(inspect(c).get_table_names()):

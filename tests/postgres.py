@@ -76,7 +76,8 @@ def cluster() -> Iterator[str]:
     )
     pid = int((data / "postmaster.pid").read_text().splitlines()[0])
     try:
-        yield f"postgresql+psycopg://postgres:{PASSWORD}@127.0.0.1:{port}/postgres"
+        # as an operator writes it: the installer picks its own driver (migrate.with_driver)
+        yield f"postgresql://postgres:{PASSWORD}@127.0.0.1:{port}/postgres"
     finally:
         os.kill(pid, signal.SIGINT)  # fast shutdown
         for _ in range(500):
@@ -90,8 +91,10 @@ def create_database(admin_url: str) -> str:
     """A fresh database on the cluster; returns its URL."""
     from sqlalchemy import create_engine, pool, text
 
+    from installer.migrate import with_driver
+
     name = "t_" + uuid.uuid4().hex[:10]
-    engine = create_engine(admin_url, poolclass=pool.NullPool, isolation_level="AUTOCOMMIT")
+    engine = create_engine(with_driver(admin_url), poolclass=pool.NullPool, isolation_level="AUTOCOMMIT")
     with engine.connect() as c:
         c.execute(text(f'CREATE DATABASE "{name}"'))
     return admin_url.rsplit("/", 1)[0] + "/" + name

@@ -91,8 +91,8 @@ def test_contents_everything_the_installer_needs_and_nothing_of_the_builder(froz
         "alembic.command",
         "alembic.runtime.migration",
         "sqlalchemy.dialects.sqlite.pysqlite",
-        "sqlalchemy.dialects.postgresql.psycopg",
-        "psycopg",
+        "sqlalchemy.dialects.postgresql.pg8000",
+        "pg8000",
         "cryptography.hazmat.primitives.asymmetric.ed25519",
         "supervisor.xmlrpc",
     ):

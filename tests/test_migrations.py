@@ -297,12 +297,29 @@ def pg_case(tmp_path: Path, keys: dict[str, Path], pg_admin: str) -> tuple[Path,
     upgrade(work, url, "0002")
     from sqlalchemy import create_engine, pool, text
 
-    with create_engine(url, poolclass=pool.NullPool).begin() as c:
+    from installer.migrate import with_driver
+
+    with create_engine(with_driver(url), poolclass=pool.NullPool).begin() as c:
         c.execute(text("INSERT INTO items (id, name) VALUES (1, 'alpha'), (2, 'beta')"))
     root = tmp_path / "root"
     p = build("sandbox", "--specs", specs, "--version", "4.0.1", "--root", root, "--trust", keys["pub"])
     assert p.returncode == 0, p.stderr
     return root, bundle, url
+
+
+def test_pg_apply_and_rollback_through_the_frozen_installer(
+    pg_case: tuple[Path, Path, str], frozen: Path
+) -> None:
+    """The binary's own PostgreSQL driver (pg8000, frozen in) against a real server."""
+    root, bundle, url = pg_case
+    before, before_db = tree_hash(root), db_state(url)
+    env = {**os.environ, "DEMO_DB_URL": url}
+    p = subprocess.run([frozen, "--root", root, "apply", bundle], env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert db_state(url)["alembic_version"] == (["version_num"], [("0004",)])
+    p = subprocess.run([frozen, "--root", root, "rollback"], env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert db_state(url) == before_db and tree_hash(root) == before
 
 
 def test_pg_apply_with_pg_dump_backup_and_rollback(pg_case: tuple[Path, Path, str]) -> None:
@@ -393,7 +410,9 @@ def test_pg_schema_drift_refused(pg_case: tuple[Path, Path, str]) -> None:
     root, bundle, url = pg_case
     from sqlalchemy import create_engine, pool, text
 
-    with create_engine(url, poolclass=pool.NullPool).begin() as c:
+    from installer.migrate import with_driver
+
+    with create_engine(with_driver(url), poolclass=pool.NullPool).begin() as c:
         c.execute(text("UPDATE alembic_version SET version_num = '0003'"))
     before, before_db = tree_hash(root), db_state(url)
     p = install("--root", root, "apply", bundle, env={"DEMO_DB_URL": url})
