@@ -16,9 +16,11 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 
 from builder import __version__
 from builder.build import build_bundle
+from builder.errors import BuildError
 from builder.frozen import DEFAULT_INSTALLER, FrozenInstaller, probe_installer
 from builder.inspect import describe, inspect_bundle
 from builder.keys import keygen as make_key
+from builder.rpm import build_rpm
 from builder.sandbox import lay_out
 from builder.spec import load_product
 from installer.errors import JumpkitError
@@ -105,6 +107,25 @@ def build(
             help="Embed no installer: a DEVELOPMENT bundle (inspect says so). Env: JUMPKIT_NO_INSTALLER=1.",
         ),
     ] = False,
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="zip, rpm (a bundle RPM for 'yum install': needs rpmbuild and an installer) or all.",
+        ),
+    ] = "zip",
+    rpm_compression: Annotated[
+        str, typer.Option("--rpm-compression", help="RPM payload: zstd (default), xz (rpm < 4.14) or gzip.")
+    ] = "zstd",
+    rpm_sign_key: Annotated[
+        str | None,
+        typer.Option(
+            "--rpm-sign-key",
+            envvar="JUMPKIT_RPM_SIGN_KEY",
+            help="GPG key (id or e-mail) to sign the RPM with rpmsign (for gpgcheck and rpm -K). "
+            "Env: JUMPKIT_RPM_SIGN_KEY.",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
     version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
@@ -119,12 +140,19 @@ def build(
         err.print(ctx.get_help())
         err.print("\nbundle-build: --from and --to are required to build")
         raise typer.Exit(2)
+    if fmt not in ("zip", "rpm", "all"):
+        err.print(f"bundle-build: --format {fmt!r}: one of zip, rpm, all")
+        raise typer.Exit(2)
     if key is None and not unsigned:
         err.print("bundle-build: no signing key: pass --key FILE (see 'bundle-build keygen') or --unsigned")
         raise typer.Exit(2)
     show = not json_out and sys.stderr.isatty()
     try:
         frozen = _installer(installer, no_installer, json_out)
+        if fmt != "zip" and frozen is None:
+            raise BuildError(
+                "an RPM runs the bundle's installer in %posttrans: pass --installer (or freeze one)"
+            )
         with Progress(
             "building",
             BarColumn(),
@@ -148,6 +176,20 @@ def build(
                 installer=frozen,
                 progress=lambda n: bar.advance(task, n),
             )
+        rpm = None
+        if fmt in ("rpm", "all"):
+            prod = load_product(specs, product)
+            rpm = build_rpm(
+                result.path,
+                result.manifest,
+                prod.spec.package,
+                prod.spec.summary,
+                out,
+                compression=rpm_compression,
+                sign_key=rpm_sign_key,
+            )
+            if fmt == "rpm":
+                result.path.unlink()
     except JumpkitError as e:
         _fail(e, json_out, debug)
     m = result.manifest
@@ -165,6 +207,15 @@ def build(
                     "installer": m.installer.version if m.installer else None,
                     "development": m.development,
                     "seconds": round(result.seconds, 3),
+                    "rpm": None
+                    if rpm is None
+                    else {
+                        "path": str(rpm.path),
+                        "name": rpm.name,
+                        "version": rpm.version,
+                        "release": rpm.release,
+                        "signed": rpm.signed,
+                    },
                 }
             )
         )
@@ -175,6 +226,10 @@ def build(
             + (f"installer {m.installer.version}, " if m.installer else "DEVELOPMENT bundle (no installer), ")
             + f"{result.seconds:.2f}s"
         )
+        if rpm is not None:
+            print(
+                f"{rpm.path}  {'GPG-signed' if rpm.signed else 'unsigned (pass --rpm-sign-key for gpgcheck)'}"
+            )
 
 
 def _installer(path: Path | None, none: bool, quiet: bool) -> FrozenInstaller | None:

@@ -102,6 +102,15 @@ class SandboxSpec(_Spec):
     """supervisord program argv per service; ``{root}`` and ``{python}`` are expanded."""
 
 
+class PackageSpec(_Spec):
+    """RPM header fields of the product's bundle RPMs."""
+
+    license: str = "Proprietary"
+    url: str = ""
+    packager: str = ""
+    group: str = "System Environment/Base"
+
+
 class ProductSpec(_Spec):
     """product.yaml"""
 
@@ -118,6 +127,7 @@ class ProductSpec(_Spec):
     checks: tuple[Check, ...] = ()
     databases: tuple[DatabaseSpec, ...] = ()
     sandbox: SandboxSpec = SandboxSpec()
+    package: PackageSpec = PackageSpec()
 
     @field_validator("version_file")
     @classmethod

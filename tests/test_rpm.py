@@ -1,0 +1,184 @@
+"""Bundle RPMs (issue 6): built by rpmbuild, gated in %pre, applied in %posttrans by the
+frozen installer, GPG-signed, and erased without touching the manager. rpm runs for real
+against a sandbox manager as its --root (scriptlets chroot into it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import HARNESS, REPO, Sandbox, build_demo, install, tree_hash
+
+RPM = "demo-manager-upgrade-4.1.1-from4.0.1.x86_64.rpm"
+BUNDLES = "var/lib/jumpkit/bundles/demo-manager-4.0.1-to-4.1.1"
+RPMDB = "var/lib/rpm"  # rpm's own database in the root: rpm's business, not the manager's
+
+
+def manager_hash(root: Path) -> str:
+    return tree_hash(root, (*HARNESS, RPMDB))
+
+
+@pytest.fixture(scope="module")
+def rpm_file(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Path], frozen: Path) -> Path:
+    out = tmp_path_factory.mktemp("rpm")
+    p = build_demo(out, keys["key"], "--installer", frozen, "--format", "all", "--json")
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["rpm"]["name"] == "demo-manager-upgrade" and doc["rpm"]["signed"] is False
+    return out / RPM
+
+
+def query(rpm: Path, fmt: str) -> str:
+    return subprocess.run(
+        ["rpm", "-qp", "--qf", fmt, str(rpm)], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def as_manager(root: Path) -> None:
+    """What a real manager root has and a sandbox lacks: /proc for the frozen installer,
+    and the shell tools the product's pre-flight command checks call (busybox)."""
+    (root / "proc").mkdir(exist_ok=True)
+    bin_dir = root / "usr/bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(shutil.which("busybox") or "/bin/busybox", bin_dir / "busybox")
+    for tool in ("sh", "test", "cat"):
+        if not (bin_dir / tool).exists():
+            (bin_dir / tool).symlink_to("busybox")
+
+
+def rpm_in(root: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    """``rpm --root ROOT ARGS`` in a private mount namespace with ROOT/proc mounted."""
+    argv = " ".join(f"'{a}'" for a in map(str, args))
+    return subprocess.run(
+        [
+            "unshare", "--mount", "--propagation", "private", "bash", "-c",
+            f'mount -t proc proc "$R/proc"; rpm --root "$R" --dbpath /var/lib/rpm {argv}',
+        ],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "R": str(root)},
+    )  # fmt: skip
+
+
+def installed(root: Path) -> bool:
+    return rpm_in(root, "-q", "demo-manager-upgrade").returncode == 0
+
+
+def test_rpm_headers_payload_and_no_shell_dependency(rpm_file: Path) -> None:
+    assert (
+        query(rpm_file, "%{NAME} %{VERSION} %{RELEASE} %{ARCH}")
+        == "demo-manager-upgrade 4.1.1 from4.0.1 x86_64"
+    )
+    assert query(rpm_file, "%{LICENSE}|%{URL}|%{PACKAGER}|%{GROUP}") == (
+        "Apache-2.0|https://example.com/demo-manager|Demo Release Engineering <release@example.com>|"
+        "Applications/System"
+    )
+    assert "Demo control-plane manager" in query(rpm_file, "%{SUMMARY}")
+    assert query(rpm_file, "%{PAYLOADCOMPRESSOR}") == "zstd"
+    requires = subprocess.run(["rpm", "-qpR", str(rpm_file)], capture_output=True, text=True).stdout.split(
+        "\n"
+    )
+    assert all(r.startswith("rpmlib(") for r in requires if r), requires  # Lua scriptlets: no /bin/sh
+    files = query(rpm_file, "[%{FILENAMES}\n]").split()
+    assert all(f.startswith("/" + BUNDLES) for f in files), files  # nothing in the manager's paths
+    assert (
+        f"/{BUNDLES}/bin/bundle-install" in files and f"/{BUNDLES}/demo-manager-4.0.1-to-4.1.1.zip" in files
+    )
+
+
+def test_xz_payload_for_old_rpm(tmp_path: Path, keys: dict[str, Path], frozen: Path) -> None:
+    p = build_demo(tmp_path, keys["key"], "--installer", frozen, "--format", "rpm", "--rpm-compression", "xz")
+    assert p.returncode == 0, p.stderr
+    assert query(tmp_path / RPM, "%{PAYLOADCOMPRESSOR}") == "xz"
+    assert not list(tmp_path.glob("*.zip")), "--format rpm leaves only the RPM"
+
+
+def test_rpm_of_a_development_bundle_is_refused(tmp_path: Path, keys: dict[str, Path]) -> None:
+    p = build_demo(tmp_path, keys["key"], "--format", "rpm")
+    assert p.returncode != 0 and "pass --installer" in p.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_rpm_install_applies_and_erase_does_not_roll_back(
+    sandbox: Callable[..., Sandbox], rpm_file: Path
+) -> None:
+    sb = sandbox()
+    as_manager(sb.root)
+    p = rpm_in(sb.root, "-i", rpm_file)
+    assert p.returncode == 0, p.stderr
+    assert "jumpkit: applying demo-manager 4.0.1 -> 4.1.1" in p.stdout and "status:  finished" in p.stdout
+    assert sb.wait_version("4.1.1") == "4.1.1" and installed(sb.root)
+    st = json.loads(install("--root", sb.root, "status", "--json").stdout)
+    assert st["status"] == "finished"
+    after = manager_hash(sb.root)
+    p = rpm_in(sb.root, "-e", "demo-manager-upgrade")
+    assert p.returncode == 0, p.stderr
+    assert not (sb.root / BUNDLES).exists() and not installed(sb.root)
+    assert sb.version() == "4.1.1" and manager_hash(sb.root) == after, "erasing the RPM changed the manager"
+    assert json.loads(install("--root", sb.root, "status", "--json").stdout)["status"] == "finished"
+
+
+def test_pre_refuses_a_manager_at_another_version(sandbox: Callable[..., Sandbox], rpm_file: Path) -> None:
+    sb = sandbox("4.1.1")
+    as_manager(sb.root)
+    before = manager_hash(sb.root)
+    p = rpm_in(sb.root, "-i", rpm_file)
+    assert p.returncode != 0
+    assert "installed demo-manager is 4.1.1, but this package upgrades 4.0.1 -> 4.1.1" in p.stderr
+    assert not (sb.root / BUNDLES).exists() and not installed(sb.root)
+    assert manager_hash(sb.root) == before
+
+
+def test_pre_refuses_while_an_upgrade_is_unfinished(
+    sandbox: Callable[..., Sandbox], rpm_file: Path, bundle: Path
+) -> None:
+    sb = sandbox()
+    as_manager(sb.root)
+    p = install("--root", sb.root, "apply", bundle, env={"JUMPKIT_FAILPOINT": "done:swap-files"})
+    assert p.returncode == -9
+    before = manager_hash(sb.root)
+    p = rpm_in(sb.root, "-i", rpm_file)
+    assert p.returncode != 0 and "an upgrade of demo-manager is unfinished" in p.stderr
+    assert not (sb.root / BUNDLES).exists() and manager_hash(sb.root) == before
+
+
+def test_gpg_signed_rpm_verifies_and_a_tampered_one_does_not(
+    tmp_path: Path, keys: dict[str, Path], frozen: Path, rpm_file: Path
+) -> None:
+    gnupg = tmp_path / "gnupg"
+    gnupg.mkdir(mode=0o700)
+    env = {**os.environ, "GNUPGHOME": str(gnupg)}
+    uid = "jumpkit test <release@example.com>"
+    subprocess.run(
+        ["gpg", "--batch", "--passphrase", "", "--quick-gen-key", uid, "rsa2048", "sign", "never"],
+        env=env, check=True, capture_output=True,
+    )  # fmt: skip
+    pub = tmp_path / "pub.asc"
+    pub.write_bytes(
+        subprocess.run(["gpg", "--armor", "--export", uid], env=env, check=True, capture_output=True).stdout
+    )
+    out = tmp_path / "out"
+    p = subprocess.run(
+        [sys.executable, "-m", "builder.cli", "--from", "4.0.1", "--to", "4.1.1", "--key", str(keys["key"]),
+         "--out", str(out), "--installer", str(frozen), "--format", "rpm", "--rpm-sign-key", uid],
+        env=env, capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    rpm = out / RPM
+    db = tmp_path / "rpmdb"
+    subprocess.run(["rpm", "--dbpath", str(db), "--import", str(pub)], check=True, capture_output=True)
+    check = ["rpm", "--dbpath", str(db), "-K", "--define", "_pkgverify_level signature"]
+    p = subprocess.run([*check, str(rpm)], capture_output=True, text=True)
+    assert p.returncode == 0 and "signatures OK" in p.stdout, p.stdout + p.stderr
+    bad = tmp_path / "bad.rpm"
+    data = bytearray(rpm.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    assert subprocess.run([*check, str(bad)], capture_output=True, text=True).returncode != 0
+    unsigned = subprocess.run([*check, str(rpm_file)], capture_output=True, text=True)
+    assert unsigned.returncode != 0, "rpm -K passes unsigned packages unless the signature level is enforced"
