@@ -69,6 +69,28 @@ def installed(root: Path) -> bool:
     return rpm_in(root, "-q", "demo-manager-upgrade").returncode == 0
 
 
+def gpg_signed_rpm(tmp_path: Path, keys: dict[str, Path], frozen: Path, out: Path) -> tuple[Path, Path]:
+    """A fresh GPG key and the demo RPM signed with it by bundle-build; (rpm, public key)."""
+    gnupg = tmp_path / "gnupg"
+    gnupg.mkdir(mode=0o700)
+    env = {**os.environ, "GNUPGHOME": str(gnupg)}
+    uid = "jumpkit release <release@example.com>"
+    subprocess.run(
+        ["gpg", "--batch", "--passphrase", "", "--quick-gen-key", uid, "rsa2048", "sign", "never"],
+        env=env, check=True, capture_output=True,
+    )  # fmt: skip
+    pub = tmp_path / "RPM-GPG-KEY-jumpkit"
+    exported = subprocess.run(["gpg", "--armor", "--export", uid], env=env, check=True, capture_output=True)
+    pub.write_bytes(exported.stdout)
+    p = subprocess.run(
+        [sys.executable, "-m", "builder.cli", "--from", "4.0.1", "--to", "4.1.1", "--key", str(keys["key"]),
+         "--out", str(out), "--installer", str(frozen), "--format", "rpm", "--rpm-sign-key", uid],
+        env=env, capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    return out / RPM, pub
+
+
 def test_rpm_headers_payload_and_no_shell_dependency(rpm_file: Path) -> None:
     assert (
         query(rpm_file, "%{NAME} %{VERSION} %{RELEASE} %{ARCH}")
@@ -150,26 +172,7 @@ def test_pre_refuses_while_an_upgrade_is_unfinished(
 def test_gpg_signed_rpm_verifies_and_a_tampered_one_does_not(
     tmp_path: Path, keys: dict[str, Path], frozen: Path, rpm_file: Path
 ) -> None:
-    gnupg = tmp_path / "gnupg"
-    gnupg.mkdir(mode=0o700)
-    env = {**os.environ, "GNUPGHOME": str(gnupg)}
-    uid = "jumpkit test <release@example.com>"
-    subprocess.run(
-        ["gpg", "--batch", "--passphrase", "", "--quick-gen-key", uid, "rsa2048", "sign", "never"],
-        env=env, check=True, capture_output=True,
-    )  # fmt: skip
-    pub = tmp_path / "pub.asc"
-    pub.write_bytes(
-        subprocess.run(["gpg", "--armor", "--export", uid], env=env, check=True, capture_output=True).stdout
-    )
-    out = tmp_path / "out"
-    p = subprocess.run(
-        [sys.executable, "-m", "builder.cli", "--from", "4.0.1", "--to", "4.1.1", "--key", str(keys["key"]),
-         "--out", str(out), "--installer", str(frozen), "--format", "rpm", "--rpm-sign-key", uid],
-        env=env, capture_output=True, text=True, cwd=REPO,
-    )  # fmt: skip
-    assert p.returncode == 0, p.stderr
-    rpm = out / RPM
+    rpm, pub = gpg_signed_rpm(tmp_path, keys, frozen, tmp_path / "out")
     db = tmp_path / "rpmdb"
     subprocess.run(["rpm", "--dbpath", str(db), "--import", str(pub)], check=True, capture_output=True)
     check = ["rpm", "--dbpath", str(db), "-K", "--define", "_pkgverify_level signature"]
@@ -182,3 +185,32 @@ def test_gpg_signed_rpm_verifies_and_a_tampered_one_does_not(
     assert subprocess.run([*check, str(bad)], capture_output=True, text=True).returncode != 0
     unsigned = subprocess.run([*check, str(rpm_file)], capture_output=True, text=True)
     assert unsigned.returncode != 0, "rpm -K passes unsigned packages unless the signature level is enforced"
+
+
+def test_dnf_install_from_a_gpgchecked_repo_applies(
+    sandbox: Callable[..., Sandbox], tmp_path: Path, keys: dict[str, Path], frozen: Path
+) -> None:
+    """What operators type: yum/dnf install from a repo with gpgcheck=1."""
+    repo = tmp_path / "repo"
+    _, pub = gpg_signed_rpm(tmp_path, keys, frozen, repo)
+    subprocess.run(["createrepo_c", "-q", str(repo)], check=True)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".rpmmacros").write_text("%_dbpath /var/lib/rpm\n")  # Debian's rpm defaults to ~/.rpmdb
+    conf = tmp_path / "dnf.conf"
+    conf.write_text(
+        "[main]\nreposdir=/dev/null\ngpgcheck=1\ncachedir=" + str(tmp_path / "cache") + "\n\n"
+        f"[jumpkit]\nname=jumpkit bundles\nbaseurl=file://{repo}\ngpgcheck=1\ngpgkey=file://{pub}\n"
+    )
+    sb = sandbox()
+    as_manager(sb.root)
+    p = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "bash", "-c",
+         'mount -t proc proc "$R/proc"; dnf -y -q --config "$C" --installroot "$R" --releasever 9 '
+         "install demo-manager-upgrade"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "R": str(sb.root), "C": str(conf),
+                                                         "HOME": str(home)},
+    )  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "status:  finished" in p.stdout, p.stdout + p.stderr
+    assert sb.wait_version("4.1.1") == "4.1.1" and installed(sb.root)
