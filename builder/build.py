@@ -211,6 +211,7 @@ def _manifest(
                 sha256=digests[INSTALLER_MEMBER][0], version=installer.version, formats=installer.formats
             ),
             development=installer is None,
+            components=tuple(sorted(s.name for s in collected.extras if s.name.startswith("components/"))),
             builder_version=__version__,
             created=epoch,
         )

@@ -245,4 +245,9 @@ def collect(product: Product, jump: JumpSpec, jump_dir: Path) -> Collected:
             if not src.is_file():
                 raise SpecError(f"hooks: {hook.name}: script {src} does not exist")
             out.extras.append(Source(f"hooks/{name}", 0o755, path=src))
+    for rel in jump.components:
+        src = jump_dir / rel
+        if not src.is_file() or not src.name.endswith(".rpm"):
+            raise SpecError(f"components: {rel}: no such .rpm file ({src})")
+        out.extras.append(Source(f"components/{src.name}", 0o644, path=src))
     return out

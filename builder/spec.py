@@ -199,6 +199,9 @@ class JumpSpec(_Spec):
     """Services this jump adds, by name: systemd units rendered into the payload."""
     revisions: dict[str, str] = Field(default_factory=dict)
     """Per database: the target revision (default: the to-release's head)."""
+    components: tuple[str, ...] = ()
+    """Component RPMs (paths relative to the jump file) installed after the apply has
+    committed, by rpm, outside any running rpm transaction."""
 
     @field_validator("from_version", "to_version")
     @classmethod

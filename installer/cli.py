@@ -193,6 +193,16 @@ def _print_status(doc: StatusDoc, as_json: bool) -> None:
         out.print(f"step:    {doc.step}")
     if doc.outage_seconds is not None:
         out.print(f"outage:  {doc.outage_seconds:.3f}s")
+    comp = doc.extra.get("components")
+    if comp:
+        out.print(
+            f"components: {comp['state']} ({', '.join(comp['rpms'])})"
+            + (
+                f": {comp.get('error') or comp.get('detail')}"
+                if comp.get("error") or comp.get("detail")
+                else ""
+            )
+        )
 
 
 @app.command()
@@ -223,9 +233,19 @@ def apply(
             exists=True, dir_okay=False, readable=True, help="Bundle file; omit for the staged one."
         ),
     ] = None,
+    detach_components: Annotated[
+        bool,
+        typer.Option(
+            "--detach-components",
+            help="Install the jump's component RPMs from a detached 'bundle-install components' that "
+            "waits for the rpm database lock (the bundle RPM's %posttrans: rpm holds it until the "
+            "transaction ends).",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Verify, stage, back up, stop, swap, start, health-check, commit; roll back on failure."""
+    _g().opts.detach_components = detach_components
     doc = _run(json_out, lambda e: e.apply(bundle))
     _print_status(doc, json_out or _g().json)
 
@@ -234,6 +254,12 @@ def apply(
 def status(json_out: JsonOpt = False) -> None:
     """Show the state of the last or current run (status.json)."""
     _print_status(_run(json_out, lambda e: e.status()), json_out or _g().json)
+
+
+@app.command()
+def components(json_out: JsonOpt = False) -> None:
+    """Install the component RPMs of the last committed apply (waits for the rpm database lock)."""
+    _print_status(_run(json_out, lambda e: e.components()), json_out or _g().json)
 
 
 @app.command()

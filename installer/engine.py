@@ -3,6 +3,8 @@ resume/rollback from whatever the journal says. Only this module sequences steps
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -11,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from installer import preflight, selfupdate
+from installer import components, preflight, selfupdate
 from installer.archive import (
     DEFAULT_MAX_BUNDLE_BYTES,
     Bundle,
@@ -53,6 +55,8 @@ class Options:
     accept_drift: bool = False
     force: bool = False
     max_bundle_bytes: int = DEFAULT_MAX_BUNDLE_BYTES
+    detach_components: bool = False
+    """Install component RPMs from a detached process that waits for rpm's lock (%posttrans)."""
 
 
 class Engine:
@@ -353,8 +357,84 @@ class Engine:
         state.append_history(
             {"result": "finished", "bundle": ctx.manifest.bundle_id, "outage_seconds": outage}
         )
+        if ctx.manifest.components and "components" not in (self._status.extra if self._status else {}):
+            self._set_components(ctx.manifest, "pending")
+            if self.opts.detach_components:
+                self._spawn_components(state, ctx.staging, ctx.manifest)
+            else:
+                self._install_components(ctx.manifest, ctx.staging)
         assert self._status is not None
         return self._status
+
+    # --- component RPMs (components.py) -------------------------------------------------
+    def _set_components(self, manifest: Manifest, phase: str, **kw: str) -> None:
+        assert self._status is not None
+        self._status.extra["components"] = {
+            "state": phase,
+            "rpms": [c.rpartition("/")[2] for c in manifest.components],
+            **kw,
+        }
+        self._set_status()
+        self.log(f"component RPMs: {phase}" + (f": {next(iter(kw.values()))}" if kw else ""))
+
+    def _install_components(self, manifest: Manifest, staging: Path) -> None:
+        rpms = [staging / "bundle" / c for c in manifest.components]
+        try:
+            line = components.install(self.root, rpms, lambda phase: self._set_components(manifest, phase))
+        except components.ComponentError as e:
+            self._set_components(manifest, "failed", error=e.message)
+            raise components.ComponentError(
+                f"upgraded to {manifest.to_version}, but {e.message}; "
+                "fix it, then 'bundle-install components'"
+            ) from e
+        self._set_components(manifest, "done", detail=line)
+
+    def _spawn_components(self, state: StateDir, staging: Path, manifest: Manifest) -> None:
+        """Start ``bundle-install components`` in its own session: it outlives this process
+        (and rpm's scriptlet) and waits for rpm's lock and then for our state lock."""
+        if getattr(sys, "frozen", False):
+            argv = [str(staging / "bundle" / INSTALLER_MEMBER)]
+        else:
+            argv = [sys.executable, "-m", "installer.cli"]
+        argv += ["--root", str(self.root), "--state-dir", str(state.path), "components"]
+        try:
+            with open(state.path / "components.log", "ab") as log:
+                child = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.PIPE,  # closed at once: EOF (a bare manager root may lack /dev/null)
+                    stdout=log,
+                    stderr=log,
+                    start_new_session=True,
+                    env=selfupdate.fresh_env(),
+                )
+                assert child.stdin is not None
+                child.stdin.close()
+        except OSError as e:  # the upgrade itself has committed: report, do not fail it
+            self._set_components(manifest, "failed", error=f"could not start the detached step: {e}")
+            return
+        self.log(
+            "component RPMs: a detached 'bundle-install components' installs them; "
+            f"log {state.path}/components.log"
+        )
+
+    def components(self) -> StatusDoc:
+        """Install the component RPMs of the last committed apply (again, if need be).
+
+        Raises:
+            StateError: no committed apply with components. ComponentError: rpm failed.
+        """
+        state = self.state_for(None)
+        with state.locked(wait=components.DEFAULT_WAIT):
+            txn = self._txn(state)
+            if not txn or self._txn_state(txn) != "committed":
+                raise StateError("no committed apply to install component RPMs for")
+            manifest, _ = load_staged(state, txn[0]["bundle"])
+            if not manifest.components:
+                raise StateError(f"{manifest.bundle_id} carries no component RPMs")
+            self._state = state
+            self._status = state.read_status()
+            self._install_components(manifest, state.staging_dir(manifest.bundle_id))
+            return self._status
 
     def _outage(self, state: StateDir) -> float | None:
         txn = self._txn(state)

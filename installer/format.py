@@ -32,7 +32,7 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
 PAYLOAD_PREFIX = "payload/"
-EXTRA_PREFIXES = ("hooks/", "migrations/", "bin/")
+EXTRA_PREFIXES = ("hooks/", "migrations/", "bin/", "components/")
 INSTALLER_MEMBER = "bin/bundle-install"
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 MAX_SIGNATURE_BYTES = 4096
@@ -263,6 +263,8 @@ class Manifest(_Model):
     databases: tuple[Database, ...] = ()
     installer: InstallerInfo | None = None
     development: bool = False
+    components: tuple[str, ...] = ()
+    """Extra members (``components/*.rpm``) installed by rpm after the commit."""
     builder_version: str
     created: int = Field(ge=0)
 
@@ -299,6 +301,9 @@ class Manifest(_Model):
             raise ValueError("an extra member is listed twice")
         if (self.installer is None) != self.development:
             raise ValueError("a bundle is a development bundle exactly when it ships no installer")
+        for c in self.components:
+            if c not in names or not c.startswith("components/") or not c.endswith(".rpm"):
+                raise ValueError(f"component {c!r} is not a components/*.rpm extra member")
         if self.installer is not None and INSTALLER_MEMBER not in names:
             raise ValueError(f"installer recorded but {INSTALLER_MEMBER} is not an extra member")
         return self

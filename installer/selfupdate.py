@@ -105,6 +105,13 @@ def restore(root: Path, info: InstallerInfo) -> bool:
     return True
 
 
+def fresh_env() -> dict[str, str]:
+    """Environment for starting another frozen installer from this one: without it, the new
+    PyInstaller bootloader takes the inherited _PYI_* variables for its own and runs from
+    this process's unpack dir, which is deleted when this process ends (it died silently)."""
+    return {**os.environ, NO_REEXEC: "1", "PYINSTALLER_RESET_ENVIRONMENT": "1"}
+
+
 def _root_from_argv(argv: list[str]) -> Path:
     for i, arg in enumerate(argv):
         if arg == "--root" and i + 1 < len(argv):
@@ -142,7 +149,6 @@ def hand_over(argv: list[str]) -> None:
         f"bundle-install {__version__}: handing over to the manager's newer installer {version} ({target})",
         file=sys.stderr,
     )
-    os.environ[NO_REEXEC] = "1"
     with contextlib.suppress(OSError):
-        os.execv(target, [str(target), *argv[1:]])
+        os.execve(target, [str(target), *argv[1:]], fresh_env())
     print(f"bundle-install: could not run {target}; continuing with {__version__}", file=sys.stderr)

@@ -132,24 +132,31 @@ class StateDir:
 
     # --- lock ---------------------------------------------------------------------
     @contextlib.contextmanager
-    def locked(self) -> Iterator[str | None]:
-        """Hold the exclusive lock. Yields a note when a previous holder died holding it.
+    def locked(self, wait: float = 0.0) -> Iterator[str | None]:
+        """Hold the exclusive lock, waiting up to ``wait`` seconds for it. Yields a note when
+        a previous holder died holding it.
 
         Raises:
             LockedError: a live process holds the lock.
         """
         self.ensure()
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + wait
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                if e.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                pid = _read_pid(fd)
-                raise LockedError(
-                    f"another bundle-install run (pid {pid}) holds {self.lock_path}", pid=pid
-                ) from e
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as e:
+                    if e.errno not in (errno.EAGAIN, errno.EACCES):
+                        raise
+                    if time.monotonic() < deadline:
+                        time.sleep(0.2)
+                        continue
+                    pid = _read_pid(fd)
+                    raise LockedError(
+                        f"another bundle-install run (pid {pid}) holds {self.lock_path}", pid=pid
+                    ) from e
             prev = _read_pid(fd)
             note = None
             if prev and prev != os.getpid() and not _pid_alive(prev):

@@ -4,17 +4,19 @@ against a sandbox manager as its --root (scriptlets chroot into it)."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import HARNESS, REPO, Sandbox, build_demo, install, tree_hash
+from tests.helpers import HARNESS, REPO, SPECS, Sandbox, build, build_demo, install, tree_hash
 
 RPM = "demo-manager-upgrade-4.1.1-from4.0.1.x86_64.rpm"
 BUNDLES = "var/lib/jumpkit/bundles/demo-manager-4.0.1-to-4.1.1"
@@ -214,3 +216,131 @@ def test_dnf_install_from_a_gpgchecked_repo_applies(
     assert p.returncode == 0, p.stdout + p.stderr
     assert "status:  finished" in p.stdout, p.stdout + p.stderr
     assert sb.wait_version("4.1.1") == "4.1.1" and installed(sb.root)
+
+
+AGENT_SPEC = """Name: demo-agent
+Version: 1.0
+Release: 1
+Summary: demo-manager's node agent (a component RPM the jump carries)
+License: MIT
+BuildArch: noarch
+%description
+Component RPM for jumpkit's tests.
+%install
+mkdir -p %{buildroot}/opt/demo-agent
+echo agent-1.0 > %{buildroot}/opt/demo-agent/VERSION
+%files
+/opt/demo-agent
+"""
+
+
+@pytest.fixture(scope="module")
+def with_components(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Path], frozen: Path) -> Path:
+    """The demo jump carrying a component RPM, built as ZIP and RPM; returns the out dir."""
+    work = tmp_path_factory.mktemp("components")
+    top = work / "rpmbuild"
+    (top / "SPECS").mkdir(parents=True)
+    (top / "SPECS/agent.spec").write_text(AGENT_SPEC)
+    subprocess.run(
+        ["rpmbuild", "-bb", "--quiet", "--define", f"_topdir {top}", str(top / "SPECS/agent.spec")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    specs = work / "specs"
+    shutil.copytree(SPECS, specs, symlinks=True)
+    jumps = specs / "demo-manager/jumps"
+    (jumps / "components").mkdir()
+    shutil.copy(top / "RPMS/noarch/demo-agent-1.0-1.noarch.rpm", jumps / "components")
+    with (jumps / "4.0.1-4.1.1.yaml").open("a") as f:
+        f.write("\ncomponents: [components/demo-agent-1.0-1.noarch.rpm]\n")
+    out = work / "dist"
+    p = build("--specs", specs, "--from", "4.0.1", "--to", "4.1.1", "--key", keys["key"], "--out", out,
+              "--installer", frozen, "--format", "all")  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    return out
+
+
+def agent_installed(root: Path) -> bool:
+    q = subprocess.run(["rpm", "--root", str(root), "--dbpath", "/var/lib/rpm", "-q", "demo-agent"],
+                       capture_output=True, text=True)  # fmt: skip
+    return q.returncode == 0 and (root / "opt/demo-agent/VERSION").read_text() == "agent-1.0\n"
+
+
+def components_state(root: Path) -> str | None:
+    doc = json.loads(install("--root", root, "status", "--json").stdout)
+    return doc.get("extra", {}).get("components", {}).get("state")
+
+
+def wait_components(root: Path, want: str, timeout: float = 120) -> str | None:
+    deadline = time.monotonic() + timeout
+    state = components_state(root)
+    while state != want and time.monotonic() < deadline:
+        time.sleep(0.3)
+        state = components_state(root)
+    return state
+
+
+def test_component_rpms_installed_after_a_zip_apply(
+    sandbox: Callable[..., Sandbox], with_components: Path, frozen: Path
+) -> None:
+    sb = sandbox()
+    zip_path = with_components / "demo-manager-4.0.1-to-4.1.1.zip"
+    p = subprocess.run([frozen, "--root", sb.root, "apply", zip_path], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "components: done (demo-agent-1.0-1.noarch.rpm)" in p.stdout
+    assert sb.wait_version("4.1.1") == "4.1.1" and agent_installed(sb.root)
+
+
+def test_detached_component_step_waits_for_the_rpm_lock(
+    sandbox: Callable[..., Sandbox], with_components: Path, frozen: Path
+) -> None:
+    sb = sandbox()
+    subprocess.run(["rpm", "--root", str(sb.root), "--dbpath", "/var/lib/rpm", "--initdb"], check=True)
+    lock = os.open(sb.root / "var/lib/rpm/.rpm.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.lockf(lock, fcntl.LOCK_EX)  # as rpm holds it during the bundle RPM's transaction
+    try:
+        p = subprocess.run(
+            [frozen, "--root", sb.root, "apply", "--detach-components",
+             with_components / "demo-manager-4.0.1-to-4.1.1.zip"],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert p.returncode == 0, p.stderr
+        assert sb.wait_version("4.1.1") == "4.1.1"
+        assert (
+            wait_components(sb.root, "waiting for the rpm database lock")
+            == "waiting for the rpm database lock"
+        )
+        assert not agent_installed(sb.root)
+    finally:
+        os.close(lock)  # the "transaction" ends
+    assert wait_components(sb.root, "done") == "done"
+    assert agent_installed(sb.root)
+
+
+def test_bundle_rpm_installs_its_components_after_its_own_transaction(
+    sandbox: Callable[..., Sandbox], with_components: Path
+) -> None:
+    """rpm -i of the bundle RPM inside a manager root that has rpm (the host's /usr bound in):
+    %posttrans applies, then the detached step installs the component once rpm is done."""
+    sb = sandbox()
+    as_manager(sb.root)
+    for link, target in (
+        ("bin", "usr/bin"),
+        ("sbin", "usr/sbin"),
+        ("lib", "usr/lib"),
+        ("lib64", "usr/lib64"),
+    ):
+        if not (sb.root / link).exists():
+            (sb.root / link).symlink_to(target)
+    rpm = with_components / RPM
+    p = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "bash", "-c",
+         'mount -t proc proc "$R/proc"; mount --bind /usr "$R/usr"; '
+         f'rpm --root "$R" --dbpath /var/lib/rpm -i {rpm}'],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "R": str(sb.root)},
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "status:  finished" in p.stdout, p.stdout + p.stderr
+    assert sb.wait_version("4.1.1") == "4.1.1"
+    log = sb.root / "var/lib/jumpkit/demo-manager/components.log"
+    assert wait_components(sb.root, "done") == "done", log.read_text() if log.exists() else "no log"
+    assert agent_installed(sb.root)

@@ -52,7 +52,7 @@ def test_hand_over_only_to_a_strictly_newer_installer(
     argv = ["bundle-install", "--root", str(tmp_path), "status"]
     assert (selfupdate.newer_installed(argv) == dest) is hands_over
     execs: list[list[str]] = []
-    monkeypatch.setattr(selfupdate.os, "execv", lambda path, args: execs.append(args))
+    monkeypatch.setattr(selfupdate.os, "execve", lambda path, args, env: execs.append(args))
     monkeypatch.delenv(selfupdate.NO_REEXEC, raising=False)
     selfupdate.hand_over(argv)
     assert execs == [], "a Python checkout never hands over"
