@@ -121,6 +121,7 @@ def build(
         str | None,
         typer.Option(
             "--rpm-sign-key",
+            "--gpg-key",
             envvar="JUMPKIT_RPM_SIGN_KEY",
             help="GPG key (id or e-mail) to sign the RPM with rpmsign (for gpgcheck and rpm -K). "
             "Env: JUMPKIT_RPM_SIGN_KEY.",

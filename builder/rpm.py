@@ -20,6 +20,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,6 +149,8 @@ def build_rpm(
         version_file="/" + manifest.version_file,
         status_file=f"/var/lib/jumpkit/{manifest.product}/status.json",
         tree="%{_sourcedir}/tree",
+        changelog_date=time.strftime("%a %b %d %Y", time.gmtime(manifest.created)),
+        changelog_name=_header(package.packager or "jumpkit <jumpkit@localhost>", "packager"),
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / f"{name}-{version}-{release}.x86_64.rpm"

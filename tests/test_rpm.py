@@ -86,7 +86,7 @@ def gpg_signed_rpm(tmp_path: Path, keys: dict[str, Path], frozen: Path, out: Pat
     pub.write_bytes(exported.stdout)
     p = subprocess.run(
         [sys.executable, "-m", "builder.cli", "--from", "4.0.1", "--to", "4.1.1", "--key", str(keys["key"]),
-         "--out", str(out), "--installer", str(frozen), "--format", "rpm", "--rpm-sign-key", uid],
+         "--out", str(out), "--installer", str(frozen), "--format", "rpm", "--gpg-key", uid],
         env=env, capture_output=True, text=True, cwd=REPO,
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
@@ -175,6 +175,9 @@ def test_gpg_signed_rpm_verifies_and_a_tampered_one_does_not(
     tmp_path: Path, keys: dict[str, Path], frozen: Path, rpm_file: Path
 ) -> None:
     rpm, pub = gpg_signed_rpm(tmp_path, keys, frozen, tmp_path / "out")
+    rc = REPO / "templates/rpm/bundle.rpmlintrc"
+    lint = subprocess.run(["rpmlint", "-r", str(rc), str(rpm)], capture_output=True, text=True)
+    assert lint.returncode == 0 and " 0 errors" in lint.stdout, lint.stdout
     db = tmp_path / "rpmdb"
     subprocess.run(["rpm", "--dbpath", str(db), "--import", str(pub)], check=True, capture_output=True)
     check = ["rpm", "--dbpath", str(db), "-K", "--define", "_pkgverify_level signature"]

@@ -23,7 +23,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 BUILDS = {
     "onefile-portable": ([], REPO / "dist/bundle-install"),
-    "onefile-plain": (["--no-portable", "--out", "dist/bundle-install.plain"], REPO / "dist/bundle-install.plain"),
+    "onefile-plain": (
+        ["--no-portable", "--out", "dist/bundle-install.plain"],
+        REPO / "dist/bundle-install.plain",
+    ),
     "onedir": (["--onedir"], REPO / "dist/bundle-install.d/bundle-install"),
 }
 
@@ -52,7 +55,7 @@ def main() -> int:
     results: dict[str, dict[str, float]] = {}
     for what in ("--version", "--help"):
         times: dict[str, list[float]] = {name: [] for name in contenders}
-        for name, argv in contenders.items():  # one warm-up each: page cache, not disk
+        for argv in contenders.values():  # one warm-up each: page cache, not disk
             wall([*argv, what])
         for _ in range(args.repeat):  # interleaved: a noisy VM slows all contenders alike
             for name, argv in contenders.items():
@@ -80,8 +83,10 @@ def main() -> int:
             f"{name:<26}{d['version_s']:>9.3f}s{d['version_ratio']:>6.2f}x"
             f"{d['help_s']:>8.3f}s{d['help_ratio']:>6.2f}x{mb:>10}"
         )
-    print(f"(medians of {args.repeat}; ratios to the unfrozen installer; targets: one-file <= 0.6 s, "
-          "one-dir <= 0.3 s, <= 40 MB)")
+    print(
+        f"(medians of {args.repeat}; ratios to the unfrozen installer; targets: one-file <= 0.6 s, "
+        "one-dir <= 0.3 s, <= 40 MB)"
+    )
     return 0
 
 
