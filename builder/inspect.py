@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
+from installer import rpmbundle
 from installer.archive import open_bundle
 from installer.errors import SignatureError
 from installer.format import (
@@ -25,6 +27,11 @@ def inspect_bundle(path: Path, trust: list[Path]) -> dict[str, Any]:
     Raises:
         BundleRejectedError: not a readable bundle, or (with ``trust``) a bad signature.
     """
+    if rpmbundle.is_rpm(path):
+        rpm = rpmbundle.describe(path)
+        with tempfile.TemporaryDirectory(prefix="jumpkit-inspect-") as tmp:
+            info = inspect_bundle(rpmbundle.extract_bundle(path, Path(tmp)), trust)
+        return {**info, "bundle": str(path), "size": path.stat().st_size, "rpm": rpm}
     bundle = open_bundle(path)
     try:
         data = bundle.read_small(MANIFEST_NAME, MAX_MANIFEST_BYTES)
@@ -61,6 +68,7 @@ def describe(info: dict[str, Any]) -> list[str]:
     """Human lines for :func:`inspect_bundle`'s result."""
     m = info["manifest"]
     sig = info["signature"]
+    rpm = info.get("rpm")
     lines = [
         f"{m['product']} {m['from_version']} -> {m['to_version']}   "
         f"({info['size']} bytes, format {m['format']}, "
@@ -79,6 +87,12 @@ def describe(info: dict[str, Any]) -> list[str]:
             else f"bin/bundle-install {m['installer']['version']}"
         ),
     ]
+    if rpm:
+        lines.append(
+            f"rpm: {rpm['name']}-{rpm['version']}-{rpm['release']}.{rpm['arch']}, payload {rpm['payload']}, "
+            + ("GPG-signed (rpm -K checks it)" if rpm["gpg_signature"] else "NO GPG signature")
+            + f", {len(rpm['files'])} files under /var/lib/jumpkit/bundles/"
+        )
     kinds: dict[str, int] = {}
     for f in m["files"]:
         kinds[f["kind"]] = kinds.get(f["kind"], 0) + 1

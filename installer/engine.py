@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from installer import components, preflight, selfupdate
+from installer import components, preflight, rpmbundle, selfupdate
 from installer.archive import (
     DEFAULT_MAX_BUNDLE_BYTES,
     Bundle,
@@ -119,11 +119,16 @@ class Engine:
 
     # --- verify -------------------------------------------------------------------
     def verify(self, bundle_path: Path) -> Manifest:
-        """Check signature, manifest, member list and every member's hash. Writes nothing.
+        """Check signature, manifest, member list and every member's hash. Writes nothing
+        (a bundle RPM: its GPG signature first, then the ZIP inside, unpacked to a temp dir).
 
         Raises:
             BundleRejectedError: any check fails.
         """
+        if rpmbundle.is_rpm(bundle_path):
+            self.log(f"RPM: {rpmbundle.check_signature(bundle_path, self.root)}")
+            with tempfile.TemporaryDirectory(prefix="jumpkit-rpm-") as tmp:
+                return self.verify(rpmbundle.extract_bundle(bundle_path, Path(tmp)))
         bundle, manifest, _, _ = self._open(bundle_path)
         members = manifest.members()
         tick = self._progress("verify", manifest.total_size()) if self._progress else None

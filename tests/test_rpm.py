@@ -16,15 +16,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import HARNESS, REPO, SPECS, Sandbox, build, build_demo, install, tree_hash
+from installer.migrate import current_revision
+from tests.helpers import HARNESS, REPO, SPECS, Sandbox, build, build_demo, install, sqlite_url, tree_hash
 
 RPM = "demo-manager-upgrade-4.1.1-from4.0.1.x86_64.rpm"
 BUNDLES = "var/lib/jumpkit/bundles/demo-manager-4.0.1-to-4.1.1"
-RPMDB = "var/lib/rpm"  # rpm's own database in the root: rpm's business, not the manager's
+RPMDB = "var/lib/rpm"
+
+
+# what rpm and dnf keep in the root for themselves: their business, not the manager's
+PACKAGER_STATE = (RPMDB, "var/lib/dnf", "var/cache/dnf", "var/cache/ldconfig", "etc/dnf", "var/tmp", "tmp")
 
 
 def manager_hash(root: Path) -> str:
-    return tree_hash(root, (*HARNESS, RPMDB))
+    return tree_hash(root, (*HARNESS, *PACKAGER_STATE))
 
 
 @pytest.fixture(scope="module")
@@ -192,33 +197,69 @@ def test_gpg_signed_rpm_verifies_and_a_tampered_one_does_not(
     assert unsigned.returncode != 0, "rpm -K passes unsigned packages unless the signature level is enforced"
 
 
-def test_dnf_install_from_a_gpgchecked_repo_applies(
-    sandbox: Callable[..., Sandbox], tmp_path: Path, keys: dict[str, Path], frozen: Path
-) -> None:
-    """What operators type: yum/dnf install from a repo with gpgcheck=1."""
-    repo = tmp_path / "repo"
-    _, pub = gpg_signed_rpm(tmp_path, keys, frozen, repo)
+@pytest.fixture(scope="module")
+def dnf_repo(
+    tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Path], frozen: Path
+) -> tuple[Path, Path]:
+    """A local repo (createrepo_c) with the GPG-signed bundle RPM, and a dnf config with
+    gpgcheck=1 and the throwaway key; returns (dnf.conf, HOME for dnf)."""
+    tmp = tmp_path_factory.mktemp("dnf")
+    repo = tmp / "repo"
+    _, pub = gpg_signed_rpm(tmp, keys, frozen, repo)
     subprocess.run(["createrepo_c", "-q", str(repo)], check=True)
-    home = tmp_path / "home"
+    home = tmp / "home"
     home.mkdir()
     (home / ".rpmmacros").write_text("%_dbpath /var/lib/rpm\n")  # Debian's rpm defaults to ~/.rpmdb
-    conf = tmp_path / "dnf.conf"
+    conf = tmp / "dnf.conf"
     conf.write_text(
-        "[main]\nreposdir=/dev/null\ngpgcheck=1\ncachedir=" + str(tmp_path / "cache") + "\n\n"
+        "[main]\nreposdir=/dev/null\ngpgcheck=1\ncachedir=" + str(tmp / "cache") + "\n\n"
         f"[jumpkit]\nname=jumpkit bundles\nbaseurl=file://{repo}\ngpgcheck=1\ngpgkey=file://{pub}\n"
     )
-    sb = sandbox()
-    as_manager(sb.root)
-    p = subprocess.run(
+    return conf, home
+
+
+def dnf_install(root: Path, repo: tuple[Path, Path]) -> subprocess.CompletedProcess[str]:
+    conf, home = repo
+    return subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "bash", "-c",
          'mount -t proc proc "$R/proc"; dnf -y -q --config "$C" --installroot "$R" --releasever 9 '
          "install demo-manager-upgrade"],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "R": str(sb.root), "C": str(conf),
-                                                         "HOME": str(home)},
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "R": str(root), "C": str(conf), "HOME": str(home)},
     )  # fmt: skip
+
+
+def test_dnf_install_from_a_gpgchecked_repo_applies(
+    sandbox: Callable[..., Sandbox], dnf_repo: tuple[Path, Path]
+) -> None:
+    """What operators type: yum/dnf install from a repo with gpgcheck=1."""
+    sb = sandbox()
+    as_manager(sb.root)
+    p = dnf_install(sb.root, dnf_repo)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "status:  finished" in p.stdout, p.stdout + p.stderr
     assert sb.wait_version("4.1.1") == "4.1.1" and installed(sb.root)
+    assert (sb.root / "opt/demo-manager/VERSION").read_text().strip() == "4.1.1"
+    assert current_revision(sqlite_url(sb.root)) == "0004"
+    assert json.loads(install("--root", sb.root, "status", "--json").stdout)["status"] == "finished"
+
+
+def test_dnf_install_on_the_wrong_version_aborts_in_pre(
+    sandbox: Callable[..., Sandbox], dnf_repo: tuple[Path, Path]
+) -> None:
+    sb = sandbox("4.1.1")
+    as_manager(sb.root)
+    before = manager_hash(sb.root)
+    listed = {str(q.relative_to(sb.root)) for q in sb.root.rglob("*")}
+    p = dnf_install(sb.root, dnf_repo)
+    new_paths = sorted({str(q.relative_to(sb.root)) for q in sb.root.rglob("*")} - listed)
+    assert p.returncode != 0
+    assert "Error in PREIN scriptlet" in p.stderr, p.stderr
+    # dnf prints rpm's scriptlet output into the root's dnf.rpm.log (and without -q, here)
+    said = p.stdout + p.stderr + (sb.root / "var/log/dnf.rpm.log").read_text(errors="replace")
+    assert "installed demo-manager is 4.1.1, but this package upgrades 4.0.1 -> 4.1.1" in said, said
+    assert not (sb.root / BUNDLES).exists() and not installed(sb.root)
+    assert manager_hash(sb.root) == before, new_paths
 
 
 AGENT_SPEC = """Name: demo-agent
@@ -347,3 +388,34 @@ def test_bundle_rpm_installs_its_components_after_its_own_transaction(
     log = sb.root / "var/lib/jumpkit/demo-manager/components.log"
     assert wait_components(sb.root, "done") == "done", log.read_text() if log.exists() else "no log"
     assert agent_installed(sb.root)
+
+
+def test_verify_and_inspect_read_bundle_rpms_and_enforce_their_signature(
+    tmp_path: Path, keys: dict[str, Path], frozen: Path, rpm_file: Path
+) -> None:
+    signed, pub = gpg_signed_rpm(tmp_path, keys, frozen, tmp_path / "out")
+    root = tmp_path / "root"
+    (root / "var/lib/rpm").mkdir(parents=True)
+    subprocess.run(["rpm", "--root", str(root), "--dbpath", "/var/lib/rpm", "--import", str(pub)], check=True)
+    # through the frozen binary: rpmfile and zstandard are frozen in
+    p = subprocess.run(
+        [frozen, "--root", root, "--trust", keys["pub"], "verify", signed], capture_output=True, text=True
+    )
+    assert p.returncode == 0, p.stderr
+    assert "RPM: signatures OK" in p.stderr and p.stdout.startswith("OK demo-manager-4.0.1-to-4.1.1")
+    p = install("--root", root, "--trust", keys["pub"], "verify", rpm_file)
+    assert p.returncode == 3 and "GPG signature does not verify" in p.stderr, p.stderr
+    bad = tmp_path / "bad.rpm"
+    data = bytearray(signed.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    p = install("--root", root, "--trust", keys["pub"], "verify", bad)
+    assert p.returncode == 3, p.stderr
+    doc = json.loads(build("inspect", signed, "--json").stdout)
+    assert doc["rpm"]["name"] == "demo-manager-upgrade" and doc["rpm"]["gpg_signature"] is True
+    assert doc["manifest"]["from_version"] == "4.0.1" and doc["development"] is False
+    assert json.loads(build("inspect", rpm_file, "--json").stdout)["rpm"]["gpg_signature"] is False
+    assert (
+        "rpm: demo-manager-upgrade-4.1.1-from4.0.1.x86_64, payload zstd, GPG-signed"
+        in build("inspect", signed).stdout
+    )

@@ -1,0 +1,107 @@
+"""Bundle RPMs read by the installer (``verify``) and the builder (``inspect``).
+
+An RPM bundle carries the signed ZIP unchanged under
+``/var/lib/jumpkit/bundles/<id>/<id>.zip``. Verifying one is: the RPM's GPG signature
+first (``rpm -K`` with signature enforcement, against the keys imported into the target's
+rpm database; plain ``rpm -K`` passes unsigned packages), then the ZIP exactly as any
+ZIP. The payload is read with rpmfile (no rpm binary needed for that), streamed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from installer.errors import BundleRejectedError, SignatureError
+
+RPM_MAGIC = b"\xed\xab\xee\xdb"
+BUNDLES_PREFIX = "var/lib/jumpkit/bundles/"
+SIGNATURE_TAGS = ("rsaheader", "dsaheader", "rsa", "gpg", "pgp", "openpgp")
+
+
+def is_rpm(path: Path) -> bool:
+    """True when ``path`` starts with the RPM lead magic."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == RPM_MAGIC
+    except OSError:
+        return False
+
+
+def check_signature(path: Path, root: Path) -> str:
+    """Enforce the RPM's GPG signature with the target's rpm and its imported keys.
+
+    Raises:
+        SignatureError: unsigned, unknown key, or tampered; or no rpm to check with.
+    """
+    if shutil.which("rpm") is None:
+        raise SignatureError("cannot check the RPM's GPG signature: rpm is not installed here")
+    argv = ["rpm", "--dbpath", "/var/lib/rpm", "-K", "--define", "_pkgverify_level signature", str(path)]
+    if root.resolve() != Path("/"):
+        argv[1:1] = ["--root", str(root)]
+    p = subprocess.run(argv, capture_output=True, text=True, input="")
+    said = [ln for ln in (p.stdout + p.stderr).splitlines() if str(path) in ln or "NOT OK" in ln]
+    if p.returncode != 0 or "signatures OK" not in p.stdout:
+        detail = said[-1].replace(str(path), "").strip(" :") if said else f"rpm -K exit {p.returncode}"
+        raise SignatureError(f"the RPM's GPG signature does not verify ({detail})")
+    return "signatures OK"
+
+
+def _member(rpm: Any) -> Any:
+    zips = [
+        m
+        for m in rpm.getmembers()
+        if m.name.lstrip("./").startswith(BUNDLES_PREFIX)
+        and m.name.endswith(".zip")
+        and m.name.count("/") <= 6
+    ]
+    if len(zips) != 1:
+        raise BundleRejectedError(
+            f"not a jumpkit bundle RPM: {len(zips)} bundle ZIPs under /{BUNDLES_PREFIX}"
+        )
+    return zips[0]
+
+
+def extract_bundle(path: Path, dest: Path) -> Path:
+    """Stream the bundle ZIP out of the RPM into ``dest``; returns its path.
+
+    Raises:
+        BundleRejectedError: not a readable RPM, or no single bundle ZIP inside.
+    """
+    import rpmfile
+
+    try:
+        with rpmfile.open(str(path)) as rpm:
+            member = _member(rpm)
+            name = Path(member.name).name
+            out = dest / name
+            with rpm.extractfile(member) as src, open(out, "wb") as f:
+                shutil.copyfileobj(src, f, 1 << 20)
+    except (OSError, KeyError, ValueError, EOFError) as e:  # rpmfile raises these on junk
+        raise BundleRejectedError(f"not a readable RPM: {e}") from e
+    return out
+
+
+def describe(path: Path) -> dict[str, Any]:
+    """Name, version, release, whether a GPG signature is present, and the payload listing."""
+    import rpmfile
+
+    def text(v: Any) -> str:
+        return v.decode() if isinstance(v, bytes) else str(v)
+
+    try:
+        with rpmfile.open(str(path)) as rpm:
+            h = rpm.headers
+            return {
+                "name": text(h.get("name")),
+                "version": text(h.get("version")),
+                "release": text(h.get("release")),
+                "arch": text(h.get("arch")),
+                "gpg_signature": any(t in h for t in SIGNATURE_TAGS),
+                "payload": text(h.get("archive_compression", "")),
+                "files": sorted("/" + m.name.lstrip("./") for m in rpm.getmembers()),
+            }
+    except (OSError, KeyError, ValueError, EOFError) as e:
+        raise BundleRejectedError(f"not a readable RPM: {e}") from e
