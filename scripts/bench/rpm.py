@@ -61,20 +61,11 @@ def main() -> int:
                 )[0]
             )
             shutil.rmtree(top)
-            out = work / f"rpm{i}"
-            rpm_t.append(
-                timed(
-                    [*build_argv(specs, key, out), *installer, "--format", "rpm"], stdout=subprocess.DEVNULL
-                )[0]
-            )
-            shutil.rmtree(out)
-            out = work / f"zip{i}"
-            zip_t.append(
-                timed(
-                    [*build_argv(specs, key, out), *installer, "--format", "zip"], stdout=subprocess.DEVNULL
-                )[0]
-            )
-            shutil.rmtree(out)
+            for fmt, times in (("rpm", rpm_t), ("zip", zip_t)):
+                out = work / f"{fmt}{i}"
+                argv = [*build_argv(specs, key, out), *installer, "--format", fmt]
+                times.append(timed(argv, stdout=subprocess.DEVNULL)[0])
+                shutil.rmtree(out)
     plain, rpm, zipped = (statistics.median(t) for t in (plain_t, rpm_t, zip_t))
     doc = {
         "plain_rpmbuild_s": round(plain, 2),
