@@ -37,7 +37,7 @@ from installer.plan import Plan, compute_plan
 from installer.preflight import read_installed_version
 from installer.services import ServiceManager, service_manager
 from installer.stage import is_staged, load_staged, stage_bundle
-from installer.state import StateDir, StatusDoc, default_state_dir, find_state_dir
+from installer.state import StateDir, StatusDoc, default_state_dir, find_state_dirs
 from installer.steps import Context, Step, StopServices, apply_steps
 
 Log = Callable[[str], None]
@@ -89,10 +89,12 @@ class Engine:
             return StateDir(self.opts.state_dir)
         if manifest is not None:
             return StateDir(default_state_dir(self.root, manifest.product))
-        found = find_state_dir(self.root)
-        if found is None:
-            raise UsageError(f"no single jumpkit state dir under {self.root}; pass --state-dir")
-        return StateDir(found)
+        found = find_state_dirs(self.root)
+        if not found:
+            raise StateError(f"no jumpkit state under {self.root}: nothing was staged or applied here")
+        if len(found) > 1:
+            raise UsageError(f"{len(found)} jumpkit state dirs under {self.root}; pass --state-dir")
+        return StateDir(found[0])
 
     def log(self, line: str) -> None:
         """Log to the caller and, during a run, into status.json (written at the next step
@@ -598,7 +600,7 @@ class Engine:
         """The current status document (idle when nothing ever ran)."""
         try:
             state = self.state_for(None)
-        except UsageError:
+        except (UsageError, StateError):
             return StatusDoc(summary=f"no jumpkit state under {self.root}")
         return state.read_status()
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from installer.archive import Bundle, iter_verified
 from installer.errors import BundleRejectedError, SpaceError
+from installer.failpoints import failpoint
 from installer.format import MANIFEST_NAME, SIGNATURE_NAME, Manifest, parse_manifest
 from installer.state import StateDir, write_atomic
 
@@ -114,6 +115,7 @@ def stage_bundle(
                     progress(len(chunk))
         finally:
             os.close(fd)
+        failpoint("stage:member")
 
     # archive order: neighbours in a directory are created together, as unzip does
     order = list(promised)

@@ -27,15 +27,14 @@ def default_state_dir(root: Path, product: str) -> Path:
     return root / "var/lib/jumpkit" / product
 
 
-def find_state_dir(root: Path) -> Path | None:
-    """The one product state dir under ``root``, if exactly one exists."""
+def find_state_dirs(root: Path) -> list[Path]:
+    """Every product state dir under ``root`` that an apply or stage has written to."""
     base = root / "var/lib/jumpkit"
     if not base.is_dir():
-        return None
+        return []
     # bin/ (the manager's installer) and bundles/ (unpacked bundle RPMs) live here too:
     # a state dir is one an apply has written to
-    dirs = [d for d in sorted(base.iterdir()) if d.is_dir() and (d / "status.json").is_file()]
-    return dirs[0] if len(dirs) == 1 else None
+    return [d for d in sorted(base.iterdir()) if d.is_dir() and (d / "status.json").is_file()]
 
 
 def write_atomic(path: Path, data: bytes) -> None:

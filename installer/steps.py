@@ -77,6 +77,7 @@ class StopServices:
             if s.name in running:
                 ctx.log(f"stopping {s.name}")
                 ctx.services.stop(s)
+                failpoint(f"service:stopped:{s.name}")
 
     def undo(self, ctx: Context) -> None:
         """See :class:`Step`."""
@@ -106,6 +107,7 @@ class StartServices:
             if s.name in names:
                 ctx.log(f"starting {s.name}")
                 ctx.services.start(s)
+                failpoint(f"service:started:{s.name}")
 
     def undo(self, ctx: Context) -> None:
         """See :class:`Step`."""

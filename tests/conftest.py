@@ -74,3 +74,12 @@ def sandbox(keys: dict[str, Path], port: int) -> Iterator[Callable[..., Sandbox]
     yield factory
     for sb in made:
         sb.destroy()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    from tests.counts import COUNTS
+
+    if COUNTS:
+        terminalreporter.section("jumpkit reliability counts")
+        for what, n in sorted(COUNTS.items()):
+            terminalreporter.write_line(f"{what}: {n}")

@@ -1,0 +1,52 @@
+"""What an operator does after a crash, and what "exactly" means afterwards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.helpers import Sandbox, db_state, install, sqlite_url, tree_hash
+
+
+def status(sb: Sandbox) -> str:
+    p = install("--root", sb.root, "status", "--json")
+    return str(json.loads(p.stdout)["status"]) if p.returncode == 0 and p.stdout.strip() else "none"
+
+
+def assert_exactly(sb: Sandbox, expected: dict[str, object], which: str, version: str) -> None:
+    """Every file under the root (harness runtime files aside), the database's revision
+    and rows, and the service answering ``version``."""
+    assert tree_hash(sb.root) == expected[which], f"tree is not exactly {version}"
+    assert db_state(sqlite_url(sb.root)) == expected[which + "_db"], f"database is not exactly {version}"
+    assert sb.wait_version(version) == version
+
+
+def recover_forward(sb: Sandbox, bundle: Path, expected: dict[str, object]) -> str:
+    """``resume``; when the crash came before the journal's first record, the manager is
+    untouched and the operator simply applies again. Returns what was done."""
+    p = install("--root", sb.root, "resume")
+    if p.returncode == 0:
+        done = "resumed"
+    else:
+        assert "nothing to resume" in p.stderr or "no jumpkit state" in p.stderr, p.stderr
+        if tree_hash(sb.root) == expected["new"]:
+            done = "already finished"
+        else:
+            assert tree_hash(sb.root) == expected["old"], "crash before the journal changed the manager"
+            p = install("--root", sb.root, "apply", bundle)
+            assert p.returncode == 0, p.stderr
+            done = "applied again"
+    assert_exactly(sb, expected, "new", "4.1.1")
+    return done
+
+
+def recover_back(sb: Sandbox, expected: dict[str, object]) -> str:
+    """``rollback``; "nothing to roll back" is right only if nothing was changed."""
+    p = install("--root", sb.root, "rollback")
+    if p.returncode == 0:
+        done = "rolled back"
+    else:
+        assert "nothing to" in p.stderr or "no jumpkit state" in p.stderr, p.stderr
+        done = "nothing to roll back"
+    assert_exactly(sb, expected, "old", "4.0.1")
+    return done
