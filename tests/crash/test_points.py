@@ -76,5 +76,5 @@ def test_crash_during_rollback_then_rollback_again(
 
 def test_crash_point_count() -> None:
     total = len(CRASH_POINTS) + len(ROLLBACK_POINTS)
-    print(f"\ncrash points: {len(CRASH_POINTS)} x (resume, rollback) + {len(ROLLBACK_POINTS)} during rollback")
+    print(f"\ncrash points: {len(CRASH_POINTS)} x (resume, rollback) + {len(ROLLBACK_POINTS)} in rollback")
     assert total >= 40
