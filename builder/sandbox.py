@@ -14,6 +14,7 @@ from pathlib import Path
 from builder.collect import normalized_mode, render_configs, walk_tree
 from builder.errors import BuildError
 from builder.spec import Product
+from installer.preflight import PRODUCT_MARKER
 
 SUPERVISOR_CONF = "etc/supervisord.conf"
 
@@ -58,6 +59,7 @@ def lay_out(
         _edit_ini(root, item, value)
     keys = root / "etc/jumpkit/trusted-keys"
     keys.mkdir(parents=True, exist_ok=True)
+    (root / PRODUCT_MARKER).write_text(product.spec.product + "\n")
     for pub in trust or []:
         shutil.copyfile(pub, keys / pub.name)
     for d in ("var/run", "var/log", "var/lib"):

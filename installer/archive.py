@@ -5,6 +5,7 @@ checked against their hashes while they are read."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import stat
 import struct
@@ -94,6 +95,21 @@ class ZipBundle:
                 raise UnsafePathError("member name appears twice (or differs only in case)", entry=name)
             self._infos[name] = info
             folded.add(name.casefold())
+        # each record must own its bytes: two names sharing one data record (the ZIP
+        # analogue of a hard link) or overlapping records (Fifield's zip bombs) are refused
+        spans = sorted(
+            (
+                i.header_offset,
+                i.header_offset + 30 + len(i.orig_filename.encode()) + i.compress_size,
+                i.filename,
+            )
+            for i in infos
+        )
+        for (_, end, name), (start, _, nxt) in itertools.pairwise(spans):
+            if start < end:
+                raise UnsafePathError(
+                    f"member's data overlaps {name}'s (shared or overlapping records)", entry=nxt
+                )
         self._fd = os.open(path, os.O_RDONLY)
         self._size = os.fstat(self._fd).st_size
 
@@ -190,6 +206,11 @@ def open_bundle(path: Path) -> Bundle:
         raise BundleRejectedError(f"cannot read bundle {path}: {e.strerror}") from e
     if head.startswith(b"PK"):
         return ZipBundle(path)
+    if head == b"\xed\xab\xee\xdb":
+        raise BundleRejectedError(
+            f"{path} is a bundle RPM: install it with dnf, yum or rpm (its %posttrans applies it); "
+            "'verify' checks one"
+        )
     raise BundleRejectedError(f"{path} is not a ZIP bundle")
 
 

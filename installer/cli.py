@@ -63,6 +63,16 @@ def _version_cb(value: bool) -> None:
         raise typer.Exit()
 
 
+def _size(text: str) -> int:
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    num, unit = text.strip().upper().rstrip("B").rstrip("I"), ""
+    if num and num[-1] in units:
+        num, unit = num[:-1], num[-1]
+    if not num.isdigit() or int(num) <= 0:
+        raise typer.BadParameter(f"{text!r} is not a size like 512M or 64G", param_hint="--max-bundle-size")
+    return int(num) * units[unit]
+
+
 @app.callback()
 def main_options(
     root: Annotated[
@@ -87,6 +97,15 @@ def main_options(
     force: Annotated[
         bool, typer.Option("--force", help="Proceed although the services are unhealthy now.")
     ] = False,
+    max_bundle_size: Annotated[
+        str,
+        typer.Option(
+            "--max-bundle-size",
+            metavar="SIZE",
+            help="Refuse a bundle whose manifest declares more unpacked bytes than this "
+            "(K/M/G/T suffixes; default 64G): checked before anything is unpacked.",
+        ),
+    ] = "64G",
     json_out: JsonOpt = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
     version: Annotated[
@@ -111,6 +130,7 @@ def main_options(
             allow_unsigned=allow_unsigned,
             accept_drift=accept_drift,
             force=force,
+            max_bundle_bytes=_size(max_bundle_size),
         ),
         json_out,
         debug,
@@ -207,7 +227,9 @@ def _print_status(doc: StatusDoc, as_json: bool) -> None:
 
 @app.command()
 def verify(bundle: BundleArg, json_out: JsonOpt = False) -> None:
-    """Check a bundle's signature, manifest and every member's sha256. Changes nothing."""
+    """Check a bundle's signature, manifest and every member's sha256; when --root holds a
+    manager, also that the bundle is for its product and installed version (exit 4 if not).
+    Changes nothing."""
     m = _run(json_out, lambda e: e.verify(bundle))
     if json_out or _g().json:
         print(json.dumps({"ok": True, "bundle": m.bundle_id, "files": len(m.files), "bytes": m.total_size()}))

@@ -121,11 +121,12 @@ class Engine:
 
     # --- verify -------------------------------------------------------------------
     def verify(self, bundle_path: Path) -> Manifest:
-        """Check signature, manifest, member list and every member's hash. Writes nothing
-        (a bundle RPM: its GPG signature first, then the ZIP inside, unpacked to a temp dir).
+        """Check signature, manifest, member list and every member's hash, then, when the
+        root holds a manager, that the bundle is for it. Writes nothing (a bundle RPM: its
+        GPG signature first, then the ZIP inside, unpacked to a temp dir).
 
         Raises:
-            BundleRejectedError: any check fails.
+            BundleRejectedError: any check fails. PreconditionError: not for this manager.
         """
         if rpmbundle.is_rpm(bundle_path):
             self.log(f"RPM: {rpmbundle.check_signature(bundle_path, self.root)}")
@@ -147,6 +148,9 @@ class Engine:
                     fut.result()
         finally:
             bundle.close()
+        fits = preflight.fits_target(manifest, self.root)
+        if fits:
+            self.log(fits)
         return manifest
 
     # --- preflight ----------------------------------------------------------------

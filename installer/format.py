@@ -296,6 +296,15 @@ class Manifest(_Model):
             if low in seen:
                 raise ValueError(f"path listed twice (or differing only in case): {p}")
             seen[low] = p
+        placed = {f.path.casefold(): f.path for f in self.files}
+        for f in self.files:
+            # a file below another entry would be written through it: through a symlink
+            # to wherever it points (inside the root, but not where the manifest says)
+            parts = f.path.casefold().split("/")
+            for i in range(1, len(parts)):
+                above = placed.get("/".join(parts[:i]))
+                if above is not None:
+                    raise UnsafePathError(f"{f.path} lies below another entry ({above})", entry=f.path)
         names = [m.name for m in self.extras]
         if len(set(names)) != len(names):
             raise ValueError("an extra member is listed twice")

@@ -29,6 +29,36 @@ def read_installed_version(root: Path, manifest: Manifest) -> str | None:
         return None
 
 
+PRODUCT_MARKER = "etc/jumpkit/product"
+"""Names the product installed under a root (written by the product's installer or the
+sandbox); when present, a bundle for another product is refused before anything else."""
+
+
+def fits_target(manifest: Manifest, root: Path) -> str | None:
+    """When ``root`` holds a manager (a product marker or a readable version file): refuse a
+    bundle that is not for it; returns what matched, or None when there is no manager here
+    (a verify on a build host).
+
+    Raises:
+        PreconditionError: another product, or the installed version is not the from-version.
+    """
+    marker = root / PRODUCT_MARKER
+    product = marker.read_text(errors="replace").strip() if marker.is_file() else None
+    if product is not None and product != manifest.product:
+        raise PreconditionError(
+            f"this manager is {product!r} ({PRODUCT_MARKER}); the bundle is for {manifest.product!r}"
+        )
+    installed = read_installed_version(root, manifest)
+    if installed is not None and installed != manifest.from_version:
+        raise PreconditionError(
+            f"installed version is {installed}; this bundle upgrades {manifest.from_version}"
+            f" -> {manifest.to_version}"
+        )
+    if installed is None and product is None:
+        return None
+    return f"fits this manager ({manifest.product} {installed})"
+
+
 def check(
     manifest: Manifest,
     state: StateDir,
@@ -46,6 +76,14 @@ def check(
     """
     problems: list[str] = []
     passed: list[str] = []
+    marker = root / PRODUCT_MARKER
+    if marker.is_file():
+        product = marker.read_text(errors="replace").strip()
+        if product != manifest.product:
+            raise PreconditionError(
+                f"this manager is {product!r} ({PRODUCT_MARKER}); the bundle is for {manifest.product!r}"
+            )
+        passed.append(f"product {product}")
     installed = read_installed_version(root, manifest)
     if installed is None:
         problems.append(f"cannot read the installed version from {manifest.version_file}")

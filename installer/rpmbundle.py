@@ -14,7 +14,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from installer.errors import BundleRejectedError, SignatureError
+from installer.errors import BundleRejectedError, SignatureError, UnsafePathError
+from installer.paths import check_relpath
 
 RPM_MAGIC = b"\xed\xab\xee\xdb"
 BUNDLES_PREFIX = "var/lib/jumpkit/bundles/"
@@ -50,13 +51,18 @@ def check_signature(path: Path, root: Path) -> str:
 
 
 def _member(rpm: Any) -> Any:
-    zips = [
-        m
-        for m in rpm.getmembers()
-        if m.name.lstrip("./").startswith(BUNDLES_PREFIX)
-        and m.name.endswith(".zip")
-        and m.name.count("/") <= 6
-    ]
+    """The one bundle ZIP of the payload; every payload entry is checked first: a clean
+    relative path under /var/lib/jumpkit/bundles/, a regular file or a directory."""
+    zips = []
+    for m in rpm.getmembers():
+        name = m.name[2:] if m.name.startswith("./") else m.name.lstrip("/")
+        check_relpath(name, what="RPM payload path")
+        if not name.startswith(BUNDLES_PREFIX) and name + "/" != BUNDLES_PREFIX:
+            raise UnsafePathError(f"RPM payload path is outside /{BUNDLES_PREFIX}", entry=name)
+        if m.issymlink:
+            raise UnsafePathError("RPM payload holds a symlink", entry=name)
+        if name.endswith(".zip") and name.count("/") == BUNDLES_PREFIX.count("/") + 1:
+            zips.append(m)
     if len(zips) != 1:
         raise BundleRejectedError(
             f"not a jumpkit bundle RPM: {len(zips)} bundle ZIPs under /{BUNDLES_PREFIX}"

@@ -419,3 +419,54 @@ def test_verify_and_inspect_read_bundle_rpms_and_enforce_their_signature(
         "rpm: demo-manager-upgrade-4.1.1-from4.0.1.x86_64, payload zstd, GPG-signed"
         in build("inspect", signed).stdout
     )
+
+
+def cpio_renamed(rpm: Path, out: Path, old: bytes, new: bytes) -> Path:
+    """The RPM with ``old`` replaced by ``new`` (same length) in every cpio entry name of
+    its payload, recompressed: what an attacker with a stolen GPG key, or a broken
+    packager, could ship."""
+    import rpmfile
+    import zstandard
+
+    assert len(old) == len(new)
+    with rpmfile.open(str(rpm)) as r:
+        offset = r.data_offset
+    raw = rpm.read_bytes()
+    cpio = zstandard.ZstdDecompressor().decompressobj().decompress(raw[offset:])
+    assert old in cpio
+    out.write_bytes(raw[:offset] + zstandard.ZstdCompressor(level=1).compress(cpio.replace(old, new)))
+    return out
+
+
+def test_hostile_rpm_payload_with_dotdot_is_refused(
+    tmp_path: Path, keys: dict[str, Path], frozen: Path, sandbox: Callable[..., Sandbox]
+) -> None:
+    """cpio names climbing out with ../: refused by the GPG check (the payload digest no
+    longer matches), and, were the signature bypassed, by the payload path check."""
+    from installer.errors import UnsafePathError
+    from installer.rpmbundle import extract_bundle
+    from tests.counts import count
+
+    signed, pub = gpg_signed_rpm(tmp_path, keys, frozen, tmp_path / "out")
+    evil = cpio_renamed(
+        signed, tmp_path / "evil.rpm", b"./var/lib/jumpkit/bundles/", b"../../../../../tmp/jk-esc/"
+    )
+    sb = sandbox(supervise=False)
+    (sb.root / "var/lib/rpm").mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        ["rpm", "--root", str(sb.root), "--dbpath", "/var/lib/rpm", "--import", str(pub)], check=True
+    )
+    # rpm -K opens the root's rpmdb, and sqlite rewrites its -shm file even for a read
+    ours = (*HARNESS, "var/lib/rpm")
+    before = tree_hash(sb.root, ours)
+    for command in ("verify", "stage", "apply"):
+        p = install("--root", sb.root, command, evil)
+        assert p.returncode == 3, f"{command}: {p.returncode} {p.stderr}"
+        assert len([ln for ln in p.stderr.splitlines() if ln.startswith("bundle-install:")]) == 1, p.stderr
+        assert tree_hash(sb.root, ours) == before
+    dest = tmp_path / "x"
+    dest.mkdir()
+    with pytest.raises(UnsafePathError, match=r"'\.\.' component"):
+        extract_bundle(evil, dest)
+    assert not list(dest.iterdir()) and not Path("/tmp/jk-esc").exists()
+    count("hostile bundles refused by verify, stage and apply")

@@ -59,9 +59,8 @@ def test_random_kill(
     after_journal = n % 2 == 1
     rng = random.Random(SEED * 1000 + n)
     delay = rng.uniform(0.0, 0.3) if after_journal else rng.uniform(0.3, window * 1.05)
-    where = (
-        f"seed {SEED}, kill {n} at {delay:.3f}s "
-        + ("after the journal began" if after_journal else f"of a {window:.2f}s apply")
+    where = f"seed {SEED}, kill {n} at {delay:.3f}s " + (
+        "after the journal began" if after_journal else f"of a {window:.2f}s apply"
     )
     # one sandbox at a time: they share the service port (so that tree hashes compare)
     a = sandbox()
