@@ -606,7 +606,21 @@ class Engine:
             state = self.state_for(None)
         except (UsageError, StateError):
             return StatusDoc(summary=f"no jumpkit state under {self.root}")
-        return state.read_status()
+        doc = state.read_status()
+        pid, held = state.holder()
+        if doc.status == "working" and not held:
+            # nobody is working: the run that wrote this died (kill -9, power loss, OOM)
+            doc.extra["interrupted"] = {
+                "pid": pid,
+                "next": ["bundle-install resume", "bundle-install rollback"],
+            }
+            doc.summary = (
+                f"INTERRUPTED: the run (pid {pid}) died at step {doc.step or '?'}; "
+                "run 'bundle-install resume' to finish or 'bundle-install rollback' to undo"
+            )
+        elif held:
+            doc.extra["running"] = {"pid": pid}
+        return doc
 
     def plan(self, bundle_path: Path) -> dict[str, Any]:
         """Dry run: what apply would do, changing nothing under the root.

@@ -289,6 +289,30 @@ def offline_sql(script_dir: Path, url: str, from_rev: str | None, to_rev: str) -
 # --- backups ---------------------------------------------------------------------------
 
 
+def backup_size(url: str) -> int:
+    """An upper bound of what :func:`backup` writes: the SQLite file, or PostgreSQL's
+    ``pg_database_size`` (a custom-format dump is compressed, so smaller); 0 if unknown.
+
+    Raises:
+        MigrationError: cannot connect.
+    """
+    from sqlalchemy import create_engine, pool, text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite" and u.database:
+        return sum(os.path.getsize(p) for p in (u.database, u.database + "-wal") if os.path.exists(p))
+    if u.get_backend_name() == "postgresql" and shutil.which("pg_dump"):
+        try:
+            engine = create_engine(with_driver(url), poolclass=pool.NullPool)
+            with engine.connect() as conn:
+                return int(conn.execute(text("SELECT pg_database_size(current_database())")).scalar_one())
+        except SQLAlchemyError as e:
+            raise MigrationError(f"cannot size {safe_url(url)}: {type(e).__name__}") from e
+    return 0
+
+
 def backup(url: str, dest: Path) -> dict[str, str]:
     """Back up a database into ``dest`` before the outage, where the backend allows it.
 

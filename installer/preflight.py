@@ -3,6 +3,7 @@ before anything is staged or stopped."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 from installer.errors import JumpkitError, PreconditionError, SpaceError
 from installer.format import Manifest
 from installer.health import lookup_variables, wait_healthy
-from installer.migrate import current_revision, database_url, safe_url
+from installer.migrate import backup_size, current_revision, database_url, safe_url
 from installer.plan import check_drift, drift_error
 from installer.services import ServiceManager
 from installer.state import StateDir
@@ -102,13 +103,7 @@ def check(
             probe = probe.parent
         if os.stat(probe).st_dev != dev:
             problems.append(f"{probe} is not on the state dir's filesystem (renames would copy)")
-    if not staged:
-        need = int(manifest.total_size() * SPACE_MARGIN) + SPACE_SLACK
-        free = shutil.disk_usage(state.path).free
-        if free < need:
-            problems.append(f"staging needs {need >> 20} MiB, {state.path} has {free >> 20} MiB free")
-        else:
-            passed.append(f"space: {need >> 20} MiB needed, {free >> 20} MiB free")
+    problems += _space(manifest, state, root, staged, passed)
     for check in manifest.checks:
         path = root / check.path
         label = check.description or f"{check.kind} {check.path}"
@@ -175,6 +170,27 @@ def _services_ready(
     except JumpkitError as e:
         return [f"the manager is unhealthy now ({e.message}); --force proceeds anyway"]
     passed.append("health checks pass on the installed version")
+    return []
+
+
+def _human(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{-(-n // 1024)} KiB"
+
+
+def _space(manifest: Manifest, state: StateDir, root: Path, staged: bool, passed: list[str]) -> list[str]:
+    """Staging (the unpacked payload, unless staged already) and the database backups
+    both land in the state dir's filesystem; file backups are renames and cost nothing."""
+    parts = {} if staged else {"staging": manifest.total_size()}
+    for db in manifest.databases:
+        with contextlib.suppress(JumpkitError):  # unreachable: _databases_ready reports it
+            parts[f"backup of {db.name}"] = backup_size(database_url(db, root))
+    need = int(sum(parts.values()) * SPACE_MARGIN) + SPACE_SLACK
+    free = shutil.disk_usage(state.path).free
+    what = " + ".join(f"{k} {_human(v)}" for k, v in parts.items()) or "nothing to stage"
+    if free < need:
+        return [f"not enough space in {state.path}: {need >> 20} MiB needed ({what}, +5% +16 MiB), "
+                f"{free >> 20} MiB free"]  # fmt: skip
+    passed.append(f"space: {need >> 20} MiB needed ({what}), {free >> 20} MiB free")
     return []
 
 

@@ -154,12 +154,14 @@ class StateDir:
                         continue
                     pid = _read_pid(fd)
                     raise LockedError(
-                        f"another bundle-install run (pid {pid}) holds {self.lock_path}", pid=pid
+                        f"another bundle-install run (pid {pid}) holds {self.lock_path}; "
+                        "'bundle-install status' shows what it is doing",
+                        pid=pid,
                     ) from e
             prev = _read_pid(fd)
             note = None
             if prev and prev != os.getpid() and not _pid_alive(prev):
-                note = f"previous run (pid {prev}) died holding the lock; taken over"
+                note = f"the previous run (pid {prev}) died holding the lock (the kernel released it)"
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             os.fsync(fd)
@@ -170,6 +172,27 @@ class StateDir:
                 os.ftruncate(fd, 0)
                 self._lock_fd = None
                 fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def holder(self) -> tuple[int | None, bool]:
+        """(pid last written into the lock file, whether a live process holds the lock now).
+        A pid with ``False`` is a run that died holding it: the kernel released the flock,
+        so there is nothing to clear, but what that run left in the journal needs an operator."""
+        try:
+            fd = os.open(self.lock_path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None, False
+        try:
+            pid = _read_pid(fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno in (errno.EAGAIN, errno.EACCES):
+                    return pid, True
+                raise
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return pid, False
         finally:
             os.close(fd)
 
