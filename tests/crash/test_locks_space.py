@@ -13,8 +13,6 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pytest
-
 from tests.crash.common import assert_exactly
 from tests.helpers import REPO, Sandbox, install, tree_hash
 
