@@ -212,6 +212,7 @@ def _manifest(
             ),
             development=installer is None,
             components=tuple(sorted(s.name for s in collected.extras if s.name.startswith("components/"))),
+            graph=product.graph(),
             builder_version=__version__,
             created=epoch,
         )

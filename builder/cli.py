@@ -8,7 +8,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -24,6 +24,7 @@ from builder.rpm import build_rpm
 from builder.sandbox import lay_out
 from builder.spec import load_product
 from installer.errors import JumpkitError
+from installer.graph import NoPath, plan_chain
 
 app = typer.Typer(
     add_completion=False,
@@ -147,13 +148,61 @@ def build(
     if key is None and not unsigned:
         err.print("bundle-build: no signing key: pass --key FILE (see 'bundle-build keygen') or --unsigned")
         raise typer.Exit(2)
-    show = not json_out and sys.stderr.isatty()
     try:
+        prod = load_product(specs, product)
+        chain = [(frm, to)]
+        if (frm, to) not in prod.jump_files():
+            chain = plan_chain(prod.graph(), frm, to)
+            if not json_out:
+                err.print(
+                    f"bundle-build: no direct jump {frm} -> {to}; "
+                    f"building the chain of {len(chain)} bundles: "
+                    + ", ".join(f"{a} -> {b}" for a, b in chain)
+                    + " (apply them together: bundle-install apply B1 B2 ...)"
+                )
         frozen = _installer(installer, no_installer, json_out)
         if fmt != "zip" and frozen is None:
             raise BuildError(
                 "an RPM runs the bundle's installer in %posttrans: pass --installer (or freeze one)"
             )
+    except JumpkitError as e:
+        _fail(e, json_out, debug)
+    docs = []
+    for a, b in chain:
+        docs.append(
+            _build_one(
+                specs, product, a, b, out, key=None if unsigned else key, level=level, checksum=checksum,
+                rehearse=not no_rehearse, installer=frozen, fmt=fmt, rpm_compression=rpm_compression,
+                rpm_sign_key=rpm_sign_key, json_out=json_out, debug=debug,
+            )
+        )  # fmt: skip
+    if json_out:
+        print(json.dumps(docs[0] if len(docs) == 1 else {"ok": True, "chain": docs}))
+
+
+def _build_one(
+    specs: Path,
+    product: str | None,
+    frm: str,
+    to: str,
+    out: Path,
+    *,
+    key: Path | None,
+    level: int,
+    checksum: bool,
+    rehearse: bool,
+    installer: FrozenInstaller | None,
+    fmt: str,
+    rpm_compression: str,
+    rpm_sign_key: str | None,
+    json_out: bool,
+    debug: bool,
+) -> dict[str, Any]:
+    """Build one jump's bundle (and RPM); print the human summary; return the JSON one."""
+    unsigned = key is None
+    frozen = installer
+    show = not json_out and sys.stderr.isatty()
+    try:
         with Progress(
             "building",
             BarColumn(),
@@ -170,10 +219,10 @@ def build(
                 frm,
                 to,
                 out,
-                key=None if unsigned else key,
+                key=key,
                 level=level,
                 checksum=checksum,
-                rehearse=not no_rehearse,
+                rehearse=rehearse,
                 installer=frozen,
                 progress=lambda n: bar.advance(task, n),
             )
@@ -194,33 +243,28 @@ def build(
     except JumpkitError as e:
         _fail(e, json_out, debug)
     m = result.manifest
-    if json_out:
-        print(
-            json.dumps(
-                {
-                    "ok": True,
-                    "bundle": str(result.path),
-                    "sha256": result.sha256,
-                    "size": result.size,
-                    "files": len(m.files),
-                    "removed": len(m.removed),
-                    "signed": not unsigned,
-                    "installer": m.installer.version if m.installer else None,
-                    "development": m.development,
-                    "seconds": round(result.seconds, 3),
-                    "rpm": None
-                    if rpm is None
-                    else {
-                        "path": str(rpm.path),
-                        "name": rpm.name,
-                        "version": rpm.version,
-                        "release": rpm.release,
-                        "signed": rpm.signed,
-                    },
-                }
-            )
-        )
-    else:
+    doc = {
+        "ok": True,
+        "bundle": str(result.path),
+        "sha256": result.sha256,
+        "size": result.size,
+        "files": len(m.files),
+        "removed": len(m.removed),
+        "signed": not unsigned,
+        "installer": m.installer.version if m.installer else None,
+        "development": m.development,
+        "seconds": round(result.seconds, 3),
+        "rpm": None
+        if rpm is None
+        else {
+            "path": str(rpm.path),
+            "name": rpm.name,
+            "version": rpm.version,
+            "release": rpm.release,
+            "signed": rpm.signed,
+        },
+    }
+    if not json_out:
         print(f"{result.path}  {result.size} bytes" + (f"  sha256 {result.sha256}" if result.sha256 else ""))
         print(
             f"  {len(m.files)} files, {len(m.removed)} removed, {'signed' if not unsigned else 'UNSIGNED'}, "
@@ -231,6 +275,7 @@ def build(
             print(
                 f"{rpm.path}  {'GPG-signed' if rpm.signed else 'unsigned (pass --rpm-sign-key for gpgcheck)'}"
             )
+    return doc
 
 
 def _installer(path: Path | None, none: bool, quiet: bool) -> FrozenInstaller | None:
@@ -247,6 +292,56 @@ def _installer(path: Path | None, none: bool, quiet: bool) -> FrozenInstaller | 
             return None
         path = DEFAULT_INSTALLER
     return probe_installer(path)
+
+
+@app.command("plan")
+def plan_cmd(
+    frm: Annotated[str, typer.Option("--from", help="The installed version.")],
+    to: Annotated[str, typer.Option("--to", help="The version to reach.")],
+    product: Annotated[
+        str | None, typer.Option("--product", help="Product under --specs (default: the only one).")
+    ] = None,
+    specs: Annotated[Path, typer.Option("--specs", help="Specs directory.")] = Path("specs"),
+    json_out: JsonOpt = False,
+) -> None:
+    """The chain of jumps from --from to --to: the fewest jumps that honour the product's
+    version policy and its required stops. When there is none, one line says why (a
+    downgrade, no jump leaving a version, a required stop no jump reaches) and lists the
+    nearest versions that can be reached. Exit 4 when there is no chain. Builds nothing."""
+    try:
+        prod = load_product(specs, product)
+        graph = prod.graph()
+        chain = plan_chain(graph, frm, to)
+    except NoPath as e:
+        near = ", ".join(e.reachable) or "none"
+        if json_out:
+            print(
+                json.dumps({"ok": False, "exit": e.exit_code, "error": e.message, "reachable": e.reachable})
+            )
+        else:
+            err.print(
+                f"bundle-build: no upgrade path {frm} -> {to}: {e.message}; reachable from {frm}: {near}"
+            )
+        raise typer.Exit(e.exit_code) from e
+    except JumpkitError as e:
+        _fail(e, json_out, False)
+    reasons = {(x.from_version, x.to_version): x.reason for x in graph.policy.exceptions}
+    stops = [b for _, b in chain if b in graph.required_stops]
+    if json_out:
+        print(json.dumps({
+            "ok": True, "product": prod.name, "from": frm, "to": to, "required_stops": stops,
+            "chain": [{"from": a, "to": b, "bundle": f"{prod.name}-{a}-to-{b}.zip",
+                       "exception": reasons.get((a, b))} for a, b in chain],
+        }))  # fmt: skip
+        return
+    out_ = Console(highlight=False, soft_wrap=True)
+    out_.print(
+        f"{prod.name} {frm} -> {to}: {len(chain)} jump{'s' if len(chain) > 1 else ''}"
+        + (f" (required stop{'s' if len(stops) > 1 else ''} {', '.join(stops)})" if stops else "")
+    )
+    for i, (a, b) in enumerate(chain, 1):
+        why = reasons.get((a, b))
+        out_.print(f"  {i}. {a} -> {b}" + (f"   policy exception: {why}" if why else ""))
 
 
 @app.command()

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from builder.errors import SpecError, UnknownJumpError
 from installer.format import Check, HealthCheck, Lookup, RewriteRule, Service
+from installer.graph import Graph, Policy, PolicyError, violations
 from installer.paths import check_relpath
 from installer.version import Version
 
@@ -128,6 +129,17 @@ class ProductSpec(_Spec):
     databases: tuple[DatabaseSpec, ...] = ()
     sandbox: SandboxSpec = SandboxSpec()
     package: PackageSpec = PackageSpec()
+    policy: Policy = Policy()
+    """Which jumps are allowed (MSR's rules by default; each switchable; exceptions with a reason)."""
+    required_stops: tuple[str, ...] = ()
+    """Versions every chain that crosses them must stop at (GitLab's required upgrade stops)."""
+
+    @field_validator("required_stops")
+    @classmethod
+    def _stops(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for s in v:
+            Version.parse(s)
+        return v
 
     @field_validator("version_file")
     @classmethod
@@ -235,6 +247,14 @@ class Product:
                 out[(frm, to)] = p
         return out
 
+    def graph(self) -> Graph:
+        """The jumps defined here, the required stops and the policy (what chains may use)."""
+        return Graph(
+            jumps=tuple(sorted(self.jump_files(), key=lambda j: (Version.parse(j[0]), Version.parse(j[1])))),
+            required_stops=self.spec.required_stops,
+            policy=self.spec.policy,
+        )
+
     def jump(self, frm: str, to: str) -> JumpSpec:
         """Load and validate one jump.
 
@@ -247,6 +267,12 @@ class Product:
         if path is None:
             defined = ", ".join(f"{a} -> {b}" for a, b in sorted(jumps)) or "none"
             raise UnknownJumpError(f"{self.name} has no jump {frm} -> {to}; defined: {defined}")
+        broken = violations(self.spec.policy, frm, to)
+        if broken:
+            raise PolicyError(
+                f"{self.name} jump {frm} -> {to} breaks the version policy: {'; '.join(broken)}. "
+                f"If it must exist, list it under policy.exceptions in product.yaml with a reason"
+            )
         spec = _validate(JumpSpec, path)
         if (spec.from_version, spec.to_version) != (frm, to):
             raise SpecError(

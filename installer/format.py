@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from installer import READABLE_FORMATS
 from installer.errors import ManifestError, SignatureError, UnsafePathError
+from installer.graph import Graph
 from installer.paths import check_link_target, check_relpath
 from installer.version import Version
 
@@ -265,6 +266,9 @@ class Manifest(_Model):
     development: bool = False
     components: tuple[str, ...] = ()
     """Extra members (``components/*.rpm``) installed by rpm after the commit."""
+    graph: Graph | None = None
+    """The product's jumps, required stops and policy when the bundle was built: lets the
+    installer name the chain an operator needs when this bundle does not fit."""
     builder_version: str
     created: int = Field(ge=0)
 
