@@ -249,10 +249,14 @@ def stage(bundle: BundleArg, json_out: JsonOpt = False) -> None:
 
 @app.command()
 def apply(
-    bundle: Annotated[
-        Path | None,
+    bundles: Annotated[
+        list[Path] | None,
         typer.Argument(
-            exists=True, dir_okay=False, readable=True, help="Bundle file; omit for the staged one."
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            help="Bundle file(s); omit for the staged one. Several bundles that form a chain "
+            "(4.0.1->4.1.1 4.1.1->4.2.0) are applied as one transaction with one outage.",
         ),
     ] = None,
     detach_components: Annotated[
@@ -266,9 +270,13 @@ def apply(
     ] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Verify, stage, back up, stop, swap, start, health-check, commit; roll back on failure."""
+    """Verify, stage, back up, stop, swap, start, health-check, commit; roll back on failure.
+
+    With a chain of bundles: all are verified and staged first, the services stop once,
+    each jump swaps and migrates in order, the services start once, the health checks run
+    once; a failure anywhere rolls the whole chain back to the first from-version."""
     _g().opts.detach_components = detach_components
-    doc = _run(json_out, lambda e: e.apply(bundle))
+    doc = _run(json_out, lambda e: e.apply(bundles or []))
     _print_status(doc, json_out or _g().json)
 
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +21,7 @@ from installer.archive import (
     open_bundle,
     verify_bundle,
 )
+from installer.chain import Unit, chain_id, check_chain, transaction_units
 from installer.errors import (
     ApplyError,
     JumpkitError,
@@ -33,12 +34,12 @@ from installer.failpoints import failpoint
 from installer.format import INSTALLER_MEMBER, Manifest, load_trusted_keys, verify_signature
 from installer.health import wait_healthy
 from installer.migrate import database_url, offline_sql
-from installer.plan import Plan, compute_plan
+from installer.plan import Plan, View, compute_plan
 from installer.preflight import read_installed_version
 from installer.services import ServiceManager, service_manager
 from installer.stage import is_staged, load_staged, stage_bundle
 from installer.state import StateDir, StatusDoc, default_state_dir, find_state_dirs
-from installer.steps import Context, Step, StopServices, apply_steps
+from installer.steps import Context, StopServices, apply_steps
 
 Log = Callable[[str], None]
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
@@ -154,7 +155,9 @@ class Engine:
         return manifest
 
     # --- preflight ----------------------------------------------------------------
-    def preflight(self, manifest: Manifest, state: StateDir, *, staged: bool) -> list[str]:
+    def preflight(
+        self, manifest: Manifest, state: StateDir, *, staged: bool, more_bytes: int = 0
+    ) -> list[str]:
         """See :func:`installer.preflight.check`.
 
         Raises:
@@ -168,6 +171,7 @@ class Engine:
             staged=staged,
             accept_drift=self.opts.accept_drift,
             force=self.opts.force,
+            more_bytes=more_bytes,
         )
 
     # --- stage --------------------------------------------------------------------
@@ -238,51 +242,76 @@ class Engine:
                 "'bundle-install rollback' first"
             )
 
-    def _context(self, state: StateDir, manifest: Manifest, plan: Plan, txn: list[dict[str, Any]]) -> Context:
-        ctx = Context(
-            root=self.root,
-            state=state,
-            manifest=manifest,
-            plan=plan,
-            staging=state.staging_dir(manifest.bundle_id),
-            backup=state.backup_dir(manifest.bundle_id),
-            services=self._services(manifest, self.root),
-            log=self.log,
-        )
+    def _contexts(
+        self, state: StateDir, manifests: list[Manifest], plans: list[Plan], txn: list[dict[str, Any]]
+    ) -> list[Context]:
+        """One context per jump; they share the notes (one journal, one transaction)."""
+        notes: dict[str, dict[str, Any]] = {}
         for r in txn:
             if r.get("event") == "note":
-                ctx.notes[r["step"]] = r["data"]
-        return ctx
+                notes[r["step"]] = r["data"]
+        return [
+            Context(
+                root=self.root,
+                state=state,
+                manifest=m,
+                plan=plan,
+                staging=state.staging_dir(m.bundle_id),
+                backup=state.backup_dir(m.bundle_id),
+                services=self._services(m, self.root),
+                log=self.log,
+                notes=notes,
+            )
+            for m, plan in zip(manifests, plans, strict=True)
+        ]
 
     # --- apply --------------------------------------------------------------------
-    def apply(self, bundle_path: Path | None) -> StatusDoc:
-        """Apply a bundle (or the one staged) as one journaled transaction.
+    def apply(self, bundle_paths: Sequence[Path] = ()) -> StatusDoc:
+        """Apply a bundle (or the one staged), or a chain of bundles, as one journaled
+        transaction with one outage: everything is verified and staged first, the services
+        stop once, each jump swaps and migrates in order, the services start once and the
+        health checks run once; a failure anywhere rolls the whole chain back.
 
         Raises:
             BundleRejectedError: exit 3. PreconditionError: exit 4, nothing changed.
             ApplyError: exit 5, rolled back. RollbackError: exit 6. LockedError: exit 7.
         """
-        bundle: Bundle | None = None
-        if bundle_path is not None:
-            bundle, manifest, data, sig = self._open(bundle_path)
-            state = self.state_for(manifest)
-        else:
-            state = self.state_for(None)
-            manifest, data, sig = self._staged_bundle(state)
+        opened: list[tuple[Bundle, Manifest, bytes, bytes]] = []
         try:
+            for path in bundle_paths:
+                opened.append(self._open(path))
+            if opened:
+                manifests = [o[1] for o in opened]
+                check_chain(manifests)
+                state = self.state_for(manifests[0])
+            else:
+                state = self.state_for(None)
+                manifest, data, sig = self._staged_bundle(state)
+                manifests = [manifest]
             with state.locked() as lock_note:
                 if lock_note:
                     self._log(lock_note)
                 self._refuse_unfinished(state)
-                staged = is_staged(state, data, manifest.bundle_id)
-                self.preflight(manifest, state, staged=staged)
-                if not staged:
-                    assert bundle is not None
-                    self._stage(bundle, manifest, data, sig, state)
-                return self._transact(state, manifest)
+                if not opened:
+                    self.preflight(manifests[0], state, staged=True)
+                    return self._transact(state, manifests)
+                staged = [is_staged(state, data, m.bundle_id) for _, m, data, _ in opened]
+                later = sum(
+                    o[1].total_size() for o, done in zip(opened[1:], staged[1:], strict=True) if not done
+                )
+                self.preflight(manifests[0], state, staged=staged[0], more_bytes=later)
+                if len(opened) > 1:
+                    self.log(
+                        f"chain of {len(opened)} jumps: "
+                        + ", ".join(f"{m.from_version} -> {m.to_version}" for m in manifests)
+                    )
+                for (bundle, m, data, sig), done in zip(opened, staged, strict=True):
+                    if not done:
+                        self._stage(bundle, m, data, sig, state)
+                return self._transact(state, manifests)
         finally:
-            if bundle is not None:
-                bundle.close()
+            for o in opened:
+                o[0].close()
 
     def _staged_bundle(self, state: StateDir) -> tuple[Manifest, bytes, bytes]:
         complete = [d for d in sorted(state.staging.glob("*")) if (d / ".complete").exists()]
@@ -294,86 +323,105 @@ class Engine:
             verify_signature(data, sig, self._trusted())
         return manifest, data, sig
 
-    def _transact(self, state: StateDir, manifest: Manifest) -> StatusDoc:
-        staging = state.staging_dir(manifest.bundle_id)
-        plan = compute_plan(manifest, self.root, staging, accept_drift=self.opts.accept_drift)
-        for note in plan.notes:
-            self._log(note)
-        if plan.drift:
-            self._log(f"accepting drift in {len(plan.drift)} file(s); originals go to the backup")
-        plan.save(staging)
+    def _plans(self, state: StateDir, manifests: list[Manifest]) -> list[Plan]:
+        """Every jump's plan, before anything stops: each against the root as the jumps
+        before it leave it (drift between the bundles of a chain is refused here)."""
+        view = View(self.root)
+        plans = []
+        for m in manifests:
+            staging = state.staging_dir(m.bundle_id)
+            plan = compute_plan(m, self.root, staging, accept_drift=self.opts.accept_drift, view=view)
+            for note in plan.notes:
+                self._log(note)
+            if plan.drift:
+                self._log(f"accepting drift in {len(plan.drift)} file(s); originals go to the backup")
+            plans.append(plan)
+            view.advance(m, plan, staging)
+        return plans
+
+    def _transact(self, state: StateDir, manifests: list[Manifest]) -> StatusDoc:
+        plans = self._plans(state, manifests)
+        for m, plan in zip(manifests, plans, strict=True):
+            plan.save(state.staging_dir(m.bundle_id))
         for old in state.backup.iterdir():
             state.remove_tree(old)
-        state.backup_dir(manifest.bundle_id).mkdir(parents=True)
+        for m in manifests:
+            state.backup_dir(m.bundle_id).mkdir(parents=True)
         state.journal_reset()
-        steps = apply_steps()
+        ctxs = self._contexts(state, manifests, plans, [])
+        units = transaction_units(ctxs)
+        head, tail = manifests[0], manifests[-1]
         self._state = state
         self._status = StatusDoc(
             status="working",
-            summary=f"applying {manifest.from_version} -> {manifest.to_version}",
-            bundle_id=manifest.bundle_id,
-            from_version=manifest.from_version,
-            to_version=manifest.to_version,
+            summary=f"applying {head.from_version} -> {tail.to_version}"
+            + (f" (chain of {len(manifests)} jumps)" if len(manifests) > 1 else ""),
+            bundle_id=chain_id(manifests),
+            from_version=head.from_version,
+            to_version=tail.to_version,
             started=time.time(),
         )
-        state.journal_append(
-            {"event": "start", "bundle": manifest.bundle_id, "steps": [s.name for s in steps]}
-        )
+        start: dict[str, Any] = {"event": "start", "bundle": head.bundle_id, "steps": [u.name for u in units]}
+        if len(manifests) > 1:
+            start["chain"] = [m.bundle_id for m in manifests]
+        state.journal_append(start)
         self._set_status()
-        ctx = self._context(state, manifest, plan, [])
-        return self._run(ctx, steps, 0)
+        return self._run(ctxs, units, 0)
 
-    def _run(self, ctx: Context, steps: list[Step], first: int) -> StatusDoc:
-        state = ctx.state
-        for step in steps[first:]:
-            failpoint(f"begin:{step.name}")
-            state.journal_append({"event": "begin", "step": step.name})
-            self._set_status(step=step.name)
-            failpoint(f"run:{step.name}")
+    def _run(self, ctxs: list[Context], units: list[Unit], first: int) -> StatusDoc:
+        state = ctxs[0].state
+        for unit in units[first:]:
+            failpoint(f"begin:{unit.name}")
+            state.journal_append({"event": "begin", "step": unit.name})
+            self._set_status(step=unit.name)
             try:
-                step.run(ctx)
+                failpoint(f"run:{unit.name}")
+                unit.step.run(unit.ctx)
             except (JumpkitError, OSError, KeyboardInterrupt) as e:
-                reason = f"{step.name} failed: {getattr(e, 'message', None) or e}"
+                reason = f"{unit.name} failed: {getattr(e, 'message', None) or e}"
                 self.log(reason)
-                self._rollback(ctx, steps, reason)
+                self._rollback(ctxs, units, reason)
                 raise ApplyError(
-                    f"{reason}; rolled back to {ctx.manifest.from_version}", step=step.name
+                    f"{reason}; rolled back to {ctxs[0].manifest.from_version}", step=unit.name
                 ) from e
-            failpoint(f"done:{step.name}")
-            state.journal_append({"event": "done", "step": step.name})
+            failpoint(f"done:{unit.name}")
+            state.journal_append({"event": "done", "step": unit.name})
         failpoint("commit")
         state.journal_append({"event": "commit"})
         failpoint("committed")
-        return self._finish(ctx)
+        return self._finish(ctxs)
 
-    def _finish(self, ctx: Context) -> StatusDoc:
+    def _finish(self, ctxs: list[Context]) -> StatusDoc:
         """Record a committed apply in status and history (also after a crash right after
         the commit record)."""
-        state = ctx.state
+        head, tail = ctxs[0], ctxs[-1]
+        state = tail.state
         outage = self._outage(state)
-        summary = f"upgraded {ctx.manifest.from_version} -> {ctx.manifest.to_version}"
+        summary = f"upgraded {head.manifest.from_version} -> {tail.manifest.to_version}"
+        if len(ctxs) > 1:
+            summary += f" ({len(ctxs)} jumps, one outage)"
         if outage is not None:
             summary += f"; outage {outage:.2f}s"
         self.log(summary)
-        info = ctx.manifest.installer
+        info = tail.manifest.installer
         if info is not None:  # the bundle's installer becomes the manager's (selfupdate.py)
             state.journal_append({"event": "note", "step": "installer", "data": {"sha256": info.sha256}})
-            ctx.notes["installer"] = {"sha256": info.sha256}
-            staged = state.staging_dir(ctx.manifest.bundle_id) / "bundle" / INSTALLER_MEMBER
+            tail.notes["installer"] = {"sha256": info.sha256}
+            staged = state.staging_dir(tail.manifest.bundle_id) / "bundle" / INSTALLER_MEMBER
             if selfupdate.install(self.root, staged, info):
                 self.log(f"bundle-install {info.version} is now the manager's installer")
         self._set_status(
             status="finished", step=None, summary=summary, finished=time.time(), outage_seconds=outage
         )
         state.append_history(
-            {"result": "finished", "bundle": ctx.manifest.bundle_id, "outage_seconds": outage}
+            {"result": "finished", "bundle": chain_id([c.manifest for c in ctxs]), "outage_seconds": outage}
         )
-        if ctx.manifest.components and "components" not in (self._status.extra if self._status else {}):
-            self._set_components(ctx.manifest, "pending")
+        if tail.manifest.components and "components" not in (self._status.extra if self._status else {}):
+            self._set_components(tail.manifest, "pending")
             if self.opts.detach_components:
-                self._spawn_components(state, ctx.staging, ctx.manifest)
+                self._spawn_components(state, tail.staging, tail.manifest)
             else:
-                self._install_components(ctx.manifest, ctx.staging)
+                self._install_components(tail.manifest, tail.staging)
         assert self._status is not None
         return self._status
 
@@ -457,8 +505,9 @@ class Engine:
         )
         return round(t1 - t0, 3) if t0 is not None and t1 is not None else None
 
-    def _rollback(self, ctx: Context, steps: list[Step], reason: str) -> None:
-        state = ctx.state
+    def _rollback(self, ctxs: list[Context], units: list[Unit], reason: str) -> None:
+        head, tail = ctxs[0], ctxs[-1]
+        state = head.state
         txn = self._txn(state)
         if not any(r["event"] == "rollback-start" for r in txn):
             state.journal_append({"event": "rollback-start", "reason": reason})
@@ -466,42 +515,48 @@ class Engine:
         self._set_status(status="working", summary=f"rolling back: {reason}")
         begun = [r["step"] for r in txn if r["event"] == "begin"]
         undone = {r["step"] for r in txn if r["event"] == "undo-done"}
-        by_name = {s.name: s for s in steps}
+        by_name = {u.name: u for u in units}
         restarted = False
         for name in reversed(list(dict.fromkeys(begun))):
             if name in undone:
                 continue
-            step = by_name[name]
+            unit = by_name[name]
             failpoint(f"undo:{name}")
             self.log(f"undo {name}")
             state.journal_append({"event": "undo-begin", "step": name})
             self._set_status(step=f"undo {name}")
             try:
-                step.undo(ctx)
+                unit.step.undo(unit.ctx)
             except (JumpkitError, OSError) as e:
                 msg = (
                     f"rollback failed in {name}: {getattr(e, 'message', None) or e}; "
-                    f"the manager is between {ctx.manifest.from_version} and "
-                    f"{ctx.manifest.to_version}: fix the cause, then 'bundle-install rollback'"
+                    f"the manager is between {head.manifest.from_version} and "
+                    f"{tail.manifest.to_version}: fix the cause, then 'bundle-install rollback'"
                 )
                 state.journal_append({"event": "rollback-failed", "step": name, "error": str(e)})
                 self._set_status(status="failed", summary=msg)
-                state.append_history({"result": "failed", "bundle": ctx.manifest.bundle_id, "error": msg})
+                state.append_history(
+                    {"result": "failed", "bundle": chain_id([c.manifest for c in ctxs]), "error": msg}
+                )
                 raise RollbackError(msg) from e
             failpoint(f"after-undo:{name}")
             state.journal_append({"event": "undo-done", "step": name})
             restarted = restarted or name == StopServices.name
-        if restarted and ctx.manifest.services.health and ctx.notes.get(StopServices.name, {}).get("running"):
+        if (
+            restarted
+            and head.manifest.services.health
+            and head.notes.get(StopServices.name, {}).get("running")
+        ):
             try:
                 wait_healthy(
-                    ctx.manifest.services.health, ctx.variables(ctx.manifest.from_version), self.root
+                    head.manifest.services.health, head.variables(head.manifest.from_version), self.root
                 )
             except JumpkitError as e:
-                msg = f"rolled back files, but {ctx.manifest.from_version} is not healthy: {e.message}"
+                msg = f"rolled back files, but {head.manifest.from_version} is not healthy: {e.message}"
                 self._set_status(status="failed", summary=msg)
                 raise RollbackError(msg) from e
-        info = ctx.manifest.installer
-        if info is not None and "installer" in ctx.notes and selfupdate.restore(self.root, info):
+        info = tail.manifest.installer
+        if info is not None and "installer" in tail.notes and selfupdate.restore(self.root, info):
             self.log("put the manager's previous installer back")
         state.journal_append({"event": "rolled-back"})
         self._set_status(
@@ -509,25 +564,27 @@ class Engine:
             step=None,
             finished=time.time(),
             outage_seconds=None,
-            summary=f"rolled back to {ctx.manifest.from_version}: {reason}",
+            summary=f"rolled back to {head.manifest.from_version}: {reason}",
         )
-        state.append_history({"result": "rolled-back", "bundle": ctx.manifest.bundle_id, "reason": reason})
+        state.append_history(
+            {"result": "rolled-back", "bundle": chain_id([c.manifest for c in ctxs]), "reason": reason}
+        )
 
     # --- resume / rollback ----------------------------------------------------------
-    def _load_txn(self, state: StateDir) -> tuple[Context, list[Step], list[dict[str, Any]]]:
+    def _load_txn(self, state: StateDir) -> tuple[list[Context], list[Unit], list[dict[str, Any]]]:
         txn = self._txn(state)
         if not txn:
             raise StateError(
                 "nothing to resume or roll back: no apply in the journal "
                 "(unstage and the next apply drop the backup of the last one)"
             )
-        bundle_id = txn[0]["bundle"]
-        manifest, _ = load_staged(state, bundle_id)
-        plan = Plan.load(state.staging_dir(bundle_id))
+        ids = txn[0].get("chain") or [txn[0]["bundle"]]
+        manifests = [load_staged(state, i)[0] for i in ids]
+        plans = [Plan.load(state.staging_dir(i)) for i in ids]
         self._state = state
         self._status = state.read_status()
-        steps = apply_steps()
-        return self._context(state, manifest, plan, txn), steps, txn
+        ctxs = self._contexts(state, manifests, plans, txn)
+        return ctxs, transaction_units(ctxs), txn
 
     def resume(self) -> StatusDoc:
         """Continue an interrupted apply (or an interrupted rollback) to its end.
@@ -537,42 +594,44 @@ class Engine:
         """
         state = self.state_for(None)
         with state.locked():
-            ctx, steps, txn = self._load_txn(state)
+            ctxs, units, txn = self._load_txn(state)
             st = self._txn_state(txn)
             if st == "rolling-back":
                 reason = next(r["reason"] for r in txn if r["event"] == "rollback-start")
-                self._rollback(ctx, steps, reason)
-                raise ApplyError(f"resumed the interrupted rollback to {ctx.manifest.from_version}")
+                self._rollback(ctxs, units, reason)
+                raise ApplyError(f"resumed the interrupted rollback to {ctxs[0].manifest.from_version}")
             if st == "committed" and self._status is not None and self._status.status != "finished":
-                return self._finish(ctx)  # the crash came after the commit record
+                return self._finish(ctxs)  # the crash came after the commit record
             if st != "applying":
                 raise StateError(f"nothing to resume: the last apply is {st}")
             done = {r["step"] for r in txn if r["event"] == "done"}
-            first = next((i for i, s in enumerate(steps) if s.name not in done), len(steps))
+            first = next((i for i, u in enumerate(units) if u.name not in done), len(units))
             self._set_status(
                 status="working",
-                summary=f"resuming at {steps[first].name if first < len(steps) else 'commit'}",
+                summary=f"resuming at {units[first].name if first < len(units) else 'commit'}",
             )
-            self.log(f"resuming after a crash at step {first + 1}/{len(steps)}")
-            return self._run(ctx, steps, first)
+            self.log(f"resuming after a crash at step {first + 1}/{len(units)}")
+            return self._run(ctxs, units, first)
 
     def rollback(self) -> StatusDoc:
         """Return to the from-version, from a crash, a failure, or a finished apply
-        (while its backup is kept).
+        (while its backup is kept); a chain as one unit, to its first from-version.
 
         Raises:
             StateError: nothing to roll back. RollbackError: exit 6.
         """
         state = self.state_for(None)
         with state.locked():
-            ctx, steps, txn = self._load_txn(state)
+            ctxs, units, txn = self._load_txn(state)
             st = self._txn_state(txn)
             if st == "rolled-back":
                 raise StateError("nothing to roll back: the last apply was already rolled back")
-            if not state.backup_dir(ctx.manifest.bundle_id).is_dir():
+            if not all(c.backup.is_dir() for c in ctxs):
                 raise StateError("the backup of the last apply is gone (unstaged); cannot roll back")
             self._rollback(
-                ctx, steps, "requested by the operator" if st == "committed" else "after an interrupted apply"
+                ctxs,
+                units,
+                "requested by the operator" if st == "committed" else "after an interrupted apply",
             )
             assert self._status is not None
             return self._status

@@ -1,13 +1,15 @@
 """Named failpoints: ``JUMPKIT_FAILPOINT=NAME[@N][=ACTION]`` acts the N-th time (default:
 first) the installer passes NAME. ACTION is ``kill`` (default: SIGKILL, a crash at that
-instant) or ``stop`` (SIGSTOP: the run freezes there until ``kill -CONT``, so an operator or
-a test can do something at that exact moment, e.g. fill the disk). Used by the crash tests;
+instant), ``stop`` (SIGSTOP: the run freezes there until ``kill -CONT``, so an operator or
+a test can do something at that exact moment, e.g. fill the disk) or ``fail`` (the step
+fails there with an error: the apply rolls back as after any failure). Used by the crash tests;
 operators rehearse failures the same way. When the variable is unset a failpoint is one
 comparison.
 
 Names:
 
-- ``begin:<step>``, ``run:<step>``, ``done:<step>``: around every apply step, and
+- ``begin:<step>``, ``run:<step>``, ``done:<step>``: around every apply step (in a chain,
+  the steps of the n-th jump are ``<step>#<n>``, e.g. ``run:migrate#3``), and
   ``commit`` / ``committed`` around the commit record;
 - ``stage:member``: after each member is unpacked into staging;
 - ``swap:<group>``: inside a swap, after each file (groups ``files``, ``configs``);
@@ -22,11 +24,13 @@ from __future__ import annotations
 import os
 import signal
 
+from installer.errors import StepError
+
 _ENV = "JUMPKIT_FAILPOINT"
-ACTIONS = {"kill": signal.SIGKILL, "stop": signal.SIGSTOP}
+ACTIONS = {"kill": signal.SIGKILL, "stop": signal.SIGSTOP, "fail": None}
 
 
-def _parse(raw: str | None) -> tuple[str, int, signal.Signals] | None:
+def _parse(raw: str | None) -> tuple[str, int, signal.Signals | None] | None:
     if not raw:
         return None
     spec, _, action = raw.partition("=")
@@ -39,9 +43,16 @@ _hits: dict[str, int] = {}
 
 
 def failpoint(name: str) -> None:
-    """Act (SIGKILL or SIGSTOP this process) if ``name`` is armed and its count is reached."""
+    """Act (SIGKILL or SIGSTOP this process, or raise) if ``name`` is armed and its count
+    is reached.
+
+    Raises:
+        StepError: the action is ``fail``.
+    """
     if _ARMED is None or _ARMED[0] != name:
         return
     _hits[name] = _hits.get(name, 0) + 1
     if _hits[name] == _ARMED[1]:
+        if _ARMED[2] is None:
+            raise StepError("failpoint fired (JUMPKIT_FAILPOINT)", step=name)
         os.kill(os.getpid(), _ARMED[2])

@@ -22,14 +22,48 @@ PLAN_NAME = "plan.json"
 NEW_SUFFIX = ".jumpkit-new"
 
 
-def current_digest(path: Path) -> str | None:
+def current_digest(path: Path | None) -> str | None:
     """sha256 of what is at ``path`` now: file bytes, or ``symlink:<target>`` for a link;
     None if nothing is there. The builder records from-version digests the same way."""
+    if path is None:
+        return None
     if path.is_symlink():
         return hashlib.sha256(b"symlink:" + os.readlink(path).encode()).hexdigest()
     if not path.exists():
         return None
     return sha256_file(path)[0]
+
+
+class View:
+    """The root as it will be once the earlier jumps of a chain have swapped: each path
+    the chain has placed maps to its staged bytes (None: removed). Plans of every jump are
+    computed from it before anything stops."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.files: dict[str, Path | None] = {}
+        self.dirs: set[str] = set()
+
+    def where(self, rel: str) -> Path | None:
+        """Where the bytes of ``rel`` are (checked against the real root's symlinks)."""
+        if rel in self.files:
+            return self.files[rel]
+        return target_path(self.root, rel)
+
+    def is_dir(self, rel: str) -> bool:
+        """Whether ``rel`` is (or will be) a directory."""
+        return rel in self.dirs or (self.root / rel).is_dir()
+
+    def advance(self, manifest: Manifest, plan: Plan, staging: Path) -> None:
+        """Account for ``plan`` of ``manifest`` having swapped."""
+        kept = {op.path.removesuffix(NEW_SUFFIX) for op in plan.ops if op.path.endswith(NEW_SUFFIX)}
+        for entry in manifest.files:
+            path = entry.path + NEW_SUFFIX if entry.path in kept else entry.path
+            self.files[path] = staging / "files" / path
+            parts = path.split("/")[:-1]
+            self.dirs.update("/".join(parts[: i + 1]) for i in range(len(parts)))
+        for removed in manifest.removed:
+            self.files[removed.path] = None
 
 
 @dataclass
@@ -84,7 +118,7 @@ def _rewrite(text: str, entry: FileEntry) -> tuple[str, int]:
     return text, count
 
 
-def _plan_config(entry: FileEntry, current: str | None, root: Path, staging: Path) -> tuple[SwapOp, str]:
+def _plan_config(entry: FileEntry, current: str | None, view: View, staging: Path) -> tuple[SwapOp, str]:
     default = staging / "defaults" / entry.path
     out = staging / "files" / entry.path
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -95,7 +129,9 @@ def _plan_config(entry: FileEntry, current: str | None, root: Path, staging: Pat
         op = SwapOp(entry.path + NEW_SUFFIX, "place", "configs", "kept local edits")
         return op, f"{entry.path}: locally edited, kept; new default written to {op.path}"
     if entry.policy == "rewrite" and edited:
-        text, n = _rewrite((root / entry.path).read_text(), entry)
+        where = view.where(entry.path)
+        assert where is not None  # edited, so present
+        text, n = _rewrite(where.read_text(), entry)
         tmp = out.with_name(out.name + ".tmp")
         tmp.write_text(text)
         os.chmod(tmp, entry.mode)
@@ -132,28 +168,31 @@ def check_drift(manifest: Manifest, root: Path) -> list[str]:
     return out
 
 
-def compute_plan(manifest: Manifest, root: Path, staging: Path, *, accept_drift: bool) -> Plan:
-    """Check drift, resolve config policies into staged files, and order the renames.
+def compute_plan(
+    manifest: Manifest, root: Path, staging: Path, *, accept_drift: bool, view: View | None = None
+) -> Plan:
+    """Check drift, resolve config policies into staged files, and order the renames; in a
+    chain, against ``view`` (the root as the earlier jumps leave it).
 
     Raises:
         DriftError: files to replace differ from the from-version (unless accept_drift).
         UnsafePathError: a target path leads outside the root.
     """
     plan = Plan(manifest.bundle_id)
+    view = view or View(root)
     new_dirs: set[str] = set()
 
     def note_dirs(rel: str) -> None:
         parts = rel.split("/")[:-1]
         for i in range(1, len(parts) + 1):
             d = "/".join(parts[:i])
-            if not (root / d).is_dir():
+            if not view.is_dir(d):
                 new_dirs.add(d)
 
     for entry in manifest.files:
-        target = target_path(root, entry.path)
-        current = current_digest(target)
+        current = current_digest(view.where(entry.path))
         if entry.kind == "config" and entry.policy != "replace":
-            op, note = _plan_config(entry, current, root, staging)
+            op, note = _plan_config(entry, current, view, staging)
             if note:
                 plan.notes.append(note)
         else:
@@ -161,14 +200,13 @@ def compute_plan(manifest: Manifest, root: Path, staging: Path, *, accept_drift:
             if d:
                 plan.drift.append(d)
             if entry.kind == "config":
-                op, _ = _plan_config(entry, current, root, staging)
+                op, _ = _plan_config(entry, current, view, staging)
             else:
                 op = SwapOp(entry.path, "place", "files")
         note_dirs(op.path)
         plan.ops.append(op)
     for removed in manifest.removed:
-        target = target_path(root, removed.path)
-        current = current_digest(target)
+        current = current_digest(view.where(removed.path))
         if current is None:
             plan.notes.append(f"{removed.path}: already absent")
             continue

@@ -10,8 +10,9 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from installer.errors import JumpkitError, PreconditionError, SpaceError
+from installer.errors import JumpkitError, PreconditionError, SpaceError, VersionError
 from installer.format import Manifest
+from installer.graph import NoPath, plan_chain
 from installer.health import lookup_variables, wait_healthy
 from installer.migrate import backup_size, current_revision, database_url, safe_url
 from installer.plan import check_drift, drift_error
@@ -35,6 +36,23 @@ PRODUCT_MARKER = "etc/jumpkit/product"
 sandbox); when present, a bundle for another product is refused before anything else."""
 
 
+def wrong_version(manifest: Manifest, installed: str) -> str:
+    """The refusal of a bundle whose from-version is not the installed one, naming the
+    chain of jumps the operator needs (from the graph the bundle carries)."""
+    msg = (
+        f"installed version is {installed}; this bundle upgrades {manifest.from_version}"
+        f" -> {manifest.to_version}"
+    )
+    if manifest.graph is None:
+        return msg
+    try:
+        chain = plan_chain(manifest.graph, installed, manifest.to_version)
+    except (NoPath, VersionError) as e:
+        return f"{msg} ({e.message})"
+    bundles = " ".join(f"{manifest.product}-{a}-to-{b}.zip" for a, b in chain)
+    return f"{msg}; the way from {installed}: bundle-install apply {bundles}"
+
+
 def fits_target(manifest: Manifest, root: Path) -> str | None:
     """When ``root`` holds a manager (a product marker or a readable version file): refuse a
     bundle that is not for it; returns what matched, or None when there is no manager here
@@ -51,10 +69,7 @@ def fits_target(manifest: Manifest, root: Path) -> str | None:
         )
     installed = read_installed_version(root, manifest)
     if installed is not None and installed != manifest.from_version:
-        raise PreconditionError(
-            f"installed version is {installed}; this bundle upgrades {manifest.from_version}"
-            f" -> {manifest.to_version}"
-        )
+        raise PreconditionError(wrong_version(manifest, installed))
     if installed is None and product is None:
         return None
     return f"fits this manager ({manifest.product} {installed})"
@@ -67,6 +82,7 @@ def check(
     services: Callable[[], ServiceManager],
     *,
     staged: bool,
+    more_bytes: int = 0,
     accept_drift: bool,
     force: bool,
 ) -> list[str]:
@@ -89,10 +105,7 @@ def check(
     if installed is None:
         problems.append(f"cannot read the installed version from {manifest.version_file}")
     elif installed != manifest.from_version:
-        problems.append(
-            f"installed version is {installed}; this bundle upgrades {manifest.from_version}"
-            f" -> {manifest.to_version}"
-        )
+        problems.append(wrong_version(manifest, installed))
     else:
         passed.append(f"installed version {installed} matches")
     state.ensure()
@@ -103,7 +116,7 @@ def check(
             probe = probe.parent
         if os.stat(probe).st_dev != dev:
             problems.append(f"{probe} is not on the state dir's filesystem (renames would copy)")
-    problems += _space(manifest, state, root, staged, passed)
+    problems += _space(manifest, state, root, staged, passed, more_bytes)
     for check in manifest.checks:
         path = root / check.path
         label = check.description or f"{check.kind} {check.path}"
@@ -177,10 +190,15 @@ def _human(n: int) -> str:
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{-(-n // 1024)} KiB"
 
 
-def _space(manifest: Manifest, state: StateDir, root: Path, staged: bool, passed: list[str]) -> list[str]:
-    """Staging (the unpacked payload, unless staged already) and the database backups
-    both land in the state dir's filesystem; file backups are renames and cost nothing."""
+def _space(
+    manifest: Manifest, state: StateDir, root: Path, staged: bool, passed: list[str], more_bytes: int = 0
+) -> list[str]:
+    """Staging (the unpacked payload, unless staged already; ``more_bytes`` for the later
+    bundles of a chain) and the database backups both land in the state dir's filesystem;
+    file backups are renames and cost nothing."""
     parts = {} if staged else {"staging": manifest.total_size()}
+    if more_bytes:
+        parts["staging the rest of the chain"] = more_bytes
     for db in manifest.databases:
         with contextlib.suppress(JumpkitError):  # unreachable: _databases_ready reports it
             parts[f"backup of {db.name}"] = backup_size(database_url(db, root))

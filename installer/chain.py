@@ -1,0 +1,79 @@
+"""A transaction over one jump or a chain of jumps: the units the journal records, in
+order. A chain stops the services once, swaps and migrates each jump in order, starts the
+services once and runs the health checks once."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from installer.errors import PreconditionError
+from installer.format import Manifest
+from installer.steps import (
+    BackupDatabases,
+    Context,
+    Health,
+    Hooks,
+    Migrate,
+    StartServices,
+    Step,
+    StopServices,
+    SwapGroup,
+    apply_steps,
+)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One journaled step of the transaction, with the jump (context) it acts for."""
+
+    name: str
+    step: Step
+    ctx: Context
+
+
+def per_jump_steps() -> list[Step]:
+    """What each jump of a chain does while the services are down."""
+    return [Hooks("pre"), SwapGroup("files"), Migrate(), SwapGroup("configs"), Hooks("post")]
+
+
+def transaction_units(ctxs: Sequence[Context]) -> list[Unit]:
+    """The units of a transaction. One jump: the apply steps under their own names (the
+    journal of a single apply is unchanged). A chain: database backups (of the starting
+    version) and the stop with the first jump's context, each jump's steps named
+    ``<step>#<n>``, then the start and the health checks of the last jump."""
+    if len(ctxs) == 1:
+        return [Unit(s.name, s, ctxs[0]) for s in apply_steps()]
+    head, tail = ctxs[0], ctxs[-1]
+    units = [
+        Unit(BackupDatabases.name, BackupDatabases(), head),
+        Unit(StopServices.name, StopServices(), head),
+    ]
+    for n, ctx in enumerate(ctxs, 1):
+        units += [Unit(f"{s.name}#{n}", s, ctx) for s in per_jump_steps()]
+    units += [Unit(StartServices.name, StartServices(), tail), Unit(Health.name, Health(), tail)]
+    return units
+
+
+def chain_id(manifests: Sequence[Manifest]) -> str:
+    """The bundle id, or ``<product>-<first from>-to-<last to>`` for a chain."""
+    if len(manifests) == 1:
+        return manifests[0].bundle_id
+    return f"{manifests[0].product}-{manifests[0].from_version}-to-{manifests[-1].to_version}"
+
+
+def check_chain(manifests: Sequence[Manifest]) -> None:
+    """Bundles given together must be one product's consecutive jumps, in order.
+
+    Raises:
+        PreconditionError: another product, a gap, an overlap or a repeated jump.
+    """
+    for prev, nxt in itertools.pairwise(manifests):
+        if nxt.product != prev.product:
+            raise PreconditionError(f"bundles of two products in one chain: {prev.product}, {nxt.product}")
+        if nxt.from_version != prev.to_version:
+            raise PreconditionError(
+                f"bundles do not form a chain: {prev.bundle_id} is followed by {nxt.bundle_id} "
+                f"(give them in order, each starting where the previous one ends)"
+            )
