@@ -1,12 +1,25 @@
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, Sandbox, build, build_demo, free_port, make_sandbox
+from tests.helpers import (
+    REPO,
+    SPECS,
+    Sandbox,
+    build,
+    build_demo,
+    db_state,
+    free_port,
+    install,
+    make_sandbox,
+    sqlite_url,
+    tree_hash,
+)
 
 
 @pytest.fixture(scope="session")
@@ -73,6 +86,35 @@ def sandbox(keys: dict[str, Path], port: int) -> Iterator[Callable[..., Sandbox]
 
     yield factory
     for sb in made:
+        sb.destroy()
+
+
+CHAIN = ["3.4.2-to-4.0.1", "4.0.1-to-4.1.1", "4.1.1-to-4.2.0"]
+
+
+@pytest.fixture(scope="session")
+def chain_bundles(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Path]) -> list[Path]:
+    out = tmp_path_factory.mktemp("chain")
+    p = build("--specs", SPECS, "--from", "3.4.2", "--to", "4.2.0", "--key", keys["key"], "--out", out)
+    assert p.returncode == 0, p.stderr
+    assert "no direct jump 3.4.2 -> 4.2.0; building the chain of 3 bundles" in p.stderr
+    return [out / f"demo-manager-{c}.zip" for c in CHAIN]
+
+
+@pytest.fixture(scope="session")
+def chain_expected(keys: dict[str, Path], port: int, chain_bundles: list[Path]) -> dict[str, object]:
+    """3.4.2 as laid out, and 4.2.0 reached by three separate applies (three outages)."""
+    sb = make_sandbox("3.4.2", keys["pub"], port)
+    try:
+        old, old_db = tree_hash(sb.root), db_state(sqlite_url(sb.root))
+        outages = []
+        for b in chain_bundles:
+            p = install("--root", sb.root, "apply", b, "--json")
+            assert p.returncode == 0, p.stderr
+            outages.append(json.loads(p.stdout)["outage_seconds"])
+        new, new_db = tree_hash(sb.root), db_state(sqlite_url(sb.root))
+        return {"old": old, "old_db": old_db, "new": new, "new_db": new_db, "separate_outages": outages}
+    finally:
         sb.destroy()
 
 
