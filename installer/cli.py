@@ -312,14 +312,26 @@ def unstage(json_out: JsonOpt = False) -> None:
 
 
 @app.command()
-def plan(bundle: BundleArg, json_out: JsonOpt = False) -> None:
-    """Dry run: every step apply would take and what it would touch. Changes nothing."""
-    report = _run(json_out, lambda e: e.plan(bundle))
+def plan(
+    bundles: Annotated[
+        list[Path],
+        typer.Argument(
+            exists=True, dir_okay=False, readable=True, help="The bundle, or the bundles of a chain in order."
+        ),
+    ],
+    json_out: JsonOpt = False,
+) -> None:
+    """Dry run: every step apply would take and what it would touch (files replaced, added
+    and removed, configs and their policy, schema revisions, services), pre-flight, and an
+    outage estimate from the manifests (rehearsed migration times, service timeouts).
+    Changes nothing. Several bundles: the chain as one apply would run it."""
+    report = _run(json_out, lambda e: e.plan(bundles))
     if json_out or _g().json:
         print(json.dumps(report, indent=2))
         return
     out.print(
         f"{report['bundle']}: installed {report['installed']}, upgrades {report['from']} -> {report['to']}"
+        + (f" in {len(report['chain'])} jumps, one outage" if len(report["chain"]) > 1 else "")
     )
     pf = report["preflight"]
     out.print("pre-flight: " + ("ok" if pf["ok"] else "WOULD FAIL"))
@@ -330,7 +342,11 @@ def plan(bundle: BundleArg, json_out: JsonOpt = False) -> None:
     for n in report["notes"]:
         out.print(f"  config: {n}")
     for i, s in enumerate(report["steps"], 1):
-        out.print(f"{i:2}. {s['step']:<15} {s['detail']}")
+        out.print(f"{i:2}. {s['step']:<17} {s['detail']}")
+    for f in report["files"]:
+        out.print(
+            f"    {f['jump']}: {f['action']:<7} {f['path']}" + (f"  ({f['note']})" if f["note"] else "")
+        )
     out.print(f"estimated outage: {report['outage_estimate_seconds']}s")
 
 

@@ -21,7 +21,7 @@ from installer.archive import (
     open_bundle,
     verify_bundle,
 )
-from installer.chain import Unit, chain_id, check_chain, transaction_units
+from installer.chain import Unit, chain_id, check_chain, per_jump_steps, transaction_units
 from installer.errors import (
     ApplyError,
     JumpkitError,
@@ -681,81 +681,107 @@ class Engine:
             doc.extra["running"] = {"pid": pid}
         return doc
 
-    def plan(self, bundle_path: Path) -> dict[str, Any]:
-        """Dry run: what apply would do, changing nothing under the root.
+    def plan(self, bundle_paths: Sequence[Path]) -> dict[str, Any]:
+        """Dry run of a bundle or a chain: every step with what it will touch, pre-flight,
+        and an outage estimate from the manifests; nothing under the root changes.
 
         Raises:
-            BundleRejectedError: as verify.
+            BundleRejectedError: as verify. PreconditionError: the bundles are not a chain.
         """
-        bundle, manifest, _, _ = self._open(bundle_path)
-        state = self.state_for(manifest)
-        report: dict[str, Any] = {
-            "bundle": manifest.bundle_id,
-            "from": manifest.from_version,
-            "to": manifest.to_version,
-            "installed": read_installed_version(self.root, manifest),
-        }
+        opened = []
         try:
-            with tempfile.TemporaryDirectory(prefix="jumpkit-plan-") as tmp:
-                for f in manifest.files:
-                    if f.kind == "config":
-                        dest = Path(tmp) / "defaults" / f.path
-                        dest.parent.mkdir(parents=True, exist_ok=True)
-                        assert f.sha256 is not None
-                        with open(dest, "wb") as out:
-                            for chunk in iter_verified(bundle, f.member, f.sha256, f.size):
-                                out.write(chunk)
-                try:
-                    report["preflight"] = {"ok": True, "passed": self._preflight_dry(manifest, state)}
-                except PreconditionError as e:
-                    report["preflight"] = {"ok": False, "problems": e.details}
-                plan = compute_plan(manifest, self.root, Path(tmp), accept_drift=True)
-        finally:
-            bundle.close()
-        steps = apply_steps()
-        report["drift"] = plan.drift
-        report["notes"] = plan.notes
-        report["steps"] = (
-            [
-                {"step": "verify", "detail": f"signature + {len(manifest.members())} members"},
-                {
-                    "step": "stage",
-                    "detail": f"{manifest.total_size()} bytes into {state.staging_dir(manifest.bundle_id)}",
-                },
-            ]
-            + [{"step": s.name, "detail": self._describe(s.name, manifest, plan)} for s in steps]
-            + [{"step": "commit", "detail": "journal commit; backup kept until unstage or the next apply"}]
-        )
-        report["files"] = [
-            {
-                "path": op.path,
-                "action": op.action
-                if op.action == "remove"
-                else (
-                    "replace"
-                    if (self.root / op.path).exists() or (self.root / op.path).is_symlink()
-                    else "add"
-                ),
-                "group": op.group,
-                "note": op.note,
+            for path in bundle_paths:
+                opened.append(self._open(path))
+            manifests = [o[1] for o in opened]
+            check_chain(manifests)
+            head, tail = manifests[0], manifests[-1]
+            state = self.state_for(head)
+            report: dict[str, Any] = {
+                "bundle": chain_id(manifests),
+                "chain": [m.bundle_id for m in manifests],
+                "from": head.from_version,
+                "to": tail.to_version,
+                "installed": read_installed_version(self.root, head),
             }
-            for op in plan.ops
-        ]
-        report["services"] = [s.name for s in manifest.services.services]
+            with tempfile.TemporaryDirectory(prefix="jumpkit-plan-") as tmp:
+                view = View(self.root)
+                plans: list[Plan] = []
+                for n, (bundle, m, _, _) in enumerate(opened):
+                    staging = Path(tmp) / str(n)
+                    for f in m.files:
+                        if f.kind == "config":
+                            dest = staging / "defaults" / f.path
+                            dest.parent.mkdir(parents=True, exist_ok=True)
+                            assert f.sha256 is not None
+                            with open(dest, "wb") as out:
+                                for chunk in iter_verified(bundle, f.member, f.sha256, f.size):
+                                    out.write(chunk)
+                    if n == 0:
+                        more = sum(x.total_size() for x in manifests[1:])
+                        try:
+                            passed = self._preflight_dry(m, state, more)
+                            report["preflight"] = {"ok": True, "passed": passed}
+                        except PreconditionError as e:
+                            report["preflight"] = {"ok": False, "problems": e.details or [e.message]}
+                    plans.append(compute_plan(m, self.root, staging, accept_drift=True, view=view))
+                    view.advance(m, plans[-1], staging)
+        finally:
+            for o in opened:
+                o[0].close()
+        ctxs_like = list(zip(manifests, plans, strict=True))
+        report["drift"] = [d for _, plan in ctxs_like for d in plan.drift]
+        report["notes"] = [n for _, plan in ctxs_like for n in plan.notes]
+        names = [u for u in _unit_names(len(manifests))]
+        by_jump = {i: mp for i, mp in enumerate(ctxs_like, 1)}
+        steps = []
+        for m in manifests:
+            steps.append(
+                {"step": "verify", "detail": f"{m.bundle_id}: signature + {len(m.members())} members"}
+            )
+            steps.append(
+                {"step": "stage", "detail": f"{m.total_size()} bytes into {state.staging_dir(m.bundle_id)}"}
+            )
+        for name, jump in names:
+            m, plan = by_jump[jump]
+            steps.append({"step": name, "detail": self._describe(name.partition("#")[0], m, plan)})
+        steps.append(
+            {"step": "commit", "detail": "journal commit; backup kept until unstage or the next apply"}
+        )
+        report["steps"] = steps
+        placed: dict[str, bool] = {}  # what earlier jumps of the chain leave (True) or remove
+        report["files"] = []
+        for m, plan in ctxs_like:
+            for op in plan.ops:
+                existed = placed.get(
+                    op.path, (self.root / op.path).exists() or (self.root / op.path).is_symlink()
+                )
+                action = op.action if op.action == "remove" else ("replace" if existed else "add")
+                report["files"].append(
+                    {"jump": f"{m.from_version} -> {m.to_version}", "path": op.path, "action": action,
+                     "group": op.group, "note": op.note}
+                )  # fmt: skip
+            for op in plan.ops:
+                placed[op.path] = op.action == "place"
+        report["services"] = [s.name for s in tail.services.services]
         report["databases"] = [
             {
+                "jump": f"{m.from_version} -> {m.to_version}",
                 "name": db.name,
                 "from": db.from_revision,
                 "to": db.to_revision,
                 "revisions": list(db.revisions),
                 "rehearsal_seconds": db.rehearsal_seconds,
             }
-            for db in manifest.databases
+            for m in manifests
+            for db in m.databases
         ]
+        # one stop (the old version's services) and one start (the new one's), whatever
+        # the length of the chain; every migration at its rehearsed time; renames ~20 us
         report["outage_estimate_seconds"] = round(
-            sum(min(s.stop_timeout, 2.0) + min(s.start_timeout, 2.0) for s in manifest.services.services)
-            + sum(db.rehearsal_seconds for db in manifest.databases)
-            + 0.00002 * len(plan.ops),
+            sum(min(s.stop_timeout, 2.0) for s in head.services.services)
+            + sum(min(s.start_timeout, 2.0) for s in tail.services.services)
+            + sum(db.rehearsal_seconds for m in manifests for db in m.databases)
+            + 0.00002 * sum(len(plan.ops) for _, plan in ctxs_like),
             2,
         )
         return report
@@ -793,12 +819,12 @@ class Engine:
             bundle.close()
         return "".join(out)
 
-    def _preflight_dry(self, manifest: Manifest, state: StateDir) -> list[str]:
+    def _preflight_dry(self, manifest: Manifest, state: StateDir, more_bytes: int = 0) -> list[str]:
         if not state.path.exists():
             # preflight creates the state dir; a dry run must not
             with tempfile.TemporaryDirectory(dir=self._existing_parent(state.path)) as tmp:
-                return self.preflight(manifest, StateDir(Path(tmp)), staged=False)
-        return self.preflight(manifest, state, staged=False)
+                return self.preflight(manifest, StateDir(Path(tmp)), staged=False, more_bytes=more_bytes)
+        return self.preflight(manifest, state, staged=False, more_bytes=more_bytes)
 
     @staticmethod
     def _existing_parent(p: Path) -> Path:
@@ -834,3 +860,15 @@ class Engine:
         if name == "health":
             return ", ".join(c.name for c in manifest.services.health) or "none"
         return ""
+
+
+def _unit_names(jumps: int) -> list[tuple[str, int]]:
+    """(unit name, 1-based jump) of a transaction over ``jumps`` jumps, as
+    :func:`installer.chain.transaction_units` orders them."""
+    if jumps == 1:
+        return [(s.name, 1) for s in apply_steps()]
+    return (
+        [("backup-db", 1), ("stop-services", 1)]
+        + [(f"{s.name}#{n}", n) for n in range(1, jumps + 1) for s in per_jump_steps()]
+        + [("start-services", jumps), ("health", jumps)]
+    )

@@ -35,13 +35,14 @@ def current_digest(path: Path | None) -> str | None:
 
 
 class View:
-    """The root as it will be once the earlier jumps of a chain have swapped: each path
-    the chain has placed maps to its staged bytes (None: removed). Plans of every jump are
-    computed from it before anything stops."""
+    """The root as it will be once the earlier jumps of a chain have swapped: the digest
+    of each path the chain has placed (None: removed) and where config bytes are. Plans of
+    every jump are computed from it before anything stops (and by the dry-run ``plan``)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.files: dict[str, Path | None] = {}
+        self.digests: dict[str, str | None] = {}
         self.dirs: set[str] = set()
 
     def where(self, rel: str) -> Path | None:
@@ -49,6 +50,12 @@ class View:
         if rel in self.files:
             return self.files[rel]
         return target_path(self.root, rel)
+
+    def digest(self, rel: str) -> str | None:
+        """What :func:`current_digest` will say of ``rel`` when this jump's turn comes."""
+        if rel in self.digests:
+            return self.digests[rel]
+        return current_digest(target_path(self.root, rel))
 
     def is_dir(self, rel: str) -> bool:
         """Whether ``rel`` is (or will be) a directory."""
@@ -59,11 +66,20 @@ class View:
         kept = {op.path.removesuffix(NEW_SUFFIX) for op in plan.ops if op.path.endswith(NEW_SUFFIX)}
         for entry in manifest.files:
             path = entry.path + NEW_SUFFIX if entry.path in kept else entry.path
-            self.files[path] = staging / "files" / path
+            staged = staging / "files" / path
+            self.files[path] = staged
+            if entry.kind == "config":
+                self.digests[path] = current_digest(staged)  # rendered, maybe rewritten
+            elif entry.kind == "symlink":
+                assert entry.link_target is not None
+                self.digests[path] = hashlib.sha256(b"symlink:" + entry.link_target.encode()).hexdigest()
+            else:
+                self.digests[path] = entry.sha256
             parts = path.split("/")[:-1]
             self.dirs.update("/".join(parts[: i + 1]) for i in range(len(parts)))
         for removed in manifest.removed:
             self.files[removed.path] = None
+            self.digests[removed.path] = None
 
 
 @dataclass
@@ -190,7 +206,7 @@ def compute_plan(
                 new_dirs.add(d)
 
     for entry in manifest.files:
-        current = current_digest(view.where(entry.path))
+        current = view.digest(entry.path)
         if entry.kind == "config" and entry.policy != "replace":
             op, note = _plan_config(entry, current, view, staging)
             if note:
@@ -206,7 +222,7 @@ def compute_plan(
         note_dirs(op.path)
         plan.ops.append(op)
     for removed in manifest.removed:
-        current = current_digest(view.where(removed.path))
+        current = view.digest(removed.path)
         if current is None:
             plan.notes.append(f"{removed.path}: already absent")
             continue

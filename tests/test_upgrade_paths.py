@@ -225,3 +225,28 @@ def test_bundles_that_do_not_form_a_chain_are_refused(
     assert p.returncode == 4
     assert "the way from 3.4.2: bundle-install apply demo-manager-3.4.2-to-4.0.1.zip" in p.stderr
     assert tree_hash(sb.root) == before
+
+
+def test_plan_of_a_chain_changes_nothing_and_estimates_one_outage(
+    sandbox: Callable[..., Sandbox], chain_bundles: list[Path]
+) -> None:
+    sb = sandbox("3.4.2")
+    before = tree_hash(sb.root)
+    p = install("--root", sb.root, "plan", *chain_bundles, "--json")
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert tree_hash(sb.root) == before and not (sb.root / "var/lib/jumpkit").exists()
+    assert doc["from"] == "3.4.2" and doc["to"] == "4.2.0" and len(doc["chain"]) == 3
+    names = [s["step"] for s in doc["steps"]]
+    assert names.count("stop-services") == 1 and names.count("start-services") == 1
+    assert [n for n in names if n.startswith("migrate")] == ["migrate#1", "migrate#2", "migrate#3"]
+    actions = {(f["jump"], f["path"]): f["action"] for f in doc["files"]}
+    assert actions[("4.0.1 -> 4.1.1", "opt/demo-manager/lib/demo_manager/legacy_tcp.py")] == "remove"
+    assert actions[("4.0.1 -> 4.1.1", "opt/demo-manager/lib/demo_manager/metrics.py")] == "add"
+    assert actions[("4.1.1 -> 4.2.0", "opt/demo-manager/VERSION")] == "replace"
+    assert [d["to"] for d in doc["databases"]] == ["0002", "0004", "0005"]
+    assert doc["preflight"]["ok"] is True and doc["drift"] == []
+    # one stop + one start (2 s caps each) + three rehearsal buckets of 0.5 s
+    assert 4.0 < doc["outage_estimate_seconds"] < 6.0
+    text = install("--root", sb.root, "plan", *chain_bundles).stdout
+    assert "upgrades 3.4.2 -> 4.2.0 in 3 jumps, one outage" in text and "estimated outage" in text
