@@ -268,6 +268,12 @@ def apply(
             "transaction ends).",
         ),
     ] = False,
+    repo: Annotated[
+        str | None,
+        typer.Option("--repo", help="Fetch the bundles through TUF from this repository first (with --to)."),
+    ] = None,
+    to: Annotated[str | None, typer.Option("--to", help="With --repo: the version to reach.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="With --repo: zip (default) or rpm.")] = "zip",
     json_out: JsonOpt = False,
 ) -> None:
     """Verify, stage, back up, stop, swap, start, health-check, commit; roll back on failure.
@@ -276,8 +282,38 @@ def apply(
     each jump swaps and migrates in order, the services start once, the health checks run
     once; a failure anywhere rolls the whole chain back to the first from-version."""
     _g().opts.detach_components = detach_components
-    doc = _run(json_out, lambda e: e.apply(bundles or []))
+    if (repo is None) != (to is None) or (repo is not None and bundles):
+        err.print("bundle-install apply: give bundle files, or --repo URL --to VERSION")
+        raise typer.Exit(2)
+    if repo is not None and to is not None:
+        doc = _run(json_out, lambda e: e.apply(e.fetch(repo, to, fmt)))
+    else:
+        doc = _run(json_out, lambda e: e.apply(bundles or []))
     _print_status(doc, json_out or _g().json)
+
+
+@app.command()
+def fetch(
+    repo: Annotated[str, typer.Option("--repo", help="s3://BUCKET/PREFIX, file:///DIR or https://BASE.")],
+    to: Annotated[str, typer.Option("--to", help="The version to reach from the installed one.")],
+    fmt: Annotated[str, typer.Option("--format", help="zip (default) or rpm.")] = "zip",
+    json_out: JsonOpt = False,
+) -> None:
+    """Download the bundle (or the chain of bundles) from the installed version to --to
+    through TUF, with the root pinned at <root>/etc/jumpkit/tuf/root.json, into the state
+    dir's downloads/, and verify each bundle's signature. Refuses (exit 3, nothing kept)
+    rollback, freeze, mix-and-match, tampered or oversized targets and metadata signed
+    below threshold. S3 credentials, region and endpoint (AWS_ENDPOINT_URL) come from the
+    usual AWS environment."""
+    if fmt not in ("zip", "rpm"):
+        err.print(f"bundle-install fetch: --format {fmt!r}: zip or rpm")
+        raise typer.Exit(2)
+    paths = _run(json_out, lambda e: e.fetch(repo, to, fmt))
+    if json_out or _g().json:
+        print(json.dumps({"ok": True, "bundles": [str(p) for p in paths]}))
+    else:
+        for p in paths:
+            out.print(f"fetched and verified {p}")
 
 
 @app.command()

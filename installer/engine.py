@@ -121,7 +121,7 @@ class Engine:
         return bundle, manifest, data, sig
 
     # --- verify -------------------------------------------------------------------
-    def verify(self, bundle_path: Path) -> Manifest:
+    def verify(self, bundle_path: Path, *, fits: bool = True) -> Manifest:
         """Check signature, manifest, member list and every member's hash, then, when the
         root holds a manager, that the bundle is for it. Writes nothing (a bundle RPM: its
         GPG signature first, then the ZIP inside, unpacked to a temp dir).
@@ -132,7 +132,7 @@ class Engine:
         if rpmbundle.is_rpm(bundle_path):
             self.log(f"RPM: {rpmbundle.check_signature(bundle_path, self.root)}")
             with tempfile.TemporaryDirectory(prefix="jumpkit-rpm-") as tmp:
-                return self.verify(rpmbundle.extract_bundle(bundle_path, Path(tmp)))
+                return self.verify(rpmbundle.extract_bundle(bundle_path, Path(tmp)), fits=fits)
         bundle, manifest, _, _ = self._open(bundle_path)
         members = manifest.members()
         tick = self._progress("verify", manifest.total_size()) if self._progress else None
@@ -149,9 +149,10 @@ class Engine:
                     fut.result()
         finally:
             bundle.close()
-        fits = preflight.fits_target(manifest, self.root)
         if fits:
-            self.log(fits)
+            matched = preflight.fits_target(manifest, self.root)
+            if matched:
+                self.log(matched)
         return manifest
 
     # --- preflight ----------------------------------------------------------------
@@ -635,6 +636,56 @@ class Engine:
             )
             assert self._status is not None
             return self._status
+
+    # --- fetch (TUF) ---------------------------------------------------------------
+    def fetch(self, repo: str, to: str, fmt: str = "zip") -> list[Path]:
+        """Download the bundles from the installed version to ``to`` through TUF into the
+        state dir's ``downloads/``, then verify each as any bundle (signature first).
+
+        Raises:
+            BundleRejectedError: a TUF check or a bundle check failed (exit 3; nothing
+                kept). PreconditionError: no product marker, no pinned root, no chain.
+            StoreError: the repository cannot be read.
+        """
+        from installer.fetch import Client
+
+        marker = self.root / preflight.PRODUCT_MARKER
+        if not marker.is_file():
+            raise PreconditionError(
+                f"no {preflight.PRODUCT_MARKER} under {self.root}: which product is this?"
+            )
+        product = marker.read_text().strip()
+        state = (
+            self.state_for(None) if self.opts.state_dir else StateDir(default_state_dir(self.root, product))
+        )
+        state.ensure()
+        client = Client(self.root, repo)
+        up = client.refresh()
+        offered = [a for a in client.available(up) if a.product == product]
+        if not offered:
+            raise PreconditionError(f"{repo} offers no bundle of {product}")
+        version_file = offered[0].version_file
+        installed = preflight.read_version_file(self.root, str(version_file))
+        if installed is None:
+            raise PreconditionError(f"cannot read the installed version from {version_file}")
+        chain = client.chain(up, product, installed, to, fmt)
+        downloads = state.path / "downloads"
+        downloads.mkdir(exist_ok=True, mode=0o700)
+        total = sum(a.length for a in chain)
+        tick = self._progress("download", total) if self._progress else None
+        client._progress = tick
+        self.log(f"{repo}: {installed} -> {to} in {len(chain)} bundle(s), {total} bytes")
+        paths = []
+        try:
+            for n, a in enumerate(chain):
+                path = client.download(up, a.name, downloads)
+                self.verify(path, fits=n == 0)  # the later ones fit the earlier ones (apply checks)
+                paths.append(path)
+        except BaseException:
+            for a in chain:
+                (downloads / a.name).unlink(missing_ok=True)
+            raise
+        return paths
 
     # --- unstage / status / plan ------------------------------------------------------
     def unstage(self) -> str:

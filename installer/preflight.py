@@ -15,6 +15,7 @@ from installer.format import Manifest
 from installer.graph import NoPath, plan_chain
 from installer.health import lookup_variables, wait_healthy
 from installer.migrate import backup_size, current_revision, database_url, safe_url
+from installer.paths import check_relpath
 from installer.plan import check_drift, drift_error
 from installer.services import ServiceManager
 from installer.state import StateDir
@@ -25,9 +26,14 @@ SPACE_SLACK = 16 * 1024 * 1024
 
 def read_installed_version(root: Path, manifest: Manifest) -> str | None:
     """The version the target reports in its version file, or None if unreadable."""
+    return read_version_file(root, manifest.version_file)
+
+
+def read_version_file(root: Path, version_file: str) -> str | None:
+    """The stripped contents of ``version_file`` under ``root``, or None if unreadable."""
     try:
-        return (root / manifest.version_file).read_text().strip()
-    except (OSError, UnicodeDecodeError):
+        return (root / check_relpath(version_file)).read_text().strip()
+    except (OSError, UnicodeDecodeError, JumpkitError):
         return None
 
 

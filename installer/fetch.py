@@ -1,0 +1,166 @@
+"""Fetching bundles from a TUF repository (python-tuf's ngclient).
+
+The trusted root is pinned at ``<root>/etc/jumpkit/tuf/root.json``; the metadata the
+client has seen is kept under ``<root>/var/lib/jumpkit/tuf/<repo hash>/`` so that a
+repository (or a mirror, or an attacker) serving older metadata later is refused
+(rollback), as are expired metadata (freeze), metadata that do not match each other
+(mix-and-match), targets whose bytes or length differ from the signed ones, and
+metadata signed below a role's threshold. Every TUF refusal is exit 3, nothing staged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuf.api import exceptions as tuf_errors
+from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
+
+from installer.errors import BundleRejectedError, PreconditionError, UsageError
+from installer.graph import Graph, NoPath, Policy, plan_chain
+from installer.store import NotFoundError, Store, StoreError, open_store, resuming
+
+PINNED_ROOT = "etc/jumpkit/tuf/root.json"
+PREFIX = "jumpkit-store:///"
+
+
+class _StoreFetcher(FetcherInterface):
+    """ngclient's I/O through a :class:`Store`; resumes cut transfers with Range requests
+    and reports progress of targets."""
+
+    def __init__(self, store: Store, progress: Callable[[int], None] | None) -> None:
+        self.store = store
+        self.progress = progress
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        path = url.removeprefix(PREFIX)
+        try:
+            for chunk in resuming(self.store, path):
+                if self.progress is not None and path.startswith("targets/"):
+                    self.progress(len(chunk))
+                yield chunk
+        except NotFoundError as e:
+            raise tuf_errors.DownloadHTTPError(e.message, 404) from e
+        except StoreError as e:
+            raise tuf_errors.DownloadError(e.message) from e
+
+
+@dataclass
+class Available:
+    """A bundle the repository offers (a TUF target and its custom fields)."""
+
+    name: str
+    product: str
+    frm: str
+    to: str
+    format: str
+    length: int
+    version_file: str
+
+
+class Client:
+    """A TUF client for one repository URL on one manager root."""
+
+    def __init__(self, root: Path, url: str, progress: Callable[[int], None] | None = None) -> None:
+        pinned = root / PINNED_ROOT
+        try:
+            bootstrap = pinned.read_bytes()
+        except FileNotFoundError as e:
+            raise PreconditionError(
+                f"no trusted TUF root at {pinned}: install the repository's root.json there first"
+            ) from e
+        self.store = open_store(url)
+        self.meta_dir = root / "var/lib/jumpkit/tuf" / hashlib.sha256(url.encode()).hexdigest()[:16]
+        self.meta_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._progress = progress
+        self._bootstrap = bootstrap if not (self.meta_dir / "root.json").exists() else None
+
+    def _updater(self, target_dir: Path | None = None) -> Updater:
+        return Updater(
+            metadata_dir=str(self.meta_dir),
+            metadata_base_url=PREFIX + "metadata/",
+            target_dir=None if target_dir is None else str(target_dir),
+            target_base_url=PREFIX + "targets/",
+            fetcher=_StoreFetcher(self.store, self._progress),
+            config=UpdaterConfig(prefix_targets_with_hash=True),
+            bootstrap=self._bootstrap,
+        )
+
+    def refresh(self) -> Updater:
+        """Update the trusted metadata (root chain, timestamp, snapshot, targets).
+
+        Raises:
+            BundleRejectedError: any TUF check failed (rollback, freeze, mix-and-match,
+                signatures below threshold). StoreError: the repository cannot be read.
+        """
+        up = self._updater()
+        _guard(up.refresh)
+        return up
+
+    def available(self, up: Updater) -> list[Available]:
+        """Every bundle target with jumpkit's custom fields."""
+        out = []
+        for name, t in up._trusted_set.targets.targets.items():  # ngclient has no listing API
+            c: dict[str, Any] = t.unrecognized_fields.get("custom", {})
+            if isinstance(c, dict) and {"product", "from", "to", "format"} <= c.keys():
+                vf = str(c.get("version_file", ""))
+                out.append(Available(name, c["product"], c["from"], c["to"], c["format"], t.length, vf))
+        return out
+
+    def chain(self, up: Updater, product: str, installed: str, to: str, fmt: str) -> list[Available]:
+        """The bundles from ``installed`` to ``to`` (fewest jumps the repository offers).
+
+        Raises:
+            PreconditionError: no such chain (the message says what can be reached).
+        """
+        offered = [a for a in self.available(up) if a.product == product and a.format == fmt]
+        by_jump = {(a.frm, a.to): a for a in offered}
+        # the publisher's builder enforced the product's policy: offered jumps are allowed
+        anything = Policy(skip_patch=True, skip_minor=True, major_to_zero=False, skip_major=True)
+        graph = Graph(jumps=tuple(by_jump), policy=anything)
+        try:
+            return [by_jump[j] for j in plan_chain(graph, installed, to)]
+        except NoPath as e:
+            near = ", ".join(e.reachable) or "none"
+            raise PreconditionError(
+                f"{self.store.url} offers no way from {installed} to {to} as {fmt}: {e.message}; "
+                f"reachable: {near}"
+            ) from e
+
+    def download(self, up: Updater, name: str, dest_dir: Path) -> Path:
+        """Download one target into ``dest_dir`` (its length and sha256 checked by TUF).
+
+        Raises:
+            BundleRejectedError: unknown target, or bytes/length not as signed.
+        """
+        info = _guard(lambda: up.get_targetinfo(name))
+        if info is None:
+            raise BundleRejectedError(f"{name} is not a target of {self.store.url}")
+        dest = dest_dir / name
+        _guard(lambda: up.download_target(info, str(dest)))
+        return dest
+
+
+def _guard(call: Callable[[], Any]) -> Any:
+    """Run an ngclient call, translating its errors into jumpkit's tree."""
+    try:
+        return call()
+    except tuf_errors.ExpiredMetadataError as e:
+        raise BundleRejectedError(f"TUF: expired metadata (freeze attack or a stale mirror): {e}") from e
+    except tuf_errors.BadVersionNumberError as e:
+        raise BundleRejectedError(f"TUF: older metadata than already seen (rollback attack): {e}") from e
+    except tuf_errors.UnsignedMetadataError as e:
+        raise BundleRejectedError(f"TUF: metadata not signed by enough trusted keys: {e}") from e
+    except tuf_errors.LengthOrHashMismatchError as e:
+        raise BundleRejectedError(f"TUF: bytes do not match the signed metadata: {e}") from e
+    except tuf_errors.DownloadLengthMismatchError as e:
+        raise BundleRejectedError(f"TUF: longer than the signed length (endless data): {e}") from e
+    except tuf_errors.RepositoryError as e:
+        raise BundleRejectedError(f"TUF: {type(e).__name__}: {e}") from e
+    except tuf_errors.DownloadError as e:
+        raise StoreError(f"TUF download failed: {e}") from e
+    except ValueError as e:
+        raise UsageError(str(e)) from e

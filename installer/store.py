@@ -1,0 +1,211 @@
+"""Where bundle repositories live: ``file://DIR``, ``s3://BUCKET/PREFIX`` (boto3: endpoint,
+region and credentials the usual AWS way, so AWS S3, MinIO and Ceph RGW all work; every
+request is signed) and ``https://BASE`` (read-only: a CDN or a public bucket).
+
+Reads stream in chunks and resume an interrupted transfer with a Range request from the
+byte reached, so a cut connection costs what was left, not what was done.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+from installer.errors import JumpkitError, UsageError
+
+CHUNK = 1 << 20
+RETRIES = 5
+
+
+class StoreError(JumpkitError):
+    """The repository cannot be read or written (network, permissions, missing bucket)."""
+
+    exit_code = 4
+
+
+class NotFoundError(StoreError):
+    """No object at that path."""
+
+
+class Store(Protocol):
+    """A flat namespace of objects under a repository URL."""
+
+    url: str
+
+    def read(self, path: str, offset: int = 0) -> Iterator[bytes]:
+        """The object's bytes from ``offset`` on, in chunks.
+
+        Raises:
+            NotFoundError: no such object. StoreError: any other failure.
+        """
+        ...
+
+    def write(self, path: str, source: Path) -> None:
+        """Upload ``source`` as ``path`` (replacing it).
+
+        Raises:
+            StoreError: read-only store, or the write failed.
+        """
+        ...
+
+
+def resuming(store: Store, path: str, chunks: int = RETRIES) -> Iterator[bytes]:
+    """``store.read(path)``, reconnecting with a Range request from the byte reached when
+    a transfer breaks (up to ``chunks`` times in a row without progress)."""
+    got = 0
+    failures = 0
+    while True:
+        try:
+            for chunk in store.read(path, got):
+                got += len(chunk)
+                failures = 0
+                yield chunk
+            return
+        except NotFoundError:
+            raise
+        except (StoreError, OSError) as e:
+            failures += 1
+            if failures > chunks:
+                raise StoreError(
+                    f"{store.url}/{path}: transfer failed {failures} times at byte {got}: {e}"
+                ) from e
+            time.sleep(min(2.0, 0.1 * 2**failures))
+
+
+class FileStore:
+    """``file:///srv/repo``: a directory (air-gapped sites; what ``export`` writes)."""
+
+    def __init__(self, url: str, base: Path) -> None:
+        self.url = url
+        self.base = base
+
+    def _path(self, path: str) -> Path:
+        from installer.paths import check_relpath
+
+        return self.base / check_relpath(path, what="repository path")
+
+    def read(self, path: str, offset: int = 0) -> Iterator[bytes]:
+        """See :class:`Store`."""
+        try:
+            f = open(self._path(path), "rb")  # noqa: SIM115  # closed by the with below
+        except FileNotFoundError as e:
+            raise NotFoundError(f"{self.url}/{path}: not found") from e
+        except OSError as e:
+            raise StoreError(f"{self.url}/{path}: {e.strerror}") from e
+        with f:
+            f.seek(offset)
+            while chunk := f.read(CHUNK):
+                yield chunk
+
+    def write(self, path: str, source: Path) -> None:
+        """See :class:`Store`. Write-temp-rename, so readers never see half an object."""
+        dest = self._path(path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        try:
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, dest)
+        except OSError as e:
+            raise StoreError(f"{self.url}/{path}: {e.strerror}") from e
+
+
+class HttpsStore:
+    """``https://cdn.example.com/repo`` (or ``http://`` for a local mirror): read-only."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+
+    def read(self, path: str, offset: int = 0) -> Iterator[bytes]:
+        """See :class:`Store`."""
+        req = urllib.request.Request(f"{self.url}/{path}")
+        if offset:
+            req.add_header("Range", f"bytes={offset}-")
+        try:
+            resp = urllib.request.urlopen(req, timeout=30)
+        except urllib.error.HTTPError as e:
+            if e.code in (403, 404):
+                raise NotFoundError(f"{self.url}/{path}: HTTP {e.code}") from e
+            raise StoreError(f"{self.url}/{path}: HTTP {e.code}") from e
+        except (urllib.error.URLError, OSError) as e:
+            raise StoreError(f"{self.url}/{path}: {getattr(e, 'reason', e)}") from e
+        with resp:
+            if offset and resp.status != 206:
+                raise StoreError(f"{self.url}/{path}: server ignored the Range request")
+            while chunk := resp.read(CHUNK):
+                yield chunk
+
+    def write(self, path: str, source: Path) -> None:
+        """See :class:`Store`."""
+        raise StoreError(f"{self.url} is read-only (https://); publish to its s3:// or file:// origin")
+
+
+class S3Store:
+    """``s3://bucket/prefix`` through boto3. ``AWS_ENDPOINT_URL`` (or ``endpoint_url``)
+    points it at MinIO, Ceph RGW or a test server; region and credentials come from the
+    usual AWS environment, config files and profiles."""
+
+    def __init__(self, url: str, bucket: str, prefix: str, endpoint_url: str | None = None) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.url = url.rstrip("/")
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self._s3: Any = boto3.client(
+            "s3",
+            endpoint_url=endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None,
+            config=Config(signature_version="s3v4", retries={"max_attempts": 3, "mode": "standard"}),
+        )
+
+    def _key(self, path: str) -> str:
+        return f"{self.prefix}/{path}" if self.prefix else path
+
+    def read(self, path: str, offset: int = 0) -> Iterator[bytes]:
+        """See :class:`Store`."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        kw = {"Range": f"bytes={offset}-"} if offset else {}
+        try:
+            body = self._s3.get_object(Bucket=self.bucket, Key=self._key(path), **kw)["Body"]
+            yield from body.iter_chunks(CHUNK)
+        except ClientError as e:
+            code = e.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "404", "AccessDenied", "403"):
+                raise NotFoundError(f"{self.url}/{path}: {code}") from e
+            raise StoreError(f"{self.url}/{path}: {code or e}") from e
+        except BotoCoreError as e:
+            raise StoreError(f"{self.url}/{path}: {e}") from e
+
+    def write(self, path: str, source: Path) -> None:
+        """See :class:`Store`."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self._s3.upload_file(str(source), self.bucket, self._key(path))
+        except (ClientError, BotoCoreError, OSError) as e:
+            raise StoreError(f"{self.url}/{path}: upload failed: {e}") from e
+
+
+def open_store(url: str) -> Store:
+    """The store for a repository URL.
+
+    Raises:
+        UsageError: an unknown scheme.
+    """
+    u = urlparse(url)
+    if u.scheme == "file":
+        return FileStore(url.rstrip("/"), Path(u.path))
+    if u.scheme in ("https", "http"):
+        return HttpsStore(url)
+    if u.scheme == "s3":
+        if not u.netloc:
+            raise UsageError(f"{url}: s3:// URLs name a bucket: s3://BUCKET/PREFIX")
+        return S3Store(url, u.netloc, u.path)
+    raise UsageError(f"{url}: repository URLs are file://, s3:// or https://")
