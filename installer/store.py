@@ -8,6 +8,7 @@ byte reached, so a cut connection costs what was left, not what was done.
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
 import time
@@ -138,8 +139,17 @@ class HttpsStore:
         with resp:
             if offset and resp.status != 206:
                 raise StoreError(f"{self.url}/{path}: server ignored the Range request")
-            while chunk := resp.read(CHUNK):
-                yield chunk
+            length = resp.headers.get("Content-Length")
+            want = int(length) if length and length.isdigit() else None
+            got = 0
+            try:
+                while chunk := resp.read(CHUNK):
+                    got += len(chunk)
+                    yield chunk
+            except (http.client.HTTPException, OSError) as e:  # a cut connection: resuming() retries
+                raise StoreError(f"{self.url}/{path}: connection lost: {e!r}") from e
+            if want is not None and got < want:  # http.client returns b"" when cut short
+                raise StoreError(f"{self.url}/{path}: connection closed after {got} of {want} bytes")
 
     def write(self, path: str, source: Path) -> None:
         """See :class:`Store`."""

@@ -23,7 +23,16 @@ SPECS = REPO / "specs"
 DEMO_DB = "var/lib/demo-manager/manager.db"
 # SQLite may leave an emptied rollback journal after a crash (not hot; harmless): it
 # belongs to the database and is covered by db_state() too.
-HARNESS = ("var/lib/jumpkit", "etc/supervisord.conf", "var/run", "var/log", DEMO_DB, DEMO_DB + "-journal")
+# etc/jumpkit/tuf: the TUF root a test pins (as an operator would before a first fetch)
+HARNESS = (
+    "var/lib/jumpkit",
+    "etc/jumpkit/tuf",
+    "etc/supervisord.conf",
+    "var/run",
+    "var/log",
+    DEMO_DB,
+    DEMO_DB + "-journal",
+)
 
 
 def free_port() -> int:
