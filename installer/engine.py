@@ -673,7 +673,7 @@ class Engine:
         downloads.mkdir(exist_ok=True, mode=0o700)
         total = sum(a.length for a in chain)
         tick = self._progress("download", total) if self._progress else None
-        client._progress = tick
+        client.fetcher.progress = tick
         self.log(f"{repo}: {installed} -> {to} in {len(chain)} bundle(s), {total} bytes")
         paths = []
         try:

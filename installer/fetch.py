@@ -24,22 +24,25 @@ from installer.graph import Graph, NoPath, Policy, plan_chain
 from installer.store import NotFoundError, Store, StoreError, open_store, resuming
 
 PINNED_ROOT = "etc/jumpkit/tuf/root.json"
-PREFIX = "jumpkit-store:///"
 
 
-class _StoreFetcher(FetcherInterface):
-    """ngclient's I/O through a :class:`Store`; resumes cut transfers with Range requests
-    and reports progress of targets."""
+class StoreFetcher(FetcherInterface):
+    """ngclient's I/O through :class:`Store` objects (the one whose URL prefixes the
+    requested URL); resumes cut transfers with Range requests and reports the progress
+    of targets."""
 
-    def __init__(self, store: Store, progress: Callable[[int], None] | None) -> None:
-        self.store = store
+    def __init__(self, stores: list[Store], progress: Callable[[int], None] | None = None) -> None:
+        self.stores = stores
         self.progress = progress
 
     def _fetch(self, url: str) -> Iterator[bytes]:
-        path = url.removeprefix(PREFIX)
+        store = next((s for s in self.stores if url.startswith(s.url + "/")), None)
+        if store is None:
+            raise tuf_errors.DownloadError(f"{url}: outside the repository")
+        path = url[len(store.url) + 1 :]
         try:
-            for chunk in resuming(self.store, path):
-                if self.progress is not None and path.startswith("targets/"):
+            for chunk in resuming(store, path):
+                if self.progress is not None and "targets/" in url:
                     self.progress(len(chunk))
                 yield chunk
         except NotFoundError as e:
@@ -75,16 +78,16 @@ class Client:
         self.store = open_store(url)
         self.meta_dir = root / "var/lib/jumpkit/tuf" / hashlib.sha256(url.encode()).hexdigest()[:16]
         self.meta_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._progress = progress
+        self.fetcher = StoreFetcher([self.store], progress)
         self._bootstrap = bootstrap if not (self.meta_dir / "root.json").exists() else None
 
     def _updater(self, target_dir: Path | None = None) -> Updater:
         return Updater(
             metadata_dir=str(self.meta_dir),
-            metadata_base_url=PREFIX + "metadata/",
+            metadata_base_url=f"{self.store.url}/metadata/",
             target_dir=None if target_dir is None else str(target_dir),
-            target_base_url=PREFIX + "targets/",
-            fetcher=_StoreFetcher(self.store, self._progress),
+            target_base_url=f"{self.store.url}/targets/",
+            fetcher=self.fetcher,
             config=UpdaterConfig(prefix_targets_with_hash=True),
             bootstrap=self._bootstrap,
         )

@@ -342,3 +342,46 @@ def test_key_rotation(role: str, published: dict[str, object], sandbox: Callable
     pin(sb, published["root"])
     p = install("--root", sb.root, "fetch", "--repo", published["s3"], "--to", "4.1.1")  # type: ignore[arg-type]
     assert p.returncode == 0, p.stderr
+
+
+def test_conformance_client_cli(published: dict[str, object], tmp_path: Path) -> None:
+    """scripts/tuf-client speaks the tuf-conformance client-under-test protocol over our
+    stores: init, refresh, download (cached the second time), exit 1 on failure."""
+    cli = str(REPO / "scripts/tuf-client")
+    repo = str(published["file"])
+    md, tg = tmp_path / "md", tmp_path / "tg"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [cli, "--metadata-dir", str(md), *args], capture_output=True, text=True, timeout=60
+        )
+
+    assert run("init", str(published["froot"])).returncode == 0
+    assert sorted(p.name for p in md.iterdir()) == ["root.json"]
+    assert run("--metadata-url", f"{repo}/metadata", "refresh").returncode == 0
+    assert {"root.json", "timestamp.json", "snapshot.json", "targets.json"} <= {p.name for p in md.iterdir()}
+    tg.mkdir()
+    args = [
+        "--metadata-url",
+        f"{repo}/metadata",
+        "--target-base-url",
+        f"{repo}/targets",
+        "--target-dir",
+        str(tg),
+    ]
+    p = run(*args, "--target-name", "demo-manager-4.0.1-to-4.1.1.zip", "download")
+    assert p.returncode == 0, p.stderr
+    got = tg / "demo-manager-4.0.1-to-4.1.1.zip"
+    mtime = got.stat().st_mtime_ns
+    assert run(*args, "--target-name", "demo-manager-4.0.1-to-4.1.1.zip", "download").returncode == 0
+    assert got.stat().st_mtime_ns == mtime  # cached: not downloaded again
+    p = run(*args, "--target-name", "no-such-target.zip", "download")
+    assert p.returncode == 1 and "no such target" in p.stderr
+    # a repository serving expired metadata: refresh fails with exit 1
+    ts = Path(repo.removeprefix("file://")) / "metadata/timestamp.json"
+    doc = json.loads(ts.read_text())
+    doc["signed"]["expires"] = "2000-01-01T00:00:00Z"
+    doc["signed"]["version"] += 1
+    ts.write_text(json.dumps(doc))
+    p = run("--metadata-url", f"{repo}/metadata", "refresh")
+    assert p.returncode == 1 and "tuf-client:" in p.stderr
