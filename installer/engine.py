@@ -237,6 +237,11 @@ class Engine:
 
     def _refuse_unfinished(self, state: StateDir) -> None:
         st = self._txn_state(self._txn(state))
+        if st == "committed" and state.read_status().status == "working":
+            raise StateError(
+                "the last apply committed but crashed before recording it; run 'bundle-install resume' "
+                "(or 'bundle-install rollback') first"
+            )
         if st in ("applying", "rolling-back"):
             raise StateError(
                 f"an earlier apply did not finish ({st}); run 'bundle-install resume' or "

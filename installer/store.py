@@ -13,6 +13,7 @@ import os
 import shutil
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -117,6 +118,36 @@ class FileStore:
             raise StoreError(f"{self.url}/{path}: {e.strerror}") from e
 
 
+def _http_read(url: str, offset: int, headers: dict[str, str] | None = None) -> Iterator[bytes]:
+    """GET ``url`` from ``offset`` (a Range request) in chunks; a response cut short
+    raises :class:`StoreError` (so :func:`resuming` asks for the rest)."""
+    req = urllib.request.Request(url, headers=headers or {})
+    if offset and "Range" not in req.headers:
+        req.add_header("Range", f"bytes={offset}-")
+    try:
+        resp = urllib.request.urlopen(req, timeout=30)
+    except urllib.error.HTTPError as e:
+        if e.code in (403, 404):
+            raise NotFoundError(f"{url}: HTTP {e.code}") from e
+        raise StoreError(f"{url}: HTTP {e.code}") from e
+    except (urllib.error.URLError, OSError) as e:
+        raise StoreError(f"{url}: {getattr(e, 'reason', e)}") from e
+    with resp:
+        if offset and resp.status != 206:
+            raise StoreError(f"{url}: server ignored the Range request")
+        length = resp.headers.get("Content-Length")
+        want = int(length) if length and length.isdigit() else None
+        got = 0
+        try:
+            while chunk := resp.read(CHUNK):
+                got += len(chunk)
+                yield chunk
+        except (http.client.HTTPException, OSError) as e:  # a cut connection: resuming() retries
+            raise StoreError(f"{url}: connection lost: {e!r}") from e
+        if want is not None and got < want:  # http.client returns b"" when cut short
+            raise StoreError(f"{url}: connection closed after {got} of {want} bytes")
+
+
 class HttpsStore:
     """``https://cdn.example.com/repo`` (or ``http://`` for a local mirror): read-only."""
 
@@ -125,31 +156,7 @@ class HttpsStore:
 
     def read(self, path: str, offset: int = 0) -> Iterator[bytes]:
         """See :class:`Store`."""
-        req = urllib.request.Request(f"{self.url}/{path}")
-        if offset:
-            req.add_header("Range", f"bytes={offset}-")
-        try:
-            resp = urllib.request.urlopen(req, timeout=30)
-        except urllib.error.HTTPError as e:
-            if e.code in (403, 404):
-                raise NotFoundError(f"{self.url}/{path}: HTTP {e.code}") from e
-            raise StoreError(f"{self.url}/{path}: HTTP {e.code}") from e
-        except (urllib.error.URLError, OSError) as e:
-            raise StoreError(f"{self.url}/{path}: {getattr(e, 'reason', e)}") from e
-        with resp:
-            if offset and resp.status != 206:
-                raise StoreError(f"{self.url}/{path}: server ignored the Range request")
-            length = resp.headers.get("Content-Length")
-            want = int(length) if length and length.isdigit() else None
-            got = 0
-            try:
-                while chunk := resp.read(CHUNK):
-                    got += len(chunk)
-                    yield chunk
-            except (http.client.HTTPException, OSError) as e:  # a cut connection: resuming() retries
-                raise StoreError(f"{self.url}/{path}: connection lost: {e!r}") from e
-            if want is not None and got < want:  # http.client returns b"" when cut short
-                raise StoreError(f"{self.url}/{path}: connection closed after {got} of {want} bytes")
+        return _http_read(f"{self.url}/{path}", offset)
 
     def write(self, path: str, source: Path) -> None:
         """See :class:`Store`."""
@@ -157,48 +164,59 @@ class HttpsStore:
 
 
 class S3Store:
-    """``s3://bucket/prefix`` through boto3. ``AWS_ENDPOINT_URL`` (or ``endpoint_url``)
-    points it at MinIO, Ceph RGW or a test server; region and credentials come from the
-    usual AWS environment, config files and profiles."""
+    """``s3://bucket/prefix``. Reads are plain HTTP GETs signed with AWS Signature V4 by
+    botocore's signer (credentials and region resolved the usual AWS way: environment,
+    config files, profiles, instance roles; none found: unsigned, for public buckets), so
+    the installer needs no S3 client and none of its service data. ``AWS_ENDPOINT_URL``
+    points it at MinIO, Ceph RGW or a test server (path-style URLs); otherwise AWS
+    (virtual-hosted URLs). Writes (the builder's publish) go through boto3."""
 
-    def __init__(self, url: str, bucket: str, prefix: str, endpoint_url: str | None = None) -> None:
-        import boto3
-        from botocore.config import Config
-
+    def __init__(self, url: str, bucket: str, prefix: str) -> None:
         self.url = url.rstrip("/")
         self.bucket = bucket
         self.prefix = prefix.strip("/")
-        self._s3: Any = boto3.client(
-            "s3",
-            endpoint_url=endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None,
-            config=Config(signature_version="s3v4", retries={"max_attempts": 3, "mode": "standard"}),
-        )
+        self._session: Any = None
 
     def _key(self, path: str) -> str:
         return f"{self.prefix}/{path}" if self.prefix else path
 
+    def _signed(self, key: str, offset: int) -> tuple[str, dict[str, str]]:
+        from botocore.auth import S3SigV4Auth
+        from botocore.awsrequest import AWSRequest
+        from botocore.session import get_session
+
+        if self._session is None:
+            self._session = get_session()
+        region = self._session.get_config_variable("region") or "us-east-1"
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        quoted = urllib.parse.quote(key)
+        if endpoint:
+            url = f"{endpoint.rstrip('/')}/{self.bucket}/{quoted}"
+        else:
+            url = f"https://{self.bucket}.s3.{region}.amazonaws.com/{quoted}"
+        req = AWSRequest(method="GET", url=url, headers={"Range": f"bytes={offset}-"} if offset else {})
+        creds = self._session.get_credentials()
+        if creds is not None:
+            S3SigV4Auth(creds.get_frozen_credentials(), "s3", region).add_auth(req)
+        return url, dict(req.headers.items())
+
     def read(self, path: str, offset: int = 0) -> Iterator[bytes]:
         """See :class:`Store`."""
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError
 
-        kw = {"Range": f"bytes={offset}-"} if offset else {}
         try:
-            body = self._s3.get_object(Bucket=self.bucket, Key=self._key(path), **kw)["Body"]
-            yield from body.iter_chunks(CHUNK)
-        except ClientError as e:
-            code = e.response.get("Error", {}).get("Code", "")
-            if code in ("NoSuchKey", "404", "AccessDenied", "403"):
-                raise NotFoundError(f"{self.url}/{path}: {code}") from e
-            raise StoreError(f"{self.url}/{path}: {code or e}") from e
+            url, headers = self._signed(self._key(path), offset)
         except BotoCoreError as e:
-            raise StoreError(f"{self.url}/{path}: {e}") from e
+            raise StoreError(f"{self.url}/{path}: cannot sign the request: {e}") from e
+        yield from _http_read(url, offset, headers)
 
     def write(self, path: str, source: Path) -> None:
         """See :class:`Store`."""
+        import boto3
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            self._s3.upload_file(str(source), self.bucket, self._key(path))
+            boto3.client("s3").upload_file(str(source), self.bucket, self._key(path))
         except (ClientError, BotoCoreError, OSError) as e:
             raise StoreError(f"{self.url}/{path}: upload failed: {e}") from e
 
