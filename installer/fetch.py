@@ -147,22 +147,29 @@ class Client:
         return dest
 
 
+# what each ngclient refusal means, most specific first
+_REFUSALS: tuple[tuple[type[Exception], str], ...] = (
+    (tuf_errors.ExpiredMetadataError, "expired metadata (freeze attack or a stale mirror)"),
+    (tuf_errors.BadVersionNumberError, "older metadata than already seen (rollback attack)"),
+    (tuf_errors.UnsignedMetadataError, "metadata not signed by enough trusted keys"),
+    (tuf_errors.LengthOrHashMismatchError, "bytes do not match the signed metadata"),
+    (tuf_errors.DownloadLengthMismatchError, "longer than the signed length (endless data)"),
+    (tuf_errors.RepositoryError, "refused"),
+)
+
+
 def _guard(call: Callable[[], Any]) -> Any:
-    """Run an ngclient call, translating its errors into jumpkit's tree."""
+    """Run an ngclient call, translating its errors into jumpkit's tree.
+
+    Raises:
+        BundleRejectedError: a TUF check failed. StoreError: the download failed.
+        UsageError: a bad argument.
+    """
     try:
         return call()
-    except tuf_errors.ExpiredMetadataError as e:
-        raise BundleRejectedError(f"TUF: expired metadata (freeze attack or a stale mirror): {e}") from e
-    except tuf_errors.BadVersionNumberError as e:
-        raise BundleRejectedError(f"TUF: older metadata than already seen (rollback attack): {e}") from e
-    except tuf_errors.UnsignedMetadataError as e:
-        raise BundleRejectedError(f"TUF: metadata not signed by enough trusted keys: {e}") from e
-    except tuf_errors.LengthOrHashMismatchError as e:
-        raise BundleRejectedError(f"TUF: bytes do not match the signed metadata: {e}") from e
-    except tuf_errors.DownloadLengthMismatchError as e:
-        raise BundleRejectedError(f"TUF: longer than the signed length (endless data): {e}") from e
-    except tuf_errors.RepositoryError as e:
-        raise BundleRejectedError(f"TUF: {type(e).__name__}: {e}") from e
+    except (tuf_errors.RepositoryError, tuf_errors.DownloadLengthMismatchError) as e:
+        what = next(w for t, w in _REFUSALS if isinstance(e, t))
+        raise BundleRejectedError(f"TUF: {what}: {e}") from e
     except tuf_errors.DownloadError as e:
         raise StoreError(f"TUF download failed: {e}") from e
     except ValueError as e:
