@@ -16,7 +16,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 
 from builder import __version__
 from builder.build import build_bundle
-from builder.errors import BuildError
+from builder.errors import BuildError, UnknownJumpError
 from builder.frozen import DEFAULT_INSTALLER, FrozenInstaller, probe_installer
 from builder.inspect import describe, inspect_bundle
 from builder.keys import keygen as make_key
@@ -152,7 +152,14 @@ def build(
         prod = load_product(specs, product)
         chain = [(frm, to)]
         if (frm, to) not in prod.jump_files():
-            chain = plan_chain(prod.graph(), frm, to)
+            try:
+                chain = plan_chain(prod.graph(), frm, to)
+            except NoPath as e:
+                defined = ", ".join(f"{a} -> {b}" for a, b in prod.graph().jumps) or "none"
+                raise UnknownJumpError(
+                    f"{prod.name} has no jump {frm} -> {to} and no chain of jumps ({e.message}); "
+                    f"defined: {defined}"
+                ) from e
             if not json_out:
                 err.print(
                     f"bundle-build: no direct jump {frm} -> {to}; "

@@ -81,9 +81,12 @@ def test_source_date_epoch_sets_timestamps(tmp_path: Path, keys: dict[str, Path]
 
 
 def test_undefined_jump_lists_defined(tmp_path: Path, keys: dict[str, Path]) -> None:
-    p = build("--specs", SPECS, "--from", "4.0.1", "--to", "4.2.0", "--key", keys["key"], "--out", tmp_path)
+    """No jump and no chain of jumps: refused with the defined ones (a chain is built: see
+    test_upgrade_paths)."""
+    p = build("--specs", SPECS, "--from", "4.2.0", "--to", "5.0.0", "--key", keys["key"], "--out", tmp_path)
     assert p.returncode == 2
-    assert "no jump 4.0.1 -> 4.2.0" in p.stderr and "4.1.1 -> 4.2.0" in p.stderr
+    assert "no jump 4.2.0 -> 5.0.0 and no chain of jumps (no jump leaves 4.2.0)" in p.stderr
+    assert "4.1.1 -> 4.2.0" in p.stderr
     assert not list(tmp_path.iterdir())
 
 
