@@ -256,11 +256,3 @@ class Repo:
                         f.write(chunk)
                 out.write(p, local)
         return len(paths)
-
-
-def describe(targets: Metadata[Targets]) -> list[dict[str, Any]]:
-    """Name, length and custom fields of every target."""
-    return [
-        {"name": n, "length": t.length, **json.loads(json.dumps(t.unrecognized_fields.get("custom", {})))}
-        for n, t in sorted(targets.signed.targets.items())
-    ]
