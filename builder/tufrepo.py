@@ -14,7 +14,6 @@ is what managers pin (``<root>/etc/jumpkit/tuf/root.json``).
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import tempfile
 from collections.abc import Iterable
