@@ -38,22 +38,28 @@ def per_jump_steps() -> list[Step]:
     return [Hooks("pre"), SwapGroup("files"), Migrate(), SwapGroup("configs"), Hooks("post")]
 
 
-def transaction_units(ctxs: Sequence[Context]) -> list[Unit]:
-    """The units of a transaction. One jump: the apply steps under their own names (the
-    journal of a single apply is unchanged). A chain: database backups (of the starting
-    version) and the stop with the first jump's context, each jump's steps named
-    ``<step>#<n>``, then the start and the health checks of the last jump."""
-    if len(ctxs) == 1:
-        return [Unit(s.name, s, ctxs[0]) for s in apply_steps()]
-    head, tail = ctxs[0], ctxs[-1]
-    units = [
-        Unit(BackupDatabases.name, BackupDatabases(), head),
-        Unit(StopServices.name, StopServices(), head),
+def unit_layout(jumps: int) -> list[tuple[str, Step, int]]:
+    """(journal name, step, 0-based jump) of a transaction over ``jumps`` jumps. One jump:
+    the apply steps under their own names (the journal of a single apply is unchanged). A
+    chain: database backups (of the starting version) and the stop with the first jump,
+    each jump's steps named ``<step>#<n>``, then the start and the health checks of the
+    last jump."""
+    if jumps == 1:
+        return [(s.name, s, 0) for s in apply_steps()]
+    last = jumps - 1
+    layout: list[tuple[str, Step, int]] = [
+        (BackupDatabases.name, BackupDatabases(), 0),
+        (StopServices.name, StopServices(), 0),
     ]
-    for n, ctx in enumerate(ctxs, 1):
-        units += [Unit(f"{s.name}#{n}", s, ctx) for s in per_jump_steps()]
-    units += [Unit(StartServices.name, StartServices(), tail), Unit(Health.name, Health(), tail)]
-    return units
+    for n in range(jumps):
+        layout += [(f"{s.name}#{n + 1}", s, n) for s in per_jump_steps()]
+    return [*layout, (StartServices.name, StartServices(), last), (Health.name, Health(), last)]
+
+
+def transaction_units(ctxs: Sequence[Context]) -> list[Unit]:
+    """The units of a transaction over ``ctxs`` (one context per jump), as
+    :func:`unit_layout` orders them."""
+    return [Unit(name, step, ctxs[jump]) for name, step, jump in unit_layout(len(ctxs))]
 
 
 def chain_id(manifests: Sequence[Manifest]) -> str:

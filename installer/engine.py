@@ -21,7 +21,7 @@ from installer.archive import (
     open_bundle,
     verify_bundle,
 )
-from installer.chain import Unit, chain_id, check_chain, per_jump_steps, transaction_units
+from installer.chain import Unit, chain_id, check_chain, transaction_units, unit_layout
 from installer.errors import (
     ApplyError,
     JumpkitError,
@@ -39,7 +39,7 @@ from installer.preflight import read_installed_version
 from installer.services import ServiceManager, service_manager
 from installer.stage import is_staged, load_staged, stage_bundle
 from installer.state import StateDir, StatusDoc, default_state_dir, find_state_dirs
-from installer.steps import Context, StopServices, apply_steps
+from installer.steps import Context, StopServices
 
 Log = Callable[[str], None]
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
@@ -787,8 +787,7 @@ class Engine:
         ctxs_like = list(zip(manifests, plans, strict=True))
         report["drift"] = [d for _, plan in ctxs_like for d in plan.drift]
         report["notes"] = [n for _, plan in ctxs_like for n in plan.notes]
-        names = [u for u in _unit_names(len(manifests))]
-        by_jump = {i: mp for i, mp in enumerate(ctxs_like, 1)}
+        names = [(name, jump) for name, _, jump in unit_layout(len(manifests))]
         steps = []
         for m in manifests:
             steps.append(
@@ -798,7 +797,7 @@ class Engine:
                 {"step": "stage", "detail": f"{m.total_size()} bytes into {state.staging_dir(m.bundle_id)}"}
             )
         for name, jump in names:
-            m, plan = by_jump[jump]
+            m, plan = ctxs_like[jump]
             steps.append({"step": name, "detail": self._describe(name.partition("#")[0], m, plan)})
         steps.append(
             {"step": "commit", "detail": "journal commit; backup kept until unstage or the next apply"}
@@ -916,15 +915,3 @@ class Engine:
         if name == "health":
             return ", ".join(c.name for c in manifest.services.health) or "none"
         return ""
-
-
-def _unit_names(jumps: int) -> list[tuple[str, int]]:
-    """(unit name, 1-based jump) of a transaction over ``jumps`` jumps, as
-    :func:`installer.chain.transaction_units` orders them."""
-    if jumps == 1:
-        return [(s.name, 1) for s in apply_steps()]
-    return (
-        [("backup-db", 1), ("stop-services", 1)]
-        + [(f"{s.name}#{n}", n) for n in range(1, jumps + 1) for s in per_jump_steps()]
-        + [("start-services", jumps), ("health", jumps)]
-    )
