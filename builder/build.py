@@ -27,6 +27,7 @@ from installer.format import (
     FileEntry,
     Hook,
     InstallerInfo,
+    Job,
     Manifest,
     Member,
     Services,
@@ -204,6 +205,10 @@ def _manifest(
             ),
             checks=product.spec.checks + jump.checks,
             hooks=tuple(hooks),
+            jobs=tuple(
+                Job(name=j.name, retries=j.retries, backoff=j.backoff, timeout=j.timeout) for j in jump.jobs
+            ),
+            cluster=product.spec.cluster,
             databases=tuple(databases),
             installer=None
             if installer is None

@@ -237,14 +237,21 @@ def collect(product: Product, jump: JumpSpec, jump_dir: Path) -> Collected:
         svc = next((s for s in (jump.services or product.spec.services).services if s.name == name), None)
         data = render_unit(product.name, jump.to_version, name, unit, svc.stop_timeout if svc else 30.0)
         out.files.append(Pending(path, "file", 0o644, None, Source(PAYLOAD_PREFIX + path, 0o644, data=data)))
+    scripts: list[tuple[str, str, str]] = []
     for hook in jump.hooks:
-        for name, script in [(hook.name, hook.script)] + (
-            [(f"{hook.name}-undo", hook.undo_script)] if hook.undo_script else []
-        ):
-            src = jump_dir / script
-            if not src.is_file():
-                raise SpecError(f"hooks: {hook.name}: script {src} does not exist")
-            out.extras.append(Source(f"hooks/{name}", 0o755, path=src))
+        scripts.append(("hooks", hook.name, hook.script))
+        if hook.undo_script:
+            scripts.append(("hooks", f"{hook.name}-undo", hook.undo_script))
+    scripts += [("jobs", job.name, job.script) for job in jump.jobs]
+    seen: set[str] = set()
+    for where, name, script in scripts:
+        if name in seen:
+            raise SpecError(f"{where}: {name}: the name is used by another hook or job")
+        seen.add(name)
+        src = jump_dir / script
+        if not src.is_file():
+            raise SpecError(f"{where}: {name}: script {src} does not exist")
+        out.extras.append(Source(f"hooks/{name}", 0o755, path=src))
     for rel in jump.components:
         src = jump_dir / rel
         if not src.is_file() or not src.name.endswith(".rpm"):

@@ -119,4 +119,14 @@ def describe(info: dict[str, Any]) -> list[str]:
         lines.append(f"check: {c['kind']} {c.get('description') or c['path']}")
     for h in m["hooks"]:
         lines.append(f"hook: {h['name']} ({h['when']})")
+    for j in m.get("jobs", []):
+        lines.append(f"job: {j['name']} (after commit, {j['retries']} retries, backoff {j['backoff']}s)")
+    cl = m.get("cluster")
+    if cl:
+        lines.append(
+            "cluster: leader probe "
+            + (cl["leader"]["name"] if cl["leader"] else "none (the first host leads)")
+            + f"; member health: {', '.join(h['name'] for h in cl['member_health']) or 'none'}"
+            + ("; pins the leader" if cl["pin_leader"] else "")
+        )
     return lines

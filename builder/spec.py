@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from builder.errors import SpecError, UnknownJumpError
-from installer.format import Check, HealthCheck, Lookup, RewriteRule, Service
+from installer.format import Check, Cluster, HealthCheck, HookWhen, Lookup, RewriteRule, Service
 from installer.graph import Graph, Policy, PolicyError, violations
 from installer.paths import check_relpath
 from installer.version import Version
@@ -133,6 +133,8 @@ class ProductSpec(_Spec):
     """Which jumps are allowed (MSR's rules by default; each switchable; exceptions with a reason)."""
     required_stops: tuple[str, ...] = ()
     """Versions every chain that crosses them must stop at (GitLab's required upgrade stops)."""
+    cluster: Cluster | None = None
+    """Leader probe, member health gate and leader pinning for ``bundle-build rollout``."""
 
     @field_validator("required_stops")
     @classmethod
@@ -188,10 +190,21 @@ class HookSpec(_Spec):
     """A deploy hook: a script from the jump dir run with the services stopped."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    when: Literal["pre", "post"]
+    when: HookWhen
     script: str
     undo_script: str | None = None
     timeout: float = 300.0
+
+
+class JobSpec(_Spec):
+    """A post-upgrade background job: a script from the jump dir run after the commit,
+    retried with exponential backoff (MSR's metadata store migration)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    script: str
+    retries: int = Field(default=3, ge=0, le=100)
+    backoff: float = Field(default=5.0, ge=0, le=3600)
+    timeout: float = Field(default=3600.0, gt=0)
 
 
 class JumpSpec(_Spec):
@@ -206,6 +219,7 @@ class JumpSpec(_Spec):
     variables: dict[str, Any] = Field(default_factory=dict)
     checks: tuple[Check, ...] = ()
     hooks: tuple[HookSpec, ...] = ()
+    jobs: tuple[JobSpec, ...] = ()
     services: ServicesSpec | None = None
     units: dict[str, UnitSpec] = Field(default_factory=dict)
     """Services this jump adds, by name: systemd units rendered into the payload."""

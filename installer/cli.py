@@ -213,6 +213,11 @@ def _print_status(doc: StatusDoc, as_json: bool) -> None:
         out.print(f"step:    {doc.step}")
     if doc.outage_seconds is not None:
         out.print(f"outage:  {doc.outage_seconds:.3f}s")
+    for name, job in doc.extra.get("jobs", {}).items():
+        detail = job.get("error") if job["state"] != "succeeded" else None
+        out.print(
+            f"job {name}: {job['state']} ({job['attempts']} attempt(s))" + (f": {detail}" if detail else "")
+        )
     comp = doc.extra.get("components")
     if comp:
         out.print(
@@ -268,6 +273,14 @@ def apply(
             "transaction ends).",
         ),
     ] = False,
+    wait_jobs: Annotated[
+        bool,
+        typer.Option(
+            "--wait-jobs",
+            help="Run the jump's post-upgrade jobs before returning (exit 5 if one fails every "
+            "attempt; the upgrade stays committed) instead of from a detached 'bundle-install jobs'.",
+        ),
+    ] = False,
     repo: Annotated[
         str | None,
         typer.Option("--repo", help="Fetch the bundles through TUF from this repository first (with --to)."),
@@ -282,6 +295,7 @@ def apply(
     each jump swaps and migrates in order, the services start once, the health checks run
     once; a failure anywhere rolls the whole chain back to the first from-version."""
     _g().opts.detach_components = detach_components
+    _g().opts.detach_jobs = not wait_jobs
     if (repo is None) != (to is None) or (repo is not None and bundles):
         err.print("bundle-install apply: give bundle files, or --repo URL --to VERSION")
         raise typer.Exit(2)
@@ -326,6 +340,52 @@ def status(json_out: JsonOpt = False) -> None:
 def components(json_out: JsonOpt = False) -> None:
     """Install the component RPMs of the last committed apply (waits for the rpm database lock)."""
     _print_status(_run(json_out, lambda e: e.components()), json_out or _g().json)
+
+
+@app.command()
+def jobs(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Jobs to run (again); default: every job not yet succeeded.")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Run the post-upgrade jobs of the last committed apply: each until it succeeds or has
+    used its retries (exponential backoff). Re-triggers failed jobs; named jobs run even if
+    they succeeded. Waits for a running apply to finish. Exit 5 if a job fails."""
+    _print_status(_run(json_out, lambda e: e.jobs(names or [])), json_out or _g().json)
+
+
+@app.command()
+def cluster(
+    action: Annotated[
+        str,
+        typer.Argument(
+            help="role (is this host the leader?), pin-leader, unpin-leader, cluster-pre, node, "
+            "cluster-post (run the jump's hooks of that kind) or member-health (wait for the "
+            "product's cluster health gate)."
+        ),
+    ],
+    bundle: BundleArg,
+    host: Annotated[
+        str | None, typer.Option("--host", help="This host's inventory name (JUMPKIT_HOST for commands).")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """One step of a fleet rollout on this host, as 'bundle-build rollout' runs it through
+    Ansible. The bundle's signature is checked first; hook scripts are checked against the
+    manifest before they run. Exit 5 if a command, hook or the health gate fails."""
+    from installer.cluster import ACTIONS
+
+    if action not in ACTIONS:
+        err.print(f"bundle-install cluster: unknown action {action!r}; one of {', '.join(ACTIONS)}")
+        raise typer.Exit(2)
+    res = _run(json_out, lambda e: e.cluster(action, bundle, host))  # type: ignore[arg-type]
+    if json_out or _g().json:
+        print(json.dumps({"ok": True, **res}, sort_keys=True))
+    elif action == "role":
+        out.print({True: "leader", False: "member", None: "no leader probe"}[res["leader"]])
+    else:
+        out.print(f"{action}: ok" + (f" ({', '.join(res['hooks'])})" if res.get("hooks") else ""))
 
 
 @app.command()

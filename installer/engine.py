@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from installer import components, preflight, rpmbundle, selfupdate
+from installer import cluster, components, jobs, preflight, rpmbundle, selfupdate
 from installer.archive import (
     DEFAULT_MAX_BUNDLE_BYTES,
     Bundle,
@@ -58,6 +58,8 @@ class Options:
     max_bundle_bytes: int = DEFAULT_MAX_BUNDLE_BYTES
     detach_components: bool = False
     """Install component RPMs from a detached process that waits for rpm's lock (%posttrans)."""
+    detach_jobs: bool = True
+    """Run post-upgrade jobs from a detached ``bundle-install jobs`` (False: before apply returns)."""
 
 
 class Engine:
@@ -429,7 +431,79 @@ class Engine:
             else:
                 self._install_components(tail.manifest, tail.staging)
         assert self._status is not None
+        if tail.manifest.jobs and "jobs" not in self._status.extra:
+            self._status.extra["jobs"] = jobs.pending(tail.manifest)
+            self._set_status()
+            if not self.opts.detach_jobs:
+                self._run_jobs(tail.manifest, tail.staging, [])
+            elif (error := self._spawn(state, tail.staging, "jobs")) is not None:
+                self.log(f"post-upgrade jobs: {error}; run 'bundle-install jobs'")
+            else:
+                self.log(f"post-upgrade jobs: detached 'bundle-install jobs' ({state.path}/jobs.log)")
         return self._status
+
+    # --- post-upgrade jobs (jobs.py) ----------------------------------------------------
+    def _run_jobs(self, manifest: Manifest, staging: Path, names: Sequence[str]) -> None:
+        assert self._status is not None
+        states: dict[str, Any] = self._status.extra.setdefault("jobs", jobs.pending(manifest))
+        failed = []
+        for job in jobs.select(manifest, names, states):
+
+            def update(st: dict[str, Any], name: str = job.name) -> None:
+                states[name] = st
+                self._set_status()
+
+            self.log(f"job {job.name}: starting")
+            st = jobs.run_job(job, staging / "bundle" / "hooks" / job.name, manifest, self.root, update)
+            self.log(f"job {job.name}: {st['state']} after {st['attempts']} attempt(s)")
+            if st["state"] != "succeeded":
+                failed.append(f"{job.name} ({st.get('error', '?')})")
+        if failed:
+            raise jobs.JobError(
+                f"upgraded to {manifest.to_version}, but job(s) failed: {'; '.join(failed)}; "
+                "fix the cause, then 'bundle-install jobs'"
+            )
+
+    def jobs(self, names: Sequence[str] = ()) -> StatusDoc:
+        """Run the post-upgrade jobs of the last committed apply that have not succeeded
+        (or those named), each with its retries; waits for a running apply to finish.
+
+        Raises:
+            StateError: no committed apply with jobs. JobError: a job failed every attempt.
+        """
+        state = self.state_for(None)
+        with state.locked(wait=components.DEFAULT_WAIT):
+            txn = self._txn(state)
+            if not txn or self._txn_state(txn) != "committed":
+                raise StateError("no committed apply to run post-upgrade jobs for")
+            tail = (txn[0].get("chain") or [txn[0]["bundle"]])[-1]
+            manifest, _ = load_staged(state, tail)
+            if not manifest.jobs:
+                raise StateError(f"{manifest.bundle_id} declares no post-upgrade jobs")
+            self._state = state
+            self._status = state.read_status()
+            self._run_jobs(manifest, state.staging_dir(manifest.bundle_id), names)
+            return self._status
+
+    # --- fleet rollout (cluster.py) -----------------------------------------------------
+    def cluster(self, action: cluster.Action, bundle_path: Path, host: str | None = None) -> dict[str, Any]:
+        """One step of a fleet rollout on this host (see :mod:`installer.cluster`); the
+        bundle's signature is checked first.
+
+        Raises:
+            BundleRejectedError, ClusterError, UsageError.
+        """
+        if rpmbundle.is_rpm(bundle_path):
+            raise UsageError(f"{bundle_path} is an RPM; a rollout ships the bundle ZIP")
+        bundle, manifest, _, _ = self._open(bundle_path)
+        try:
+            scratch = self.state_for(manifest).path / "tmp"
+            out = cluster.run(action, bundle, manifest, self.root, scratch, host=host, log=self.log)
+        finally:
+            bundle.close()
+        if action == "role":  # the rollout reads both at once: one installer start less per host
+            out["status"] = self.status().to_json()
+        return out
 
     # --- component RPMs (components.py) -------------------------------------------------
     def _set_components(self, manifest: Manifest, phase: str, **kw: str) -> None:
@@ -457,13 +531,25 @@ class Engine:
     def _spawn_components(self, state: StateDir, staging: Path, manifest: Manifest) -> None:
         """Start ``bundle-install components`` in its own session: it outlives this process
         (and rpm's scriptlet) and waits for rpm's lock and then for our state lock."""
+        error = self._spawn(state, staging, "components")
+        if error is not None:  # the upgrade itself has committed: report, do not fail it
+            self._set_components(manifest, "failed", error=error)
+            return
+        self.log(
+            "component RPMs: a detached 'bundle-install components' installs them; "
+            f"log {state.path}/components.log"
+        )
+
+    def _spawn(self, state: StateDir, staging: Path, command: str) -> str | None:
+        """Start ``bundle-install <command>`` detached (its own session, log
+        ``<state>/<command>.log``); returns why it could not start, or None."""
         if getattr(sys, "frozen", False):
             argv = [str(staging / "bundle" / INSTALLER_MEMBER)]
         else:
             argv = [sys.executable, "-m", "installer.cli"]
-        argv += ["--root", str(self.root), "--state-dir", str(state.path), "components"]
+        argv += ["--root", str(self.root), "--state-dir", str(state.path), command]
         try:
-            with open(state.path / "components.log", "ab") as log:
+            with open(state.path / f"{command}.log", "ab") as log:
                 child = subprocess.Popen(
                     argv,
                     stdin=subprocess.PIPE,  # closed at once: EOF (a bare manager root may lack /dev/null)
@@ -474,13 +560,9 @@ class Engine:
                 )
                 assert child.stdin is not None
                 child.stdin.close()
-        except OSError as e:  # the upgrade itself has committed: report, do not fail it
-            self._set_components(manifest, "failed", error=f"could not start the detached step: {e}")
-            return
-        self.log(
-            "component RPMs: a detached 'bundle-install components' installs them; "
-            f"log {state.path}/components.log"
-        )
+        except OSError as e:
+            return f"could not start the detached step: {e}"
+        return None
 
     def components(self) -> StatusDoc:
         """Install the component RPMs of the last committed apply (again, if need be).

@@ -208,14 +208,44 @@ class Check(_Model):
     description: str = ""
 
 
+HookWhen = Literal["pre", "post", "cluster-pre", "node", "cluster-post"]
+"""``pre``/``post``: run by the apply with the services stopped. ``cluster-pre`` (once, on the
+leader, before any host), ``node`` (on each host after its apply) and ``cluster-post`` (once,
+after every host): run by a fleet rollout through ``bundle-install cluster hook``."""
+
+
 class Hook(_Model):
-    """A script from ``hooks/`` the deploy runs with the services stopped."""
+    """A script from ``hooks/`` the deploy (or a fleet rollout) runs."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    when: Literal["pre", "post"]
+    when: HookWhen
     timeout: float = Field(default=300.0, gt=0)
     undo: str | None = None
     """Optional hook name run when the step is rolled back."""
+
+
+class Job(_Model):
+    """A post-upgrade background job (a script from ``hooks/``) run after the commit, retried
+    ``retries`` times with exponential backoff; re-run by ``bundle-install jobs``."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    retries: int = Field(default=3, ge=0, le=100)
+    backoff: float = Field(default=5.0, ge=0, le=3600)
+    """Seconds before the first retry; doubled for each further one."""
+    timeout: float = Field(default=3600.0, gt=0)
+
+
+class Cluster(_Model):
+    """How a fleet rollout treats a cluster of managers (``bundle-build rollout``)."""
+
+    leader: HealthCheck | None = None
+    """Passes on the leader only (run on every host); no probe: the first host leads."""
+    member_health: tuple[HealthCheck, ...] = ()
+    """The cluster gate after each host's apply (e.g. "member rejoined"), retried as declared."""
+    pin_leader: tuple[str, ...] = ()
+    """Run on the leader before the rollout: no other member may take over (Rok's master
+    candidates); ``unpin_leader`` undoes it after the rollout, also after a failure."""
+    unpin_leader: tuple[str, ...] = ()
 
 
 class Database(_Model):
@@ -261,6 +291,8 @@ class Manifest(_Model):
     services: Services = Services()
     checks: tuple[Check, ...] = ()
     hooks: tuple[Hook, ...] = ()
+    jobs: tuple[Job, ...] = ()
+    cluster: Cluster | None = None
     databases: tuple[Database, ...] = ()
     installer: InstallerInfo | None = None
     development: bool = False
@@ -317,6 +349,12 @@ class Manifest(_Model):
         for c in self.components:
             if c not in names or not c.startswith("components/") or not c.endswith(".rpm"):
                 raise ValueError(f"component {c!r} is not a components/*.rpm extra member")
+        scripts = [h.name for h in self.hooks] + [j.name for j in self.jobs]
+        if len(set(scripts)) != len(scripts):
+            raise ValueError("a hook or job name is used twice")
+        for script in scripts + [h.undo for h in self.hooks if h.undo]:
+            if f"hooks/{script}" not in names:
+                raise ValueError(f"hook or job {script!r} has no hooks/{script} extra member")
         if self.installer is not None and INSTALLER_MEMBER not in names:
             raise ValueError(f"installer recorded but {INSTALLER_MEMBER} is not an extra member")
         return self

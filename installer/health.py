@@ -47,7 +47,8 @@ def expand(text: str, variables: Mapping[str, str]) -> str:
     return text
 
 
-def _probe(check: HealthCheck, variables: Mapping[str, str], root: Path) -> tuple[bool, str]:
+def probe(check: HealthCheck, variables: Mapping[str, str], root: Path) -> tuple[bool, str]:
+    """Run ``check`` once: (passed, what it saw)."""
     if check.kind == "http":
         url = expand(check.url or "", variables)
         try:
@@ -90,7 +91,7 @@ def wait_healthy(checks: tuple[HealthCheck, ...], variables: Mapping[str, str], 
     for check in checks:
         last = ""
         for attempt in range(check.retries):
-            ok, last = _probe(check, variables, root)
+            ok, last = probe(check, variables, root)
             if ok:
                 break
             if attempt + 1 < check.retries:

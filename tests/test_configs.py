@@ -45,9 +45,8 @@ def product(tmp: Path) -> Path:
     return specs
 
 
-@pytest.fixture
-def setup(tmp_path: Path, keys: dict[str, Path]) -> tuple[Path, Path, Path]:
-    specs = product(tmp_path)
+def built(specs: Path, tmp_path: Path, keys: dict[str, Path]) -> tuple[Path, Path, Path]:
+    """Build cfg 1.0.0 -> 1.1.0 from ``specs`` and lay out 1.0.0: (root, bundle, specs)."""
     out = tmp_path / "dist"
     p = build("--specs", specs, "--from", "1.0.0", "--to", "1.1.0", "--key", keys["key"], "--out", out)
     assert p.returncode == 0, p.stderr
@@ -55,6 +54,11 @@ def setup(tmp_path: Path, keys: dict[str, Path]) -> tuple[Path, Path, Path]:
     p = build("sandbox", "--specs", specs, "--version", "1.0.0", "--root", root, "--trust", keys["pub"])
     assert p.returncode == 0, p.stderr
     return root, out / "cfg-1.0.0-to-1.1.0.zip", specs
+
+
+@pytest.fixture
+def setup(tmp_path: Path, keys: dict[str, Path]) -> tuple[Path, Path, Path]:
+    return built(product(tmp_path), tmp_path, keys)
 
 
 def test_unedited_configs_take_new_defaults(setup: tuple[Path, Path, Path]) -> None:
