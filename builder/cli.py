@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-import traceback
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -20,6 +19,9 @@ from builder.errors import BuildError, UnknownJumpError
 from builder.frozen import DEFAULT_INSTALLER, FrozenInstaller, probe_installer
 from builder.inspect import describe, inspect_bundle
 from builder.keys import keygen as make_key
+from builder.present import JsonOpt, err
+from builder.present import fail as _fail
+from builder.rollout_cli import rollout_app
 from builder.rpm import build_rpm
 from builder.sandbox import lay_out
 from builder.spec import load_product
@@ -35,22 +37,6 @@ app = typer.Typer(
     "Reproducible: the same specs, key and SOURCE_DATE_EPOCH (or the jump's date) give a "
     "byte-identical bundle. Exit codes: 0 ok; 1 build failed; 2 bad spec or usage; 3 bad bundle.",
 )
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts.")]
-
-
-def _fail(e: JumpkitError, as_json: bool, debug: bool) -> NoReturn:
-    if debug:
-        traceback.print_exception(e)
-    details = getattr(e, "details", [])
-    if as_json:
-        print(json.dumps({"ok": False, "exit": e.exit_code, "error": e.message, "details": details}))
-    else:
-        err.print(f"bundle-build: {e.message}")
-        for d in details:
-            if d not in e.message:
-                err.print(f"  - {d}")
-    raise typer.Exit(e.exit_code)
 
 
 @app.callback()
@@ -359,6 +345,7 @@ repo_app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(repo_app, name="repo")
+app.add_typer(rollout_app, name="rollout")
 RepoOpt = Annotated[str, typer.Option("--repo", help="Repository URL: s3://BUCKET/PREFIX or file:///DIR.")]
 KeysOpt = Annotated[Path, typer.Option("--keys", help="Directory of the repository's signing keys.")]
 

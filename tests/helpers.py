@@ -135,6 +135,20 @@ def alive(pid: int) -> bool:
         return False
 
 
+def terminate(pid: int | None) -> None:
+    """SIGTERM ``pid``, SIGKILL it after 5 s."""
+    if pid is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    for _ in range(250):
+        if not alive(pid):
+            return
+        time.sleep(0.02)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
 @dataclass
 class Sandbox:
     root: Path
@@ -169,17 +183,7 @@ class Sandbox:
         return v
 
     def stop(self) -> None:
-        pid = self.supervisord_pid
-        if pid is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        for _ in range(250):
-            if not alive(pid):
-                break
-            time.sleep(0.02)
-        else:
-            os.kill(pid, signal.SIGKILL)
+        terminate(self.supervisord_pid)
         self.supervisord_pid = None
 
     def destroy(self) -> None:
