@@ -168,7 +168,8 @@ def test_failure_on_second_host_stops_the_rollout(
 def test_unreachable_host_stops_before_any_outage(
     fleet_factory: Any, release_bundle: Path, keys: dict[str, Path]
 ) -> None:
-    fleet = fleet_factory(leader=0, host_vars={"m2": "ansible_host=10.213.250.2 ansible_timeout=3"})  # no such network
+    # no such network; give up after 3 s
+    fleet = fleet_factory(leader=0, host_vars={"m2": "ansible_host=10.213.250.2 ansible_timeout=3"})
     rc, doc = rollout(fleet, release_bundle, keys["pub"])
     assert rc == 5 and "nothing was stopped on any host" in doc["summary"], doc
     assert hosts(doc)["m2"]["result"] == "unreachable"
