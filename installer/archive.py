@@ -75,7 +75,8 @@ class ZipBundle:
             infos = self._zip.infolist()
         except FileNotFoundError as e:
             raise BundleRejectedError(f"no such bundle: {path}") from e
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, struct.error) as e:
+            # NotImplementedError: zipfile's answer to a "version needed" it does not know
             raise BundleRejectedError(f"not a readable ZIP bundle ({e})") from e
         self._infos: dict[str, zipfile.ZipInfo] = {}
         folded: set[str] = set()

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from installer.archive import iter_verified, open_bundle, verify_bundle
 from installer.engine import Engine, Options
-from installer.errors import JumpkitError
+from installer.errors import BundleRejectedError, JumpkitError
 from installer.format import canonical_json, load_trusted_keys, parse_manifest
 from installer.version import Version
 from tests.counts import count
@@ -147,3 +147,17 @@ def test_stage_of_a_mutated_bundle(
     assert snapshot(work, root / "var/lib/jumpkit") == before
     shutil.rmtree(work)
     count("fuzz: mutated bundles staged")
+
+
+def test_unknown_zip_version_is_a_rejection(good_bytes: bytes, tmp_path: Path) -> None:
+    """Found by the fuzzer above (one flipped bit): a central directory record whose
+    "version needed to extract" zipfile does not know made zipfile raise
+    NotImplementedError, which escaped as a traceback instead of exit 3."""
+    data = bytearray(good_bytes)
+    cd = data.index(b"PK\x01\x02")  # first central directory record
+    data[cd + 6] = 84  # version needed to extract: 8.4
+    data[cd + 7] = 0
+    bad = tmp_path / "b.zip"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(BundleRejectedError, match="not a readable ZIP bundle"):
+        open_bundle(bad)
