@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import resource
 import shutil
 import subprocess
 import sys
@@ -155,13 +154,16 @@ def make_product(tree: Path, work: Path) -> Path:
 
 
 def timed(argv: list[str], **kw: object) -> tuple[float, int]:
-    """Run a command; returns (seconds, peak RSS of the child in KiB)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """Run a command; returns (seconds, peak RSS in KiB of that child alone: wait4, not
+    RUSAGE_CHILDREN, which would report an earlier child's peak if it was higher)."""
     t0 = time.perf_counter()
-    subprocess.run(argv, check=True, **kw)  # type: ignore[call-overload]
+    p = subprocess.Popen(argv, **kw)  # type: ignore[call-overload]
+    _, status, usage = os.wait4(p.pid, 0)
     dt = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return dt, peak if peak > before else before
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode != 0:
+        raise subprocess.CalledProcessError(p.returncode, argv)
+    return dt, usage.ru_maxrss
 
 
 def warm(tree: Path) -> None:
