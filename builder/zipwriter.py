@@ -20,13 +20,14 @@ import stat
 import struct
 import tempfile
 import time
-import zlib
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from isal import isal_zlib
 
 CHUNK = 1024 * 1024
 SAMPLE = 64 * 1024
@@ -62,9 +63,9 @@ class Prepared:
     crc: int
     method: int  # 0 stored, 8 deflated
     csize: int
-    blob: bytes | None  # compressed bytes in memory
+    blob: bytes | None  # the entry's bytes as written (compressed or stored), in memory
     spill: Path | None  # compressed bytes in a temp file
-    # for stored entries: blob/spill are None and bytes come from source again
+    # both None: a large stored entry, whose bytes are read from the source again
 
 
 def _dos_time(epoch: int) -> tuple[int, int]:
@@ -90,6 +91,19 @@ def _open_source(src: Source) -> BinaryIO:
     return io.BytesIO(src.data or b"")
 
 
+def _read_upto(fd: int, n: int) -> bytes:
+    """Up to ``n`` bytes from ``fd``: fewer only at end of file."""
+    data = os.read(fd, n)
+    if len(data) == n or not data:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < n and (more := os.read(fd, n - got)):
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
 def _isal_level(level: int) -> int:
     """zlib-style 1-9 to ISA-L 1-3 (1-3 -> 1, 4-6 -> 2, 7-9 -> 3).
 
@@ -99,8 +113,6 @@ def _isal_level(level: int) -> int:
 
 def _compressible(data: bytes) -> bool:
     """Does a sample shrink? (ISA-L level 0 on 64 KiB: a few hundred microseconds.)"""
-    from isal import isal_zlib
-
     sample = data[:SAMPLE]
     return len(isal_zlib.compress(sample, 0, -15)) <= STORE_RATIO * len(sample)
 
@@ -108,38 +120,54 @@ def _compressible(data: bytes) -> bool:
 def prepare(src: Source, level: int, spill_dir: Path) -> Prepared:
     """Hash and compress one entry (runs on a worker thread).
 
-    Entries up to ONESHOT_MAX are read whole and deflated by ISA-L in one call, which
-    releases the GIL, so two workers use two cores. Larger ones stream through ISA-L's
-    compressor in chunks, spilling to a temp file (bounded memory). Entries whose sample
-    does not shrink are stored, and so is any entry that deflate would not make smaller.
+    Entries up to ONESHOT_MAX are read whole with one ``read(2)`` and deflated by ISA-L
+    in one call; both release the GIL, so two workers use two cores. Their bytes stay in
+    memory until the writer takes them (bounded by the writer's window), so a stored
+    entry is not read twice and what is written is exactly what was hashed. Larger ones
+    stream through ISA-L's compressor in chunks, spilling to a temp file (bounded
+    memory). Entries whose sample does not shrink are stored, and so is any entry that
+    deflate would not make smaller.
     """
-    from isal import isal_zlib
+    if src.path is None:
+        return _oneshot(src, src.data or b"", level)
+    fd = os.open(src.path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        if size <= ONESHOT_MAX:
+            head = _read_upto(fd, size + 1)
+            if len(head) == size:
+                return _oneshot(src, head, level)
+        else:
+            head = _read_upto(fd, CHUNK)
+        with os.fdopen(os.dup(fd), "rb") as f:
+            f.seek(len(head))
+            sha = hashlib.sha256(head)
+            crc = isal_zlib.crc32(head)
+            deflate = level > 0 and len(head) > 0 and _compressible(head)
+            return _stream(src, f, head, sha, crc, deflate, level, spill_dir)
+    finally:
+        os.close(fd)
 
-    with _open_source(src) as f:
-        size = os.fstat(f.fileno()).st_size if src.path is not None else len(src.data or b"")
-        head = f.read(size + 1 if size <= ONESHOT_MAX else CHUNK)
-        sha = hashlib.sha256(head)
-        crc = zlib.crc32(head)
-        deflate = level > 0 and len(head) > 0 and (len(head) <= SMALL or _compressible(head))
-        if size <= ONESHOT_MAX and len(head) == size:
-            if deflate:
-                blob = isal_zlib.compress(head, _isal_level(level), -15)
-                if len(blob) < len(head):
-                    return Prepared(src, sha.hexdigest(), size, crc, 8, len(blob), blob, None)
-            return Prepared(src, sha.hexdigest(), size, crc, 0, size, None, None)
-        return _stream(src, f, head, sha, crc, deflate, level, spill_dir)
+
+def _oneshot(src: Source, data: bytes, level: int) -> Prepared:
+    size = len(data)
+    sha = hashlib.sha256(data).hexdigest()
+    crc = isal_zlib.crc32(data)
+    if level > 0 and size > 0 and (size <= SMALL or _compressible(data)):
+        blob = isal_zlib.compress(data, _isal_level(level), -15)
+        if len(blob) < size:
+            return Prepared(src, sha, size, crc, 8, len(blob), blob, None)
+    return Prepared(src, sha, size, crc, 0, size, data, None)
 
 
 def _stream(
     src: Source, f: BinaryIO, head: bytes, sha: Any, crc: int, deflate: bool, level: int, spill_dir: Path
 ) -> Prepared:
-    from isal import isal_zlib
-
     size = len(head)
     if not deflate:
         while chunk := f.read(CHUNK):
             sha.update(chunk)
-            crc = zlib.crc32(chunk, crc)
+            crc = isal_zlib.crc32(chunk, crc)
             size += len(chunk)
         return Prepared(src, sha.hexdigest(), size, crc, 0, size, None, None)
     comp = isal_zlib.compressobj(_isal_level(level), isal_zlib.DEFLATED, -15)
@@ -155,7 +183,7 @@ def _stream(
             chunk = f.read(CHUNK)
             if chunk:
                 sha.update(chunk)
-                crc = zlib.crc32(chunk, crc)
+                crc = isal_zlib.crc32(chunk, crc)
                 size += len(chunk)
         tail = comp.flush()
         out.write(tail)
@@ -177,15 +205,28 @@ class ZipWriter:
         self.workers = workers
         self.force_zip64 = force_zip64
         self.dos_time, self.dos_date = _dos_time(epoch)
-        self._central: list[bytes] = []
-        self._names: set[str] = set()
         self._spill = Path(tempfile.mkdtemp(prefix="jumpkit-zip-"))
+        # central directory records wait in a file, not in memory (tens of thousands)
+        self._central = tempfile.TemporaryFile(dir=self._spill)  # noqa: SIM115
+        self._count = 0
+        self._digests: dict[str, tuple[str, int]] = {}
+
+    def __enter__(self) -> ZipWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
+
+    def discard(self) -> None:
+        """Remove the temp files (spilled entries, central directory); idempotent."""
+        self._central.close()
+        shutil.rmtree(self._spill, ignore_errors=True)
 
     def write_all(
         self, sources: Iterable[Source], progress: Callable[[int], None] | None = None
     ) -> dict[str, tuple[str, int]]:
-        """Write every source; returns {name: (sha256, size)}."""
-        digests: dict[str, tuple[str, int]] = {}
+        """Write every source; returns {name: (sha256, size)} of every entry written so far."""
+        digests = self._digests
         pending: deque[tuple[Future[Prepared], int]] = deque()
         in_flight = 0
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
@@ -203,15 +244,14 @@ class ZipWriter:
 
     def add_bytes(self, name: str, data: bytes, mode: int = 0o644) -> None:
         """Write one in-memory entry now (manifest, signature)."""
-        self._emit(prepare(Source(name, mode, data=data), self.level, self._spill), {}, None)
+        self._emit(prepare(Source(name, mode, data=data), self.level, self._spill), self._digests, None)
 
     def _emit(
         self, p: Prepared, digests: dict[str, tuple[str, int]], progress: Callable[[int], None] | None
     ) -> None:
         name = p.source.name
-        if name in self._names:
+        if name in digests:
             raise ValueError(f"duplicate entry {name}")
-        self._names.add(name)
         raw = name.encode("utf-8")
         offset = self.dest.tell()
         zip64 = self.force_zip64 or p.size >= U32 or p.csize >= U32
@@ -251,7 +291,8 @@ class ZipWriter:
             struct.pack(f"<HH{len(cd_fields)}Q", 1, 8 * len(cd_fields), *cd_fields) if cd_fields else b""
         )
         ext_attr = (stat.S_IFREG | (p.source.mode & 0o777)) << 16
-        self._central.append(
+        self._count += 1
+        self._central.write(
             struct.pack(
                 "<IHHHHHHIIIHHHHHII",
                 0x02014B50,
@@ -283,7 +324,7 @@ class ZipWriter:
         crc = 0
         with _open_source(p.source) as f:
             while chunk := f.read(CHUNK):
-                crc = zlib.crc32(chunk, crc)
+                crc = isal_zlib.crc32(chunk, crc)
                 self.dest.write(chunk)
         if crc != p.crc:
             raise OSError(f"{p.source.name}: file changed while the bundle was being written")
@@ -291,10 +332,10 @@ class ZipWriter:
     def close(self) -> None:
         """Write the central directory and end records."""
         cd_offset = self.dest.tell()
-        for rec in self._central:
-            self.dest.write(rec)
+        self._central.seek(0)
+        shutil.copyfileobj(self._central, self.dest, CHUNK)
         cd_size = self.dest.tell() - cd_offset
-        n = len(self._central)
+        n = self._count
         if self.force_zip64 or n >= U16 or cd_offset >= U32 or cd_size >= U32:
             z64_offset = self.dest.tell()
             self.dest.write(
@@ -316,4 +357,4 @@ class ZipWriter:
             )
         else:
             self.dest.write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, n, n, cd_size, cd_offset, 0))
-        shutil.rmtree(self._spill, ignore_errors=True)
+        self.discard()

@@ -11,6 +11,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from builder.zipwriter import Source, ZipWriter
 from tests.helpers import REPO, SPECS, build, build_demo
 
@@ -138,22 +140,45 @@ def test_zipwriter_stores_incompressible_and_reads_back(tmp_path: Path) -> None:
     (tmp_path / "text").write_text("config line\n" * 50_000)
     (tmp_path / "random").write_bytes(os.urandom(2_000_000))
     (tmp_path / "empty").write_bytes(b"")
+    # above the one-shot size: streamed through the compressor / re-read to be stored
+    (tmp_path / "big-text").write_text("endpoint = http://node:8080\n" * 250_000)
+    (tmp_path / "big-random").write_bytes(os.urandom(5_000_000))
+    names = ("text", "random", "empty", "big-text", "big-random")
     for force64 in (False, True):
         dest = tmp_path / f"t{force64}.zip"
         with open(dest, "wb") as f:
             w = ZipWriter(f, epoch=1_700_000_000, force_zip64=force64)
-            digests = w.write_all([Source(n, 0o640, path=tmp_path / n) for n in ("text", "random", "empty")])
+            digests = w.write_all([Source(n, 0o640, path=tmp_path / n) for n in names])
             w.close()
         with zipfile.ZipFile(dest) as z:
             assert z.testzip() is None
             info = {i.filename: i for i in z.infolist()}
-            assert info["text"].compress_type == zipfile.ZIP_DEFLATED
-            assert info["random"].compress_type == zipfile.ZIP_STORED
+            for n in ("text", "big-text"):
+                assert info[n].compress_type == zipfile.ZIP_DEFLATED
+                assert info[n].compress_size < info[n].file_size // 10
+            for n in ("random", "big-random"):
+                assert info[n].compress_type == zipfile.ZIP_STORED
             assert info["text"].external_attr >> 16 == 0o100640
-            for n in ("text", "random", "empty"):
+            for n in names:
                 assert hashlib.sha256(z.read(n)).hexdigest() == digests[n][0]
         p = subprocess.run(["unzip", "-tq", str(dest)], capture_output=True, text=True)
         assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_zipwriter_leaves_no_temp_files_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    (tmp_path / "big").write_text("line\n" * 2_000_000)  # spills to a temp file
+    with open(tmp_path / "out.zip", "wb") as f, ZipWriter(f, epoch=1_700_000_000) as w:
+        w.write_all([Source("big", 0o644, path=tmp_path / "big")])
+        with pytest.raises(ValueError, match="duplicate entry big"):
+            w.write_all([Source("big", 0o644, data=b"again")])
+        with pytest.raises(FileNotFoundError):
+            w.write_all([Source("gone", 0o644, path=tmp_path / "gone")])
+    assert list((tmp_path / "tmp").iterdir()) == []
 
 
 def test_zipwriter_many_entries_uses_zip64_end_record(tmp_path: Path) -> None:
