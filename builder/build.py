@@ -127,16 +127,24 @@ def build_bundle(
     partial = dest.with_name(f".{dest.name}.partial")
     out = _OutFile(partial, checksum)
     try:
-        writer = ZipWriter(out, epoch=epoch, level=level, workers=workers)  # type: ignore[arg-type]
-        digests = writer.write_all(collected.sources(), progress)
-        manifest = _manifest(
-            product, jump.from_version, jump.to_version, collected, digests, epoch, jump, databases, installer
-        )
-        data = manifest_bytes(manifest)
-        writer.add_bytes(MANIFEST_NAME, data)
-        if private is not None:
-            writer.add_bytes(SIGNATURE_NAME, sign_manifest(data, private))
-        writer.close()
+        with ZipWriter(out, epoch=epoch, level=level, workers=workers) as writer:  # type: ignore[arg-type]
+            digests = writer.write_all(collected.sources(), progress)
+            manifest = _manifest(
+                product,
+                jump.from_version,
+                jump.to_version,
+                collected,
+                digests,
+                epoch,
+                jump,
+                databases,
+                installer,
+            )
+            data = manifest_bytes(manifest)
+            writer.add_bytes(MANIFEST_NAME, data)
+            if private is not None:
+                writer.add_bytes(SIGNATURE_NAME, sign_manifest(data, private))
+            writer.close()
         out.close()
         os.replace(partial, dest)
     except BaseException:
@@ -158,9 +166,16 @@ def _manifest(
     databases: list[Database],
     installer: FrozenInstaller | None,
 ) -> Manifest:
+    """The manifest of what was written. Empties ``collected.files`` and takes their
+    entries out of ``digests``."""
+    # Consumes collected.files and their digests as it goes: each pending entry is freed
+    # as its FileEntry is made, so both never coexist for tens of thousands of files.
+    pending = collected.files
+    pending.sort(key=lambda p: p.path, reverse=True)
     files = []
-    for p in sorted(collected.files, key=lambda p: p.path):
-        sha, size = digests[p.source.name] if p.source is not None else (None, 0)
+    while pending:
+        p = pending.pop()
+        sha, size = digests.pop(p.source.name) if p.source is not None else (None, 0)
         files.append(
             FileEntry(
                 path=p.path,
