@@ -23,6 +23,21 @@ from tests.helpers import (
 )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Builds under test cache installer probes in a temp dir, not in ~/.cache."""
+    import os
+
+    d = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("JUMPKIT_CACHE_DIR")
+    os.environ["JUMPKIT_CACHE_DIR"] = str(d)
+    yield d
+    if old is None:
+        os.environ.pop("JUMPKIT_CACHE_DIR", None)
+    else:
+        os.environ["JUMPKIT_CACHE_DIR"] = old
+
+
 @pytest.fixture(scope="session")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("keys")

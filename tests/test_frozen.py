@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from builder.errors import BuildError
+from builder.frozen import probe_installer
 from installer import READABLE_FORMATS, __version__
 from installer.migrate import MIGRATION_STDLIB, current_revision
 from tests.helpers import REPO, Sandbox, build, build_demo, sqlite_url, tree_hash
@@ -187,6 +189,45 @@ def test_release_bundle_records_the_installer(release_bundle: Path, frozen: Path
     assert member["mode"] == 0o755 and member["sha256"] == info["sha256"]
     human = build("inspect", release_bundle).stdout
     assert f"installer: bin/bundle-install {__version__}" in human and "DEVELOPMENT" not in human
+
+
+def _fake_installer(path: Path, formats: str, note: str = "") -> Path:
+    """A script that answers --version like bundle-install and counts its runs."""
+    path.write_text(
+        f"#!/bin/sh\n# {note}\necho run >> {path}.runs\n"
+        f"echo 'bundle-install 9.9.9 (bundle formats {formats})'\n"
+    )
+    path.chmod(0o755)
+    return path
+
+
+def _runs(path: Path) -> int:
+    runs = path.with_name(path.name + ".runs")
+    return len(runs.read_text().splitlines()) if runs.exists() else 0
+
+
+def test_installer_probe_is_cached_by_content(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    fake = _fake_installer(tmp_path / "bundle-install", "1")
+    first = probe_installer(fake, cache=cache)
+    second = probe_installer(fake, cache=cache)
+    assert first == second and first.version == "9.9.9" and first.formats == (1,)
+    assert _runs(fake) == 1  # the second build did not run it
+    _fake_installer(fake, "1", note="other bytes, same path")
+    probe_installer(fake, cache=cache)
+    assert _runs(fake) == 2  # new content: probed afresh
+    for entry in (cache / "installers").iterdir():
+        entry.write_text("{not json")
+    probe_installer(fake, cache=cache)
+    assert _runs(fake) == 3  # an unreadable cache entry is a miss, not an error
+
+
+def test_cached_probe_still_refuses_a_format_it_cannot_read(tmp_path: Path) -> None:
+    fake = _fake_installer(tmp_path / "bundle-install", "99")
+    for _ in range(2):
+        with pytest.raises(BuildError, match="reads bundle formats"):
+            probe_installer(fake, cache=tmp_path / "cache")
+    assert _runs(fake) == 1
 
 
 def test_build_refuses_an_installer_that_is_not_one(tmp_path: Path, keys: dict[str, Path]) -> None:
