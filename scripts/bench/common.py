@@ -196,8 +196,23 @@ def keygen(work: Path) -> tuple[Path, Path]:
     return work / "k/signing.key", work / "k/signing.pub"
 
 
-def build_argv(specs: Path, key: Path, out: Path) -> list[str]:
-    """The bundle-build command line for the bench product's 1.0.0 -> 1.1.0 jump."""
+def frozen_installer() -> Path:
+    """The frozen installer every release bundle carries (scripts/freeze-installer,
+    cached by source hash: built once, ~70 s)."""
+    out = subprocess.run(
+        [str(REPO / "scripts/freeze-installer"), "--print-path"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    ).stdout
+    return Path(out.split()[-1])
+
+
+def build_argv(specs: Path, key: Path, out: Path, installer: Path | None = None) -> list[str]:
+    """The bundle-build command line for the bench product's 1.0.0 -> 1.1.0 jump: a
+    release bundle with ``installer`` embedded, or a development bundle without one."""
+    embed = ["--installer", str(installer)] if installer is not None else ["--no-installer"]
     return [
         python(),
         "-m",
@@ -212,4 +227,5 @@ def build_argv(specs: Path, key: Path, out: Path) -> list[str]:
         str(key),
         "--out",
         str(out),
+        *embed,
     ]

@@ -19,6 +19,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import frozen_installer  # noqa: E402
+
 from tests.fleet import Fleet  # noqa: E402
 from tests.helpers import free_port  # noqa: E402
 
@@ -67,9 +70,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hosts", type=int, default=3)
     a = ap.parse_args()
-    frozen = subprocess.run(
-        [str(REPO / "scripts/freeze-installer"), "--print-path"], capture_output=True, text=True, check=True
-    ).stdout.split()[-1]
+    frozen = frozen_installer()
     with tempfile.TemporaryDirectory(prefix="jk-bench-rollout-") as tmp:
         t = Path(tmp)
         assert cli("keygen", "--out", t, "--name", "k").returncode == 0

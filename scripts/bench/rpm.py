@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, build_argv, keygen, make_product, make_tree, parser, timed, warm
+from common import REPO, build_argv, frozen_installer, keygen, make_product, make_tree, parser, timed, warm
 
 PLAIN_SPEC = """Name: plain
 Version: 1.1.0
@@ -42,14 +42,13 @@ cp -a {tree}/. %{{buildroot}}/opt/plain/
 def main() -> int:
     args = parser(__doc__).parse_args()
     tree = make_tree(args.size_mb, args.files)
-    subprocess.run([str(REPO / "scripts/freeze-installer")], check=True, cwd=REPO)
+    installer = frozen_installer()
     with tempfile.TemporaryDirectory(prefix="jk-bench-", dir=REPO / ".cache") as tmp:
         work = Path(tmp)
         specs = make_product(tree, work)
         key, _ = keygen(work)
         spec = work / "plain.spec"
         spec.write_text(PLAIN_SPEC.format(tree=tree))
-        installer = ["--installer", str(REPO / "dist/bundle-install")]
         warm(tree)
         plain_t, rpm_t, zip_t = [], [], []
         for i in range(args.repeat):  # interleaved: a noisy VM slows every contender alike
@@ -63,7 +62,7 @@ def main() -> int:
             shutil.rmtree(top)
             for fmt, times in (("rpm", rpm_t), ("zip", zip_t)):
                 out = work / f"{fmt}{i}"
-                argv = [*build_argv(specs, key, out), *installer, "--format", fmt]
+                argv = [*build_argv(specs, key, out, installer), "--format", fmt]
                 times.append(timed(argv, stdout=subprocess.DEVNULL)[0])
                 shutil.rmtree(out)
     plain, rpm, zipped = (statistics.median(t) for t in (plain_t, rpm_t, zip_t))
