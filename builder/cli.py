@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -171,6 +172,9 @@ def build(
         )  # fmt: skip
     if json_out:
         print(json.dumps(docs[0] if len(docs) == 1 else {"ok": True, "chain": docs}))
+    # The process ends here: the manifests still referenced hold no cycles, so keep the
+    # interpreter's final collection from walking them (~0.1 s for 24k files).
+    gc.freeze()
 
 
 def _build_one(

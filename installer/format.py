@@ -12,6 +12,7 @@ A bundle (ZIP or RPM payload) holds::
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import io
 import json
@@ -22,7 +23,15 @@ from typing import Annotated, Any, BinaryIO, Literal
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from installer import READABLE_FORMATS
 from installer.errors import ManifestError, SignatureError, UnsafePathError
@@ -419,6 +428,13 @@ def loads_strict(data: bytes, *, what: str) -> Any:
 
 
 _FILES_MARK = "\x00jumpkit-files\x00"
+_FILES_CHUNK = 1000
+
+
+@functools.cache
+def _file_list() -> TypeAdapter[tuple[FileEntry, ...]]:
+    """Built on first use: only a builder serialises manifests."""
+    return TypeAdapter(tuple[FileEntry, ...])
 
 
 def manifest_bytes(manifest: Manifest) -> bytes:
@@ -437,10 +453,13 @@ def manifest_bytes(manifest: Manifest) -> bytes:
     out = io.BytesIO()
     out.write(before)
     out.write(b"[")
-    for i, f in enumerate(manifest.files):
+    files = manifest.files
+    for i in range(0, len(files), _FILES_CHUNK):
         if i:
             out.write(b",")
-        out.write(canonical_json(f.model_dump(mode="json")))
+        # a chunk at a time: one dump and one encode per chunk, the list's brackets cut
+        chunk = _file_list().dump_python(files[i : i + _FILES_CHUNK], mode="json")
+        out.write(canonical_json(chunk)[1:-1])
     out.write(b"]")
     out.write(after)
     return out.getvalue()

@@ -77,3 +77,33 @@ def test_installer_imports_no_build_host_modules() -> None:
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_manifest_bytes_is_the_canonical_dump_across_chunks(bundle: Path) -> None:
+    """The file list is serialised in chunks and spliced in; the bytes must be exactly
+    the canonical JSON of the whole manifest, whatever the entry kinds and count."""
+    import zipfile
+
+    from installer.format import FileEntry, RewriteRule, manifest_bytes
+
+    with zipfile.ZipFile(bundle) as z:
+        signed = z.read("manifest.json")
+    demo = parse_manifest(signed)
+    assert manifest_bytes(demo) == signed
+    kinds = [
+        FileEntry(path=f"opt/f{i:05d}", sha256="a" * 64, size=i, mode=0o755 if i % 2 else 0o644)
+        for i in range(2345)
+    ] + [
+        FileEntry(path="opt/link", kind="symlink", link_target="f00001", mode=0o777),
+        FileEntry(
+            path="etc/é.conf",
+            kind="config",
+            sha256="b" * 64,
+            from_sha256="c" * 64,
+            policy="rewrite",
+            rules=(RewriteRule(pattern=r"tcp://(\S+)", replacement=r"http://\1"),),
+        ),
+    ]
+    for files in ((), tuple(kinds[:1]), tuple(kinds[:1000]), tuple(kinds[:1001]), tuple(kinds)):
+        m = demo.model_copy(update={"files": tuple(sorted(files, key=lambda f: f.path))})
+        assert manifest_bytes(m) == canonical_json(m.model_dump(mode="json"))
