@@ -7,6 +7,7 @@ import contextlib
 import gc
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -41,14 +42,15 @@ DOS_EPOCH = 315532800  # 1980-01-01, the earliest time a ZIP can hold
 
 
 class _OutFile:
-    """The bundle being written: counts bytes, and hashes them when asked (sha256 runs at
-    ~200 MB/s on this machine kind, a third of a build's time, and the signed manifest
-    already covers every byte that matters)."""
+    """The bundle being written: counts bytes, and hashes them when asked (``--checksum``:
+    the signed manifest already covers every byte that matters)."""
 
     def __init__(self, path: Path, checksum: bool) -> None:
         self.f = open(path, "wb")  # noqa: SIM115
         self.sha = hashlib.sha256() if checksum else None
         self.pos = 0
+        self._early: threading.Thread | None = None
+        self._early_error: OSError | None = None
 
     def write(self, data: bytes) -> int:
         if self.sha is not None:
@@ -59,9 +61,31 @@ class _OutFile:
     def tell(self) -> int:
         return self.pos
 
+    def flush_early(self) -> None:
+        """Start putting what is written so far on disk, in the background: the payload
+        reaches the disk while the manifest is made, and close() waits only for the tail."""
+        self.f.flush()
+        self._early = threading.Thread(target=self._sync, args=(self.f.fileno(),), daemon=True)
+        self._early.start()
+
+    def _sync(self, fd: int) -> None:
+        try:
+            os.fdatasync(fd)
+        except OSError as e:  # a write-back error is reported once per open file: keep it
+            self._early_error = e
+
     def close(self) -> None:
+        if self._early is not None:
+            self._early.join()
+            if self._early_error is not None:
+                raise self._early_error
         self.f.flush()
         os.fsync(self.f.fileno())
+        self.f.close()
+
+    def discard(self) -> None:
+        if self._early is not None:
+            self._early.join()
         self.f.close()
 
 
@@ -168,6 +192,7 @@ def _build(
     try:
         with ZipWriter(out, epoch=epoch, level=level, workers=workers) as writer:  # type: ignore[arg-type]
             digests = writer.write_all(collected.sources(), progress)
+            out.flush_early()
             manifest = _manifest(
                 product,
                 jump.from_version,
@@ -187,7 +212,7 @@ def _build(
         out.close()
         os.replace(partial, dest)
     except BaseException:
-        out.f.close()
+        out.discard()
         partial.unlink(missing_ok=True)
         raise
     digest = out.sha.hexdigest() if out.sha is not None else None

@@ -4,9 +4,12 @@ Nothing is hashed twice for new files: the writer hashes while it compresses."""
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import os
+import re
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -50,7 +53,15 @@ class Collected:
 
 
 def _matches(path: str, patterns: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatchcase(path, p) for p in patterns)
+    """fnmatchcase against any of ``patterns`` (one compiled regex per pattern set)."""
+    return _pattern_set(patterns)(path) is not None
+
+
+@functools.cache
+def _pattern_set(patterns: tuple[str, ...]) -> Callable[[str], re.Match[str] | None]:
+    if not patterns:
+        return lambda _: None
+    return re.compile("|".join(fnmatch.translate(p) for p in patterns)).match
 
 
 @dataclass(frozen=True, slots=True)

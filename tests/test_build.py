@@ -201,3 +201,40 @@ def test_every_demo_jump_builds_with_rehearsal(tmp_path: Path, keys: dict[str, P
         with zipfile.ZipFile(json.loads(p.stdout)["bundle"]) as z:
             db = json.loads(z.read("manifest.json"))["databases"][0]
         assert db["revisions"] and db["rehearsal_seconds"] == 0.5
+
+
+def test_a_write_back_error_of_the_early_flush_fails_the_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The payload is synced in the background while the manifest is made; an EIO seen
+    there is reported once per open file, so close() must raise it, not lose it."""
+    import errno
+
+    from builder import build as build_mod
+
+    def eio(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    out = build_mod._OutFile(tmp_path / "b.zip", checksum=False)
+    out.write(b"payload")
+    monkeypatch.setattr(build_mod.os, "fdatasync", eio)
+    out.flush_early()
+    out.write(b"manifest")
+    with pytest.raises(OSError, match="Input/output error"):
+        out.close()
+    out.discard()
+
+
+def test_include_exclude_patterns_match_as_fnmatchcase() -> None:
+    """The spec's file patterns are compiled into one regex per set: same answers as
+    fnmatch.fnmatchcase pattern by pattern (case-sensitive, '*' crosses '/')."""
+    import fnmatch
+
+    from builder.collect import _matches
+
+    sets = [(), ("**",), ("*",), ("opt/*",), ("*.py", "etc/*.conf"), ("a[bc]?/x*",), (".done", "*/.git/*")]
+    paths = ["opt/app/x.py", "etc/a.conf", "etc/sub/a.conf", ".done", "abz/xy", "ab/x", "a/.git/h", "X.PY"]
+    for patterns in sets:
+        for path in [*paths, "é/x.py"]:
+            want = any(fnmatch.fnmatchcase(path, p) for p in patterns)
+            assert _matches(path, patterns) == want, (path, patterns)
