@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+
 import pytest
 
 from tests.helpers import REPO
@@ -36,4 +37,3 @@ def test_build_bench_prints_its_ratios() -> None:
 def test_stage_bench_prints_its_ratio() -> None:
     doc = bench("stage.py", "--repeat", "1", "--json")
     assert doc["ratio_vs_unzip"] > 0 and doc["bundle_mib"] > 0
-
