@@ -113,6 +113,22 @@ def source_epoch(date_epoch: int | None) -> int:
     return max(date_epoch or DOS_EPOCH, DOS_EPOCH)
 
 
+@contextlib.contextmanager
+def _few_gc_passes() -> Iterator[None]:
+    """A build makes ~10 objects per file and no cycles worth collecting while it runs:
+    the collector's default thresholds spent ~5% of a 24k-file build walking the heap.
+    Objects from before the build (imports) are frozen out of its passes."""
+    old = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 1000)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
+        gc.unfreeze()
+
+
+@_few_gc_passes()
 def build_bundle(
     specs_dir: Path,
     product_name: str | None,
@@ -134,43 +150,6 @@ def build_bundle(
     Raises:
         SpecError: invalid or unknown specs. BuildError: missing key or inputs.
     """
-    with _few_gc_passes():
-        return _build(
-            specs_dir, product_name, frm, to, out_dir, key=key, level=level, workers=workers,
-            checksum=checksum, rehearse=rehearse, installer=installer, progress=progress,
-        )  # fmt: skip
-
-
-@contextlib.contextmanager
-def _few_gc_passes() -> Iterator[None]:
-    """A build makes ~10 objects per file and no cycles worth collecting while it runs:
-    the collector's default thresholds spent ~5% of a 24k-file build walking the heap.
-    Objects from before the build (imports) are frozen out of its passes."""
-    old = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(20_000, 50, 1000)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*old)
-        gc.unfreeze()
-
-
-def _build(
-    specs_dir: Path,
-    product_name: str | None,
-    frm: str,
-    to: str,
-    out_dir: Path,
-    *,
-    key: Path | None,
-    level: int,
-    workers: int,
-    checksum: bool,
-    rehearse: bool,
-    installer: FrozenInstaller | None,
-    progress: Callable[[int], None] | None,
-) -> BuildResult:
     t0 = time.monotonic()
     product = load_product(specs_dir, product_name)
     jump = product.jump(frm, to)
