@@ -42,24 +42,12 @@ DOS_EPOCH = 315532800  # 1980-01-01, the earliest time a ZIP can hold
 
 
 class _OutFile:
-    """The bundle being written: counts bytes, and hashes them when asked (``--checksum``:
-    the signed manifest already covers every byte that matters)."""
+    """The bundle being written, and its trip to the disk."""
 
-    def __init__(self, path: Path, checksum: bool) -> None:
+    def __init__(self, path: Path) -> None:
         self.f = open(path, "wb")  # noqa: SIM115
-        self.sha = hashlib.sha256() if checksum else None
-        self.pos = 0
         self._early: threading.Thread | None = None
         self._early_error: OSError | None = None
-
-    def write(self, data: bytes) -> int:
-        if self.sha is not None:
-            self.sha.update(data)
-        self.pos += len(data)
-        return self.f.write(data)
-
-    def tell(self) -> int:
-        return self.pos
 
     def flush_early(self) -> None:
         """Start putting what is written so far on disk, in the background: the payload
@@ -167,9 +155,9 @@ def build_bundle(
     out_dir.mkdir(parents=True, exist_ok=True)
     dest = out_dir / f"{bundle_name(product.name, frm, to)}.zip"
     partial = dest.with_name(f".{dest.name}.partial")
-    out = _OutFile(partial, checksum)
+    out = _OutFile(partial)
     try:
-        with ZipWriter(out, epoch=epoch, level=level, workers=workers) as writer:  # type: ignore[arg-type]
+        with ZipWriter(out.f, epoch=epoch, level=level, workers=workers, spill_dir=out_dir) as writer:
             digests = writer.write_all(collected.sources(), progress)
             out.flush_early()
             manifest = _manifest(
@@ -188,14 +176,23 @@ def build_bundle(
             if private is not None:
                 writer.add_bytes(SIGNATURE_NAME, sign_manifest(data, private))
             writer.close()
+        size = out.f.tell()
         out.close()
         os.replace(partial, dest)
-    except BaseException:
+    except BaseException as e:
         out.discard()
         partial.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise BuildError(f"cannot write {dest.name}: {e}") from e
         raise
-    digest = out.sha.hexdigest() if out.sha is not None else None
-    return BuildResult(dest, digest, out.pos, manifest, time.monotonic() - t0)
+    # --checksum: one more pass (the signed manifest already covers every byte that matters)
+    digest = _file_sha256(dest) if checksum else None
+    return BuildResult(dest, digest, size, manifest, time.monotonic() - t0)
+
+
+def _file_sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _manifest(

@@ -172,13 +172,15 @@ def test_zipwriter_leaves_no_temp_files_on_failure(tmp_path: Path, monkeypatch: 
 
     monkeypatch.setattr(tempfile, "tempdir", None)
     (tmp_path / "big").write_text("line\n" * 2_000_000)  # spills to a temp file
-    with open(tmp_path / "out.zip", "wb") as f, ZipWriter(f, epoch=1_700_000_000) as w:
+    (tmp_path / "out").mkdir()
+    with open(tmp_path / "out/out.zip", "wb") as f, ZipWriter(f, epoch=1_700_000_000) as w:
         w.write_all([Source("big", 0o644, path=tmp_path / "big")])
         with pytest.raises(ValueError, match="duplicate entry big"):
             w.write_all([Source("big", 0o644, data=b"again")])
         with pytest.raises(FileNotFoundError):
             w.write_all([Source("gone", 0o644, path=tmp_path / "gone")])
     assert list((tmp_path / "tmp").iterdir()) == []
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["out.zip"]  # segments beside it
 
 
 def test_zipwriter_many_entries_uses_zip64_end_record(tmp_path: Path) -> None:
@@ -215,11 +217,11 @@ def test_a_write_back_error_of_the_early_flush_fails_the_build(
     def eio(fd: int) -> None:
         raise OSError(errno.EIO, "Input/output error")
 
-    out = build_mod._OutFile(tmp_path / "b.zip", checksum=False)
-    out.write(b"payload")
+    out = build_mod._OutFile(tmp_path / "b.zip")
+    out.f.write(b"payload")
     monkeypatch.setattr(build_mod.os, "fdatasync", eio)
     out.flush_early()
-    out.write(b"manifest")
+    out.f.write(b"manifest")
     with pytest.raises(OSError, match="Input/output error"):
         out.close()
     out.discard()
