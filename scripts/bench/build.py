@@ -26,6 +26,7 @@ from common import (
     make_product,
     make_tree,
     parser,
+    peak_memory,
     timed,
     tree_stats,
     warm,
@@ -43,15 +44,21 @@ def main() -> int:
         key, _ = keygen(work)
         warm(tree)
         zstd_times, our_times, rss = [], [], 0
+        argv = build_argv(specs, key, work / "dist", installer)
+        bundle = work / "dist/bench-1.0.0-to-1.1.0.zip"
         tar = f"tar -cf - -C {tree} --exclude ./.done . -C {installer.parent} {installer.name}"
         for _ in range(args.repeat):
             (work / "b.tar.zst").unlink(missing_ok=True)
             zstd_times.append(timed(["sh", "-c", f"{tar} | zstd -q -T0 -3 -o {work / 'b.tar.zst'}"])[0])
-            t, peak = timed(build_argv(specs, key, work / "dist", installer), stdout=subprocess.DEVNULL)
+            bundle.unlink(missing_ok=True)  # as for zstd: replacing a file frees its blocks
+            t, peak = timed(argv, stdout=subprocess.DEVNULL)
             our_times.append(t)
             rss = max(rss, peak)
         t_zstd, t_ours = statistics.median(zstd_times), statistics.median(our_times)
-        bundle = work / "dist/bench-1.0.0-to-1.1.0.zip"
+        # memory in a run of its own: sampling /proc costs time
+        bundle.unlink()
+        pss, rss2 = peak_memory(argv, stdout=subprocess.DEVNULL)
+        rss = max(rss, rss2)
         t_zip, _ = timed(
             [
                 "sh",
@@ -74,6 +81,8 @@ def main() -> int:
             "tar_zstd_mib": round((work / "b.tar.zst").stat().st_size / 2**20, 1),
             "size_ratio_vs_zip6": round(bundle.stat().st_size / (work / "b.zip").stat().st_size, 3),
             "peak_rss_mib": round(rss / 1024, 1),
+            "peak_pss_total_mib": round(pss / 1024, 1),
+            "peak_memory_mib": round(max(pss, rss) / 1024, 1),
         }
     if args.json:
         print(json.dumps(res))
@@ -84,12 +93,14 @@ def main() -> int:
         )
         print(f"tar|zstd -T0 -3 : {res['tar_zstd_s']:7.2f} s  {res['tar_zstd_mib']} MiB")
         print(f"zip -r -6       : {res['zip6_s']:7.2f} s  {res['zip6_mib']} MiB")
-        print(
-            f"bundle-build    : {res['bundle_build_s']:7.2f} s  {res['bundle_mib']} MiB  peak RSS {res['peak_rss_mib']} MiB"
-        )
+        print(f"bundle-build    : {res['bundle_build_s']:7.2f} s  {res['bundle_mib']} MiB")
         print(f"time ratio vs tar|zstd: {res['time_ratio_vs_tar_zstd']}x (target <= 1.6)")
         print(f"size ratio vs zip -6  : {res['size_ratio_vs_zip6']}x (target <= 1.05)")
-        print(f"peak RSS              : {res['peak_rss_mib']} MiB (target < 120)")
+        print(
+            f"peak memory           : {res['peak_memory_mib']} MiB (target < 120 MB = 114.4 MiB); the larger"
+            f" of: PSS of the build and its workers summed, {res['peak_pss_total_mib']} MiB (sampled every"
+            f" 5 ms), and the largest process's peak RSS, {res['peak_rss_mib']} MiB"
+        )
     return 0
 
 

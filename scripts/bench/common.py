@@ -166,6 +166,53 @@ def timed(argv: list[str], **kw: object) -> tuple[float, int]:
     return dt, usage.ru_maxrss
 
 
+def _tree_pids(pid: int) -> list[int]:
+    """``pid`` and its descendants, from /proc/<pid>/task/*/children."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except OSError:  # ended meanwhile
+            pass
+    return out
+
+
+def _pss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def peak_memory(argv: list[str], **kw: object) -> tuple[int, int]:
+    """Run a command; returns (peak of the summed PSS of it and its child processes,
+    sampled every 5 ms; peak RSS of its largest process, from wait4), both in KiB.
+
+    The PSS sum is the honest figure for a command that forks workers: each process's
+    RSS counts the pages it shares with the others in full, and wait4 reports only the
+    largest process; PSS splits shared pages between the processes that map them."""
+    p = subprocess.Popen(argv, **kw)  # type: ignore[call-overload]
+    peak = 0
+    while True:
+        pid, status, usage = os.wait4(p.pid, os.WNOHANG)
+        if pid:
+            break
+        peak = max(peak, sum(_pss_kib(q) for q in _tree_pids(p.pid)))
+        time.sleep(0.005)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if p.returncode != 0:
+        raise subprocess.CalledProcessError(p.returncode, argv)
+    return peak, usage.ru_maxrss
+
+
 def warm(tree: Path) -> None:
     """Read the tree once so that every contender starts from a warm page cache."""
     subprocess.run(f"tar -cf - -C {tree} . > /dev/null", shell=True, check=True)
