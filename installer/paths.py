@@ -64,24 +64,49 @@ def target_path(root: Path, rel: str) -> Path:
         UnsafePathError: a parent is a symlink resolving outside ``root``, or an existing
             parent is not a directory.
     """
-    check_relpath(rel)
-    real_root = root.resolve()
-    probe = root
-    for part in rel.split("/")[:-1]:
-        probe = probe / part
-        try:
-            st = probe.lstat()
-        except FileNotFoundError:
-            break  # the rest is created by us, as real directories
-        if stat.S_ISLNK(st.st_mode):
-            resolved = probe.resolve()
-            if resolved != real_root and real_root not in resolved.parents:
-                raise UnsafePathError("a parent directory is a symlink out of the root", entry=rel)
-            if not resolved.is_dir():
+    return Targets(root)(rel)
+
+
+class Targets:
+    """:func:`target_path` for many paths under one root, each parent directory checked
+    once (a jump's tens of thousands of files share a few hundred directories: the drift
+    check of 24k files spent 1.2 s in repeated ``lstat`` and ``resolve``). For one pass
+    over a tree that does not change meanwhile."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._prefix = os.fspath(root) + "/"
+        self._real_root: Path | None = None
+        self._dirs: set[str] = set()  # parents found to be directories inside the root
+        self._missing: set[str] = set()  # parents found missing (so is all below them)
+
+    def __call__(self, rel: str) -> Path:
+        """See :func:`target_path`."""
+        check_relpath(rel)
+        parts = rel.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            parent = "/".join(parts[:i])
+            if parent in self._dirs:
+                continue
+            if parent in self._missing:
+                break
+            try:
+                st = os.lstat(self._prefix + parent)
+            except FileNotFoundError:
+                self._missing.add(parent)
+                break  # the rest is created by us, as real directories
+            if stat.S_ISLNK(st.st_mode):
+                if self._real_root is None:
+                    self._real_root = self.root.resolve()
+                resolved = (self.root / parent).resolve()
+                if resolved != self._real_root and self._real_root not in resolved.parents:
+                    raise UnsafePathError("a parent directory is a symlink out of the root", entry=rel)
+                if not resolved.is_dir():
+                    raise UnsafePathError("a parent of this path is not a directory", entry=rel)
+            elif not stat.S_ISDIR(st.st_mode):
                 raise UnsafePathError("a parent of this path is not a directory", entry=rel)
-        elif not stat.S_ISDIR(st.st_mode):
-            raise UnsafePathError("a parent of this path is not a directory", entry=rel)
-    return root / rel
+            self._dirs.add(parent)
+        return self.root / rel
 
 
 def fsync_dir(path: Path) -> None:

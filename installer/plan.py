@@ -9,13 +9,14 @@ import json
 import os
 import re
 import shutil
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from installer.errors import DriftError, StateError
 from installer.format import FileEntry, Manifest, sha256_file
-from installer.paths import target_path
+from installer.paths import Targets
 from installer.state import write_atomic
 
 PLAN_NAME = "plan.json"
@@ -27,10 +28,12 @@ def current_digest(path: Path | None) -> str | None:
     None if nothing is there. The builder records from-version digests the same way."""
     if path is None:
         return None
-    if path.is_symlink():
-        return hashlib.sha256(b"symlink:" + os.readlink(path).encode()).hexdigest()
-    if not path.exists():
+    try:
+        st = path.lstat()
+    except (FileNotFoundError, NotADirectoryError):
         return None
+    if stat.S_ISLNK(st.st_mode):
+        return hashlib.sha256(b"symlink:" + os.readlink(path).encode()).hexdigest()
     return sha256_file(path)[0]
 
 
@@ -41,6 +44,7 @@ class View:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.targets = Targets(root)
         self.files: dict[str, Path | None] = {}
         self.digests: dict[str, str | None] = {}
         self.dirs: set[str] = set()
@@ -49,13 +53,13 @@ class View:
         """Where the bytes of ``rel`` are (checked against the real root's symlinks)."""
         if rel in self.files:
             return self.files[rel]
-        return target_path(self.root, rel)
+        return self.targets(rel)
 
     def digest(self, rel: str) -> str | None:
         """What :func:`current_digest` will say of ``rel`` when this jump's turn comes."""
         if rel in self.digests:
             return self.digests[rel]
-        return current_digest(target_path(self.root, rel))
+        return current_digest(self.targets(rel))
 
     def is_dir(self, rel: str) -> bool:
         """Whether ``rel`` is (or will be) a directory."""
@@ -171,14 +175,15 @@ def check_drift(manifest: Manifest, root: Path) -> list[str]:
     """Files the jump replaces or removes that differ from the from-version (configs
     under keep-local or rewrite are the operator's to edit and never drift)."""
     out = []
+    target = Targets(root)
     for entry in manifest.files:
         if entry.kind == "config" and entry.policy != "replace":
             continue
-        d = _drift_of(entry, current_digest(target_path(root, entry.path)))
+        d = _drift_of(entry, current_digest(target(entry.path)))
         if d:
             out.append(d)
     for removed in manifest.removed:
-        current = current_digest(target_path(root, removed.path))
+        current = current_digest(target(removed.path))
         if current is not None and removed.from_sha256 is not None and current != removed.from_sha256:
             out.append(f"{removed.path}: modified (the jump removes it)")
     return out

@@ -69,6 +69,45 @@ def test_symlinked_parent_out_of_root_refused(tmp_path: Path) -> None:
     assert target_path(root, "opt/link/file") == root / "opt/link/file"
 
 
+def test_one_targets_pass_checks_every_path_like_target_path(tmp_path: Path) -> None:
+    """Targets caches the parents it has checked: later paths under a good directory, a
+    missing one, a symlink out of the root or a file get the same answers as alone."""
+    from installer.paths import Targets
+
+    root = tmp_path / "root"
+    (root / "opt/app/lib").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    (root / "opt/out").symlink_to(tmp_path / "outside")
+    (root / "opt/inside").symlink_to("app")
+    (root / "opt/file").write_text("x")
+    paths = [
+        "opt/app/lib/a.py",
+        "opt/app/lib/b.py",
+        "opt/new/dir/c",
+        "opt/new/dir/d",
+        "opt/out/e",
+        "opt/out/f",
+        "opt/inside/lib/g",
+        "opt/file/h",
+        "opt/app/lib/../x",
+    ]
+    targets = Targets(root)
+    for rel in paths:
+        try:
+            alone: object = target_path(root, rel)
+        except UnsafePathError as e:
+            alone = type(e), str(e)
+        try:
+            cached: object = targets(rel)
+        except UnsafePathError as e:
+            cached = type(e), str(e)
+        assert cached == alone, rel
+    with pytest.raises(UnsafePathError, match="symlink out of the root"):
+        targets("opt/out/again")
+    with pytest.raises(UnsafePathError, match="not a directory"):
+        targets("opt/file/again")
+
+
 def test_installer_imports_no_build_host_modules() -> None:
     code = (
         "import sys, installer.cli, installer.engine, installer.archive, installer.stage\n"
