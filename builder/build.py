@@ -5,7 +5,6 @@ from __future__ import annotations
 import calendar
 import contextlib
 import gc
-import hashlib
 import os
 import threading
 import time
@@ -35,6 +34,7 @@ from installer.format import (
     Member,
     Services,
     manifest_bytes,
+    sha256_file,
     sign_manifest,
 )
 
@@ -186,13 +186,8 @@ def build_bundle(
             raise BuildError(f"cannot write {dest.name}: {e}") from e
         raise
     # --checksum: one more pass (the signed manifest already covers every byte that matters)
-    digest = _file_sha256(dest) if checksum else None
+    digest = sha256_file(dest)[0] if checksum else None
     return BuildResult(dest, digest, size, manifest, time.monotonic() - t0)
-
-
-def _file_sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _manifest(
