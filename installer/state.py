@@ -33,8 +33,14 @@ def find_state_dirs(root: Path) -> list[Path]:
     if not base.is_dir():
         return []
     # bin/ (the manager's installer) and bundles/ (unpacked bundle RPMs) live here too:
-    # a state dir is one an apply has written to
-    return [d for d in sorted(base.iterdir()) if d.is_dir() and (d / "status.json").is_file()]
+    # a state dir is one an apply has written to. The journal counts on its own: an apply
+    # records its start in the journal before it first writes status.json, and a crash
+    # between the two must still be found by resume and rollback.
+    return [
+        d
+        for d in sorted(base.iterdir())
+        if d.is_dir() and ((d / "status.json").is_file() or (d / "journal.jsonl").is_file())
+    ]
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -60,6 +60,23 @@ def test_crash_then_rollback(
     count("crash points exercised (kill at a failpoint, then rollback)")
 
 
+@pytest.mark.parametrize("recover", ["resume", "rollback"])
+def test_crash_between_the_journal_start_and_the_first_status(
+    recover: str, sandbox: Callable[..., Sandbox], bundle: Path, expected: dict[str, object]
+) -> None:
+    """An apply journals its start, then writes status.json. Killed between the two (found
+    by test_random_kills), resume said "no jumpkit state" while apply said "run resume":
+    the state dir was found by its status.json alone. The crash at the first step's begin
+    plus the status file taken away is that instant's state on disk."""
+    sb = sandbox()
+    crash(sb, bundle, f"begin:{STEPS[0]}")
+    (sb.root / "var/lib/jumpkit/demo-manager/status.json").unlink()
+    if recover == "resume":
+        assert recover_forward(sb, bundle, expected) == "resumed"
+    else:
+        assert recover_back(sb, expected) == "rolled back"
+
+
 @pytest.mark.parametrize("point", ROLLBACK_POINTS)
 def test_crash_during_rollback_then_rollback_again(
     point: str, sandbox: Callable[..., Sandbox], bundle: Path, expected: dict[str, object]
