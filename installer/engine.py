@@ -8,7 +8,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from installer.failpoints import failpoint
 from installer.format import INSTALLER_MEMBER, Manifest, load_trusted_keys, verify_signature
 from installer.health import wait_healthy
 from installer.migrate import database_url, offline_sql
+from installer.parallel import run_each
 from installer.plan import Plan, View, compute_plan
 from installer.preflight import read_installed_version
 from installer.services import ServiceManager, service_manager
@@ -146,9 +146,8 @@ class Engine:
                     tick(len(chunk))
 
         try:
-            with ThreadPoolExecutor(max_workers=2) as pool:
-                for fut in [pool.submit(check, n) for n in sorted(members, key=lambda n: -members[n][1])]:
-                    fut.result()
+            # largest first: the last member to end is a small one, both threads stay busy
+            run_each(check, sorted(members, key=lambda n: -members[n][1]), threads=2)
         finally:
             bundle.close()
         if fits:

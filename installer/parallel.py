@@ -1,0 +1,58 @@
+"""Running one function over many small items on a few threads.
+
+A future per item (``ThreadPoolExecutor.submit``) costs more than unpacking a small
+member: for the 24k members of the bench bundle, the futures and their wake-ups took
+0.9 s of a 2.9 s unpack (measured). Here each thread takes the next item from one shared
+iterator as it frees up, so items still start in order and a large one does not hold up
+the rest.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def run_each(fn: Callable[[T], None], items: Iterable[T], *, threads: int = 2) -> None:
+    """Call ``fn`` on every item from ``threads`` threads; return once every call ended.
+
+    The first exception stops the other threads before their next item and is raised
+    here once all of them have stopped (also on ^C in the caller): nothing is still
+    running when this returns or raises, so the caller may clean up what they wrote.
+    """
+    source = iter(items)
+    take = threading.Lock()
+    failed: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            while not failed:
+                with take:
+                    try:
+                        item = next(source)
+                    except StopIteration:
+                        return
+                fn(item)
+        except BaseException as e:  # raised by the caller's thread below
+            failed.append(e)
+
+    if threads <= 1:
+        for item in source:
+            fn(item)
+        return
+    pool = [threading.Thread(target=work, name=f"jumpkit-{i}", daemon=True) for i in range(threads)]
+    for t in pool:
+        t.start()
+    try:
+        for t in pool:
+            t.join()
+    except BaseException as e:  # ^C while waiting: stop the others first
+        failed.append(e)
+        for t in pool:
+            t.join()
+        raise
+    if failed:
+        raise failed[0]
