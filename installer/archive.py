@@ -149,11 +149,17 @@ class ZipBundle:
             raise BundleRejectedError("member is encrypted", entry=name)
         if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
             raise BundleRejectedError(f"unsupported compression {info.compress_type}", entry=name)
-        header = os.pread(self._fd, 30, info.header_offset)
-        if len(header) < 30 or header[:4] != b"PK\x03\x04":
+        # one pread for the local header, the name and the first chunk of data (all of a
+        # small member's when there is no extra field, as in our bundles): half the reads
+        # of three separate ones, for 24k mostly small members
+        name_guess = len(info.orig_filename.encode("utf-8", "replace"))
+        head = os.pread(self._fd, 30 + name_guess + min(info.compress_size, CHUNK), info.header_offset)
+        if len(head) < 30 or head[:4] != b"PK\x03\x04":
             raise BundleRejectedError("local header is missing or corrupt", entry=name)
-        name_len, extra_len = struct.unpack("<HH", header[26:30])
-        local_name = os.pread(self._fd, name_len, info.header_offset + 30)
+        name_len, extra_len = struct.unpack_from("<HH", head, 26)
+        local_name = head[30 : 30 + name_len]
+        if len(local_name) < name_len:
+            local_name = os.pread(self._fd, name_len, info.header_offset + 30)
         if local_name.decode("utf-8" if info.flag_bits & 0x800 else "cp437", "replace") != info.orig_filename:
             raise BundleRejectedError("local header names another member", entry=name)
         start = info.header_offset + 30 + name_len + extra_len
@@ -164,15 +170,20 @@ class ZipBundle:
             raise BundleRejectedError("stored member's sizes disagree", entry=name)
         inflate = isal_zlib.decompressobj(-15) if info.compress_type == zipfile.ZIP_DEFLATED else None
         produced = 0
-        pos = start
-        while pos < end:
-            raw = os.pread(self._fd, min(CHUNK, end - pos), pos)
+        raw = head[30 + name_len + extra_len : 30 + name_len + extra_len + info.compress_size]
+        pos = start + len(raw)
+        while True:
             if not raw:
-                raise BundleRejectedError("archive ended early", entry=name)
-            pos += len(raw)
+                if pos >= end:
+                    break
+                raw = os.pread(self._fd, min(CHUNK, end - pos), pos)
+                if not raw:
+                    raise BundleRejectedError("archive ended early", entry=name)
+                pos += len(raw)
             if inflate is None:
                 produced += len(raw)
                 yield raw
+                raw = b""
                 continue
             try:
                 while raw:
