@@ -44,3 +44,4 @@ def test_build_bench_prints_its_ratios() -> None:
 def test_stage_bench_prints_its_ratio() -> None:
     doc = bench("stage.py", "--repeat", "1", "--json")
     assert doc["ratio_vs_unzip"] > 0 and doc["bundle_mib"] > 0
+    assert doc["frozen_ratio_vs_unzip"] > 0  # the frozen installer staged too
