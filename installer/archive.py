@@ -162,7 +162,8 @@ class ZipBundle:
             local_name = os.pread(self._fd, name_len, info.header_offset + 30)
         if local_name.decode("utf-8" if info.flag_bits & 0x800 else "cp437", "replace") != info.orig_filename:
             raise BundleRejectedError("local header names another member", entry=name)
-        start = info.header_offset + 30 + name_len + extra_len
+        data_at = 30 + name_len + extra_len  # from the local header
+        start = info.header_offset + data_at
         end = start + info.compress_size
         if end > self._size:
             raise BundleRejectedError("member runs past the end of the archive (truncated?)", entry=name)
@@ -170,7 +171,7 @@ class ZipBundle:
             raise BundleRejectedError("stored member's sizes disagree", entry=name)
         inflate = isal_zlib.decompressobj(-15) if info.compress_type == zipfile.ZIP_DEFLATED else None
         produced = 0
-        raw = head[30 + name_len + extra_len : 30 + name_len + extra_len + info.compress_size]
+        raw = head[data_at : data_at + info.compress_size]
         pos = start + len(raw)
         while True:
             if not raw:
