@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -26,10 +27,12 @@ from builder.rollout_cli import rollout_app
 from builder.rpm import build_rpm
 from builder.sandbox import lay_out
 from builder.spec import load_product
+from installer import guard
 from installer.errors import JumpkitError
 from installer.graph import NoPath, plan_chain
 
 app = typer.Typer(
+    pretty_exceptions_enable=False,
     add_completion=False,
     rich_markup_mode=None,
     invoke_without_command=True,
@@ -342,6 +345,7 @@ def plan_cmd(
 
 
 repo_app = typer.Typer(
+    pretty_exceptions_enable=False,
     help="A TUF repository of bundles on s3://BUCKET/PREFIX, file://DIR (air gap) or https:// "
     "(read-only). S3 endpoint, region and credentials come from the usual AWS environment "
     "(AWS_ENDPOINT_URL for MinIO, Ceph RGW or a test server).",
@@ -566,7 +570,8 @@ def sandbox(
 def main() -> None:
     """Console-script entry point."""
     os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
-    app()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # clean up as on Ctrl-C
+    guard.run("bundle-build", app, interrupted_code=1)
 
 
 if __name__ == "__main__":

@@ -3,13 +3,12 @@ option and how a JumpkitError becomes one line (or one JSON document) and an exi
 
 from __future__ import annotations
 
-import json
-import traceback
 from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
 
+from installer import guard
 from installer.errors import JumpkitError
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -18,14 +17,4 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document f
 
 def fail(e: JumpkitError, as_json: bool, debug: bool) -> NoReturn:
     """Report ``e`` (one line, its details indented; or JSON) and exit with its code."""
-    if debug:
-        traceback.print_exception(e)
-    details = getattr(e, "details", [])
-    if as_json:
-        print(json.dumps({"ok": False, "exit": e.exit_code, "error": e.message, "details": details}))
-    else:
-        err.print(f"bundle-build: {e.message}")
-        for d in details:
-            if d not in e.message:
-                err.print(f"  - {d}")
-    raise typer.Exit(e.exit_code)
+    guard.report("bundle-build", e, code=e.exit_code, as_json=as_json, debug=debug)

@@ -21,6 +21,7 @@ from builder.spec import load_product
 from installer.errors import JumpkitError
 
 rollout_app = typer.Typer(
+    pretty_exceptions_enable=False,
     invoke_without_command=True,
     rich_markup_mode=None,
     help="Roll a release bundle out to a cluster of managers with Ansible, one host at a time.\n\n"

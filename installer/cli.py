@@ -3,10 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import signal
 import sys
-import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,20 +15,23 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 
-from installer import version_line
-from installer.errors import JumpkitError
+from installer import guard, interrupts, version_line
+from installer.errors import JumpkitError, UsageError
 
 if TYPE_CHECKING:  # the engine (pydantic, cryptography, ...) loads when a command runs, not for --help
     from installer.engine import Engine, Options
     from installer.state import StatusDoc
 
-EXIT_CODES = """Exit codes: 0 ok; 2 usage; 3 bundle rejected (integrity, signature, format);
-4 precondition failed (nothing changed); 5 apply failed and was rolled back;
-6 apply failed and rollback failed (operator action needed; status says what);
-7 another run holds the lock."""
+EXIT_CODES = """Exit codes: 0 ok (also "nothing to do": the to-version is installed already);
+1 internal error (a bug: rerun with --debug); 2 usage; 3 bundle rejected (integrity,
+signature, format, unsafe path); 4 precondition failed (nothing changed); 5 apply failed,
+or SIGINT/SIGTERM/SIGHUP arrived before the commit, and it was rolled back; 6 apply
+failed and rollback failed (operator action needed; status says what); 7 another run
+holds the lock. A signal after the commit is logged and the apply finishes (0)."""
 
 app = typer.Typer(
     add_completion=False,
+    pretty_exceptions_enable=False,
     no_args_is_help=True,
     rich_markup_mode=None,
     help="Verify, stage and apply jumpkit upgrade bundles on this manager.\n\n"
@@ -121,6 +123,8 @@ def main_options(
     """Global options."""
     from installer.engine import Options
 
+    if not root.is_dir():  # a refused run creates nothing: never the root itself
+        raise UsageError(f"--root {root}: no such directory (bundle-install never creates the root)")
     global G
     G = Globals(
         Options(
@@ -145,17 +149,7 @@ def _g() -> Globals:
 
 
 def _fail(e: JumpkitError, as_json: bool) -> NoReturn:
-    if _g().debug:
-        traceback.print_exception(e)
-    details = getattr(e, "details", [])
-    if as_json:
-        print(json.dumps({"ok": False, "exit": e.exit_code, "error": e.message, "details": details}))
-    else:
-        err.print(f"bundle-install: {e.message}")
-        for d in details:
-            if d not in e.message:
-                err.print(f"  - {d}")
-    raise typer.Exit(e.exit_code)
+    guard.report("bundle-install", e, code=e.exit_code, as_json=as_json, debug=_g().debug)
 
 
 @contextmanager
@@ -185,7 +179,11 @@ def _progress(as_json: bool) -> Iterator[Callable[[str, int], Callable[[int], No
 def _engine(as_json: bool, progress: Callable[[str, int], Callable[[int], None]] | None) -> Engine:
     from installer.engine import Engine
 
-    log: Callable[[str], None] = (lambda _: None) if as_json else (lambda line: err.print(line))
+    def log(line: str) -> None:
+        if not as_json:
+            with contextlib.suppress(OSError):  # a closed terminal must not fail a rollback
+                err.print(line)
+
     return Engine(_g().opts, log=log, progress=progress)
 
 
@@ -196,14 +194,14 @@ def _run(as_json: bool, fn: Callable[[Engine], Any]) -> Any:
             return fn(_engine(as_json, progress))
         except JumpkitError as e:
             _fail(e, as_json)
-        except KeyboardInterrupt:
-            err.print("bundle-install: interrupted; 'bundle-install status' says where it stopped")
-            raise typer.Exit(130) from None
 
 
 def _print_status(doc: StatusDoc, as_json: bool) -> None:
     if as_json:
         print(json.dumps(doc.to_json(), indent=2))
+        return
+    if doc.extra.get("nothing_to_do"):
+        out.print(doc.summary)
         return
     out.print(f"status:  {doc.status}")
     out.print(f"summary: {doc.summary}")
@@ -467,17 +465,17 @@ def migrations(
     sys.stdout.write(text)
 
 
-def _terminate(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM (systemd, yum, an operator) rolls back like Ctrl-C
-
-
 def main() -> None:
-    """Console-script entry point."""
-    signal.signal(signal.SIGTERM, _terminate)
+    """Console-script entry point: SIGINT, SIGTERM and SIGHUP become requests to stop
+    (installer.interrupts), and every failure ends in one line (installer.guard)."""
+    interrupts.install()
     from installer.selfupdate import hand_over
 
-    hand_over(sys.argv)  # a newer installer left on this manager by an earlier apply runs instead
-    app()
+    def run() -> None:
+        hand_over(sys.argv)  # a newer installer left on this manager by an earlier apply runs instead
+        app()
+
+    guard.run("bundle-install", run, interrupted_code=interrupts.Interrupted.exit_code)
 
 
 if __name__ == "__main__":

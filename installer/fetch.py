@@ -14,15 +14,20 @@ import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuf.api import exceptions as tuf_errors
 from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
 
 from installer.errors import BundleRejectedError, PreconditionError, UsageError
 from installer.graph import Graph, NoPath, Policy, plan_chain
+from installer.state import StateDir
 from installer.store import NotFoundError, Store, StoreError, open_store, resuming
 
+if TYPE_CHECKING:
+    from installer.engine import Engine
+
+Progress = Callable[[str, int], Callable[[int], None]]
 PINNED_ROOT = "etc/jumpkit/tuf/root.json"
 
 
@@ -174,3 +179,54 @@ def _guard(call: Callable[[], Any]) -> Any:
         raise StoreError(f"TUF download failed: {e}") from e
     except ValueError as e:
         raise UsageError(str(e)) from e
+
+
+def fetch_chain(
+    engine: Engine, repo: str, to: str, fmt: str = "zip", progress: Progress | None = None
+) -> list[Path]:
+    """Download the bundles from the installed version to ``to`` through TUF into the
+    state dir's ``downloads/``, then verify each as any bundle (signature first).
+
+    Raises:
+        BundleRejectedError: a TUF check or a bundle check failed (exit 3; nothing
+            kept). PreconditionError: no product marker, no pinned root, no chain.
+        StoreError: the repository cannot be read.
+    """
+    from installer import preflight
+    from installer.paths import read_small
+    from installer.state import default_state_dir
+
+    root = engine.root
+    product = read_small(root, preflight.PRODUCT_MARKER, 4096)
+    product = product.strip() if product else None
+    if not product:
+        raise PreconditionError(f"no {preflight.PRODUCT_MARKER} under {root}: which product is this?")
+    state = engine.state_for(None) if engine.opts.state_dir else StateDir(default_state_dir(root, product))
+    client = Client(root, repo)
+    up = client.refresh()
+    offered = [a for a in client.available(up) if a.product == product]
+    if not offered:
+        raise PreconditionError(f"{repo} offers no bundle of {product}")
+    version_file = offered[0].version_file
+    installed = preflight.read_version_file(root, str(version_file))
+    if installed is None:
+        raise PreconditionError(f"cannot read the installed version from {version_file}")
+    chain = client.chain(up, product, installed, to, fmt)
+    state.ensure()
+    downloads = state.path / "downloads"
+    downloads.mkdir(exist_ok=True, mode=0o700)
+    total = sum(a.length for a in chain)
+    tick = progress("download", total) if progress else None
+    client.fetcher.progress = tick
+    engine.log(f"{repo}: {installed} -> {to} in {len(chain)} bundle(s), {total} bytes")
+    paths = []
+    try:
+        for n, a in enumerate(chain):
+            path = client.download(up, a.name, downloads)
+            engine.verify(path, fits=n == 0)  # the later ones fit the earlier ones (apply checks)
+            paths.append(path)
+    except BaseException:
+        for a in chain:
+            (downloads / a.name).unlink(missing_ok=True)
+        raise
+    return paths

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import re
 import socket
 import subprocess
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from installer.errors import HealthCheckError, PreconditionError
 from installer.format import HealthCheck, Lookup
+from installer.paths import read_small
 
 
 def resolve_lookup(lookup: Lookup, root: Path) -> str | None:
@@ -22,10 +24,11 @@ def resolve_lookup(lookup: Lookup, root: Path) -> str | None:
         return os.environ.get(lookup.env, lookup.default)
     assert lookup.file is not None and lookup.key is not None
     parser = configparser.ConfigParser(interpolation=None)
+    text = read_small(root, lookup.file)  # a regular file, bounded: not a device or a FIFO
     try:
-        parser.read(root / lookup.file)
+        parser.read_string(text or "", source=lookup.file)
     except configparser.Error as e:
-        raise PreconditionError(f"cannot parse {lookup.file}: {e}") from e
+        raise PreconditionError(f"cannot parse {lookup.file}: {' '.join(str(e).split())}") from e
     section, _, option = lookup.key.partition(".")
     return parser.get(section, option, fallback=lookup.default)
 
@@ -47,8 +50,21 @@ def expand(text: str, variables: Mapping[str, str]) -> str:
     return text
 
 
+def unresolved(texts: list[str], variables: Mapping[str, str]) -> str | None:
+    """The first ``{name}`` of a word-like name left in ``texts`` after expansion (a
+    lookup whose file or key is missing), as a probe's failure text; or None."""
+    for text in texts:
+        m = re.search(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", text)
+        if m and m.group(1) not in variables:
+            return f"no value for {{{m.group(1)}}}: its lookup found no file or key (and has no default)"
+    return None
+
+
 def probe(check: HealthCheck, variables: Mapping[str, str], root: Path) -> tuple[bool, str]:
     """Run ``check`` once: (passed, what it saw)."""
+    missing = unresolved([check.url or "", check.port or "", *check.command], variables)
+    if missing is not None:
+        return False, missing
     if check.kind == "http":
         url = expand(check.url or "", variables)
         try:

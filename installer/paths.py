@@ -109,6 +109,30 @@ class Targets:
         return self.root / rel
 
 
+MAX_SMALL_FILE = 64 * 1024
+"""A version file, product marker or lookup file is a line or a small INI file; reading
+stops here (a character device such as ``dev/zero`` in its place was read until memory ran out)."""
+
+
+def read_small(root: Path, rel: str, limit: int = MAX_SMALL_FILE) -> str | None:
+    """The text of the regular file ``rel`` under ``root``, or None when it is missing,
+    not a regular file (a device, a FIFO, a directory), larger than ``limit`` bytes, not
+    UTF-8, or its path is unsafe. Opened non-blocking (a FIFO does not wait for a writer)."""
+    try:
+        fd = os.open(target_path(root, rel), os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except (OSError, UnsafePathError):
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        data = os.read(fd, limit + 1)
+        return None if len(data) > limit else data.decode()
+    except (OSError, UnicodeDecodeError):
+        return None
+    finally:
+        os.close(fd)
+
+
 def fsync_dir(path: Path) -> None:
     """fsync a directory so that renames inside it survive a power loss."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)

@@ -15,7 +15,7 @@ from installer.format import Manifest
 from installer.graph import NoPath, plan_chain
 from installer.health import lookup_variables, wait_healthy
 from installer.migrate import backup_size, current_revision, database_url, safe_url
-from installer.paths import check_relpath
+from installer.paths import read_small
 from installer.plan import check_drift, drift_error
 from installer.services import ServiceManager
 from installer.state import StateDir
@@ -31,10 +31,30 @@ def read_installed_version(root: Path, manifest: Manifest) -> str | None:
 
 def read_version_file(root: Path, version_file: str) -> str | None:
     """The stripped contents of ``version_file`` under ``root``, or None if unreadable."""
-    try:
-        return (root / check_relpath(version_file)).read_text().strip()
-    except (OSError, UnicodeDecodeError, JumpkitError):
+    text = read_small(root, version_file, 4096)
+    return text.strip() if text is not None else None
+
+
+def already_at(manifest: Manifest, root: Path) -> str | None:
+    """``nothing to do: ...`` when this manager is the bundle's product and already at
+    its to-version (dnf's "Nothing to do": re-running an apply is idempotent), else None."""
+    product = read_small(root, PRODUCT_MARKER, 4096)
+    if product is not None and product.strip() != manifest.product:
         return None
+    if read_installed_version(root, manifest) != manifest.to_version:
+        return None
+    return f"nothing to do: {manifest.product} is already at {manifest.to_version}"
+
+
+def not_a_manager(manifest: Manifest, root: Path) -> PreconditionError | None:
+    """The refusal for a root that holds no manager at all (neither a product marker nor
+    the product's version file): an empty directory, a forgotten ``--root``."""
+    if read_small(root, PRODUCT_MARKER, 4096) is None and read_installed_version(root, manifest) is None:
+        return PreconditionError(
+            f"not a {manifest.product} manager: {root} has neither {PRODUCT_MARKER} nor "
+            f"{manifest.version_file} (is --root right?)"
+        )
+    return None
 
 
 PRODUCT_MARKER = "etc/jumpkit/product"
@@ -67,8 +87,8 @@ def fits_target(manifest: Manifest, root: Path) -> str | None:
     Raises:
         PreconditionError: another product, or the installed version is not the from-version.
     """
-    marker = root / PRODUCT_MARKER
-    product = marker.read_text(errors="replace").strip() if marker.is_file() else None
+    text = read_small(root, PRODUCT_MARKER, 4096)
+    product = text.strip() if text is not None else None
     if product is not None and product != manifest.product:
         raise PreconditionError(
             f"this manager is {product!r} ({PRODUCT_MARKER}); the bundle is for {manifest.product!r}"
@@ -99,9 +119,11 @@ def check(
     """
     problems: list[str] = []
     passed: list[str] = []
-    marker = root / PRODUCT_MARKER
-    if marker.is_file():
-        product = marker.read_text(errors="replace").strip()
+    if (refusal := not_a_manager(manifest, root)) is not None:
+        raise refusal
+    text = read_small(root, PRODUCT_MARKER, 4096)
+    if text is not None:
+        product = text.strip()
         if product != manifest.product:
             raise PreconditionError(
                 f"this manager is {product!r} ({PRODUCT_MARKER}); the bundle is for {manifest.product!r}"
@@ -114,8 +136,8 @@ def check(
         problems.append(wrong_version(manifest, installed))
     else:
         passed.append(f"installed version {installed} matches")
-    state.ensure()
-    dev = os.stat(state.path).st_dev
+    where = existing_dir(state.path)  # pre-flight creates nothing, not even the state dir
+    dev = os.stat(where).st_dev
     for top in sorted({f.path.split("/")[0] for f in manifest.files}):
         probe = root / top
         while not probe.exists():
@@ -167,6 +189,13 @@ def check(
     return passed
 
 
+def existing_dir(path: Path) -> Path:
+    """``path``, or its nearest ancestor that exists (where it would be created)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
 def _services_ready(
     manifest: Manifest, root: Path, services: Callable[[], ServiceManager], passed: list[str], *, force: bool
 ) -> list[str]:
@@ -209,7 +238,7 @@ def _space(
         with contextlib.suppress(JumpkitError):  # unreachable: _databases_ready reports it
             parts[f"backup of {db.name}"] = backup_size(database_url(db, root))
     need = int(sum(parts.values()) * SPACE_MARGIN) + SPACE_SLACK
-    free = shutil.disk_usage(state.path).free
+    free = shutil.disk_usage(existing_dir(state.path)).free
     what = " + ".join(f"{k} {_human(v)}" for k, v in parts.items()) or "nothing to stage"
     if free < need:
         return [f"not enough space in {state.path}: {need >> 20} MiB needed ({what}, +5% +16 MiB), "

@@ -15,11 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from installer import journal
 from installer.errors import LockedError, StateError
+from installer.journal import Event, JournalView
 from installer.paths import fsync_dir
 
 Status = Literal["idle", "staged", "working", "finished", "failed", "rolled-back"]
 MAX_LOG_LINES = 200
+MAX_JOURNAL_BYTES = 64 * 1024 * 1024  # a jump journals per step, not per file
 
 
 def default_state_dir(root: Path, product: str) -> Path:
@@ -203,30 +206,34 @@ class StateDir:
             os.close(fd)
 
     # --- journal ------------------------------------------------------------------
-    def journal_append(self, record: dict[str, Any]) -> None:
-        """Append one record and fsync before returning."""
-        record = {"ts": round(time.time(), 6), **record}
-        line = json.dumps(record, sort_keys=True, separators=(",", ":")) + "\n"
+    def journal_append(self, event: Event) -> None:
+        """Append one event and fsync before returning (one ``write``: a line is on disk
+        whole or not at all, and a torn tail is dropped on reading)."""
         fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            os.write(fd, line.encode())
+            os.write(fd, journal.encode(event))
             os.fsync(fd)
         finally:
             os.close(fd)
 
-    def journal(self) -> list[dict[str, Any]]:
-        """All complete records; a torn last line (crash mid-write) is ignored."""
+    def journal(self) -> list[Event]:
+        """Every complete event; a torn last line (crash mid-write) is ignored.
+
+        Raises:
+            StateError: an unknown event or a damaged line before the end.
+        """
         try:
-            text = self.journal_path.read_text()
+            with open(self.journal_path, "rb") as f:
+                data = f.read(MAX_JOURNAL_BYTES + 1)
         except FileNotFoundError:
             return []
-        out = []
-        for line in text.splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-        return out
+        if len(data) > MAX_JOURNAL_BYTES:
+            raise StateError(f"{self.journal_path} is larger than {MAX_JOURNAL_BYTES} bytes")
+        return journal.decode(data)
+
+    def view(self) -> JournalView:
+        """What the journal's last transaction says (see :mod:`installer.journal`)."""
+        return JournalView.of(self.journal())
 
     def journal_reset(self) -> None:
         """Archive the finished journal into history and start a new one."""
@@ -265,6 +272,13 @@ class StateDir:
     def backup_dir(self, bundle_id: str) -> Path:
         """Where replaced files and database backups go."""
         return self.backup / bundle_id
+
+    def discard(self, made: Path) -> None:
+        """Remove what a refused first run made: ``made`` is the state dir or one of its
+        parents that did not exist before the run."""
+        if made != self.path and made not in self.path.parents:
+            raise StateError(f"refusing to remove {made}: not the state dir or its parent")
+        shutil.rmtree(made, ignore_errors=True)
 
     def remove_tree(self, path: Path) -> None:
         """Remove a staging or backup tree (only inside the state dir)."""

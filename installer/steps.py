@@ -14,6 +14,7 @@ from installer.errors import JumpkitError, StepError
 from installer.failpoints import failpoint
 from installer.format import Database, Manifest
 from installer.health import lookup_variables, wait_healthy
+from installer.journal import Note
 from installer.migrate import backup, current_revision, database_url, downgrade, preload, restore, upgrade
 from installer.plan import Plan
 from installer.services import ServiceManager
@@ -38,7 +39,7 @@ class Context:
 
     def note(self, step: str, data: dict[str, Any]) -> None:
         """Persist ``data`` for ``step`` in the journal before acting on it."""
-        self.state.journal_append({"event": "note", "step": step, "data": data})
+        self.state.journal_append(Note(step, data))
         self.notes[step] = data
 
     def variables(self, version: str) -> dict[str, str]:
@@ -252,9 +253,7 @@ class Migrate:
                 )
 
             def reached(rev: Any, is_upgrade: bool, db_name: str = db.name) -> None:
-                ctx.state.journal_append(
-                    {"event": "note", "step": self.name, "data": {"db": db_name, "revision": rev}}
-                )
+                ctx.state.journal_append(Note(self.name, {"db": db_name, "revision": rev}))
                 ctx.log(f"database {db_name}: at {rev}")
                 failpoint("migrate:revision")
 

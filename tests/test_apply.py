@@ -43,8 +43,13 @@ def test_rollback_after_finished_restores_exact_tree(sandbox: Callable[..., Sand
     assert tree_hash(sb.root) == before
     assert sb.wait_version("4.0.1") == "4.0.1"
     assert status(sb)["status"] == "rolled-back"
-    # the same staging applies again
-    assert install("--root", sb.root, "apply").returncode == 0
+    # a rolled-back bundle is not re-run by a plain apply (a second outage for the same
+    # failure): the rollback dropped its staging, and apply says to name the bundle
+    assert not list((sb.root / "var/lib/jumpkit/demo-manager/staging").iterdir())
+    p = install("--root", sb.root, "apply")
+    assert p.returncode == 2 and "name the bundle" in p.stderr, p.stderr
+    assert tree_hash(sb.root) == before
+    assert install("--root", sb.root, "apply", bundle).returncode == 0
     assert tree_hash(sb.root) == after
     assert sb.version() == "4.1.1"
     # after unstage the backup is gone and rollback says so
@@ -54,14 +59,28 @@ def test_rollback_after_finished_restores_exact_tree(sandbox: Callable[..., Sand
 
 
 def test_wrong_from_version_refused_nothing_changed(sandbox: Callable[..., Sandbox], bundle: Path) -> None:
-    sb = sandbox("4.1.1", supervise=False)
+    sb = sandbox("3.4.2", supervise=False)
     before = tree_hash(sb.root, exclude=())
     p = install("--root", sb.root, "apply", bundle)
     assert p.returncode == 4
     first = p.stderr.strip().splitlines()[0]
-    assert first.startswith("bundle-install: pre-flight failed: installed version is 4.1.1;")
-    # only the (empty) state dir and lock may appear
-    assert tree_hash(sb.root, exclude=("var/lib/jumpkit",)) == before
+    assert first.startswith("bundle-install: pre-flight failed: installed version is 3.4.2;")
+    # a refused run creates nothing, not even the state dir and its lock
+    assert tree_hash(sb.root, exclude=()) == before
+    assert not (sb.root / "var/lib/jumpkit").exists()
+
+
+def test_to_version_installed_is_nothing_to_do(sandbox: Callable[..., Sandbox], bundle: Path) -> None:
+    """dnf's "Nothing to do": re-running an apply (Ansible, yum) exits 0, one line, no writes."""
+    sb = sandbox("4.1.1", supervise=False)
+    before = tree_hash(sb.root, exclude=())
+    p = install("--root", sb.root, "apply", bundle, "--json")
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["summary"] == "nothing to do: demo-manager is already at 4.1.1"
+    p = install("--root", sb.root, "apply", bundle)
+    assert p.returncode == 0 and p.stdout.strip() == "nothing to do: demo-manager is already at 4.1.1"
+    assert tree_hash(sb.root, exclude=()) == before
 
 
 def test_drift_refused_then_accepted(sandbox: Callable[..., Sandbox], bundle: Path) -> None:

@@ -1,0 +1,139 @@
+"""``bundle-install plan``: what an apply of a bundle or a chain would do, computed from
+verified manifests against the root as it stands; nothing under the root changes (config
+defaults are unpacked into a temp dir to resolve their policies)."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from installer.archive import Bundle, iter_verified
+from installer.chain import chain_id, unit_layout
+from installer.errors import PreconditionError
+from installer.format import Manifest
+from installer.plan import Plan, View, compute_plan
+from installer.preflight import read_installed_version
+from installer.state import StateDir
+
+Preflight = Callable[[Manifest, int], list[str]]
+
+
+def report(
+    opened: Sequence[tuple[Bundle, Manifest]], root: Path, state: StateDir, preflight: Preflight
+) -> dict[str, Any]:
+    """The dry-run report of ``opened`` (verified bundles of a chain, in order).
+
+    Raises:
+        UnsafePathError: a path leads out of the root.
+    """
+    manifests = [m for _, m in opened]
+    head, tail = manifests[0], manifests[-1]
+    out: dict[str, Any] = {
+        "bundle": chain_id(manifests),
+        "chain": [m.bundle_id for m in manifests],
+        "from": head.from_version,
+        "to": tail.to_version,
+        "installed": read_installed_version(root, head),
+    }
+    with tempfile.TemporaryDirectory(prefix="jumpkit-plan-") as tmp:
+        view = View(root)
+        plans: list[Plan] = []
+        for n, (bundle, m) in enumerate(opened):
+            staging = Path(tmp) / str(n)
+            for f in m.files:
+                if f.kind == "config":
+                    dest = staging / "defaults" / f.path
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    assert f.sha256 is not None
+                    with open(dest, "wb") as w:
+                        for chunk in iter_verified(bundle, f.member, f.sha256, f.size):
+                            w.write(chunk)
+            if n == 0:
+                try:
+                    passed = preflight(m, sum(x.total_size() for x in manifests[1:]))
+                    out["preflight"] = {"ok": True, "passed": passed}
+                except PreconditionError as e:
+                    out["preflight"] = {"ok": False, "problems": e.details or [e.message]}
+            plans.append(compute_plan(m, root, staging, accept_drift=True, view=view))
+            view.advance(m, plans[-1], staging)
+    pairs = list(zip(manifests, plans, strict=True))
+    out["drift"] = [d for _, plan in pairs for d in plan.drift]
+    out["notes"] = [n for _, plan in pairs for n in plan.notes]
+    steps = []
+    for m in manifests:
+        steps.append({"step": "verify", "detail": f"{m.bundle_id}: signature + {len(m.members())} members"})
+        steps.append(
+            {"step": "stage", "detail": f"{m.total_size()} bytes into {state.staging_dir(m.bundle_id)}"}
+        )
+    for name, _, jump in unit_layout(len(manifests)):
+        m, plan = pairs[jump]
+        steps.append({"step": name, "detail": describe(name.partition("#")[0], m, plan)})
+    steps.append({"step": "commit", "detail": "journal commit; backup kept until unstage or the next apply"})
+    out["steps"] = steps
+    placed: dict[str, bool] = {}  # what earlier jumps of the chain leave (True) or remove
+    out["files"] = []
+    for m, plan in pairs:
+        for op in plan.ops:
+            existed = placed.get(op.path, (root / op.path).exists() or (root / op.path).is_symlink())
+            action = op.action if op.action == "remove" else ("replace" if existed else "add")
+            out["files"].append(
+                {"jump": f"{m.from_version} -> {m.to_version}", "path": op.path, "action": action,
+                 "group": op.group, "note": op.note}
+            )  # fmt: skip
+        for op in plan.ops:
+            placed[op.path] = op.action == "place"
+    out["services"] = [s.name for s in tail.services.services]
+    out["databases"] = [
+        {
+            "jump": f"{m.from_version} -> {m.to_version}",
+            "name": db.name,
+            "from": db.from_revision,
+            "to": db.to_revision,
+            "revisions": list(db.revisions),
+            "rehearsal_seconds": db.rehearsal_seconds,
+        }
+        for m in manifests
+        for db in m.databases
+    ]
+    # one stop (the old version's services) and one start (the new one's), whatever
+    # the length of the chain; every migration at its rehearsed time; renames ~20 us
+    out["outage_estimate_seconds"] = round(
+        sum(min(s.stop_timeout, 2.0) for s in head.services.services)
+        + sum(min(s.start_timeout, 2.0) for s in tail.services.services)
+        + sum(db.rehearsal_seconds for m in manifests for db in m.databases)
+        + 0.00002 * sum(len(plan.ops) for _, plan in pairs),
+        2,
+    )
+    return out
+
+
+def describe(name: str, manifest: Manifest, plan: Plan) -> str:
+    """One line on what step ``name`` (without its ``#n``) does for this jump."""
+    svcs = [s.name for s in manifest.services.services]
+    if name == "stop-services":
+        return f"stop {', '.join(reversed(svcs)) or 'nothing'} ({manifest.services.backend})"
+    if name == "start-services":
+        return f"start {', '.join(svcs) or 'nothing'}"
+    if name.startswith("swap-"):
+        ops = plan.group(name.removeprefix("swap-"))
+        placed = sum(o.action == "place" for o in ops)
+        return f"{placed} placed, {len(ops) - placed} removed"
+    if name.startswith("hooks-"):
+        hooks = [h.name for h in manifest.hooks if h.when == name.removeprefix("hooks-")]
+        return ", ".join(hooks) or "none"
+    if name == "backup-db":
+        return ", ".join(db.name for db in manifest.databases) or "none"
+    if name == "migrate":
+        return (
+            "; ".join(
+                f"{db.name}: {db.from_revision} -> {db.to_revision} ({', '.join(db.revisions)}; "
+                f"rehearsed {db.rehearsal_seconds:.2f}s)"
+                for db in manifest.databases
+            )
+            or "none"
+        )
+    if name == "health":
+        return ", ".join(c.name for c in manifest.services.health) or "none"
+    return ""

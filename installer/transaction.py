@@ -1,0 +1,271 @@
+"""The journaled transaction over one jump or a chain: run the steps in order, roll back
+what began on any failure or stop signal, and record the commit. Only this module writes
+the journal's step records; what the journal says is read through
+:class:`installer.journal.JournalView`.
+
+Outcomes (the CLI's exit codes):
+
+- every step done, commit recorded, status ``finished`` (0);
+- a step failed, or SIGINT/SIGTERM/SIGHUP arrived before the commit record: every begun
+  step undone in reverse, status ``rolled-back``, :class:`ApplyError` (5) whose message
+  names the step and the reason or the signal;
+- an undo failed: status ``failed``, :class:`RollbackError` (6), the journal left for
+  ``bundle-install rollback``.
+
+A signal after the commit record is logged and the commit finished.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from installer import interrupts, selfupdate
+from installer.chain import Unit, chain_id, transaction_units
+from installer.errors import ApplyError, JumpkitError, RollbackError, StateError
+from installer.failpoints import failpoint
+from installer.format import INSTALLER_MEMBER
+from installer.health import wait_healthy
+from installer.journal import (
+    Begin,
+    Commit,
+    Done,
+    JournalView,
+    Note,
+    RollbackFailed,
+    RollbackStart,
+    RolledBack,
+    Start,
+    UndoBegin,
+    UndoDone,
+)
+from installer.state import StateDir, StatusDoc
+from installer.steps import Context, Health, StopServices
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Recorder:
+    """The status document of the run under way: log lines go into it and reach disk at
+    the next step boundary (two fsyncs per log line would lengthen the outage)."""
+
+    state: StateDir
+    doc: StatusDoc
+
+    def line(self, text: str) -> None:
+        """Append a time-stamped log line (written with the next :meth:`set`)."""
+        self.doc.log.append(f"{time.strftime('%H:%M:%S')} {text}")
+
+    def set(self, **kw: Any) -> None:
+        """Update fields and write status.json durably."""
+        for k, v in kw.items():
+            setattr(self.doc, k, v)
+        self.state.write_status(self.doc)
+
+
+class Transaction:
+    """One transaction: its contexts (one per jump), units (journaled steps), the status
+    it records, and the log."""
+
+    def __init__(self, ctxs: list[Context], rec: Recorder, log: Log) -> None:
+        self.ctxs = ctxs
+        self.units: list[Unit] = transaction_units(ctxs)
+        self.rec = rec
+        self.log = log
+        self.state = ctxs[0].state
+        self.head, self.tail = ctxs[0].manifest, ctxs[-1].manifest
+        self.bundle = chain_id([c.manifest for c in ctxs])
+
+    # --- start -------------------------------------------------------------------------
+    def start(self) -> StatusDoc:
+        """Record the start, then run every step and commit.
+
+        Raises:
+            ApplyError, RollbackError: see the module's docstring.
+        """
+        start = Start(
+            bundle=self.head.bundle_id,
+            steps=tuple(u.name for u in self.units),
+            chain=tuple(c.manifest.bundle_id for c in self.ctxs) if len(self.ctxs) > 1 else (),
+        )
+        with interrupts.deferred():
+            self.state.journal_append(start)
+            self.rec.set()
+            return self.run(0)
+
+    def view(self) -> JournalView:
+        """The journal as it stands."""
+        return self.state.view()
+
+    # --- run ---------------------------------------------------------------------------
+    def run(self, first: int) -> StatusDoc:
+        """Run the units from index ``first``, then commit. Signals are taken at the
+        boundaries and inside a step's run (:func:`interrupts.interruptible`).
+
+        Raises:
+            ApplyError, RollbackError: see the module's docstring.
+        """
+        with interrupts.deferred():
+            for unit in self.units[first:]:
+                self._stop_if_signalled(unit.name)
+                failpoint(f"begin:{unit.name}")
+                self.state.journal_append(Begin(unit.name))
+                self.rec.set(step=unit.name)
+                try:
+                    with interrupts.interruptible():
+                        failpoint(f"run:{unit.name}")
+                        unit.step.run(unit.ctx)
+                except interrupts.Interrupted as e:
+                    self._fail(unit.name, f"interrupted by {e.signame} during {unit.name}", e)
+                except (JumpkitError, OSError) as e:
+                    message = getattr(e, "message", None) or str(e) or type(e).__name__
+                    self._fail(unit.name, f"{unit.name} failed: {message}", e)
+                failpoint(f"done:{unit.name}")
+                self.state.journal_append(Done(unit.name))
+            self._stop_if_signalled("commit")
+            failpoint("commit")
+            self.state.journal_append(Commit())
+            failpoint("committed")
+            late = interrupts.take()
+            if late is not None:
+                self.log(f"{late} received after the commit; finishing it")
+            return self.finish()
+
+    def _stop_if_signalled(self, where: str) -> None:
+        signame = interrupts.take()
+        if signame is not None:
+            self._fail(where, f"interrupted by {signame} before {where}", None)
+
+    def _fail(self, step: str, reason: str, cause: BaseException | None) -> None:
+        self.log(reason)
+        interrupts.take()  # one report: the reason names the first signal
+        self.rollback(reason)
+        raise ApplyError(f"{reason}; rolled back to {self.head.from_version}", step=step) from cause
+
+    # --- finish ------------------------------------------------------------------------
+    def finish(self) -> StatusDoc:
+        """Record a committed apply in status and history (also after a crash right after
+        the commit record); the bundle's installer becomes the manager's."""
+        with interrupts.deferred():
+            view = self.view()
+            outage = view.outage(StopServices.name, Health.name)
+            summary = f"upgraded {self.head.from_version} -> {self.tail.to_version}"
+            if len(self.ctxs) > 1:
+                summary += f" ({len(self.ctxs)} jumps, one outage)"
+            if outage is not None:
+                summary += f"; outage {outage:.2f}s"
+            self.log(summary)
+            info = self.tail.installer
+            tail = self.ctxs[-1]
+            if info is not None:  # the bundle's installer becomes the manager's (selfupdate.py)
+                self.state.journal_append(Note("installer", {"sha256": info.sha256}))
+                tail.notes["installer"] = {"sha256": info.sha256}
+                staged = tail.staging / "bundle" / INSTALLER_MEMBER
+                if selfupdate.install(tail.root, staged, info):
+                    self.log(f"bundle-install {info.version} is now the manager's installer")
+            self.rec.set(
+                status="finished", step=None, summary=summary, finished=time.time(), outage_seconds=outage
+            )
+            self.state.append_history({"result": "finished", "bundle": self.bundle, "outage_seconds": outage})
+            return self.rec.doc
+
+    # --- rollback ----------------------------------------------------------------------
+    def rollback(self, reason: str) -> None:
+        """Undo every begun step in reverse, start and health-check the old version, then
+        drop the staging (a rolled-back bundle is applied again only when named again).
+        Signals are deferred until it ends.
+
+        Raises:
+            RollbackError: an undo failed, or the old version is not healthy.
+        """
+        with interrupts.deferred():
+            self._rollback(reason)
+        late = interrupts.take()
+        if late is not None:
+            self.log(f"{late} received during the rollback; it finished first")
+
+    def _rollback(self, reason: str) -> None:
+        view = self.view()
+        if view.state != "rolling-back":
+            self.state.journal_append(RollbackStart(reason))
+            view = self.view()
+        # the notes as journaled: a signal may have landed between a note's record and
+        # the step's own copy of it
+        notes = self.ctxs[0].notes
+        notes.clear()
+        notes.update(view.notes)
+        self.rec.set(status="working", summary=f"rolling back: {reason}")
+        by_name = {u.name: u for u in self.units}
+        restarted = False
+        for name in view.to_undo():
+            unit = by_name[name]
+            failpoint(f"undo:{name}")
+            self.log(f"undo {name}")
+            self.state.journal_append(UndoBegin(name))
+            self.rec.set(step=f"undo {name}")
+            try:
+                unit.step.undo(unit.ctx)
+            except (JumpkitError, OSError) as e:
+                msg = (
+                    f"rollback failed in {name}: {getattr(e, 'message', None) or e}; "
+                    f"the manager is between {self.head.from_version} and {self.tail.to_version}: "
+                    "fix the cause, then 'bundle-install rollback'"
+                )
+                self.state.journal_append(RollbackFailed(name, str(e)))
+                self.rec.set(status="failed", summary=msg)
+                self.state.append_history({"result": "failed", "bundle": self.bundle, "error": msg})
+                raise RollbackError(msg) from e
+            failpoint(f"after-undo:{name}")
+            self.state.journal_append(UndoDone(name))
+            restarted = restarted or name == StopServices.name
+        head = self.ctxs[0]
+        if restarted and self.head.services.health and notes.get(StopServices.name, {}).get("running"):
+            try:
+                wait_healthy(self.head.services.health, head.variables(self.head.from_version), head.root)
+            except JumpkitError as e:
+                msg = f"rolled back files, but {self.head.from_version} is not healthy: {e.message}"
+                self.rec.set(status="failed", summary=msg)
+                raise RollbackError(msg) from e
+        info = self.tail.installer
+        if info is not None and "installer" in notes and selfupdate.restore(head.root, info):
+            self.log("put the manager's previous installer back")
+        self.state.journal_append(RolledBack())
+        self.rec.set(
+            status="rolled-back",
+            step=None,
+            finished=time.time(),
+            outage_seconds=None,
+            summary=f"rolled back to {self.head.from_version}: {reason}",
+        )
+        self.state.append_history({"result": "rolled-back", "bundle": self.bundle, "reason": reason})
+        for c in self.ctxs:  # after the record: a crash before this leaves only a stale staging
+            self.state.remove_tree(c.staging)
+
+    # --- resume ------------------------------------------------------------------------
+    def resume(self) -> StatusDoc:
+        """Continue an interrupted apply to its end, or an interrupted rollback to its end.
+
+        Raises:
+            StateError: nothing is unfinished. ApplyError, RollbackError as for apply.
+        """
+        view = self.view()
+        if view.state == "rolling-back":
+            reason = view.rollback_reason or "after an interrupted apply"
+            self.rollback(reason)
+            raise ApplyError(f"resumed the interrupted rollback to {self.head.from_version}: {reason}")
+        if view.state == "committed":
+            if self.rec.doc.status == "finished":
+                raise StateError("nothing to resume: the last apply finished")
+            return self.finish()  # the crash came after the commit record
+        if view.state != "applying":
+            raise StateError(f"nothing to resume: the last apply is {view.state}")
+        first = view.first_not_done()
+        self.rec.set(
+            status="working",
+            summary=f"resuming at {self.units[first].name if first < len(self.units) else 'commit'}",
+        )
+        self.log(f"resuming after a crash at step {first + 1}/{len(self.units)}")
+        return self.run(first)
