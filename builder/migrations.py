@@ -3,6 +3,7 @@ rehearsal, and the script files that ship in ``migrations/<name>/versions/``."""
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -32,11 +33,53 @@ def estimate_bucket(seconds: float) -> float:
         scale *= 10
 
 
+def check_graph(script_dir: Path) -> None:
+    """Every ``down_revision`` names a revision of the directory (alembic itself ends in a
+    bare ``KeyError`` otherwise). Reads the assignments with ``ast``: nothing is imported.
+
+    Raises:
+        SpecError: a file that does not parse, has no ``revision``, repeats one, or points
+            at a revision that is not there (the file is named).
+    """
+    revs: dict[str, Path] = {}
+    downs: list[tuple[Path, object]] = []
+    for f in sorted((script_dir / "versions").glob("*.py")):
+        try:
+            tree = ast.parse(f.read_bytes(), filename=str(f))
+        except (SyntaxError, ValueError, OSError) as e:
+            raise SpecError(f"{f}: does not parse: {e}") from e
+        found: dict[str, object] = {}
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1:
+                target, value = node.targets[0], node.value
+            elif isinstance(node, ast.AnnAssign) and node.value is not None:
+                target, value = node.target, node.value
+            else:
+                continue
+            if isinstance(target, ast.Name) and target.id in ("revision", "down_revision"):
+                try:
+                    found[target.id] = ast.literal_eval(value)
+                except ValueError as e:
+                    raise SpecError(f"{f}: {target.id} is not a literal") from e
+        rev = found.get("revision")
+        if not isinstance(rev, str):
+            raise SpecError(f"{f}: no revision = '...' (is it an alembic migration?)")
+        if rev in revs:
+            raise SpecError(f"{f}: revision {rev!r} is also in {revs[rev].name}")
+        revs[rev] = f
+        downs.append((f, found.get("down_revision")))
+    for f, down in downs:
+        for d in down if isinstance(down, (tuple, list)) else [down]:
+            if d is not None and d not in revs:
+                raise SpecError(f"{f}: down_revision {d!r} is not a revision in {script_dir / 'versions'}")
+
+
 def _head(script_dir: Path) -> str | None:
     from alembic.script import ScriptDirectory
 
     if not (script_dir / "versions").is_dir():
         return None
+    check_graph(script_dir)
     heads = ScriptDirectory(str(script_dir)).get_heads()
     if len(heads) > 1:
         raise SpecError(f"{script_dir}: several heads ({', '.join(sorted(heads))}); merge them first")

@@ -475,7 +475,10 @@ def main() -> None:
         hand_over(sys.argv)  # a newer installer left on this manager by an earlier apply runs instead
         app()
 
-    guard.run("bundle-install", run, interrupted_code=interrupts.Interrupted.exit_code)
+    try:
+        guard.run("bundle-install", run, interrupted_code=interrupts.Interrupted.exit_code)
+    finally:
+        interrupts.ignore()
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from installer.aftercommit import AfterCommit
 from installer.archive import DEFAULT_MAX_BUNDLE_BYTES, Bundle, iter_verified, open_bundle, verify_bundle
 from installer.chain import chain_id, check_chain
 from installer.components import DEFAULT_WAIT
-from installer.errors import JumpkitError, StateError, UsageError
+from installer.errors import JumpkitError, LockedError, StateError, UsageError
 from installer.format import Manifest, load_trusted_keys, verify_signature
 from installer.migrate import database_url, offline_sql
 from installer.parallel import run_each
@@ -181,8 +181,10 @@ class Engine:
                 if made is None or state.status_path.exists() or state.journal_path.exists():
                     self.preflight(manifest, state, staged=staged(), more_bytes=more_bytes)
                 yield
-        except JumpkitError as e:
-            if made is not None and e.exit_code in (2, 3, 4) and not state.journal_path.exists():
+        except BaseException as e:
+            # before the journal's first record nothing was applied: what this run made goes
+            # (a LockedError: another run made it meanwhile, and it is theirs)
+            if made is not None and not isinstance(e, LockedError) and not state.journal_path.exists():
                 state.discard(made)
             raise
 

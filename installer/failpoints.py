@@ -1,8 +1,10 @@
-"""Named failpoints: ``JUMPKIT_FAILPOINT=NAME[@N][=ACTION]`` acts the N-th time (default:
+"""Named failpoints: ``JUMPKIT_FAILPOINT=NAME[@N][=ACTION][,...]`` acts the N-th time (default:
 first) the installer passes NAME. ACTION is ``kill`` (default: SIGKILL, a crash at that
 instant), ``stop`` (SIGSTOP: the run freezes there until ``kill -CONT``, so an operator or
-a test can do something at that exact moment, e.g. fill the disk) or ``fail`` (the step
-fails there with an error: the apply rolls back as after any failure). Used by the crash tests;
+a test can do something at that exact moment, e.g. fill the disk), ``fail`` (the step
+fails there with an error: the apply rolls back as after any failure), or ``int``,
+``term``, ``hup`` (SIGINT, SIGTERM, SIGHUP to this process: an operator's Ctrl-C, systemd's
+stop, a closed SSH session, at that exact instant). Used by the crash tests;
 operators rehearse failures the same way. When the variable is unset a failpoint is one
 comparison.
 
@@ -27,15 +29,25 @@ import signal
 from installer.errors import StepError
 
 _ENV = "JUMPKIT_FAILPOINT"
-ACTIONS = {"kill": signal.SIGKILL, "stop": signal.SIGSTOP, "fail": None}
+ACTIONS = {
+    "kill": signal.SIGKILL,
+    "stop": signal.SIGSTOP,
+    "fail": None,
+    "int": signal.SIGINT,
+    "term": signal.SIGTERM,
+    "hup": signal.SIGHUP,
+}
 
 
-def _parse(raw: str | None) -> tuple[str, int, signal.Signals | None] | None:
-    if not raw:
-        return None
-    spec, _, action = raw.partition("=")
-    name, _, count = spec.partition("@")
-    return name, int(count) if count.isdigit() else 1, ACTIONS.get(action, signal.SIGKILL)
+def _parse(raw: str | None) -> dict[str, tuple[int, signal.Signals | None]]:
+    armed: dict[str, tuple[int, signal.Signals | None]] = {}
+    for one in (raw or "").split(","):
+        if not one.strip():
+            continue
+        spec, _, action = one.strip().partition("=")
+        name, _, count = spec.partition("@")
+        armed[name] = (int(count) if count.isdigit() else 1, ACTIONS.get(action, signal.SIGKILL))
+    return armed
 
 
 _ARMED = _parse(os.environ.get(_ENV))
@@ -43,16 +55,16 @@ _hits: dict[str, int] = {}
 
 
 def failpoint(name: str) -> None:
-    """Act (SIGKILL or SIGSTOP this process, or raise) if ``name`` is armed and its count
-    is reached.
+    """Act (signal this process, or raise) if ``name`` is armed and its count is reached.
 
     Raises:
         StepError: the action is ``fail``.
     """
-    if _ARMED is None or _ARMED[0] != name:
+    if not _ARMED or name not in _ARMED:
         return
     _hits[name] = _hits.get(name, 0) + 1
-    if _hits[name] == _ARMED[1]:
-        if _ARMED[2] is None:
+    count, sig = _ARMED[name]
+    if _hits[name] == count:
+        if sig is None:
             raise StepError("failpoint fired (JUMPKIT_FAILPOINT)", step=name)
-        os.kill(os.getpid(), _ARMED[2])
+        os.kill(os.getpid(), sig)

@@ -16,6 +16,7 @@ import functools
 import hashlib
 import io
 import json
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, BinaryIO, Literal
@@ -34,7 +35,7 @@ from pydantic import (
 )
 
 from installer import READABLE_FORMATS
-from installer.errors import ManifestError, SignatureError, UnsafePathError
+from installer.errors import BundleRejectedError, ManifestError, SignatureError, UnsafePathError, VersionError
 from installer.graph import Graph
 from installer.paths import check_link_target, check_relpath
 from installer.version import Version
@@ -47,6 +48,7 @@ EXTRA_PREFIXES = ("hooks/", "migrations/", "bin/", "components/")
 INSTALLER_MEMBER = "bin/bundle-install"
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 MAX_SIGNATURE_BYTES = 4096
+MAX_INT_DIGITS = 20  # every integer a manifest holds (sizes, modes, times) fits in 64 bits
 CHUNK = 1024 * 1024
 
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
@@ -57,11 +59,49 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+MAX_RULE_CHARS = 1000
+
+
 class RewriteRule(_Model):
-    """A regex substitution applied line by line to an operator's config file."""
+    """A regex substitution applied line by line to an operator's config file. Pattern and
+    replacement are checked where the manifest is made and again where it is read, so a
+    rule that cannot run fails the build or the verify, never the apply."""
 
     pattern: str
     replacement: str
+
+    @model_validator(mode="after")
+    def _compiles(self) -> RewriteRule:
+        check_rule(self.pattern, self.replacement)
+        return self
+
+
+def check_rule(pattern: str, replacement: str) -> None:
+    """Compile ``pattern`` and expand ``replacement`` against it (every group reference
+    must exist: ``\\g<9>`` of a pattern with one group is refused).
+
+    Raises:
+        ValueError: either does not compile, or is longer than MAX_RULE_CHARS.
+    """
+    if len(pattern) > MAX_RULE_CHARS or len(replacement) > MAX_RULE_CHARS:
+        raise ValueError(f"a rewrite rule's pattern and replacement are at most {MAX_RULE_CHARS} characters")
+    try:
+        compiled = re.compile(pattern, re.MULTILINE)
+    except (re.error, RecursionError, OverflowError) as e:
+        raise ValueError(f"rewrite rule pattern {pattern[:60]!r} does not compile: {e}") from e
+    try:
+        # the same groups, and a match on "" whatever the pattern: expand() checks the template
+        always = re.compile(f"(?:{pattern})|", re.MULTILINE).match("")
+    except (re.error, RecursionError, OverflowError):
+        always = None  # e.g. inline global flags, legal only at the start: checked on a real match
+    if always is not None:
+        try:
+            always.expand(replacement)
+        except (re.error, IndexError) as e:
+            raise ValueError(
+                f"rewrite rule replacement {replacement[:60]!r} does not fit pattern {pattern[:60]!r}: {e}"
+            ) from e
+    del compiled
 
 
 class FileEntry(_Model):
@@ -324,7 +364,10 @@ class Manifest(_Model):
     @field_validator("from_version", "to_version")
     @classmethod
     def _version_ok(cls, v: str) -> str:
-        Version.parse(v)
+        try:
+            Version.parse(v)
+        except VersionError as e:
+            raise ValueError(e.message) from e
         return v
 
     @field_validator("version_file")
@@ -417,13 +460,27 @@ def loads_strict(data: bytes, *, what: str) -> Any:
     def _no_constants(name: str) -> Any:
         raise ManifestError(f"{what}: {name} is not allowed")
 
+    def _int(text: str) -> int:
+        if len(text.lstrip("-")) > MAX_INT_DIGITS:
+            raise ManifestError(f"{what}: an integer of {len(text)} digits (at most {MAX_INT_DIGITS})")
+        return int(text)
+
+    def _float(text: str) -> float:
+        if len(text) > MAX_INT_DIGITS + 20:
+            raise ManifestError(f"{what}: a number of {len(text)} characters")
+        return float(text)
+
     try:
         return json.loads(
-            data.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constants
+            data.decode("utf-8"),
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_no_constants,
+            parse_int=_int,
+            parse_float=_float,
         )
     except ManifestError as e:
         raise ManifestError(f"{what}: {e.message}") from e
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as e:
         raise ManifestError(f"{what} is not valid JSON: {e}") from e
 
 
@@ -483,17 +540,24 @@ def parse_manifest(data: bytes) -> Manifest:
         )
     try:
         manifest = Manifest.model_validate_json(data, strict=True)
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        ctx = first.get("ctx", {})
-        inner = ctx.get("error") if isinstance(ctx, dict) else None
-        if isinstance(inner, UnsafePathError):
-            raise inner from e
-        raise ManifestError(f"manifest field {loc}: {first['msg']}") from e
+    except (VersionError, ValueError, RecursionError) as e:  # a validator's own error escaped
+        if isinstance(e, ValidationError):
+            raise _manifest_error(e) from e
+        raise ManifestError(f"manifest: {getattr(e, 'message', None) or e}") from e
     if canonical_json(obj) != data:
         raise ManifestError("manifest.json is not in canonical form")
     return manifest
+
+
+def _manifest_error(e: ValidationError) -> BundleRejectedError:
+    """The first problem of a manifest that does not validate, as jumpkit's error."""
+    first = e.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    ctx = first.get("ctx", {})
+    inner = ctx.get("error") if isinstance(ctx, dict) else None
+    if isinstance(inner, UnsafePathError):
+        return inner
+    return ManifestError(f"manifest field {loc}: {first['msg']}")
 
 
 # --- hashing --------------------------------------------------------------------------

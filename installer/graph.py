@@ -11,9 +11,9 @@ import itertools
 from collections import deque
 from collections.abc import Iterable, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from installer.errors import JumpkitError
+from installer.errors import JumpkitError, VersionError
 from installer.version import Version
 
 
@@ -84,6 +84,15 @@ class Graph(_Model):
     jumps: tuple[tuple[str, str], ...] = ()
     required_stops: tuple[str, ...] = ()
     policy: Policy = Policy()
+
+    @model_validator(mode="after")
+    def _versions_parse(self) -> Graph:
+        for v in [*(x for j in self.jumps for x in j), *self.required_stops]:
+            try:
+                Version.parse(v)
+            except VersionError as e:
+                raise ValueError(e.message) from e
+        return self
 
     def edges(self) -> dict[str, list[str]]:
         """from-version -> to-versions of the jumps the policy allows, sorted."""

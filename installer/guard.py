@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from installer.errors import JumpkitError
+from installer.interrupts import Interrupted
 
 INTERNAL_ERROR = 1
 
@@ -38,7 +39,7 @@ def report(prog: str, e: BaseException, *, code: int, as_json: bool, debug: bool
     """Print ``e`` as one line on stderr (or one JSON object on stdout) and exit ``code``."""
     if debug:
         traceback.print_exception(e)
-    if isinstance(e, JumpkitError):
+    if isinstance(e, JumpkitError | Interrupted):
         message = one_line(e.message)
         details = [one_line(d) for d in getattr(e, "details", [])]
     else:
@@ -67,7 +68,7 @@ def run(prog: str, app: Callable[[], Any], *, interrupted_code: int) -> None:
         app()
     except SystemExit:
         raise
-    except JumpkitError as e:
+    except (JumpkitError, Interrupted) as e:
         report(prog, e, code=e.exit_code, as_json=as_json, debug=debug)
     except KeyboardInterrupt:
         report(

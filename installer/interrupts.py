@@ -31,19 +31,20 @@ import signal
 from collections.abc import Iterator
 from types import FrameType
 
-from installer.errors import JumpkitError
-
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-class Interrupted(JumpkitError):
+class Interrupted(BaseException):
     """A stop signal arrived where the run could stop at once (exit 5: nothing is left
-    changed; an apply under way is rolled back first)."""
+    changed; an apply under way is rolled back first). A ``BaseException``, as
+    ``KeyboardInterrupt`` is: no ``except JumpkitError`` or ``except Exception`` on the
+    way (a pre-flight check, alembic, a library) may take it for a failure of its own."""
 
     exit_code = 5
 
     def __init__(self, signame: str, message: str | None = None) -> None:
-        super().__init__(message or f"interrupted by {signame}; nothing was changed")
+        self.message = message or f"interrupted by {signame}; nothing was changed"
+        super().__init__(self.message)
         self.signame = signame
 
 
@@ -81,6 +82,13 @@ def install() -> None:
     for sig in STOP_SIGNALS:
         signal.signal(sig, _handler)
     _G.installed = True
+
+
+def ignore() -> None:
+    """Ignore stop signals from now on: the run is over and its exit code decided (a signal
+    during the interpreter's shutdown would otherwise end it with the default action)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def pending() -> str | None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from installer.errors import UnsafePathError
 
 MAX_PATH_BYTES = 1024
+MAX_NAME_BYTES = 255  # NAME_MAX of every Linux filesystem: a longer component is ENAMETOOLONG
 
 
 def check_relpath(path: str, *, what: str = "path") -> str:
@@ -37,6 +38,10 @@ def check_relpath(path: str, *, what: str = "path") -> str:
     for part in parts:
         if part in ("", ".", ".."):
             raise UnsafePathError(f"{what} has an empty, '.' or '..' component", entry=path)
+        if len(part.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+            raise UnsafePathError(
+                f"{what} has a component longer than {MAX_NAME_BYTES} bytes", entry=path[:80]
+            )
     if not path.isascii() and unicodedata.normalize("NFC", path) != path:
         raise UnsafePathError(f"{what} is not in Unicode NFC form", entry=repr(path))
     return path

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from installer.errors import DriftError, StateError
+from installer.errors import BundleRejectedError, DriftError, StateError
 from installer.format import FileEntry, Manifest, sha256_file
 from installer.paths import Targets
 from installer.state import write_atomic
@@ -34,7 +34,16 @@ def current_digest(path: Path | None) -> str | None:
         return None
     if stat.S_ISLNK(st.st_mode):
         return hashlib.sha256(b"symlink:" + os.readlink(path).encode()).hexdigest()
+    if not stat.S_ISREG(st.st_mode):  # never read a device or a FIFO (dev/zero never ends)
+        return NOT_A_FILE + _KINDS.get(stat.S_IFMT(st.st_mode), "special file")
     return sha256_file(path)[0]
+
+
+NOT_A_FILE = "not a file: "
+"""Prefix of what :func:`current_digest` says of a directory, device, FIFO or socket: it
+matches no sha256, so the drift check names it."""
+_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+          stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket"}  # fmt: skip
 
 
 class View:
@@ -131,9 +140,16 @@ class Plan:
 
 
 def _rewrite(text: str, entry: FileEntry) -> tuple[str, int]:
+    """Apply the rules (checked at build and verify; a rule that still fails here refuses
+    the bundle before anything stops)."""
     count = 0
     for rule in entry.rules:
-        text, n = re.subn(rule.pattern, rule.replacement, text, flags=re.MULTILINE)
+        try:
+            text, n = re.subn(rule.pattern, rule.replacement, text, flags=re.MULTILINE)
+        except (re.error, IndexError) as e:
+            raise BundleRejectedError(
+                f"rewrite rule {rule.pattern[:60]!r} failed: {e}", entry=entry.path
+            ) from e
         count += n
     return text, count
 
@@ -166,6 +182,8 @@ def _plan_config(entry: FileEntry, current: str | None, view: View, staging: Pat
 def _drift_of(entry: FileEntry, current: str | None) -> str | None:
     if current in (entry.from_sha256, entry.sha256):
         return None
+    if current is not None and current.startswith(NOT_A_FILE):
+        return f"{entry.path}: is {current.removeprefix(NOT_A_FILE)} on this manager, not a file"
     if entry.from_sha256 is None:
         return f"{entry.path}: exists, but the from-version has no such file"
     return f"{entry.path}: missing" if current is None else f"{entry.path}: modified"
@@ -184,7 +202,10 @@ def check_drift(manifest: Manifest, root: Path) -> list[str]:
             out.append(d)
     for removed in manifest.removed:
         current = current_digest(target(removed.path))
-        if current is not None and removed.from_sha256 is not None and current != removed.from_sha256:
+        if current is not None and current.startswith(NOT_A_FILE):
+            what = current.removeprefix(NOT_A_FILE)
+            out.append(f"{removed.path}: is {what} on this manager; the jump removes a file")
+        elif current is not None and removed.from_sha256 is not None and current != removed.from_sha256:
             out.append(f"{removed.path}: modified (the jump removes it)")
     return out
 

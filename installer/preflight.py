@@ -255,7 +255,8 @@ def _databases_ready(manifest: Manifest, root: Path, passed: list[str]) -> list[
             url = database_url(db, root)
             current = current_revision(url)
         except JumpkitError as e:
-            problems.append(f"database {db.name}: {e.message}")
+            prefix = f"database {db.name}: "
+            problems.append(e.message if e.message.startswith(prefix) else prefix + e.message)
             continue
         if current != db.from_revision:
             problems.append(

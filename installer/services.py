@@ -7,6 +7,7 @@ Backends: ``supervisord`` (XML-RPC over its unix socket), ``systemd`` (systemctl
 
 from __future__ import annotations
 
+import http.client
 import subprocess
 import time
 import xmlrpc.client
@@ -59,11 +60,14 @@ class Supervisord:
     """supervisord through XML-RPC on its unix socket."""
 
     def __init__(self, socket: Path) -> None:
+        self.socket = socket
+        self._proxy = self._connect()
+
+    def _connect(self) -> xmlrpc.client.ServerProxy:
         from supervisor.xmlrpc import SupervisorTransport
 
-        self.socket = socket
-        self._proxy = xmlrpc.client.ServerProxy(
-            "http://127.0.0.1", transport=SupervisorTransport(None, None, f"unix://{socket}")
+        return xmlrpc.client.ServerProxy(
+            "http://127.0.0.1", transport=SupervisorTransport(None, None, f"unix://{self.socket}")
         )
 
     def _call(self, what: str, name: str, *args: object) -> object:
@@ -75,8 +79,14 @@ class Supervisord:
             if what == "startProcess" and "ALREADY_STARTED" in e.faultString:
                 return True
             raise ServiceError(f"supervisord {what}({name}): {e.faultString}") from e
-        except OSError as e:
-            raise ServiceError(f"cannot reach supervisord at {self.socket}: {e}") from e
+        except BaseException as e:
+            # a call cut short (a stop signal between request and reply) leaves the HTTP
+            # connection mid-request ("Request-sent"): the next call, an undo's start,
+            # needs a new one
+            self._proxy = self._connect()
+            if isinstance(e, OSError | http.client.HTTPException | xmlrpc.client.Error):
+                raise ServiceError(f"cannot talk to supervisord at {self.socket}: {e!r}") from e
+            raise
 
     def _state(self, service: Service) -> str:
         info = self._call("getProcessInfo", service.name)

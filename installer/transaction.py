@@ -66,6 +66,15 @@ class Recorder:
         self.state.write_status(self.doc)
 
 
+def describe(e: BaseException) -> str:
+    """One line for a failure: jumpkit's message, or a foreign error's type and text."""
+    if isinstance(e, JumpkitError):
+        return e.message
+    if isinstance(e, OSError):
+        return str(e)
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+
+
 class Transaction:
     """One transaction: its contexts (one per jump), units (journaled steps), the status
     it records, and the log."""
@@ -120,13 +129,12 @@ class Transaction:
                         unit.step.run(unit.ctx)
                 except interrupts.Interrupted as e:
                     self._fail(unit.name, f"interrupted by {e.signame} during {unit.name}", e)
-                except (JumpkitError, OSError) as e:
-                    message = getattr(e, "message", None) or str(e) or type(e).__name__
-                    self._fail(unit.name, f"{unit.name} failed: {message}", e)
+                except Exception as e:  # a library's own error too: whatever fails, roll back
+                    self._fail(unit.name, f"{unit.name} failed: {describe(e)}", e)
                 failpoint(f"done:{unit.name}")
                 self.state.journal_append(Done(unit.name))
-            self._stop_if_signalled("commit")
             failpoint("commit")
+            self._stop_if_signalled("commit")  # the last moment a signal rolls back
             self.state.journal_append(Commit())
             failpoint("committed")
             late = interrupts.take()
@@ -208,13 +216,13 @@ class Transaction:
             self.rec.set(step=f"undo {name}")
             try:
                 unit.step.undo(unit.ctx)
-            except (JumpkitError, OSError) as e:
+            except Exception as e:  # the journal stays for 'bundle-install rollback'
                 msg = (
-                    f"rollback failed in {name}: {getattr(e, 'message', None) or e}; "
+                    f"rollback failed in {name}: {describe(e)}; "
                     f"the manager is between {self.head.from_version} and {self.tail.to_version}: "
                     "fix the cause, then 'bundle-install rollback'"
                 )
-                self.state.journal_append(RollbackFailed(name, str(e)))
+                self.state.journal_append(RollbackFailed(name, describe(e)))
                 self.rec.set(status="failed", summary=msg)
                 self.state.append_history({"result": "failed", "bundle": self.bundle, "error": msg})
                 raise RollbackError(msg) from e
