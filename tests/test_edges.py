@@ -1,0 +1,261 @@
+"""Every input issue 19 found ending in a traceback, a wrong exit code or a write by a
+refused run: each now ends in one line with its documented exit code, and a refused run
+leaves the file system byte-identical."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO, SPECS, Sandbox, build, install, tree_hash
+from tests.hostile.corpus import _entry, read, write
+
+MAX_SECONDS = 30  # a bounded read: a character device must not be read until memory runs out
+
+
+def one_line(p: subprocess.CompletedProcess[str], prog: str = "bundle-install") -> str:
+    assert "Traceback" not in p.stderr + p.stdout, p.stderr
+    lines = [x for x in p.stderr.splitlines() if x.startswith(f"{prog}:")]
+    assert len(lines) == 1, p.stderr
+    return lines[0]
+
+
+def dir_hash(path: Path) -> str:
+    """Every path under ``path`` (nothing excluded), with type, mode and content."""
+    return tree_hash(path, exclude=())
+
+
+# --- validly signed manifests that are wrong: exit 3 at verify ---------------------------
+def _signed(bundle: Path, key: Path, out: Path, edit: Callable[[dict[str, object]], None]) -> Path:
+    from builder.keys import load_private_key
+    from installer.format import canonical_json, sign_manifest
+
+    members = read(bundle)
+    manifest = json.loads(members["manifest.json"])
+    edit(manifest)
+    data = canonical_json(manifest).replace(b'"created":424242', b'"created":' + b"9" * 5000)
+    return write(
+        out, {**members, "manifest.json": data, "manifest.sig": sign_manifest(data, load_private_key(key))}
+    )
+
+
+def _huge_int(m: dict[str, object]) -> None:
+    m["created"] = 424242  # written out as 5000 digits (Python itself refuses to print that)
+
+
+def _non_semver(m: dict[str, object]) -> None:
+    m["from_version"] = "4.0"
+
+
+def _graph_non_semver(m: dict[str, object]) -> None:
+    graph = m["graph"]
+    assert isinstance(graph, dict)
+    graph["jumps"] = [["4.0.1", "four"]]
+
+
+def _long_component(m: dict[str, object]) -> None:
+    files, entry, _ = _entry(m, {"payload/" + str(f["path"]): b"x" for f in m["files"]})  # type: ignore[attr-defined]
+    entry["path"] = "opt/" + "a" * 256 + "/x"
+    m["files"] = files
+
+
+def _rule(pattern: str, replacement: str) -> Callable[[dict[str, object]], None]:
+    def edit(m: dict[str, object]) -> None:
+        for f in m["files"]:  # type: ignore[attr-defined]
+            if f["rules"]:
+                f["rules"] = [{"pattern": pattern, "replacement": replacement}]
+
+    return edit
+
+
+SIGNED_WRONG: dict[str, tuple[Callable[[dict[str, object]], None], str]] = {
+    "integer-of-5000-digits": (_huge_int, "digits"),
+    "non-semver-version": (_non_semver, "not a version"),
+    "non-semver-in-graph": (_graph_non_semver, "not a version"),
+    "component-over-255-bytes": (_long_component, "longer than 255 bytes"),
+    "regex-does-not-compile": (_rule("tcp://([A-Z", "x"), "does not compile"),
+    "replacement-names-missing-group": (_rule("tcp://(x)", r"\g<9>"), "invalid group reference"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SIGNED_WRONG))
+def test_signed_but_wrong_manifest_exits_3(
+    case: str, bundle: Path, keys: dict[str, Path], tmp_path: Path
+) -> None:
+    edit, phrase = SIGNED_WRONG[case]
+    bad = _signed(bundle, keys["key"], tmp_path / f"{case}.zip", edit)
+    root = tmp_path / "root"
+    root.mkdir()
+    for command in ("verify", "stage", "apply"):
+        p = install("--root", root, "--trust", keys["pub"], command, bad)
+        assert p.returncode == 3, f"{command}: rc {p.returncode}: {p.stderr}"
+        assert phrase in one_line(p), p.stderr
+    assert not list(root.iterdir())
+
+
+# --- the manager's tree differs from the vendor's picture: exit 4, one line ------------
+def test_lookup_missing_is_one_line_and_json(sandbox: Callable[..., Sandbox], bundle: Path) -> None:
+    sb = sandbox()
+    ini = sb.root / "etc/demo-manager/manager.ini"
+    ini.unlink()
+    before = dir_hash(sb.root)
+    p = install("--root", sb.root, "apply", bundle)
+    assert p.returncode == 4
+    assert "no value for {port}" in one_line(p)
+    p = install("--root", sb.root, "apply", bundle, "--json")
+    assert p.returncode == 4 and "Traceback" not in p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["ok"] is False and doc["exit"] == 4 and "no value for {port}" in doc["error"]
+    assert dir_hash(sb.root) == before
+
+
+@pytest.mark.parametrize("which", ["opt/demo-manager/VERSION", "etc/demo-manager/manager.ini"])
+def test_device_in_place_of_a_small_file_is_bounded(
+    which: str, sandbox: Callable[..., Sandbox], bundle: Path
+) -> None:
+    """A version or lookup file that is a character device (dev/zero) or a FIFO: read
+    bounded, regular files only; refused in seconds, not read until memory runs out."""
+    sb = sandbox()
+    path = sb.root / which
+    path.unlink()
+    os.mknod(path, 0o20644, os.makedev(1, 5))  # /dev/zero's numbers
+    t0 = time.monotonic()
+    p = install("--root", sb.root, "apply", bundle)
+    assert time.monotonic() - t0 < MAX_SECONDS
+    assert p.returncode == 4, p.stderr
+    one_line(p)
+    path.unlink()
+    os.mkfifo(path)
+    p = install("--root", sb.root, "stage", bundle)
+    assert p.returncode == 4, p.stderr
+    one_line(p)
+
+
+def test_removal_of_a_directory(sandbox: Callable[..., Sandbox], bundle: Path) -> None:
+    """The jump removes a file that is a directory on this manager: drift, one line; with
+    --accept-drift it moves into the backup by rename and rollback puts it back."""
+    sb = sandbox()
+    legacy = sb.root / "opt/demo-manager/lib/demo_manager/legacy_tcp.py"
+    legacy.unlink()
+    legacy.mkdir()
+    (legacy / "inside").write_text("operator's\n")
+    before = tree_hash(sb.root)
+    p = install("--root", sb.root, "apply", bundle)
+    assert p.returncode == 4
+    assert "legacy_tcp.py: is a directory on this manager" in one_line(p)
+    assert tree_hash(sb.root) == before
+    p = install("--root", sb.root, "--accept-drift", "apply", bundle)
+    assert p.returncode == 0, p.stderr
+    assert not legacy.exists()
+    assert install("--root", sb.root, "rollback").returncode == 0
+    assert (legacy / "inside").read_text() == "operator's\n"
+    assert tree_hash(sb.root) == before
+
+
+# --- the build host: a spec that cannot build is one line, exit 2 -------------------------
+def _spec_copy(tmp_path: Path) -> Path:
+    specs = tmp_path / "specs"
+    shutil.copytree(SPECS, specs)
+    return specs
+
+
+def test_migration_pointing_at_a_missing_revision(tmp_path: Path) -> None:
+    specs = _spec_copy(tmp_path)
+    f = specs / "demo-manager/releases/4.1.1/migrations/main/versions/0004_items_title.py"
+    f.write_text(f.read_text().replace('down_revision = "0003"', 'down_revision = "gone"'))
+    p = build("--specs", specs, "--from", "4.0.1", "--to", "4.1.1", "--unsigned", "--out", tmp_path / "o")
+    assert p.returncode == 2
+    line = one_line(p, "bundle-build")
+    assert "0004_items_title.py: down_revision 'gone' is not a revision" in line
+    assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+
+
+@pytest.mark.parametrize(
+    ("pattern", "replacement", "phrase"),
+    [("tcp://([A-Z", "x", "does not compile"), ("tcp://(x)", r"\g<9>", "invalid group reference 9")],
+)
+def test_rule_checked_at_build(pattern: str, replacement: str, phrase: str, tmp_path: Path) -> None:
+    specs = _spec_copy(tmp_path)
+    jump = specs / "demo-manager/jumps/4.0.1-4.1.1.yaml"
+    text = jump.read_text()
+    text = text.replace("pattern: 'tcp://([A-Za-z0-9_.:-]+)'", f"pattern: '{pattern}'")
+    text = text.replace("replacement: 'http://\\1?role=peer'", f"replacement: '{replacement}'")
+    jump.write_text(text)
+    p = build("--specs", specs, "--from", "4.0.1", "--to", "4.1.1", "--unsigned", "--out", tmp_path / "o")
+    assert p.returncode == 2, p.stderr
+    assert phrase in one_line(p, "bundle-build")
+
+
+# --- a refused run creates nothing ----------------------------------------------------------
+def test_refused_on_a_directory_that_is_no_manager(
+    bundle: Path, keys: dict[str, Path], tmp_path: Path
+) -> None:
+    parent = tmp_path / "parent"
+    (parent / "empty").mkdir(parents=True)
+    (parent / "other").mkdir()
+    (parent / "other/readme").write_text("not a manager\n")
+    before = dir_hash(parent)
+    for root in ("empty", "other"):
+        for command in ("stage", "apply"):
+            p = install("--root", parent / root, "--trust", keys["pub"], command, bundle)
+            assert p.returncode == 4, p.stderr
+            assert one_line(p).startswith(f"bundle-install: not a demo-manager manager: {parent / root}")
+            assert dir_hash(parent) == before
+
+
+def test_missing_root_is_refused_not_created(bundle: Path, keys: dict[str, Path], tmp_path: Path) -> None:
+    before = dir_hash(tmp_path)
+    for args in (("apply", bundle), ("stage", bundle), ("status",), ("rollback",), ("verify", bundle)):
+        p = install("--root", tmp_path / "nope", "--trust", keys["pub"], *args)
+        assert p.returncode == 2, p.stderr
+        assert "no such directory" in one_line(p)
+        assert dir_hash(tmp_path) == before
+
+
+def test_forgotten_root_creates_nothing_on_the_host(bundle: Path, keys: dict[str, Path]) -> None:
+    """--root left out on a host that is no manager: refused before any state dir is made."""
+    assert not Path("/etc/jumpkit/product").exists() and not Path("/opt/demo-manager/VERSION").exists()
+    existed = Path("/var/lib/jumpkit").exists()
+    p = install("--trust", keys["pub"], "apply", bundle)
+    assert p.returncode == 4
+    assert "not a demo-manager manager: /" in one_line(p)
+    assert Path("/var/lib/jumpkit").exists() == existed
+
+
+def test_failed_apply_is_not_rerun_by_a_plain_apply(sandbox: Callable[..., Sandbox], bundle: Path) -> None:
+    sb = sandbox()
+    before = tree_hash(sb.root)
+    p = install("--root", sb.root, "apply", bundle, env={"JUMPKIT_FAILPOINT": "run:health=fail"})
+    assert p.returncode == 5
+    assert "health" in one_line(p)
+    assert tree_hash(sb.root) == before
+    p = install("--root", sb.root, "apply")
+    assert p.returncode == 2 and "name the bundle" in one_line(p)
+    assert tree_hash(sb.root) == before
+    assert sb.version() == "4.0.1"
+
+
+def test_guard_folds_every_message_to_one_line(tmp_path: Path) -> None:
+    """An error whose text holds newlines (a health check's body, a library's message) is
+    still one line; anything not jumpkit's own is 'internal error', exit 1."""
+    code = (
+        "import sys; from installer import guard; from installer.errors import PreconditionError\n"
+        "def boom(): raise PreconditionError('unhealthy (body: 4.1.1\\n); --force\\nproceeds')\n"
+        "def bug(): raise KeyError('x')\n"
+        "guard.run('bundle-install', boom if sys.argv[1] == 'a' else bug, interrupted_code=5)\n"
+    )
+    for arg, rc, phrase in (
+        ("a", 4, "unhealthy (body: 4.1.1 ); --force proceeds"),
+        ("b", 1, "internal error"),
+    ):
+        p = subprocess.run([sys.executable, "-c", code, arg], capture_output=True, text=True, cwd=REPO)
+        assert p.returncode == rc
+        assert phrase in one_line(p)
