@@ -4,13 +4,14 @@ checked against their hashes while they are read."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import os
 import stat
 import struct
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -292,3 +293,54 @@ def iter_verified(bundle: Bundle, name: str, sha256: str, size: int) -> Iterator
         raise BundleRejectedError(f"member has {seen} bytes, manifest says {size}", entry=name)
     if h.hexdigest() != sha256:
         raise BundleRejectedError("sha256 does not match the manifest", entry=name)
+
+
+def verify_members(bundle: Bundle, manifest: Manifest, tick: Callable[[int], None] | None = None) -> None:
+    """Read every member of a bundle whose manifest is verified and check its size and
+    sha256 (two threads, largest members first: the last to end is a small one).
+
+    Raises:
+        BundleRejectedError: a member differs from the manifest.
+    """
+    from installer.parallel import run_each
+
+    members = manifest.members()
+
+    def check(name: str) -> None:
+        sha, size = members[name]
+        for chunk in iter_verified(bundle, name, sha, size):
+            if tick is not None:
+                tick(len(chunk))
+
+    run_each(check, sorted(members, key=lambda n: -members[n][1]), threads=2)
+
+
+Opened = tuple["Bundle", Manifest, bytes, bytes]
+"""A bundle whose signature and manifest are verified: (bundle, manifest, its bytes, signature)."""
+
+
+@contextlib.contextmanager
+def opened_bundles(
+    paths: Sequence[Path], trusted: dict[str, Ed25519PublicKey], allow_unsigned: bool, max_bytes: int
+) -> Iterator[list[Opened]]:
+    """Open and verify (signature first) each bundle, closing all of them on the way out.
+
+    Raises:
+        BundleRejectedError: a bundle fails a check (those opened before are closed).
+    """
+    opened: list[Opened] = []
+    try:
+        for path in paths:
+            bundle = open_bundle(path)
+            try:
+                manifest, data, sig = verify_bundle(
+                    bundle, trusted, allow_unsigned=allow_unsigned, max_bytes=max_bytes
+                )
+            except BaseException:
+                bundle.close()
+                raise
+            opened.append((bundle, manifest, data, sig))
+        yield opened
+    finally:
+        for o in opened:
+            o[0].close()

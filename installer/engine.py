@@ -12,46 +12,30 @@ import contextlib
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from installer import cluster, dryrun, preflight, rpmbundle
 from installer.aftercommit import AfterCommit
-from installer.archive import DEFAULT_MAX_BUNDLE_BYTES, Bundle, iter_verified, open_bundle, verify_bundle
-from installer.chain import chain_id, check_chain
+from installer.archive import Bundle, Opened, opened_bundles, verify_members
+from installer.chain import check_chain
 from installer.components import DEFAULT_WAIT
-from installer.errors import JumpkitError, LockedError, StateError, UsageError
+from installer.errors import LockedError, StateError, UsageError
 from installer.format import Manifest, load_trusted_keys, verify_signature
-from installer.migrate import database_url, offline_sql
-from installer.parallel import run_each
-from installer.plan import Plan, View, compute_plan
+from installer.journal import TxnState
+from installer.migrate import bundle_sql
+from installer.options import Options
+from installer.plan import Plan, plan_jumps
 from installer.services import ServiceManager, service_manager
-from installer.stage import is_staged, load_staged, stage_bundle
-from installer.state import StateDir, StatusDoc, default_state_dir, find_state_dirs
+from installer.stage import is_staged, only_staged, stage_bundle
+from installer.state import StateDir, StatusDoc, first_missing
 from installer.steps import Context
 from installer.transaction import Recorder, Transaction
 
+__all__ = ["Engine", "Options"]
+
 Log = Callable[[str], None]
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
-Opened = tuple[Bundle, Manifest, bytes, bytes]
-
-
-@dataclass
-class Options:
-    """What the operator chose on the command line."""
-
-    root: Path
-    state_dir: Path | None = None
-    trust: list[Path] = field(default_factory=list)
-    allow_unsigned: bool = False
-    accept_drift: bool = False
-    force: bool = False
-    max_bundle_bytes: int = DEFAULT_MAX_BUNDLE_BYTES
-    detach_components: bool = False
-    """Install component RPMs from a detached process that waits for rpm's lock (%posttrans)."""
-    detach_jobs: bool = True
-    """Run post-upgrade jobs from a detached ``bundle-install jobs`` (False: before apply returns)."""
 
 
 class Engine:
@@ -79,16 +63,7 @@ class Engine:
         Raises:
             StateError: none exists. UsageError: several exist.
         """
-        if self.opts.state_dir is not None:
-            return StateDir(self.opts.state_dir)
-        if manifest is not None:
-            return StateDir(default_state_dir(self.root, manifest.product))
-        found = find_state_dirs(self.root)
-        if not found:
-            raise StateError(f"no jumpkit state under {self.root}: nothing was staged or applied here")
-        if len(found) > 1:
-            raise UsageError(f"{len(found)} jumpkit state dirs under {self.root}; pass --state-dir")
-        return StateDir(found[0])
+        return StateDir.pick(self.root, self.opts.state_dir, manifest.product if manifest else None)
 
     def log(self, line: str) -> None:
         """Log to the caller and, during a run, into status.json."""
@@ -96,28 +71,11 @@ class Engine:
         if self._rec is not None:
             self._rec.line(line)
 
-    def _open(self, bundle_path: Path) -> Opened:
-        bundle = open_bundle(bundle_path)
-        trusted = load_trusted_keys(self.opts.trust or [self.root / "etc/jumpkit/trusted-keys"])
-        try:
-            manifest, data, sig = verify_bundle(
-                bundle, trusted, allow_unsigned=self.opts.allow_unsigned, max_bytes=self.opts.max_bundle_bytes
-            )
-        except BaseException:
-            bundle.close()
-            raise
-        return bundle, manifest, data, sig
+    def _trusted(self) -> dict[str, Any]:
+        return load_trusted_keys(self.opts.trust or [self.root / "etc/jumpkit/trusted-keys"])
 
-    @contextlib.contextmanager
-    def _opened(self, paths: Sequence[Path]) -> Iterator[list[Opened]]:
-        opened: list[Opened] = []
-        try:
-            for path in paths:
-                opened.append(self._open(path))
-            yield opened
-        finally:
-            for o in opened:
-                o[0].close()
+    def _opened(self, paths: Sequence[Path]) -> contextlib.AbstractContextManager[list[Opened]]:
+        return opened_bundles(paths, self._trusted(), self.opts.allow_unsigned, self.opts.max_bundle_bytes)
 
     # --- verify -------------------------------------------------------------------
     def verify(self, bundle_path: Path, *, fits: bool = True) -> Manifest:
@@ -133,17 +91,8 @@ class Engine:
             with tempfile.TemporaryDirectory(prefix="jumpkit-rpm-") as tmp:
                 return self.verify(rpmbundle.extract_bundle(bundle_path, Path(tmp)), fits=fits)
         with self._opened([bundle_path]) as [(bundle, manifest, _, _)]:
-            members = manifest.members()
             tick = self._progress("verify", manifest.total_size()) if self._progress else None
-
-            def check(name: str) -> None:
-                sha, size = members[name]
-                for chunk in iter_verified(bundle, name, sha, size):
-                    if tick is not None:
-                        tick(len(chunk))
-
-            # largest first: the last member to end is a small one, both threads stay busy
-            run_each(check, sorted(members, key=lambda n: -members[n][1]), threads=2)
+            verify_members(bundle, manifest, tick)
         if fits and (matched := preflight.fits_target(manifest, self.root)):
             self.log(matched)
         return manifest
@@ -169,15 +118,15 @@ class Engine:
         """Pre-flight, then the lock; pre-flight first when the state dir is new, so that
         a refusal creates nothing, and again under the lock when another run may have
         written meanwhile. A refusal inside removes the state dir this run made."""
-        refuse_unfinished(state)
-        made = _first_missing(state.path)
+        state.refuse_unfinished()
+        made = first_missing(state.path)
         if made is not None:
             self.preflight(manifest, state, staged=False, more_bytes=more_bytes)
         try:
             with state.locked() as lock_note:
                 if lock_note:
                     self._log(lock_note)
-                refuse_unfinished(state)
+                state.refuse_unfinished()
                 if made is None or state.status_path.exists() or state.journal_path.exists():
                     self.preflight(manifest, state, staged=staged(), more_bytes=more_bytes)
                 yield
@@ -234,7 +183,7 @@ class Engine:
             check_chain(manifests)
             head, tail = manifests[0], manifests[-1]
             state = self.state_for(head)
-            refuse_unfinished(state)
+            state.refuse_unfinished()
             if (done := preflight.already_at(tail, self.root)) is not None:
                 return StatusDoc(status="finished", summary=done, from_version=head.from_version,
                                  to_version=tail.to_version, extra={"nothing_to_do": True})  # fmt: skip
@@ -251,58 +200,28 @@ class Engine:
     def _apply_staged(self) -> StatusDoc:
         state = self.state_for(None)
         with state.locked():
-            refuse_unfinished(state)
+            state.refuse_unfinished()
             doc = state.read_status()
             if doc.status != "staged":
                 raise UsageError(
                     f"nothing staged to apply (the last run is {doc.status}: {doc.summary}); "
                     "name the bundle: bundle-install apply BUNDLE"
                 )
-            complete = [d for d in sorted(state.staging.glob("*")) if (d / ".complete").exists()]
-            if len(complete) != 1:
-                raise UsageError(f"{len(complete)} staged bundles in {state.staging}; name the bundle")
-            manifest, data = load_staged(state, complete[0].name)
+            manifest, data, sig = only_staged(state)
             if not self.opts.allow_unsigned:
-                trusted = load_trusted_keys(self.opts.trust or [self.root / "etc/jumpkit/trusted-keys"])
-                verify_signature(data, (complete[0] / "manifest.sig").read_bytes(), trusted)
+                verify_signature(data, sig, self._trusted())
             self.preflight(manifest, state, staged=True)
             return self._transact(state, [manifest])
 
-    def _plans(self, state: StateDir, manifests: list[Manifest]) -> list[Plan]:
-        """Every jump's plan, before anything stops: each against the root as the jumps
-        before it leave it (drift between the bundles of a chain is refused here)."""
-        view = View(self.root)
-        plans = []
-        for m in manifests:
-            staging = state.staging_dir(m.bundle_id)
-            plan = compute_plan(m, self.root, staging, accept_drift=self.opts.accept_drift, view=view)
-            for note in plan.notes:
-                self._log(note)
-            if plan.drift:
-                self._log(f"accepting drift in {len(plan.drift)} file(s); originals go to the backup")
-            plan.save(staging)
-            plans.append(plan)
-            view.advance(m, plan, staging)
-        return plans
-
     def _transact(self, state: StateDir, manifests: list[Manifest]) -> StatusDoc:
-        plans = self._plans(state, manifests)
-        for old in state.backup.iterdir():
-            state.remove_tree(old)
-        for m in manifests:
-            state.backup_dir(m.bundle_id).mkdir(parents=True)
-        state.journal_reset()
-        head, tail = manifests[0], manifests[-1]
-        self._rec = Recorder(state, StatusDoc(
-            status="working",
-            summary=f"applying {head.from_version} -> {tail.to_version}"
-            + (f" (chain of {len(manifests)} jumps)" if len(manifests) > 1 else ""),
-            bundle_id=chain_id(manifests), from_version=head.from_version, to_version=tail.to_version,
-            started=time.time(),
-        ))  # fmt: skip
-        txn = Transaction(self._contexts(state, manifests, plans, {}), self._rec, self.log)
+        staged = [(m, state.staging_dir(m.bundle_id)) for m in manifests]
+        plans = plan_jumps(staged, self.root, accept_drift=self.opts.accept_drift, log=self._log)
+        txn = Transaction.begin(state, manifests, plans, self._contexts, self.log)
+        self._rec = txn.rec
         doc = txn.start()
-        self._after_commit(txn)
+        self._after_commit(txn).start(
+            detach_components=self.opts.detach_components, detach_jobs=self.opts.detach_jobs
+        )
         return doc
 
     def _contexts(
@@ -310,52 +229,20 @@ class Engine:
     ) -> list[Context]:
         """One context per jump; they share the notes (one journal, one transaction)."""
         return [
-            Context(
-                root=self.root,
-                state=state,
-                manifest=m,
-                plan=plan,
-                staging=state.staging_dir(m.bundle_id),
-                backup=state.backup_dir(m.bundle_id),
-                services=self._services(m, self.root),
-                log=self.log,
-                notes=notes,
-            )
+            Context(self.root, state, m, plan, state.staging_dir(m.bundle_id), state.backup_dir(m.bundle_id),
+                    self._services(m, self.root), self.log, notes)
             for m, plan in zip(manifests, plans, strict=True)
-        ]
+        ]  # fmt: skip
 
-    def _after(self, txn: Transaction) -> AfterCommit:
+    def _after_commit(self, txn: Transaction) -> AfterCommit:
         tail = txn.ctxs[-1]
         return AfterCommit(self.root, txn.rec, tail.manifest, tail.staging, self.log)
 
-    def _after_commit(self, txn: Transaction) -> None:
-        self._after(txn).start(
-            detach_components=self.opts.detach_components, detach_jobs=self.opts.detach_jobs
-        )
-
     # --- resume / rollback / jobs / components -------------------------------------
-    def _load(self, state: StateDir, *, want: Sequence[str]) -> Transaction:
-        """The journaled transaction, if its state is one of ``want``.
-
-        Raises:
-            StateError: no transaction, or one in another state.
-        """
-        view = state.view()
-        if view.state == "none":
-            raise StateError(
-                "nothing to resume or roll back: no apply in the journal "
-                "(unstage and the next apply drop the backup of the last one)"
-            )
-        if view.state not in want:
-            raise StateError({
-                "rolled-back": "nothing to do: the last apply was already rolled back",
-                "committed": "nothing to resume: the last apply finished",
-            }.get(view.state, f"the last apply is {view.state}"))  # fmt: skip
-        ids = view.bundles
-        manifests = [load_staged(state, i)[0] for i in ids]
-        plans = [Plan.load(state.staging_dir(i)) for i in ids]
-        self._rec = Recorder(state, state.read_status())
-        return Transaction(self._contexts(state, manifests, plans, dict(view.notes)), self._rec, self.log)
+    def _load(self, state: StateDir, *, want: Sequence[TxnState]) -> Transaction:
+        txn = Transaction.load(state, want, self._contexts, self.log)
+        self._rec = txn.rec
+        return txn
 
     def resume(self) -> StatusDoc:
         """Continue an interrupted apply (or an interrupted rollback) to its end.
@@ -367,7 +254,9 @@ class Engine:
         with state.locked():
             txn = self._load(state, want=("applying", "rolling-back", "committed"))
             doc = txn.resume()
-            self._after_commit(txn)
+            self._after_commit(txn).start(
+                detach_components=self.opts.detach_components, detach_jobs=self.opts.detach_jobs
+            )
             return doc
 
     def rollback(self) -> StatusDoc:
@@ -393,13 +282,7 @@ class Engine:
         Raises:
             StateError: no committed apply with jobs. JobError: a job failed every attempt.
         """
-        state = self.state_for(None)
-        with state.locked(wait=DEFAULT_WAIT):
-            after = self._after(self._load(state, want=("committed",)))
-            if not after.manifest.jobs:
-                raise StateError(f"{after.manifest.bundle_id} declares no post-upgrade jobs")
-            after.run_jobs(names)
-            return after.rec.doc
+        return self._after_the_commit("declares no post-upgrade jobs", "jobs", lambda a: a.run_jobs(names))
 
     def components(self) -> StatusDoc:
         """Install the component RPMs of the last committed apply (again, if need be).
@@ -407,12 +290,17 @@ class Engine:
         Raises:
             StateError: no committed apply with components. ComponentError: rpm failed.
         """
+        return self._after_the_commit(
+            "carries no component RPMs", "components", AfterCommit.install_components
+        )
+
+    def _after_the_commit(self, lacks: str, part: str, act: Callable[[AfterCommit], None]) -> StatusDoc:
         state = self.state_for(None)
         with state.locked(wait=DEFAULT_WAIT):
-            after = self._after(self._load(state, want=("committed",)))
-            if not after.manifest.components:
-                raise StateError(f"{after.manifest.bundle_id} carries no component RPMs")
-            after.install_components()
+            after = self._after_commit(self._load(state, want=("committed",)))
+            if not getattr(after.manifest, part):
+                raise StateError(f"{after.manifest.bundle_id} {lacks}")
+            act(after)
             return after.rec.doc
 
     # --- fleet rollout, fetch ----------------------------------------------------------
@@ -448,41 +336,14 @@ class Engine:
         """
         state = self.state_for(None)
         with state.locked():
-            refuse_unfinished(state)
-            n = 0
-            for d in [*state.staging.iterdir(), *state.backup.iterdir()]:
-                state.remove_tree(d)
-                n += 1
-            state.journal_reset()
-            doc = state.read_status()
-            if doc.status == "staged":
-                doc = StatusDoc(status="idle", summary="unstaged")
-            else:
-                doc.log.append(f"{time.strftime('%H:%M:%S')} staging and backups removed")
-            state.write_status(doc)
-            return f"removed {n} staging/backup dir(s)"
+            return state.unstage()
 
     def status(self) -> StatusDoc:
         """The current status document (idle when nothing ever ran)."""
         try:
-            state = self.state_for(None)
+            return self.state_for(None).current()
         except (UsageError, StateError):
             return StatusDoc(summary=f"no jumpkit state under {self.root}")
-        doc = state.read_status()
-        pid, held = state.holder()
-        if doc.status == "working" and not held:
-            # nobody is working: the run that wrote this died (kill -9, power loss, OOM)
-            doc.extra["interrupted"] = {
-                "pid": pid,
-                "next": ["bundle-install resume", "bundle-install rollback"],
-            }
-            doc.summary = (
-                f"INTERRUPTED: the run{f' (pid {pid})' if pid else ''} died at step {doc.step or '?'}; "
-                "run 'bundle-install resume' to finish or 'bundle-install rollback' to undo"
-            )
-        elif held:
-            doc.extra["running"] = {"pid": pid}
-        return doc
 
     def plan(self, bundle_paths: Sequence[Path]) -> dict[str, Any]:
         """Dry run of a bundle or a chain (see :mod:`installer.dryrun`); changes nothing.
@@ -506,52 +367,5 @@ class Engine:
         Raises:
             BundleRejectedError: as verify. MigrationError: alembic cannot render it.
         """
-        out = []
-        with (
-            self._opened([bundle_path]) as [(bundle, manifest, _, _)],
-            tempfile.TemporaryDirectory(prefix="jumpkit-sql-") as tmp,
-        ):
-            for m in manifest.extras:
-                if m.name.startswith("migrations/"):
-                    dest = Path(tmp) / m.name
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    with open(dest, "wb") as f:
-                        for chunk in iter_verified(bundle, m.name, m.sha256, m.size):
-                            f.write(chunk)
-            for db in manifest.databases:
-                url = f"{dialect}://" if dialect else "sqlite://"
-                if not dialect:
-                    with contextlib.suppress(JumpkitError):
-                        url = database_url(db, self.root)
-                out.append(f"-- database {db.name}: {db.from_revision} -> {db.to_revision}\n")
-                out.append(offline_sql(Path(tmp) / db.script_dir, url, db.from_revision, db.to_revision))
-        return "".join(out)
-
-
-def refuse_unfinished(state: StateDir) -> None:
-    """Refuse a new run while the journal holds an unfinished one (reads only).
-
-    Raises:
-        StateError: an apply or rollback did not finish.
-    """
-    if not state.journal_path.exists():
-        return
-    st = state.view().state
-    if st == "committed" and state.read_status().status == "working":
-        raise StateError(
-            "the last apply committed but crashed before recording it; run 'bundle-install resume' "
-            "(or 'bundle-install rollback') first"
-        )
-    if st in ("applying", "rolling-back"):
-        raise StateError(
-            f"an earlier apply did not finish ({st}); run 'bundle-install resume' or "
-            "'bundle-install rollback' first"
-        )
-
-
-def _first_missing(path: Path) -> Path | None:
-    """The topmost missing directory on the way to ``path`` (what creating it makes), or None."""
-    missing = None
-    while not path.exists():
-        missing, path = path, path.parent
-    return missing
+        with self._opened([bundle_path]) as [(bundle, manifest, _, _)]:
+            return bundle_sql(bundle, manifest, self.root, dialect)

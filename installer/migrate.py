@@ -12,6 +12,7 @@ modules, all frozen into ``bundle-install`` (the builder's rehearsal refuses any
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -19,11 +20,14 @@ import sqlite3
 import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from installer.errors import JumpkitError, PreconditionError
-from installer.format import Database
+from installer.format import Database, Manifest
 from installer.health import resolve_lookup
+
+if TYPE_CHECKING:
+    from installer.archive import Bundle
 
 MIGRATION_STDLIB = (
     "__future__",
@@ -410,3 +414,33 @@ def _pg_env(url: str) -> dict[str, str]:
     if u.password:
         env["PGPASSWORD"] = str(u.password)
     return env
+
+
+def bundle_sql(bundle: Bundle, manifest: Manifest, root: Path, dialect: str | None) -> str:
+    """The offline SQL of a verified bundle's migrations, each database's scripts unpacked
+    (hash-checked) to a temp dir; ``dialect`` overrides the URL found under ``root``.
+
+    Raises:
+        BundleRejectedError: a member's bytes do not match. MigrationError: alembic failed.
+    """
+    import tempfile
+
+    from installer.archive import iter_verified
+
+    out = []
+    with tempfile.TemporaryDirectory(prefix="jumpkit-sql-") as tmp:
+        for m in manifest.extras:
+            if m.name.startswith("migrations/"):
+                dest = Path(tmp) / m.name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with open(dest, "wb") as f:
+                    for chunk in iter_verified(bundle, m.name, m.sha256, m.size):
+                        f.write(chunk)
+        for db in manifest.databases:
+            url = f"{dialect}://" if dialect else "sqlite://"
+            if not dialect:
+                with contextlib.suppress(JumpkitError):
+                    url = database_url(db, root)
+            out.append(f"-- database {db.name}: {db.from_revision} -> {db.to_revision}\n")
+            out.append(offline_sql(Path(tmp) / db.script_dir, url, db.from_revision, db.to_revision))
+    return "".join(out)

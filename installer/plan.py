@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import stat
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -297,3 +298,27 @@ def drift_error(manifest: Manifest, drift: list[str]) -> DriftError:
         "refusing: --accept-drift backs them up and continues",
         details=drift,
     )
+
+
+def plan_jumps(
+    jumps: list[tuple[Manifest, Path]], root: Path, *, accept_drift: bool, log: Callable[[str], None]
+) -> list[Plan]:
+    """Every jump's plan (manifest, staging dir), before anything stops: each against the
+    root as the jumps before it leave it (drift between the bundles of a chain is refused
+    here); each saved into its staging dir.
+
+    Raises:
+        DriftError, UnsafePathError, BundleRejectedError: as :func:`compute_plan`.
+    """
+    view = View(root)
+    plans = []
+    for m, staging in jumps:
+        plan = compute_plan(m, root, staging, accept_drift=accept_drift, view=view)
+        for note in plan.notes:
+            log(note)
+        if plan.drift:
+            log(f"accepting drift in {len(plan.drift)} file(s); originals go to the backup")
+        plan.save(staging)
+        plans.append(plan)
+        view.advance(m, plan, staging)
+    return plans

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from installer.archive import Bundle, iter_verified
-from installer.errors import BundleRejectedError, SpaceError
+from installer.errors import BundleRejectedError, SpaceError, UsageError
 from installer.failpoints import failpoint
 from installer.format import MANIFEST_NAME, SIGNATURE_NAME, Manifest, parse_manifest
 from installer.parallel import run_each
@@ -54,6 +54,19 @@ def load_staged(state: StateDir, bundle_id: str) -> tuple[Manifest, bytes]:
         raise BundleRejectedError(f"{d} is not a complete staging")
     data = (d / MANIFEST_NAME).read_bytes()
     return parse_manifest(data), data
+
+
+def only_staged(state: StateDir) -> tuple[Manifest, bytes, bytes]:
+    """The one complete staging (manifest, its bytes, its signature file).
+
+    Raises:
+        UsageError: none, or several: the operator names the bundle.
+    """
+    complete = [d for d in sorted(state.staging.glob("*")) if (d / COMPLETE_MARK).exists()]
+    if len(complete) != 1:
+        raise UsageError(f"{len(complete)} staged bundles in {state.staging}; name the bundle")
+    manifest, data = load_staged(state, complete[0].name)
+    return manifest, data, (complete[0] / SIGNATURE_NAME).read_bytes()
 
 
 def _destinations(root: Path, manifest: Manifest) -> dict[str, tuple[str, int]]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from installer import journal
-from installer.errors import LockedError, StateError
+from installer.errors import LockedError, StateError, UsageError
 from installer.journal import Event, JournalView
 from installer.paths import fsync_dir
 
@@ -44,6 +44,14 @@ def find_state_dirs(root: Path) -> list[Path]:
         for d in sorted(base.iterdir())
         if d.is_dir() and ((d / "status.json").is_file() or (d / "journal.jsonl").is_file())
     ]
+
+
+def first_missing(path: Path) -> Path | None:
+    """The topmost missing directory on the way to ``path`` (what creating it makes), or None."""
+    missing = None
+    while not path.exists():
+        missing, path = path, path.parent
+    return missing
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -132,6 +140,25 @@ class StateDir:
         self.staging = path / "staging"
         self.backup = path / "backup"
         self._lock_fd: int | None = None
+
+    @classmethod
+    def pick(cls, root: Path, explicit: Path | None, product: str | None) -> StateDir:
+        """The state dir: ``explicit`` (--state-dir), the product's default under ``root``,
+        or, with neither, the only one there is.
+
+        Raises:
+            StateError: none exists. UsageError: several exist.
+        """
+        if explicit is not None:
+            return cls(explicit)
+        if product is not None:
+            return cls(default_state_dir(root, product))
+        found = find_state_dirs(root)
+        if not found:
+            raise StateError(f"no jumpkit state under {root}: nothing was staged or applied here")
+        if len(found) > 1:
+            raise UsageError(f"{len(found)} jumpkit state dirs under {root}; pass --state-dir")
+        return cls(found[0])
 
     def ensure(self) -> None:
         """Create the directory tree (mode 0700)."""
@@ -263,6 +290,65 @@ class StateDir:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
+
+    # --- what the journal and status allow -----------------------------------------------
+    def refuse_unfinished(self) -> None:
+        """Refuse a new run while the journal holds an unfinished one (reads only).
+
+        Raises:
+            StateError: an apply or rollback did not finish.
+        """
+        if not self.journal_path.exists():
+            return
+        st = self.view().state
+        if st == "committed" and self.read_status().status == "working":
+            raise StateError(
+                "the last apply committed but crashed before recording it; run 'bundle-install resume' "
+                "(or 'bundle-install rollback') first"
+            )
+        if st in ("applying", "rolling-back"):
+            raise StateError(
+                f"an earlier apply did not finish ({st}); run 'bundle-install resume' or "
+                "'bundle-install rollback' first"
+            )
+
+    def current(self) -> StatusDoc:
+        """status.json as a reader should see it: a ``working`` run whose process died
+        (kill -9, power loss, OOM: nobody holds the lock) is INTERRUPTED, with the two
+        commands that end it."""
+        doc = self.read_status()
+        pid, held = self.holder()
+        if doc.status == "working" and not held:
+            doc.extra["interrupted"] = {
+                "pid": pid,
+                "next": ["bundle-install resume", "bundle-install rollback"],
+            }
+            doc.summary = (
+                f"INTERRUPTED: the run{f' (pid {pid})' if pid else ''} died at step {doc.step or '?'}; "
+                "run 'bundle-install resume' to finish or 'bundle-install rollback' to undo"
+            )
+        elif held:
+            doc.extra["running"] = {"pid": pid}
+        return doc
+
+    def unstage(self) -> str:
+        """Drop staging and backups, reset the journal (hold the lock).
+
+        Raises:
+            StateError: an apply is unfinished.
+        """
+        self.refuse_unfinished()
+        dirs = [*self.staging.iterdir(), *self.backup.iterdir()]
+        for d in dirs:
+            self.remove_tree(d)
+        self.journal_reset()
+        doc = self.read_status()
+        if doc.status == "staged":
+            doc = StatusDoc(status="idle", summary="unstaged")
+        else:
+            doc.log.append(f"{time.strftime('%H:%M:%S')} staging and backups removed")
+        self.write_status(doc)
+        return f"removed {len(dirs)} staging/backup dir(s)"
 
     # --- staging/backup -----------------------------------------------------------
     def staging_dir(self, bundle_id: str) -> Path:

@@ -18,7 +18,7 @@ A signal after the commit record is logged and the commit finished.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +26,7 @@ from installer import interrupts, selfupdate
 from installer.chain import Unit, chain_id, transaction_units
 from installer.errors import ApplyError, JumpkitError, RollbackError, StateError
 from installer.failpoints import failpoint
-from installer.format import INSTALLER_MEMBER
+from installer.format import INSTALLER_MEMBER, Manifest
 from installer.health import wait_healthy
 from installer.journal import (
     Begin,
@@ -38,13 +38,18 @@ from installer.journal import (
     RollbackStart,
     RolledBack,
     Start,
+    TxnState,
     UndoBegin,
     UndoDone,
 )
+from installer.plan import Plan
+from installer.stage import load_staged
 from installer.state import StateDir, StatusDoc
 from installer.steps import Context, Health, StopServices
 
 Log = Callable[[str], None]
+Contexts = Callable[[StateDir, list[Manifest], list[Plan], dict[str, dict[str, Any]]], list[Context]]
+"""Makes one step context per jump (the engine's: it owns the service managers)."""
 
 
 @dataclass
@@ -87,6 +92,55 @@ class Transaction:
         self.state = ctxs[0].state
         self.head, self.tail = ctxs[0].manifest, ctxs[-1].manifest
         self.bundle = chain_id([c.manifest for c in ctxs])
+
+    @classmethod
+    def begin(
+        cls, state: StateDir, manifests: list[Manifest], plans: list[Plan], contexts: Contexts, log: Log
+    ) -> Transaction:
+        """A new transaction over planned, staged jumps: the last one's backup dropped, an
+        empty backup dir per jump, a fresh journal, a ``working`` status to record."""
+        for old in state.backup.iterdir():
+            state.remove_tree(old)
+        for m in manifests:
+            state.backup_dir(m.bundle_id).mkdir(parents=True)
+        state.journal_reset()
+        head, tail = manifests[0], manifests[-1]
+        chain = f" (chain of {len(manifests)} jumps)" if len(manifests) > 1 else ""
+        doc = StatusDoc(
+            status="working",
+            summary=f"applying {head.from_version} -> {tail.to_version}{chain}",
+            bundle_id=chain_id(manifests),
+            from_version=head.from_version,
+            to_version=tail.to_version,
+            started=time.time(),
+        )
+        return cls(contexts(state, manifests, plans, {}), Recorder(state, doc), log)
+
+    @classmethod
+    def load(cls, state: StateDir, want: Sequence[TxnState], contexts: Contexts, log: Log) -> Transaction:
+        """The journaled transaction, if its state is one of ``want``.
+
+        Raises:
+            StateError: no transaction, or one in another state.
+        """
+        view = state.view()
+        if view.state == "none":
+            raise StateError(
+                "nothing to resume or roll back: no apply in the journal "
+                "(unstage and the next apply drop the backup of the last one)"
+            )
+        if view.state not in want:
+            raise StateError(
+                {
+                    "rolled-back": "nothing to do: the last apply was already rolled back",
+                    "committed": "nothing to resume: the last apply finished",
+                }.get(view.state, f"the last apply is {view.state}")
+            )
+        manifests = [load_staged(state, i)[0] for i in view.bundles]
+        plans = [Plan.load(state.staging_dir(i)) for i in view.bundles]
+        return cls(
+            contexts(state, manifests, plans, dict(view.notes)), Recorder(state, state.read_status()), log
+        )
 
     # --- start -------------------------------------------------------------------------
     def start(self) -> StatusDoc:

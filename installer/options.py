@@ -1,0 +1,25 @@
+"""What the operator chose on ``bundle-install``'s command line, as the engine reads it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from installer.archive import DEFAULT_MAX_BUNDLE_BYTES
+
+
+@dataclass
+class Options:
+    """What the operator chose on the command line."""
+
+    root: Path
+    state_dir: Path | None = None
+    trust: list[Path] = field(default_factory=list)
+    allow_unsigned: bool = False
+    accept_drift: bool = False
+    force: bool = False
+    max_bundle_bytes: int = DEFAULT_MAX_BUNDLE_BYTES
+    detach_components: bool = False
+    """Install component RPMs from a detached process that waits for rpm's lock (%posttrans)."""
+    detach_jobs: bool = True
+    """Run post-upgrade jobs from a detached ``bundle-install jobs`` (False: before apply returns)."""
