@@ -118,7 +118,7 @@ class Engine:
         """Pre-flight, then the lock; pre-flight first when the state dir is new, so that
         a refusal creates nothing, and again under the lock when another run may have
         written meanwhile. A refusal inside removes the state dir this run made."""
-        state.refuse_unfinished()
+        state.refuse_busy()
         made = first_missing(state.path)
         if made is not None:
             self.preflight(manifest, state, staged=False, more_bytes=more_bytes)
@@ -183,7 +183,7 @@ class Engine:
             check_chain(manifests)
             head, tail = manifests[0], manifests[-1]
             state = self.state_for(head)
-            state.refuse_unfinished()
+            state.refuse_busy()
             if (done := preflight.already_at(tail, self.root)) is not None:
                 return StatusDoc(status="finished", summary=done, from_version=head.from_version,
                                  to_version=tail.to_version, extra={"nothing_to_do": True})  # fmt: skip

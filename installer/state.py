@@ -188,12 +188,7 @@ class StateDir:
                     if time.monotonic() < deadline:
                         time.sleep(0.2)
                         continue
-                    pid = _read_pid(fd)
-                    raise LockedError(
-                        f"another bundle-install run (pid {pid}) holds {self.lock_path}; "
-                        "'bundle-install status' shows what it is doing",
-                        pid=pid,
-                    ) from e
+                    raise self._locked_error(_read_pid(fd)) from e
             prev = _read_pid(fd)
             note = None
             if prev and prev != os.getpid() and not _pid_alive(prev):
@@ -210,6 +205,31 @@ class StateDir:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+    def _locked_error(self, pid: int | None) -> LockedError:
+        return LockedError(
+            f"another bundle-install run (pid {pid}) holds {self.lock_path}; "
+            "'bundle-install status' shows what it is doing",
+            pid=pid,
+        )
+
+    def refuse_busy(self) -> None:
+        """Before taking the lock (reads only): refuse while a live run holds it (exit 7),
+        or while the journal holds an unfinished run (exit 4, naming a holder that died).
+
+        Raises:
+            LockedError: a live run holds the lock. StateError: an unfinished run.
+        """
+        pid, held = self.holder()
+        if held:
+            raise self._locked_error(pid)
+        try:
+            self.refuse_unfinished()
+        except StateError as e:
+            if pid is not None:  # a run that ends releases the lock with its pid cleared
+                died = f"the previous run (pid {pid}) died holding the lock (the kernel released it)"
+                raise StateError(f"{died}; {e.message}") from e
+            raise
 
     def holder(self) -> tuple[int | None, bool]:
         """(pid last written into the lock file, whether a live process holds the lock now).
