@@ -268,6 +268,7 @@ def _manifest(
             development=installer is None,
             components=tuple(sorted(s.name for s in collected.extras if s.name.startswith("components/"))),
             graph=product.graph(),
+            special_modes=tuple(sorted(f.path for f in files if f.kind == "file" and f.mode & 0o7000)),
             builder_version=__version__,
             created=epoch,
         )

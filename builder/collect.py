@@ -9,7 +9,7 @@ import hashlib
 import os
 import re
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -17,7 +17,7 @@ from typing import Any, Literal
 import jinja2
 
 from builder.errors import SpecError
-from builder.spec import JumpSpec, Product, UnitSpec
+from builder.spec import JumpSpec, ModeSpec, Product, UnitSpec
 from builder.zipwriter import Source
 from installer.format import PAYLOAD_PREFIX, RemovedEntry, RewriteRule
 from installer.paths import check_link_target, check_relpath
@@ -100,13 +100,14 @@ def walk_tree(top: Path) -> dict[str, TreeFile]:
     return dict(sorted(out.items()))
 
 
-def normalized_mode(path: str, st_mode: int, modes: dict[str, str]) -> int:
+def normalized_mode(path: str, st_mode: int, modes: Mapping[str, str | ModeSpec]) -> int:
     """0755 if the tree's file is executable, else 0644 (as git records modes, so a build
-    does not depend on the umask of the checkout), then the spec's ``modes`` overrides."""
+    does not depend on the umask of the checkout), then the spec's ``modes`` overrides
+    (special bits only where the spec allowed them for that exact path)."""
     mode = 0o755 if st_mode & 0o111 else 0o644
     for pat, m in modes.items():
         if fnmatch.fnmatchcase(path, pat):
-            mode = int(m, 8)
+            mode = int(m if isinstance(m, str) else m.mode, 8)
     return mode
 
 

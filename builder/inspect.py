@@ -107,6 +107,9 @@ def describe(info: dict[str, Any]) -> list[str]:
                 f"  config {f['path']}: {f['policy']}"
                 + (f" ({len(f['rules'])} rule(s))" if f["rules"] else "")
             )
+    modes = {f["path"]: f["mode"] for f in m["files"]}
+    for path in m.get("special_modes", []):
+        lines.append(f"  SETUID/SETGID/STICKY {path} mode {modes[path]:04o} (allowed by the product spec)")
     for r in m["removed"][:20]:
         lines.append(f"  remove {r['path']}")
     svc = m["services"]

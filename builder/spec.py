@@ -149,27 +149,43 @@ class ProductSpec(_Spec):
         return check_relpath(v)
 
 
+class ModeSpec(_Spec):
+    """A mode with setuid, setgid or sticky bits, allowed explicitly for one path."""
+
+    mode: str
+    allow_setuid: bool = False
+
+
 class FilesSpec(_Spec):
     """Which parts of the release tree the jump carries."""
 
     include: tuple[str, ...] = ("**",)
     """fnmatch patterns on target paths; ``*`` also matches ``/``."""
     exclude: tuple[str, ...] = ()
-    modes: dict[str, str] = Field(default_factory=dict)
-    """pattern -> octal mode, overriding the mode the release tree has."""
+    modes: dict[str, str | ModeSpec] = Field(default_factory=dict)
+    """pattern -> octal mode, overriding the mode the release tree has; or an exact path ->
+    ``{mode: "4755", allow_setuid: true}`` for a setuid/setgid/sticky file."""
     remove: tuple[str, ...] = ()
     """Extra paths to delete that the diff of the two releases does not show."""
 
     @field_validator("modes")
     @classmethod
-    def _modes(cls, v: dict[str, str]) -> dict[str, str]:
-        for pat, mode in v.items():
+    def _modes(cls, v: dict[str, str | ModeSpec]) -> dict[str, str | ModeSpec]:
+        for pat, spec in v.items():
+            mode, allow = (spec, False) if isinstance(spec, str) else (spec.mode, spec.allow_setuid)
             try:
                 m = int(str(mode), 8)
             except ValueError as e:
                 raise ValueError(f"mode for {pat!r} is not octal: {mode!r}") from e
-            if m & 0o7000 or m > 0o777:
-                raise ValueError(f"mode for {pat!r} must be within 0777 (no setuid/setgid/sticky)")
+            if m > 0o7777:
+                raise ValueError(f"mode for {pat!r} is above 7777")
+            if m & 0o7000 and not allow:
+                raise ValueError(
+                    f"mode for {pat!r} has setuid/setgid/sticky bits: write "
+                    f"{{mode: {mode!r}, allow_setuid: true}} for that exact path"
+                )
+            if allow and any(c in pat for c in "*?["):
+                raise ValueError(f"allow_setuid is for one exact path, not the pattern {pat!r}")
         return v
 
 

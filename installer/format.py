@@ -48,6 +48,10 @@ EXTRA_PREFIXES = ("hooks/", "migrations/", "bin/", "components/")
 INSTALLER_MEMBER = "bin/bundle-install"
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 MAX_SIGNATURE_BYTES = 4096
+RESERVED = ("var/lib/jumpkit", "etc/jumpkit")
+"""The installer's own: state dirs, locks, the manager's installer, trust store, product
+marker, TUF root. No file, config, symlink or removal of a bundle touches them, nor an
+ancestor of them (a symlink or a file at ``var/lib`` would move the state dir)."""
 MAX_INT_DIGITS = 20  # every integer a manifest holds (sizes, modes, times) fits in 64 bits
 CHUNK = 1024 * 1024
 
@@ -132,8 +136,6 @@ class FileEntry(_Model):
         else:
             if self.sha256 is None or self.link_target is not None:
                 raise ValueError("a file has sha256 and no link_target")
-            if self.mode & 0o7000:
-                raise ValueError("setuid, setgid and sticky bits are not allowed")
         if self.kind != "config" and (self.policy != "replace" or self.rules):
             raise ValueError("only configs have a policy or rules")
         return self
@@ -351,6 +353,10 @@ class Manifest(_Model):
     graph: Graph | None = None
     """The product's jumps, required stops and policy when the bundle was built: lets the
     installer name the chain an operator needs when this bundle does not fit."""
+    special_modes: tuple[str, ...] = ()
+    """The exact paths of file entries that carry setuid, setgid or sticky bits because
+    the product spec allows them there (``modes: {PATH: {mode: "4755", allow_setuid:
+    true}}``); every other entry, config, hook or extra with such a bit is refused."""
     builder_version: str
     created: int = Field(ge=0)
 
@@ -381,6 +387,7 @@ class Manifest(_Model):
             raise ValueError(f"to_version {self.to_version} is not above {self.from_version}")
         seen: dict[str, str] = {}
         for p in [f.path for f in self.files] + [r.path for r in self.removed]:
+            check_not_reserved(p)
             low = p.casefold()
             if low in seen:
                 raise ValueError(f"path listed twice (or differing only in case): {p}")
@@ -394,6 +401,21 @@ class Manifest(_Model):
                 above = placed.get("/".join(parts[:i]))
                 if above is not None:
                     raise UnsafePathError(f"{f.path} lies below another entry ({above})", entry=f.path)
+        allowed = set(self.special_modes)
+        for f in self.files:
+            if f.mode & 0o7000 and not (f.kind == "file" and f.path in allowed):
+                raise UnsafePathError(
+                    f"mode {f.mode:04o}: setuid, setgid and sticky bits need the product spec's "
+                    "allow_setuid for this exact path",
+                    entry=f.path,
+                )
+        if allowed - {f.path for f in self.files if f.kind == "file" and f.mode & 0o7000}:
+            raise ValueError("special_modes names a path that is no file entry with such a bit")
+        for x in self.extras:
+            if x.mode & 0o7000:
+                raise UnsafePathError(
+                    f"mode {x.mode:04o}: no hook or extra member may be setuid", entry=x.name
+                )
         names = [m.name for m in self.extras]
         if len(set(names)) != len(names):
             raise ValueError("an extra member is listed twice")
@@ -434,6 +456,18 @@ class Manifest(_Model):
 
 
 # --- canonical JSON -------------------------------------------------------------------
+
+
+def check_not_reserved(path: str) -> None:
+    """Refuse a bundle path inside, or an ancestor of, a path the installer owns.
+
+    Raises:
+        UnsafePathError: it is.
+    """
+    low = path.casefold()
+    for r in RESERVED:
+        if low == r or low.startswith(r + "/") or r.startswith(low + "/"):
+            raise UnsafePathError(f"{r}/ belongs to the installer; no bundle entry may touch it", entry=path)
 
 
 def canonical_json(obj: Any) -> bytes:

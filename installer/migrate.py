@@ -189,16 +189,27 @@ def preload() -> None:
     import alembic.script  # noqa: F401
 
 
-def current_revision(url: str) -> str | None:
-    """The revision in ``alembic_version`` (None for an empty database).
+def current_revision(url: str, *, missing_ok: bool = False) -> str | None:
+    """The revision in ``alembic_version`` (None for an empty database, and for a SQLite
+    file that does not exist when ``missing_ok``: a jump that introduces the database).
+    Never creates a SQLite file (connecting would).
 
     Raises:
-        MigrationError: cannot connect or read.
+        MigrationError: cannot connect or read; a SQLite file that does not exist.
     """
     from alembic.runtime.migration import MigrationContext
     from sqlalchemy import create_engine, pool
+    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
+    u = make_url(url)
+    file = (
+        u.database if u.get_backend_name() == "sqlite" and u.database not in (None, "", ":memory:") else None
+    )
+    if file is not None and not os.path.isfile(file):  # connecting would create it
+        if missing_ok:
+            return None
+        raise MigrationError(f"the database file {file} does not exist")
     try:
         engine = create_engine(with_driver(url), poolclass=pool.NullPool)
         with engine.connect() as conn:

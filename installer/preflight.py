@@ -253,7 +253,7 @@ def _databases_ready(manifest: Manifest, root: Path, passed: list[str]) -> list[
     for db in manifest.databases:
         try:
             url = database_url(db, root)
-            current = current_revision(url)
+            current = current_revision(url, missing_ok=db.from_revision is None)
         except JumpkitError as e:
             prefix = f"database {db.name}: "
             problems.append(e.message if e.message.startswith(prefix) else prefix + e.message)

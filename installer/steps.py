@@ -244,7 +244,7 @@ class Migrate:
         """See :class:`Step`."""
         for db in ctx.manifest.databases:
             url = database_url(db, ctx.root)
-            current = current_revision(url)
+            current = current_revision(url, missing_ok=True)
             if current == db.to_revision:
                 continue
             if current != db.from_revision and current not in db.revisions:
@@ -265,7 +265,7 @@ class Migrate:
         backups = ctx.notes.get(BackupDatabases.name, {})
         for db in reversed(ctx.manifest.databases):
             url = database_url(db, ctx.root)
-            if current_revision(url) == db.from_revision:
+            if current_revision(url, missing_ok=db.from_revision is None) == db.from_revision:
                 continue
             try:
                 downgrade(self._script(ctx, db), url, db.from_revision)
