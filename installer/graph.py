@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -56,9 +56,12 @@ class PolicyError(JumpkitError):
 
 def violations(policy: Policy, frm: str, to: str) -> list[str]:
     """Why the jump ``frm -> to`` breaks ``policy`` (empty: allowed, or an exception)."""
-    for ex in policy.exceptions:
-        if ex.from_version == frm and ex.to_version == to:
-            return []
+    if any(ex.from_version == frm and ex.to_version == to for ex in policy.exceptions):
+        return []
+    return _rules_broken(policy, frm, to)
+
+
+def _rules_broken(policy: Policy, frm: str, to: str) -> list[str]:
     a, b = Version.parse(frm), Version.parse(to)
     out: list[str] = []
     if b <= a:
@@ -78,6 +81,12 @@ def violations(policy: Policy, frm: str, to: str) -> list[str]:
     return out
 
 
+MAX_JUMPS = 10_000
+MAX_STOPS = 1_000
+"""Caps on the graph a manifest carries: planning runs while the lock is held. At the caps
+a plan takes well under a second (tests/test_caps.py measures it)."""
+
+
 class Graph(_Model):
     """The product's jumps, its required stops and its policy: what a chain may use."""
 
@@ -87,6 +96,11 @@ class Graph(_Model):
 
     @model_validator(mode="after")
     def _versions_parse(self) -> Graph:
+        if len(self.jumps) > MAX_JUMPS or len(self.required_stops) > MAX_STOPS:
+            raise ValueError(
+                f"a graph holds at most {MAX_JUMPS} jumps and {MAX_STOPS} required stops "
+                f"(this one: {len(self.jumps)}, {len(self.required_stops)})"
+            )
         for v in [*(x for j in self.jumps for x in j), *self.required_stops]:
             try:
                 Version.parse(v)
@@ -97,8 +111,9 @@ class Graph(_Model):
     def edges(self) -> dict[str, list[str]]:
         """from-version -> to-versions of the jumps the policy allows, sorted."""
         out: dict[str, list[str]] = {}
+        excepted = {(ex.from_version, ex.to_version) for ex in self.policy.exceptions}
         for frm, to in self.jumps:
-            if not violations(self.policy, frm, to):
+            if (frm, to) in excepted or not _rules_broken(self.policy, frm, to):
                 out.setdefault(frm, []).append(to)
         for tos in out.values():
             tos.sort(key=Version.parse)
@@ -119,7 +134,12 @@ class NoPath(JumpkitError):
         self.reachable = list(reachable)
 
 
-def _shortest(edges: dict[str, list[str]], frm: str, to: str) -> list[str] | None:
+def _shortest(
+    edges: dict[str, list[str]], frm: str, to: str, above: Callable[[str], bool] = lambda _: False
+) -> list[str] | None:
+    """Breadth-first from ``frm`` to ``to``, never entering a version for which ``above``
+    holds (past ``to`` when jumps only go up: the legs between consecutive stops then
+    search disjoint parts of the graph, so a plan is one pass over it, not one per stop)."""
     prev: dict[str, str] = {}
     seen = {frm}
     queue = deque([frm])
@@ -131,7 +151,7 @@ def _shortest(edges: dict[str, list[str]], frm: str, to: str) -> list[str] | Non
                 path.append(prev[path[-1]])
             return path[::-1]
         for w in edges.get(v, []):
-            if w not in seen:
+            if w not in seen and not above(w):
                 seen.add(w)
                 prev[w] = v
                 queue.append(w)
@@ -178,8 +198,11 @@ def plan_chain(graph: Graph, frm: str, to: str) -> list[tuple[str, str]]:
     stops = sorted((s for s in graph.required_stops if a < Version.parse(s) < b), key=Version.parse)
     legs = [frm, *stops, to]
     chain: list[str] = [frm]
+    keys = {v: Version.parse(v) for v in graph.versions()}
+    upward = all(keys[w] > keys[v] for v, ws in edges.items() for w in ws)
     for x, y in itertools.pairwise(legs):
-        path = _shortest(edges, x, y)
+        ky = Version.parse(y)
+        path = _shortest(edges, x, y, lambda w, ky=ky: upward and keys[w] > ky)  # type: ignore[misc]
         if path is None:
             if y in stops:
                 why = f"{y} is a required stop and no chain of jumps reaches it from {x}"

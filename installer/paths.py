@@ -105,7 +105,13 @@ class Targets:
                     self._real_root = self.root.resolve()
                 resolved = (self.root / parent).resolve()
                 if resolved != self._real_root and self._real_root not in resolved.parents:
-                    raise UnsafePathError("a parent directory is a symlink out of the root", entry=rel)
+                    from installer.beneath import RootLinkError
+
+                    link = f"{parent} -> {os.readlink(self._prefix + parent)}"
+                    raise RootLinkError(
+                        f"{rel}: the manager's tree has a symlink leading out of the root on this path "
+                        f"({link}); fix the link or exclude the path"
+                    )
                 if not resolved.is_dir():
                     raise UnsafePathError("a parent of this path is not a directory", entry=rel)
             elif not stat.S_ISDIR(st.st_mode):

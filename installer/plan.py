@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import stat
 from collections.abc import Callable
@@ -15,12 +14,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from installer.errors import BundleRejectedError, DriftError, StateError
-from installer.format import FileEntry, Manifest, sha256_file
+from installer.beneath import Kind, resolve
+from installer.errors import BundleRejectedError, DriftError, StateError, UnsafePathError
+from installer.format import FileEntry, Manifest, check_not_reserved, compile_rule, sha256_file
 from installer.paths import Targets
 from installer.state import write_atomic
 
 PLAN_NAME = "plan.json"
+MAX_NOTES_LOGGED = 20
 NEW_SUFFIX = ".jumpkit-new"
 
 
@@ -58,6 +59,14 @@ class View:
         self.files: dict[str, Path | None] = {}
         self.digests: dict[str, str | None] = {}
         self.dirs: set[str] = set()
+        self.overlay: dict[str, tuple[Kind, str | None, str]] = {}
+        """What the jumps planned so far place, by canonical path (for :mod:`installer.beneath`)."""
+        self.canonical: dict[str, str] = {}
+        """Entry path -> canonical path, of the jump planned last."""
+
+    def lookup(self, path: str) -> tuple[Kind, str | None, str] | None:
+        """The overlay's answer for canonical ``path`` (see :data:`installer.beneath.Lookup`)."""
+        return self.overlay.get(path)
 
     def where(self, rel: str) -> Path | None:
         """Where the bytes of ``rel`` are (checked against the real root's symlinks)."""
@@ -94,6 +103,86 @@ class View:
         for removed in manifest.removed:
             self.files[removed.path] = None
             self.digests[removed.path] = None
+        self.overlay.update(_placed(manifest, self.canonical))
+
+
+def _placed(manifest: Manifest, canonical: dict[str, str]) -> dict[str, tuple[Kind, str | None, str]]:
+    """What ``manifest`` leaves at each canonical path once it has swapped."""
+    out: dict[str, tuple[Kind, str | None, str]] = {}
+    for entry in manifest.files:
+        kind: Kind = "symlink" if entry.kind == "symlink" else "file"
+        out[canonical[entry.path]] = (kind, entry.link_target, "bundle")
+        parts = canonical[entry.path].split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            out.setdefault("/".join(parts[:i]), ("dir", None, "bundle"))
+    for removed in manifest.removed:
+        out[canonical[removed.path]] = ("missing", None, "bundle")
+    return out
+
+
+class Confined:
+    """Canonical paths of one jump's entries beneath the root, as the jumps planned
+    before it leave the tree (see :mod:`installer.beneath`), with the checks that need
+    them: no entry written through a link the jump itself places or removes, no two entries
+    naming one file, none below another, and every link the jump places resolving
+    beneath the root once every entry is in place.
+
+    Raises (constructor):
+        UnsafePathError: any of those (exit 3). RootLinkError: the manager's tree has a
+            link out of the root on a path the jump touches (exit 4).
+    """
+
+    def __init__(self, manifest: Manifest, view: View) -> None:
+        self.view = view
+        self._parents: dict[str, tuple[str, list[str]]] = {}
+        paths = [f.path for f in manifest.files] + [r.path for r in manifest.removed]
+        resolved = {p: self._resolve(p) for p in paths}
+        self.canonical = {p: c for p, (c, _) in resolved.items()}
+        seen: dict[str, str] = {}
+        for p, c in self.canonical.items():
+            if c != p:
+                try:
+                    check_not_reserved(c)
+                except UnsafePathError as e:
+                    raise UnsafePathError(f"reaches {c} through a symlink: {e.message}", entry=p) from e
+            if c.casefold() in seen:
+                raise UnsafePathError(
+                    f"names the same file as {seen[c.casefold()]} (through a symlink)", entry=p
+                )
+            seen[c.casefold()] = p
+        mine = set(seen)
+        placed = {self.canonical[f.path].casefold(): f.path for f in manifest.files}
+        for p, (c, via) in resolved.items():
+            through = next((v for v in via if v.casefold() in mine), None)
+            if through is not None:
+                raise UnsafePathError(
+                    f"would be written through {through}, which this jump places or removes", entry=p
+                )
+            parts = c.casefold().split("/")
+            for i in range(1, len(parts)):
+                above = placed.get("/".join(parts[:i]))
+                if above is not None:
+                    raise UnsafePathError(f"lies below another entry ({above}) of this jump", entry=p)
+        after = {**view.overlay, **_placed(manifest, self.canonical)}
+        for f in manifest.files:
+            if f.kind == "symlink":  # where the link leads once everything is in place
+                resolve(view.root, self.canonical[f.path], after.get, follow_last=True)
+
+    def _resolve(self, rel: str) -> tuple[str, list[str]]:
+        head, _, name = rel.rpartition("/")
+        if head not in self._parents:
+            self._parents[head] = (
+                resolve(self.view.root, head, self.view.lookup, follow_last=True) if head else ("", [])
+            )
+        parent, via = self._parents[head]
+        return (f"{parent}/{name}" if parent else name), via
+
+    def target(self, rel: str) -> str:
+        """The canonical path of any path of the plan (an entry, ``<entry>.jumpkit-new``, a
+        new directory)."""
+        if rel in self.canonical:
+            return self.canonical[rel]
+        return self._resolve(rel)[0]
 
 
 @dataclass
@@ -105,6 +194,14 @@ class SwapOp:
     action: Literal["place", "remove"]
     group: Literal["files", "configs"]
     note: str = ""
+    target: str = ""
+    """Where in the root: the canonical path (no symlink in its parents; see
+    :mod:`installer.beneath`); the staging and backup side use ``path``."""
+
+    @property
+    def where(self) -> str:
+        """The root-side path (``target``, or ``path`` in a plan written before it existed)."""
+        return self.target or self.path
 
 
 @dataclass
@@ -145,9 +242,9 @@ def _rewrite(text: str, entry: FileEntry) -> tuple[str, int]:
     the bundle before anything stops)."""
     count = 0
     for rule in entry.rules:
-        try:
-            text, n = re.subn(rule.pattern, rule.replacement, text, flags=re.MULTILINE)
-        except (re.error, IndexError) as e:
+        try:  # RE2: linear in the text, whatever the pattern (a rule runs while the lock is held)
+            text, n = compile_rule(rule.pattern).subn(rule.replacement, text)
+        except (ValueError, IndexError, KeyError) as e:
             raise BundleRejectedError(
                 f"rewrite rule {rule.pattern[:60]!r} failed: {e}", entry=entry.path
             ) from e
@@ -223,6 +320,8 @@ def compute_plan(
     """
     plan = Plan(manifest.bundle_id)
     view = view or View(root)
+    confined = Confined(manifest, view)
+    view.canonical = confined.canonical
     new_dirs: set[str] = set()
 
     def note_dirs(rel: str) -> None:
@@ -257,6 +356,9 @@ def compute_plan(
             plan.drift.append(f"{removed.path}: modified (the jump removes it)")
         plan.ops.append(SwapOp(removed.path, "remove", "files"))
     _collapse_new_subtrees(plan, new_dirs)
+    for op in plan.ops:
+        op.target = confined.target(op.path)
+    plan.new_dirs = [confined.target(d) for d in plan.new_dirs]
     if plan.drift and not accept_drift:
         raise drift_error(manifest, plan.drift)
     return plan
@@ -314,8 +416,10 @@ def plan_jumps(
     plans = []
     for m, staging in jumps:
         plan = compute_plan(m, root, staging, accept_drift=accept_drift, view=view)
-        for note in plan.notes:
+        for note in plan.notes[:MAX_NOTES_LOGGED]:
             log(note)
+        if len(plan.notes) > MAX_NOTES_LOGGED:  # a summary, not a line per entry (plan.json has all)
+            log(f"... and {len(plan.notes) - MAX_NOTES_LOGGED} more note(s) in {staging / PLAN_NAME}")
         if plan.drift:
             log(f"accepting drift in {len(plan.drift)} file(s); originals go to the backup")
         plan.save(staging)

@@ -16,7 +16,7 @@ from installer.graph import NoPath, plan_chain
 from installer.health import lookup_variables, wait_healthy
 from installer.migrate import backup_size, current_revision, database_url, safe_url
 from installer.paths import read_small
-from installer.plan import check_drift, drift_error
+from installer.plan import Confined, View, check_drift, drift_error
 from installer.services import ServiceManager
 from installer.state import StateDir
 
@@ -98,7 +98,8 @@ def fits_target(manifest: Manifest, root: Path) -> str | None:
         raise PreconditionError(wrong_version(manifest, installed))
     if installed is None and product is None:
         return None
-    return f"fits this manager ({manifest.product} {installed})"
+    Confined(manifest, View(root))
+    return f"fits this manager ({manifest.product} {installed}); every path stays beneath the root"
 
 
 def check(
@@ -171,6 +172,7 @@ def check(
         (passed if ok else problems).append(msg)
     problems += _services_ready(manifest, root, services, passed, force=force)
     problems += _databases_ready(manifest, root, passed)
+    Confined(manifest, View(root))  # where every path lands: no link out of the root (exit 3 or 4)
     drift = check_drift(manifest, root)
     if drift and not accept_drift and not problems:
         raise drift_error(manifest, drift)

@@ -14,7 +14,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from installer.errors import StateError
+from installer.beneath import Dirs
+from installer.errors import StateError, UnsafePathError
 from installer.failpoints import failpoint
 from installer.paths import fsync_dir
 from installer.plan import SwapOp
@@ -36,29 +37,51 @@ def syncfs(path: Path) -> bool:
 
 
 class Swapper:
-    """Runs and undoes the rename ops of one plan group."""
+    """Runs and undoes the rename ops of one plan group. The root side of every rename is
+    the op's canonical path, reached from a descriptor of the root without following any
+    symlink (:class:`installer.beneath.Dirs`); staging and backup live in the state dir."""
 
     def __init__(self, root: Path, staged: Path, backup: Path, *, label: str) -> None:
         self.root = root
         self.staged = staged
         self.backup = backup
         self.label = label
+        self._dirty_fds: set[int] = set()
         self._dirty: set[Path] = set()
 
-    def _move(self, src: Path, dst: Path) -> None:
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(src, dst)
+    @staticmethod
+    def _there(fd: int | None, name: str | Path) -> bool:
+        try:
+            os.lstat(name, dir_fd=fd)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        return True
+
+    def _to_root(self, dirs: Dirs, src: Path, rel: str) -> None:
+        fd, name = dirs.parent(rel, create=True)
+        os.replace(src, name, dst_dir_fd=fd)
         self._dirty.add(src.parent)
+        self._dirty_fds.add(fd)
+
+    def _from_root(self, dirs: Dirs, rel: str, dst: Path) -> None:
+        fd, name = dirs.parent(rel)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(name, dst, src_dir_fd=fd)
+        dirs.forget(rel)
         self._dirty.add(dst.parent)
+        self._dirty_fds.add(fd)
 
     def _sync(self) -> None:
         dirs = [d for d in sorted(self._dirty) if d.is_dir()]
-        if len(dirs) > SYNCFS_ABOVE and syncfs(self.root):
+        if len(dirs) + len(self._dirty_fds) > SYNCFS_ABOVE and syncfs(self.root):
             pass  # one syncfs of the root's filesystem covers every directory
         else:
             for d in dirs:
                 fsync_dir(d)
+            for fd in self._dirty_fds:
+                os.fsync(fd)
         self._dirty.clear()
+        self._dirty_fds.clear()
 
     def run(
         self, ops: list[SwapOp], new_dirs: list[str], progress: Callable[[int], None] | None = None
@@ -67,46 +90,65 @@ class Swapper:
 
         Raises:
             StateError: the filesystem is in a state no op sequence could produce.
+            UnsafePathError: a parent directory in the root became a symlink since the plan.
         """
-        for d in new_dirs:
-            (self.root / d).mkdir(exist_ok=True)
-        for i, op in enumerate(ops):
-            failpoint(f"swap:{self.label}")
-            target, staged, backup = self.root / op.path, self.staged / op.path, self.backup / op.path
-            staged_there = staged.is_symlink() or staged.exists()
-            target_there = target.is_symlink() or target.exists()
-            backup_there = backup.is_symlink() or backup.exists()
-            if op.action == "remove":
-                if target_there and not backup_there:
-                    self._move(target, backup)
-            elif staged_there:
-                if target_there:
-                    if backup_there:
-                        raise StateError(f"{op.path}: target, staged and backup copies all exist")
-                    self._move(target, backup)
-                self._move(staged, target)
-            if progress is not None:
-                progress(i + 1)
-        self._sync()
+        dirs = Dirs(self.root)
+        try:
+            for d in new_dirs:
+                dirs.dir(d, create=True)
+            for i, op in enumerate(ops):
+                failpoint(f"swap:{self.label}")
+                staged, backup = self.staged / op.path, self.backup / op.path
+                try:
+                    fd, name = dirs.parent(op.where, create=op.action == "place")
+                    target_there = self._there(fd, name)
+                except FileNotFoundError:
+                    target_there = False  # a removal whose directory is gone already
+                if op.action == "remove":
+                    if target_there and not self._there(None, backup):
+                        self._from_root(dirs, op.where, backup)
+                elif self._there(None, staged):
+                    if target_there:
+                        if self._there(None, backup):
+                            raise StateError(f"{op.path}: target, staged and backup copies all exist")
+                        self._from_root(dirs, op.where, backup)
+                    self._to_root(dirs, staged, op.where)
+                if progress is not None:
+                    progress(i + 1)
+            self._sync()
+        finally:
+            dirs.close()
 
     def undo(self, ops: list[SwapOp], new_dirs: list[str]) -> None:
         """Put every old file back (new ones return to staging); idempotent."""
-        for op in reversed(ops):
-            target, staged, backup = self.root / op.path, self.staged / op.path, self.backup / op.path
-            staged_there = staged.is_symlink() or staged.exists()
-            target_there = target.is_symlink() or target.exists()
-            backup_there = backup.is_symlink() or backup.exists()
-            if op.action == "place" and not staged_there and target_there:
-                self._move(target, staged)
-                target_there = False
-            if backup_there and not target_there:
-                self._move(backup, target)
-        for d in reversed(new_dirs):
-            try:
-                (self.root / d).rmdir()
-                self._dirty.add((self.root / d).parent)
-            except FileNotFoundError:
-                pass
-            except OSError:
-                pass  # not empty: something else lives there now; leave it
-        self._sync()
+        dirs = Dirs(self.root)
+        try:
+            for op in reversed(ops):
+                staged, backup = self.staged / op.path, self.backup / op.path
+                staged_there, backup_there = self._there(None, staged), self._there(None, backup)
+                if not backup_there and (op.action == "remove" or staged_there):
+                    continue  # this op never moved anything: leave the root alone
+                try:
+                    fd, name = dirs.parent(op.where, create=backup_there)
+                except FileNotFoundError:
+                    continue  # its directory is gone: nothing of this op is in the root
+                target_there = self._there(fd, name)
+                if op.action == "place" and not staged_there and target_there:
+                    self._from_root(dirs, op.where, staged)
+                    target_there = False
+                if self._there(None, backup) and not target_there:
+                    self._to_root(dirs, backup, op.where)
+            for d in reversed(new_dirs):
+                head, _, name = d.rpartition("/")
+                try:
+                    fd = dirs.dir(head)
+                    dirs.forget(d)
+                    os.rmdir(name, dir_fd=fd)
+                    self._dirty_fds.add(fd)
+                except (FileNotFoundError, UnsafePathError):
+                    pass
+                except OSError:
+                    pass  # not empty: something else lives there now; leave it
+            self._sync()
+        finally:
+            dirs.close()

@@ -5,7 +5,9 @@ allows that exact path, and pre-flight never creates a database anywhere."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -97,23 +99,95 @@ HOSTILE: dict[str, tuple[Edit, str]] = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("case", sorted(HOSTILE))
-def test_signed_bundle_touching_what_is_not_its_own(
-    case: str, sandbox: Callable[..., Sandbox], bundle: Path, keys: dict[str, Path], tmp_path: Path
+def _both(*edits: Edit) -> Edit:
+    def edit(man: dict[str, object], m: dict[str, bytes]) -> None:
+        for e in edits:
+            e(man, m)
+
+    return edit
+
+
+def _extra_mode(name: str, mode: int) -> Edit:
+    def edit(man: dict[str, object], m: dict[str, bytes]) -> None:
+        extras = [dict(x) for x in man["extras"]]  # type: ignore[attr-defined]
+        next(x for x in extras if x["name"] == name)["mode"] = mode
+        man["extras"] = extras
+
+    return edit
+
+
+def _config_mode(mode: int) -> Edit:
+    def edit(man: dict[str, object], m: dict[str, bytes]) -> None:
+        files = [dict(f) for f in man["files"]]  # type: ignore[attr-defined]
+        next(f for f in files if f["kind"] == "config")["mode"] = mode
+        man["files"] = files
+
+    return edit
+
+
+def _graph_bomb(man: dict[str, object], m: dict[str, bytes]) -> None:
+    man["graph"] = {**man["graph"], "jumps": [[f"1.0.{i}", f"1.0.{i + 1}"] for i in range(10_001)]}  # type: ignore[dict-item]
+
+
+CUR = "opt/demo-manager/current"
+CURRENT_DOT = CUR, "."
+CURRENT_OUT = CUR, "../../.."
+ESC = "leads out of the root"
+# more signed neighbours: (edit, a link the manager's tree has first or None, exit code, phrase)
+MORE: dict[str, tuple[Edit, tuple[str, str] | None, int, str]] = {
+    "file-at-var-lib-jumpkit": (_add_file("var/lib/jumpkit"), None, 3, MINE),
+    "link-at-etc-jumpkit": (_add_symlink("etc/jumpkit", "../opt"), None, 3, MINE),
+    "remove-the-status": (_remove("var/lib/jumpkit/demo-manager/status.json"), None, 3, MINE),
+    "setuid-config": (_config_mode(0o4644), None, 3, "allow_setuid"),
+    "sticky-hook-member": (_extra_mode("hooks/node", 0o1755), None, 3, "may be setuid"),
+    "absolute-link-target": (_add_symlink("opt/demo-manager/abs", "/opt/demo-manager"), None, 3, "relative"),
+    "link-chain-out": (  # as text b stays inside; followed, a/a/a is opt/demo-manager and b climbs out
+        _both(_add_symlink("opt/demo-manager/a", "."), _add_symlink("opt/demo-manager/b", "a/a/a/../../..")),
+        None, 3, ESC,
+    ),
+    "link-loop": (_add_symlink("opt/demo-manager/loop", "loop"), None, 3, "loops"),
+    "link-up-through-a-root-link": (_add_symlink(f"{CUR}/up", "../../.."), CURRENT_DOT, 3, ESC),
+    "two-names-one-file": (_add_file(f"{CUR}/VERSION"), CURRENT_DOT, 3, "names the same file"),
+    "write-through-a-removed-link": (_both(_remove(CUR), _add_file(f"{CUR}/x")), CURRENT_DOT, 3, "this jump"),
+    "write-below-a-root-link-out": (_add_file(f"{CUR}/x"), CURRENT_OUT, 4, "the manager's tree"),
+    "remove-below-a-root-link-out": (_remove(f"{CUR}/y"), CURRENT_OUT, 4, "the manager's tree"),
+    "graph-bomb": (_graph_bomb, None, 3, "at most 10000 jumps"),
+}  # fmt: skip
+
+
+def test_signed_hostile_corpus(
+    sandbox: Callable[..., Sandbox], bundle: Path, keys: dict[str, Path], tmp_path: Path
 ) -> None:
-    edit, phrase = HOSTILE[case]
-    bad = _signed(bundle, keys["key"], tmp_path / f"{case}.zip", edit)
+    """Every case refused by verify, stage and apply with its exit code and one line; the
+    root (state dir included) and canaries outside it byte-identical; the lock never
+    bypassed. One sandbox serves the corpus: every refusal must leave it as it was."""
     sb = sandbox()
-    before = tree_hash(sb.root, exclude=())
-    for command in ("verify", "stage", "apply"):
-        p = install("--root", sb.root, command, bad)
-        assert p.returncode == 3, f"{command}: rc {p.returncode}: {p.stderr}"
-        lines = [x for x in p.stderr.splitlines() if x.startswith("bundle-install:")]
-        assert len(lines) == 1 and phrase in lines[0], p.stderr
-    after = tree_hash(sb.root, exclude=())
-    assert after == before, "a refused run changed the root (the state dir included)"
+    canary = sb.root.parent / "canary"
+    canary.mkdir()
+    (canary / "keep").write_text("outside the root\n")
+    cases = {k: (e, None, 3, phrase) for k, (e, phrase) in HOSTILE.items()} | MORE
+    for case, (edit, link, code, phrase) in sorted(cases.items()):
+        bad = _signed(bundle, keys["key"], tmp_path / f"{case}.zip", edit)
+        if link is not None:
+            os.symlink(link[1], sb.root / link[0])
+        before, outside = tree_hash(sb.root, exclude=()), tree_hash(sb.root.parent, exclude=("r",))
+        for command in ("verify", "stage", "apply"):
+            p = install("--root", sb.root, command, bad)
+            lines = [x for x in p.stderr.splitlines() if x.startswith("bundle-install:")]
+            assert p.returncode == code and len(lines) == 1 and phrase in lines[0], (
+                f"{case}: {command}: rc {p.returncode}: {p.stderr}"
+            )
+            assert tree_hash(sb.root, exclude=()) == before, f"{case}: {command} changed the root"
+            assert tree_hash(sb.root.parent, exclude=("r",)) == outside, f"{case}: {command} wrote outside"
+        assert (
+            not (sb.root / "var/lib/jumpkit/demo-manager/lock").exists()
+            or not (sb.root / "var/lib/jumpkit/demo-manager/lock").read_text()
+        ), f"{case}: the lock was left held"
+        if link is not None:
+            (sb.root / link[0]).unlink()
+        count("signed-hostile bundles refused by verify, stage and apply (root and canary identical)")
     assert sb.version() == "4.0.1"
-    count("signed bundles touching the installer's paths or special modes, refused")
+    assert len(cases) >= 26
 
 
 def test_special_mode_listed_by_the_spec_verifies_and_is_shown(
@@ -190,3 +264,128 @@ def test_preflight_creates_no_database_outside_the_root(
         assert f"the database file {outside} does not exist" in p.stderr
         assert not outside.exists() and not list(outside.parent.iterdir())
         assert tree_hash(sb.root, exclude=()) == before
+
+
+# --- symlinks: every path resolved beneath the root ----------------------------------------
+def _refused_everywhere(sb: Sandbox, bad: Path, code: int, phrase: str, canaries: list[Path]) -> None:
+    before = tree_hash(sb.root, exclude=())
+    outside = {c: tree_hash(c, exclude=()) if c.is_dir() else c.exists() for c in canaries}
+    for command in ("verify", "stage", "apply"):
+        p = install("--root", sb.root, command, bad)
+        assert p.returncode == code, f"{command}: rc {p.returncode}: {p.stderr}"
+        lines = [x for x in p.stderr.splitlines() if x.startswith("bundle-install:")]
+        assert len(lines) == 1 and phrase in lines[0], p.stderr
+        assert tree_hash(sb.root, exclude=()) == before, command
+        for c, was in outside.items():
+            assert (tree_hash(c, exclude=()) if c.is_dir() else c.exists()) == was, f"{command} wrote {c}"
+    assert sb.version() == "4.0.1"
+    count("signed bundles leading out of the root through a symlink, refused")
+
+
+def test_the_reported_escape_through_current_dot(
+    sandbox: Callable[..., Sandbox], bundle: Path, keys: dict[str, Path], tmp_path: Path
+) -> None:
+    """The manager has opt/demo-manager/current -> . (a common layout); the bundle adds
+    current/current/esc -> ../../../../x and a file under opt/demo-manager/esc/: as text
+    both stay inside, in the real tree the file would land two levels above the root."""
+    sb = sandbox()
+    os.symlink(".", sb.root / "opt/demo-manager/current")
+
+    def edit(man: dict[str, object], m: dict[str, bytes]) -> None:
+        _add_symlink("opt/demo-manager/current/current/esc", "../../../../x")(man, m)
+        _add_file("opt/demo-manager/esc/passwd")(man, m)
+
+    bad = _signed(bundle, keys["key"], tmp_path / "escape.zip", edit)
+    canaries = [sb.root.parent.parent / "x", sb.root.parent / "x", sb.root.parent.parent / "passwd"]
+    _refused_everywhere(sb, bad, 3, "opt/demo-manager/esc", canaries)
+    link_only = _signed(
+        bundle,
+        keys["key"],
+        tmp_path / "link.zip",
+        _add_symlink("opt/demo-manager/current/current/esc", "../../../../x"),
+    )
+    _refused_everywhere(
+        sb, link_only, 3, "leads out of the root through opt/demo-manager/esc -> ../../../../x", canaries
+    )
+
+
+def test_a_link_out_in_the_managers_tree_is_exit_4(
+    sandbox: Callable[..., Sandbox], bundle: Path, tmp_path: Path
+) -> None:
+    sb = sandbox()
+    lib = sb.root / "opt/demo-manager/lib"
+    outside = tmp_path / "outside-lib"
+    shutil.copytree(lib, outside, symlinks=True)
+    shutil.rmtree(lib)
+    os.symlink(outside, lib)
+    _refused_everywhere(sb, bundle, 4, "the manager's tree has a symlink leading out of the root", [outside])
+
+
+def test_reserved_paths_reached_through_an_in_root_link(
+    sandbox: Callable[..., Sandbox], bundle: Path, keys: dict[str, Path], tmp_path: Path
+) -> None:
+    sb = sandbox()
+    os.symlink("../../etc/jumpkit", sb.root / "opt/demo-manager/k")
+    bad = _signed(
+        bundle, keys["key"], tmp_path / "k.zip", _add_file("opt/demo-manager/k/trusted-keys/evil.pub")
+    )
+    _refused_everywhere(sb, bad, 3, "belongs to the installer", [])
+
+
+def test_a_link_that_stays_inside_the_root_still_applies(
+    sandbox: Callable[..., Sandbox], bundle: Path, expected: dict[str, object]
+) -> None:
+    """lib -> releases/r1/lib (the current -> releases/N layout): the jump writes through it,
+    the files land in releases/r1/lib, and rollback restores the exact tree, link included."""
+    sb = sandbox()
+    lib = sb.root / "opt/demo-manager/lib"
+    real = sb.root / "opt/demo-manager/releases/r1/lib"
+    real.parent.mkdir(parents=True)
+    lib.rename(real)
+    os.symlink("releases/r1/lib", lib)
+    before = tree_hash(sb.root)
+    p = install("--root", sb.root, "apply", bundle)
+    assert p.returncode == 0, p.stderr
+    assert sb.wait_version("4.1.1") == "4.1.1"
+    assert lib.is_symlink() and os.readlink(lib) == "releases/r1/lib"
+    assert not (real / "demo_manager/legacy_tcp.py").exists()  # the removal went through the link
+    p = install("--root", sb.root, "rollback")
+    assert p.returncode == 0, p.stderr
+    assert tree_hash(sb.root) == before
+    assert sb.wait_version("4.0.1") == "4.0.1"
+
+
+def test_a_link_planted_between_plan_and_swap_is_not_followed(
+    sandbox: Callable[..., Sandbox], bundle: Path, tmp_path: Path
+) -> None:
+    """At the moment of use the swap opens every parent from the root without following
+    links: a directory swapped for a link out while the apply is frozen before swap-files
+    makes the apply roll back (exit 5); nothing is written outside."""
+    import subprocess
+    import sys
+
+    from tests.crash.test_locks_space import wait_stopped
+    from tests.helpers import REPO
+
+    sb = sandbox()
+    pkg = sb.root / "opt/demo-manager/lib/demo_manager"
+    outside = tmp_path / "outside"
+    shutil.copytree(pkg, outside)
+    before_outside = tree_hash(outside, exclude=())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "installer.cli", "--root", str(sb.root), "apply", str(bundle)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        env={**os.environ, "JUMPKIT_FAILPOINT": "begin:swap-files=stop"},
+    )  # fmt: skip
+    wait_stopped(proc)
+    aside = tmp_path / "aside"
+    pkg.rename(aside)
+    os.symlink(outside, pkg)
+    os.kill(proc.pid, signal.SIGCONT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 5, err
+    assert "symlink" in err.strip().splitlines()[-1], err
+    assert tree_hash(outside, exclude=()) == before_outside, "the swap wrote through the planted link"
+    pkg.unlink()
+    aside.rename(pkg)
+    assert install("--root", sb.root, "status", "--json").stdout.count('"rolled-back"') >= 1
