@@ -62,18 +62,18 @@ def check_link_target(link_path: str, target: str) -> str:
 
 
 def target_path(root: Path, rel: str) -> Path:
-    """Join ``rel`` (checked here) under ``root``, refusing a path whose existing parent
-    directories lead outside the root through a symlink.
+    """``root / rel`` for one path (see :class:`Targets`).
 
     Raises:
-        UnsafePathError: a parent is a symlink resolving outside ``root``, or an existing
-            parent is not a directory.
+        UnsafePathError, RootLinkError: as :meth:`Targets.__call__`.
     """
     return Targets(root)(rel)
 
 
 class Targets:
-    """:func:`target_path` for many paths under one root, each parent directory checked
+    """Paths under one root, each checked (:func:`check_relpath`) and refused when an
+    existing parent leads out of the root through a symlink or is not a directory; each
+    parent directory checked
     once (a jump's tens of thousands of files share a few hundred directories: the drift
     check of 24k files spent 1.2 s in repeated ``lstat`` and ``resolve``). For one pass
     over a tree that does not change meanwhile."""
@@ -86,7 +86,12 @@ class Targets:
         self._missing: set[str] = set()  # parents found missing (so is all below them)
 
     def __call__(self, rel: str) -> Path:
-        """See :func:`target_path`."""
+        """``root / rel``, checked.
+
+        Raises:
+            UnsafePathError: ``rel`` is unsafe, or a parent is not a directory.
+            RootLinkError: an existing parent is a symlink leading out of the root.
+        """
         check_relpath(rel)
         parts = rel.split("/")[:-1]
         for i in range(1, len(parts) + 1):
@@ -128,10 +133,17 @@ stops here (a character device such as ``dev/zero`` in its place was read until 
 def read_small(root: Path, rel: str, limit: int = MAX_SMALL_FILE) -> str | None:
     """The text of the regular file ``rel`` under ``root``, or None when it is missing,
     not a regular file (a device, a FIFO, a directory), larger than ``limit`` bytes, not
-    UTF-8, or its path is unsafe. Opened non-blocking (a FIFO does not wait for a writer)."""
+    UTF-8, or its path is unsafe or leads out of the root (a version file that is a link
+    to /etc/shadow is not read). Resolved beneath the root, symlinks in it followed only
+    while they stay there, then opened without following one (a link swapped in after the
+    resolution is not followed either); non-blocking (a FIFO does not wait for a writer)."""
+    from installer.beneath import resolve
+    from installer.errors import JumpkitError
+
     try:
-        fd = os.open(target_path(root, rel), os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
-    except (OSError, UnsafePathError):
+        canonical, _ = resolve(root, check_relpath(rel), follow_last=True)
+        fd = os.open(root / canonical, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_NOFOLLOW)
+    except (OSError, JumpkitError):
         return None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):

@@ -389,3 +389,39 @@ def test_a_link_planted_between_plan_and_swap_is_not_followed(
     pkg.unlink()
     aside.rename(pkg)
     assert install("--root", sb.root, "status", "--json").stdout.count('"rolled-back"') >= 1
+
+
+def test_small_reads_stay_beneath_the_root(tmp_path: Path) -> None:
+    """Version files, markers and lookup files: a link inside the root is followed, one
+    out of it is not read (not even its first bytes)."""
+    from installer.paths import read_small
+
+    root = tmp_path / "root"
+    (root / "opt/app/releases").mkdir(parents=True)
+    (root / "opt/app/releases/VERSION").write_text("4.0.1\n")
+    os.symlink("releases/VERSION", root / "opt/app/VERSION")
+    secret = tmp_path / "secret"
+    secret.write_text("do not read\n")
+    os.symlink(secret, root / "opt/app/SHADOW")
+    os.symlink("../../../secret", root / "opt/app/UP")
+    os.symlink(str(tmp_path), root / "opt/out")
+    assert read_small(root, "opt/app/VERSION") == "4.0.1\n"
+    assert read_small(root, "opt/app/SHADOW") is None
+    assert read_small(root, "opt/app/UP") is None
+    assert read_small(root, "opt/out/secret") is None
+
+
+def test_a_hard_link_out_of_the_root_is_never_written_through(
+    sandbox: Callable[..., Sandbox], bundle: Path, tmp_path: Path
+) -> None:
+    """A file of the manager hard-linked to a file elsewhere: the swap renames, so the
+    other name keeps the old bytes, on apply and on rollback."""
+    sb = sandbox()
+    version = sb.root / "opt/demo-manager/VERSION"
+    other = sb.root.parent / "hardlinked-version"
+    os.link(version, other)
+    before = other.read_bytes()
+    assert install("--root", sb.root, "apply", bundle).returncode == 0
+    assert version.read_text() == "4.1.1\n" and other.read_bytes() == before
+    assert install("--root", sb.root, "rollback").returncode == 0
+    assert other.read_bytes() == before and os.path.samefile(version, other)
