@@ -24,11 +24,11 @@ import pytest
 from installer.state import StateDir
 from tests.counts import count
 from tests.crash.common import assert_exactly
-from tests.crash.test_points import CRASH_POINTS
+from tests.crash.test_points import CRASH_POINTS, STEPS
 from tests.helpers import REPO, Sandbox, install, make_sandbox
 
 SIGNALS = {"int": "SIGINT", "term": "SIGTERM", "hup": "SIGHUP"}
-SINGLE = [p for p in CRASH_POINTS]
+SINGLE = list(CRASH_POINTS)
 RANDOM_SIGNALS = 30
 SEED = int(os.environ.get("JUMPKIT_CRASH_SEED", str(int(time.time()))))
 _AFTER_COMMIT = ("committed",)
@@ -95,26 +95,29 @@ def test_signal_at_every_failpoint(
     assert "old" in ends
 
 
-ROLLBACK_POINTS = ["undo:health", "undo:swap-files", "after-undo:swap-configs", "undo:stop-services",
-                   "after-undo:backup-db"]  # fmt: skip
+ROLLBACK_POINTS = [f"{where}:{step}" for step in STEPS for where in ("undo", "after-undo")]
+SECOND_SIGNAL_POINTS = ["undo:health", "undo:swap-files", "after-undo:swap-configs", "undo:stop-services",
+                        "after-undo:backup-db"]  # fmt: skip
 
 
 @pytest.mark.parametrize("action", ["int", "term"])
 def test_signal_during_a_rollback_is_deferred(
     action: str, single: Sandbox, bundle: Path, expected: dict[str, object]
 ) -> None:
-    """During an operator's rollback of a finished apply, and as a second signal during
-    the rollback an earlier signal started: the rollback finishes first."""
+    """At every failpoint of an operator's rollback of a finished apply, and as a second
+    signal during the rollback an earlier signal started: the rollback finishes first."""
     for point in ROLLBACK_POINTS:
         assert install("--root", single.root, "apply", bundle).returncode == 0
         q = install("--root", single.root, "rollback", env={"JUMPKIT_FAILPOINT": f"{point}={action}"})
-        assert q.returncode == 0, q.stderr
-        assert state_of(single)[::2] == ("rolled-back", "rolled-back")
+        assert q.returncode == 0, f"{point}: {q.stderr}"
+        assert state_of(single)[::2] == ("rolled-back", "rolled-back"), point
         assert_exactly(single, expected, "old", "4.0.1")
+        count(f"signal matrix: {SIGNALS[action]} at a failpoint of a rollback (deferred; exactly old)")
+    for point in SECOND_SIGNAL_POINTS:
         spec = f"run:swap-configs={action},{point}={action}"
         p = install("--root", single.root, "apply", bundle, env={"JUMPKIT_FAILPOINT": spec})
         assert settle(single, p, expected, "4.0.1", "4.1.1", spec, SIGNALS[action]) == "old"
-        count(f"signal matrix: {SIGNALS[action]} during a rollback (deferred; exactly old)")
+        count(f"signal matrix: {SIGNALS[action]} twice, the second during the rollback (exactly old)")
 
 
 def test_signals_at_random_instants(single: Sandbox, bundle: Path, expected: dict[str, object]) -> None:
