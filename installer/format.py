@@ -507,16 +507,16 @@ def loads_strict(data: bytes, *, what: str) -> Any:
     """
 
     def _no_constants(name: str) -> Any:
-        raise ManifestError(f"{what}: {name} is not allowed")
+        raise ManifestError(f"{name} is not allowed")
 
     def _int(text: str) -> int:
         if len(text.lstrip("-")) > MAX_INT_DIGITS:
-            raise ManifestError(f"{what}: an integer of {len(text)} digits (at most {MAX_INT_DIGITS})")
+            raise ManifestError(f"an integer of {len(text)} digits (at most {MAX_INT_DIGITS})")
         return int(text)
 
     def _float(text: str) -> float:
         if len(text) > MAX_INT_DIGITS + 20:
-            raise ManifestError(f"{what}: a number of {len(text)} characters")
+            raise ManifestError(f"a number of {len(text)} characters")
         return float(text)
 
     try:
