@@ -52,7 +52,6 @@ class _Guard:
     def __init__(self) -> None:
         self.received: signal.Signals | None = None
         self.raising = True
-        self.installed = False
 
 
 _G = _Guard()
@@ -81,7 +80,6 @@ def install() -> None:
     """Take over SIGINT, SIGTERM and SIGHUP for this process (the CLIs call it first)."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, _handler)
-    _G.installed = True
 
 
 def ignore() -> None:

@@ -61,8 +61,18 @@ class View:
         self.dirs: set[str] = set()
         self.overlay: dict[str, tuple[Kind, str | None, str]] = {}
         """What the jumps planned so far place, by canonical path (for :mod:`installer.beneath`)."""
-        self.canonical: dict[str, str] = {}
-        """Entry path -> canonical path, of the jump planned last."""
+        self._canonical: dict[str, str] = {}  # of the jump confined last; advance() places it
+
+    def confine(self, manifest: Manifest) -> Confined:
+        """Resolve ``manifest``'s entries beneath the root as this view stands (see
+        :class:`Confined`); :meth:`advance` then places them at those paths.
+
+        Raises:
+            UnsafePathError, RootLinkError: as :class:`Confined`.
+        """
+        confined = Confined(manifest, self)
+        self._canonical = confined.canonical
+        return confined
 
     def lookup(self, path: str) -> tuple[Kind, str | None, str] | None:
         """The overlay's answer for canonical ``path`` (see :data:`installer.beneath.Lookup`)."""
@@ -103,7 +113,7 @@ class View:
         for removed in manifest.removed:
             self.files[removed.path] = None
             self.digests[removed.path] = None
-        self.overlay.update(_placed(manifest, self.canonical))
+        self.overlay.update(_placed(manifest, self._canonical))
 
 
 def _placed(manifest: Manifest, canonical: dict[str, str]) -> dict[str, tuple[Kind, str | None, str]]:
@@ -320,8 +330,7 @@ def compute_plan(
     """
     plan = Plan(manifest.bundle_id)
     view = view or View(root)
-    confined = Confined(manifest, view)
-    view.canonical = confined.canonical
+    confined = view.confine(manifest)
     new_dirs: set[str] = set()
 
     def note_dirs(rel: str) -> None:
