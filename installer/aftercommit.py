@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from installer import components, jobs, selfupdate
+from installer import components, interrupts, jobs, selfupdate
 from installer.format import INSTALLER_MEMBER, Manifest
 from installer.transaction import Recorder
 
@@ -59,6 +59,10 @@ class AfterCommit:
         states: dict[str, Any] = self.rec.doc.extra.setdefault("jobs", jobs.pending(self.manifest))
         failed = []
         for job in jobs.select(self.manifest, names, states):
+            if (sig := interrupts.pending()) is not None:  # after a commit signals only record
+                self.log(f"post-upgrade jobs: {sig} received; {job.name} and later left pending: "
+                         "run 'bundle-install jobs'")  # fmt: skip
+                break
 
             def update(st: dict[str, Any], name: str = job.name) -> None:
                 states[name] = st

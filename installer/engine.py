@@ -21,6 +21,7 @@ from installer.archive import Bundle, Opened, opened_bundles, verify_members
 from installer.chain import check_chain
 from installer.components import DEFAULT_WAIT
 from installer.errors import LockedError, StateError, UsageError
+from installer.failpoints import failpoint
 from installer.format import Manifest, load_trusted_keys, verify_signature
 from installer.journal import TxnState
 from installer.migrate import bundle_sql
@@ -28,7 +29,7 @@ from installer.options import Options
 from installer.plan import Plan, plan_jumps
 from installer.services import ServiceManager, service_manager
 from installer.stage import is_staged, only_staged, stage_bundle
-from installer.state import StateDir, StatusDoc, first_missing
+from installer.state import StateDir, StatusDoc, beneath_root, first_missing
 from installer.steps import Context
 from installer.transaction import Recorder, Transaction
 
@@ -72,7 +73,7 @@ class Engine:
             self._rec.line(line)
 
     def _trusted(self) -> dict[str, Any]:
-        return load_trusted_keys(self.opts.trust or [self.root / "etc/jumpkit/trusted-keys"])
+        return load_trusted_keys(self.opts.trust or [beneath_root(self.root, "etc/jumpkit/trusted-keys")])
 
     def _opened(self, paths: Sequence[Path]) -> contextlib.AbstractContextManager[list[Opened]]:
         return opened_bundles(paths, self._trusted(), self.opts.allow_unsigned, self.opts.max_bundle_bytes)
@@ -219,6 +220,7 @@ class Engine:
         txn = Transaction.begin(state, manifests, plans, self._contexts, self.log)
         self._rec = txn.rec
         doc = txn.start()
+        failpoint("finished")
         self._after_commit(txn).start(
             detach_components=self.opts.detach_components, detach_jobs=self.opts.detach_jobs
         )
@@ -273,6 +275,7 @@ class Engine:
             if not all(c.backup.is_dir() for c in txn.ctxs):
                 raise StateError("the backup of the last apply is gone (unstaged); cannot roll back")
             txn.rollback("requested by the operator" if committed else "after an interrupted apply")
+            failpoint("finished")
             return txn.rec.doc
 
     def jobs(self, names: Sequence[str] = ()) -> StatusDoc:

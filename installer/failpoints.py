@@ -12,7 +12,8 @@ Names:
 
 - ``begin:<step>``, ``run:<step>``, ``done:<step>``: around every apply step (in a chain,
   the steps of the n-th jump are ``<step>#<n>``, e.g. ``run:migrate#3``), and
-  ``commit`` / ``committed`` around the commit record;
+  ``commit`` / ``committed`` around the commit record, ``finished`` once an apply or a
+  rollback has returned (the CLI's last moments);
 - ``stage:member``: after each member is unpacked into staging;
 - ``swap:<group>``: inside a swap, after each file (groups ``files``, ``configs``);
 - ``migrate:revision``: between two schema revisions;

@@ -16,7 +16,11 @@ handler records the signal and raises only where raising is safe:
   :func:`pending` at the next boundary, then rolls back.
 - **deferred** (a rollback, the commit record and everything after it): recorded only.
   A rollback is never cut short by a second signal; after the commit record the run
-  finishes the commit.
+  finishes the commit. From the commit record on this holds for the rest of the process
+  (:func:`hold`): a signal in the CLI's last moments once the transaction has returned
+  made a committed apply exit 5, "interrupted; nothing was changed", with the new version
+  serving (caught by a CI run of the random-signal test, then pinned by the ``finished``
+  failpoint).
 
 SIGHUP (a closed SSH session or terminal) also points stdin, stdout and stderr at
 ``/dev/null``: the rollback that follows must not fail on a write to a terminal that is
@@ -52,6 +56,7 @@ class _Guard:
     def __init__(self) -> None:
         self.received: signal.Signals | None = None
         self.raising = True
+        self.held = False  # the commit is recorded: never raise again in this process
 
 
 _G = _Guard()
@@ -71,7 +76,7 @@ def _handler(signum: int, frame: FrameType | None) -> None:
         _detach_terminal()
     if _G.received is None:
         _G.received = sig
-    if _G.raising:
+    if _G.raising and not _G.held:
         _G.raising = False  # once: the code it unwinds through must be able to clean up
         raise Interrupted(sig.name)
 
@@ -87,6 +92,12 @@ def ignore() -> None:
     during the interpreter's shutdown would otherwise end it with the default action)."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+
+
+def hold() -> None:
+    """The commit is recorded: from now on, for the rest of the process, stop signals are
+    recorded and never raised (the run finishes what it committed and exits 0)."""
+    _G.held = True
 
 
 def pending() -> str | None:
@@ -121,7 +132,7 @@ def interruptible() -> Iterator[None]:
         Interrupted: a stop signal arrived.
     """
     prev = _G.raising
-    if _G.received is not None:
+    if _G.received is not None and not _G.held:
         raise Interrupted(_G.received.name)
     _G.raising = True
     try:

@@ -190,6 +190,7 @@ class Transaction:
             failpoint("commit")
             self._stop_if_signalled("commit")  # the last moment a signal rolls back
             self.state.journal_append(Commit())
+            interrupts.hold()  # committed: no signal makes this run report failure any more
             failpoint("committed")
             late = interrupts.take()
             if late is not None:
@@ -211,6 +212,7 @@ class Transaction:
     def finish(self) -> StatusDoc:
         """Record a committed apply in status and history (also after a crash right after
         the commit record); the bundle's installer becomes the manager's."""
+        interrupts.hold()
         with interrupts.deferred():
             view = self.view()
             outage = view.outage(StopServices.name, Health.name)
@@ -295,6 +297,7 @@ class Transaction:
         if info is not None and "installer" in notes and selfupdate.restore(head.root, info):
             self.log("put the manager's previous installer back")
         self.state.journal_append(RolledBack())
+        interrupts.hold()  # rolled back: the outcome is decided, no signal changes what it reports
         self.rec.set(
             status="rolled-back",
             step=None,

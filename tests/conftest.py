@@ -20,6 +20,7 @@ from tests.helpers import (
     make_sandbox,
     sqlite_url,
     tree_hash,
+    tree_listing,
 )
 
 
@@ -122,14 +123,15 @@ def chain_expected(keys: dict[str, Path], port: int, chain_bundles: list[Path]) 
     """3.4.2 as laid out, and 4.2.0 reached by three separate applies (three outages)."""
     sb = make_sandbox("3.4.2", keys["pub"], port)
     try:
-        old, old_db = tree_hash(sb.root), db_state(sqlite_url(sb.root))
+        old, old_db, old_files = tree_hash(sb.root), db_state(sqlite_url(sb.root)), tree_listing(sb.root)
         outages = []
         for b in chain_bundles:
             p = install("--root", sb.root, "apply", b, "--json")
             assert p.returncode == 0, p.stderr
             outages.append(json.loads(p.stdout)["outage_seconds"])
-        new, new_db = tree_hash(sb.root), db_state(sqlite_url(sb.root))
-        return {"old": old, "old_db": old_db, "new": new, "new_db": new_db, "separate_outages": outages}
+        new, new_db, new_files = tree_hash(sb.root), db_state(sqlite_url(sb.root)), tree_listing(sb.root)
+        return {"old": old, "old_db": old_db, "old_files": old_files, "new": new, "new_db": new_db,
+                "new_files": new_files, "separate_outages": outages}  # fmt: skip
     finally:
         sb.destroy()
 
@@ -142,7 +144,7 @@ def expected(
     and how long that apply took (the window the random kills aim at)."""
     sb = make_sandbox("4.0.1", keys["pub"], port)
     try:
-        old, old_db = tree_hash(sb.root), db_state(sqlite_url(sb.root))
+        old, old_db, old_files = tree_hash(sb.root), db_state(sqlite_url(sb.root)), tree_listing(sb.root)
         t0 = time.monotonic()
         p = install("--root", sb.root, "apply", bundle)
         took = time.monotonic() - t0
@@ -150,7 +152,9 @@ def expected(
         return {
             "old": old,
             "old_db": old_db,
+            "old_files": old_files,
             "new": tree_hash(sb.root),
+            "new_files": tree_listing(sb.root),
             "new_db": db_state(sqlite_url(sb.root)),
             "apply_seconds": took,
         }

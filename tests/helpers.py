@@ -46,9 +46,9 @@ def short_tmp(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
 
 
-def tree_hash(root: Path, exclude: tuple[str, ...] = HARNESS) -> str:
-    """sha256 over every path, type, mode, link target and content under root."""
-    h = hashlib.sha256()
+def tree_listing(root: Path, exclude: tuple[str, ...] = HARNESS) -> dict[str, str]:
+    """Every path under root (harness files aside) -> "mode:link target or content sha256"."""
+    out: dict[str, str] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         base = Path(dirpath)
@@ -58,13 +58,32 @@ def tree_hash(root: Path, exclude: tuple[str, ...] = HARNESS) -> str:
             if any(rel == e or rel.startswith(e + "/") for e in exclude):
                 continue
             st = full.lstat()
-            h.update(f"{rel}\0{st.st_mode:o}\0".encode())
+            what = ""
             if full.is_symlink():
-                h.update(os.readlink(full).encode())
+                what = "-> " + os.readlink(full)
             elif full.is_file():
-                h.update(hashlib.sha256(full.read_bytes()).digest())
+                what = hashlib.sha256(full.read_bytes()).hexdigest()
+            out[rel] = f"{st.st_mode:o}:{what}"
         dirnames[:] = [d for d in dirnames if not (base / d).is_symlink()]
+    return out
+
+
+def tree_hash(root: Path, exclude: tuple[str, ...] = HARNESS) -> str:
+    """sha256 over every path, type, mode, link target and content under root."""
+    h = hashlib.sha256()
+    for rel, what in sorted(tree_listing(root, exclude).items()):
+        h.update(f"{rel}\0{what}\0".encode())
     return h.hexdigest()
+
+
+def tree_diff(before: dict[str, str], after: dict[str, str], limit: int = 12) -> str:
+    """What differs between two listings, in a few lines, for an assertion message."""
+    lines = [f"+ {k}" for k in sorted(after.keys() - before.keys())]
+    lines += [f"- {k}" for k in sorted(before.keys() - after.keys())]
+    lines += [f"~ {k} ({before[k]} -> {after[k]})" for k in sorted(before.keys() & after.keys())
+              if before[k] != after[k]]  # fmt: skip
+    more = f"\n... and {len(lines) - limit} more" if len(lines) > limit else ""
+    return "\n".join(lines[:limit]) + more
 
 
 def db_state(url: str) -> dict[str, object]:

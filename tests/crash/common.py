@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.helpers import Sandbox, db_state, install, sqlite_url, tree_hash
+from tests.helpers import Sandbox, db_state, install, sqlite_url, tree_diff, tree_hash, tree_listing
 
 
 def status(sb: Sandbox) -> str:
@@ -13,11 +13,19 @@ def status(sb: Sandbox) -> str:
     return str(json.loads(p.stdout)["status"]) if p.returncode == 0 and p.stdout.strip() else "none"
 
 
-def assert_exactly(sb: Sandbox, expected: dict[str, object], which: str, version: str) -> None:
+def assert_exactly(
+    sb: Sandbox, expected: dict[str, object], which: str, version: str, what: str = ""
+) -> None:
     """Every file under the root (harness runtime files aside), the database's revision
-    and rows, and the service answering ``version``."""
-    assert tree_hash(sb.root) == expected[which], f"tree is not exactly {version}"
-    assert db_state(sqlite_url(sb.root)) == expected[which + "_db"], f"database is not exactly {version}"
+    and rows, and the service answering ``version``. ``what`` names the run in a failure,
+    which lists the paths that differ."""
+    label = f"{what}: " if what else ""
+    if tree_hash(sb.root) != expected[which]:
+        want = expected.get(which + "_files")
+        diff = tree_diff(want, tree_listing(sb.root)) if isinstance(want, dict) else "(no listing)"
+        raise AssertionError(f"{label}tree is not exactly {version}:\n{diff}")
+    db = db_state(sqlite_url(sb.root))
+    assert db == expected[which + "_db"], f"{label}database is not exactly {version}"
     assert sb.wait_version(version) == version
 
 
