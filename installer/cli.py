@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from installer import guard, interrupts, version_line
 from installer.errors import JumpkitError, UsageError
@@ -405,6 +406,10 @@ def unstage(json_out: JsonOpt = False) -> None:
     print(json.dumps({"ok": True, "message": msg}) if (json_out or _g().json) else msg)
 
 
+PLAN_FILES_SHOWN = 50
+"""File lines ``plan`` prints before summarising (a jump at the removal cap has 100,000)."""
+
+
 @app.command()
 def plan(
     bundles: Annotated[
@@ -435,12 +440,21 @@ def plan(
         out.print(f"  drift: {d}")
     for n in report["notes"]:
         out.print(f"  config: {n}")
+    for sp in report["special_modes"]:
+        out.print(
+            f"  [bold red]SETUID/SETGID/STICKY[/] {escape(sp['path'])} mode {sp['mode']} ({sp['jump']}; "
+            "allowed by the product spec)"
+        )
     for i, s in enumerate(report["steps"], 1):
         out.print(f"{i:2}. {s['step']:<17} {s['detail']}")
-    for f in report["files"]:
+    files = report["files"]
+    for f in files[:PLAN_FILES_SHOWN]:
         out.print(
-            f"    {f['jump']}: {f['action']:<7} {f['path']}" + (f"  ({f['note']})" if f["note"] else "")
+            f"    {f['jump']}: {f['action']:<7} {f['path']}" + (f"  ({f['note']})" if f["note"] else ""),
+            markup=False,
         )
+    if len(files) > PLAN_FILES_SHOWN:
+        out.print(f"    ... and {len(files) - PLAN_FILES_SHOWN} more (--json lists every one)")
     out.print(f"estimated outage: {report['outage_estimate_seconds']}s")
 
 

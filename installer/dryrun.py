@@ -84,6 +84,12 @@ def report(
             )  # fmt: skip
         for op in plan.ops:
             placed[op.path] = op.action == "place"
+    out["special_modes"] = [
+        {"jump": f"{m.from_version} -> {m.to_version}", "path": f.path, "mode": f"{f.mode:04o}"}
+        for m in manifests
+        for f in m.files
+        if f.path in m.special_modes
+    ]
     out["services"] = [s.name for s in tail.services.services]
     out["databases"] = [
         {

@@ -45,7 +45,7 @@ SIGNATURE_NAME = "manifest.sig"
 PAYLOAD_PREFIX = "payload/"
 EXTRA_PREFIXES = ("hooks/", "migrations/", "bin/", "components/")
 INSTALLER_MEMBER = "bin/bundle-install"
-MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+MAX_MANIFEST_BYTES = 128 * 1024 * 1024
 MAX_SIGNATURE_BYTES = 4096
 RESERVED = ("var/lib/jumpkit", "etc/jumpkit")
 """The installer's own: state dirs, locks, the manager's installer, trust store, product
@@ -247,9 +247,14 @@ class Services(_Model):
 
     backend: Literal["supervisord", "systemd", "command", "none"] = "none"
     socket: str | None = None
-    """supervisord: unix socket path relative to the root."""
+    """supervisord: unix socket path relative to the root (resolved beneath it)."""
     services: tuple[Service, ...] = ()
     health: tuple[HealthCheck, ...] = ()
+
+    @field_validator("socket")
+    @classmethod
+    def _socket_ok(cls, v: str | None) -> str | None:
+        return None if v is None else check_relpath(v, what="supervisord socket")
 
     @model_validator(mode="after")
     def _order_ok(self) -> Services:
@@ -273,6 +278,11 @@ class Check(_Model):
     command: tuple[str, ...] = ()
     timeout: float = Field(default=60.0, gt=0)
     description: str = ""
+
+    @field_validator("path")
+    @classmethod
+    def _path_ok(cls, v: str) -> str:
+        return v if v == "." else check_relpath(v, what="check path")
 
 
 HookWhen = Literal["pre", "post", "cluster-pre", "node", "cluster-post"]
@@ -590,13 +600,15 @@ def parse_manifest(data: bytes) -> Manifest:
     for key, cap in (("files", MAX_FILES), ("removed", MAX_REMOVED), ("extras", MAX_EXTRAS)):
         if isinstance(obj.get(key), list) and len(obj[key]) > cap:
             raise ManifestError(f"manifest lists {len(obj[key])} {key}; at most {cap}")
+    canonical = canonical_json(obj) == data
+    del obj  # the parsed dicts go before the models are built: 300,000 files peaked at 1.15 GiB
     try:
         manifest = Manifest.model_validate_json(data, strict=True)
     except (VersionError, ValueError, RecursionError) as e:  # a validator's own error escaped
         if isinstance(e, ValidationError):
             raise _manifest_error(e) from e
         raise ManifestError(f"manifest: {getattr(e, 'message', None) or e}") from e
-    if canonical_json(obj) != data:
+    if not canonical:
         raise ManifestError("manifest.json is not in canonical form")
     return manifest
 

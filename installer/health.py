@@ -15,18 +15,28 @@ from pathlib import Path
 
 from installer.errors import HealthCheckError, PreconditionError
 from installer.format import HealthCheck, Lookup
-from installer.paths import read_small
+from installer.paths import MAX_LOOKUP_FILE, read_beneath
 
 
 def resolve_lookup(lookup: Lookup, root: Path) -> str | None:
-    """Read a value from an INI file under the root or from the environment."""
+    """Read a value from an INI file under the root or from the environment; a missing
+    file or key gives the default.
+
+    Raises:
+        PreconditionError: the file is not a regular file, too large, or unparsable.
+        RootLinkError: a symlink on its path leads out of the root.
+    """
     if lookup.env is not None:
         return os.environ.get(lookup.env, lookup.default)
     assert lookup.file is not None and lookup.key is not None
     parser = configparser.ConfigParser(interpolation=None)
-    text = read_small(root, lookup.file)  # a regular file, bounded: not a device or a FIFO
+    data = read_beneath(root, lookup.file, MAX_LOOKUP_FILE)  # bounded, regular, beneath the root
     try:
-        parser.read_string(text or "", source=lookup.file)
+        text = "" if data is None else data.decode()
+    except UnicodeDecodeError as e:
+        raise PreconditionError(f"cannot parse {lookup.file}: not UTF-8 text") from e
+    try:
+        parser.read_string(text, source=lookup.file)
     except configparser.Error as e:
         raise PreconditionError(f"cannot parse {lookup.file}: {' '.join(str(e).split())}") from e
     section, _, option = lookup.key.partition(".")

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from installer.beneath import resolve
 from installer.errors import JumpkitError, PreconditionError
 from installer.format import Database, Manifest
 from installer.health import resolve_lookup
@@ -151,9 +152,25 @@ def database_url(db: Database, root: Path) -> str:
         where = f"${db.url.env}" if db.url.env else f"{db.url.file} [{db.url.key}]"
         raise PreconditionError(f"database {db.name}: no URL in {where}")
     if db.url_kind == "sqlite-path":
-        path = Path(value)
-        return f"sqlite:///{path if path.is_absolute() else root / path}"
+        return f"sqlite:///{sqlite_beneath(db.name, value, root)}"
     return value
+
+
+def sqlite_beneath(name: str, value: str, root: Path) -> Path:
+    """Where the SQLite file ``value`` of a ``sqlite-path`` lookup is: beneath the root
+    (an absolute path is the root's: with ``--root /`` it is the same path), symlinks
+    followed only while they stay inside, so no backup, migration or restore opens a file
+    outside the product's tree.
+
+    Raises:
+        PreconditionError: the path climbs out of the root (``..``).
+        RootLinkError: a symlink on its way leads out of the root.
+    """
+    rel = value.lstrip("/")
+    if not rel or ".." in rel.split("/"):
+        raise PreconditionError(f"database {name}: the SQLite path {value!r} is not a file beneath the root")
+    canonical, _ = resolve(root, rel, follow_last=True)
+    return root / canonical
 
 
 def safe_url(url: str) -> str:

@@ -126,34 +126,65 @@ class Targets:
 
 
 MAX_SMALL_FILE = 64 * 1024
+MAX_LOOKUP_FILE = 1024 * 1024
 """A version file, product marker or lookup file is a line or a small INI file; reading
 stops here (a character device such as ``dev/zero`` in its place was read until memory ran out)."""
 
 
-def read_small(root: Path, rel: str, limit: int = MAX_SMALL_FILE) -> str | None:
-    """The text of the regular file ``rel`` under ``root``, or None when it is missing,
-    not a regular file (a device, a FIFO, a directory), larger than ``limit`` bytes, not
-    UTF-8, or its path is unsafe or leads out of the root (a version file that is a link
-    to /etc/shadow is not read). Resolved beneath the root, symlinks in it followed only
-    while they stay there, then opened without following one (a link swapped in after the
-    resolution is not followed either); non-blocking (a FIFO does not wait for a writer)."""
+def read_beneath(root: Path, rel: str, limit: int) -> bytes | None:
+    """The bytes of the regular file ``rel`` under ``root`` (None if it is missing), resolved beneath the root
+    (symlinks in it followed only while they stay there), then opened without following
+    one (a link swapped in after the resolution is not followed either); non-blocking (a
+    FIFO does not wait for a writer).
+
+    Raises:
+        RootLinkError: a symlink of the manager's tree on the way leads out of the root.
+        UnsafePathError: ``rel`` is unsafe.
+        PreconditionError: not a regular file, or larger than ``limit`` bytes.
+    """
     from installer.beneath import resolve
+    from installer.errors import PreconditionError
+
+    canonical, _ = resolve(root, check_relpath(rel), follow_last=True)
+    try:
+        fd = os.open(root / canonical, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_NOFOLLOW)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as e:
+        raise PreconditionError(f"{rel}: cannot be read on this manager ({e.strerror})") from e
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise PreconditionError(f"{rel}: is {kind_of(mode)} on this manager, not a file")
+        data = os.read(fd, limit + 1)
+        if len(data) > limit:
+            raise PreconditionError(f"{rel}: larger than {limit} bytes on this manager")
+        return data
+    except OSError as e:
+        raise PreconditionError(f"{rel}: cannot be read on this manager ({e.strerror})") from e
+    finally:
+        os.close(fd)
+
+
+def kind_of(mode: int) -> str:
+    """"a directory", "a FIFO"...: what a file of ``mode`` is, for a message."""
+    kinds = {stat.S_IFDIR: "a directory", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+             stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket"}  # fmt: skip
+    return kinds.get(stat.S_IFMT(mode), "a special file")
+
+
+def read_small(root: Path, rel: str, limit: int = MAX_SMALL_FILE) -> str | None:
+    """The text of the regular file ``rel`` under ``root`` (see :func:`read_beneath`), or
+    None when it is missing, not a regular file (a device, a FIFO, a directory), larger
+    than ``limit`` bytes, not UTF-8, or its path is unsafe or leads out of the root (a
+    version file that is a link to /etc/shadow is not read)."""
     from installer.errors import JumpkitError
 
     try:
-        canonical, _ = resolve(root, check_relpath(rel), follow_last=True)
-        fd = os.open(root / canonical, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_NOFOLLOW)
-    except (OSError, JumpkitError):
+        data = read_beneath(root, rel, limit)
+        return None if data is None else data.decode()
+    except (JumpkitError, UnicodeDecodeError):
         return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        data = os.read(fd, limit + 1)
-        return None if len(data) > limit else data.decode()
-    except (OSError, UnicodeDecodeError):
-        return None
-    finally:
-        os.close(fd)
 
 
 def fsync_dir(path: Path) -> None:

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Literal
 
 from installer.beneath import Kind, resolve
-from installer.errors import BundleRejectedError, DriftError, StateError, UnsafePathError
+from installer.errors import BundleRejectedError, DriftError, PreconditionError, StateError, UnsafePathError
 from installer.format import FileEntry, Manifest, check_not_reserved, compile_rule, sha256_file
-from installer.paths import Targets
+from installer.paths import Targets, kind_of, read_beneath
 from installer.state import write_atomic
 
 PLAN_NAME = "plan.json"
@@ -37,15 +37,13 @@ def current_digest(path: Path | None) -> str | None:
     if stat.S_ISLNK(st.st_mode):
         return hashlib.sha256(b"symlink:" + os.readlink(path).encode()).hexdigest()
     if not stat.S_ISREG(st.st_mode):  # never read a device or a FIFO (dev/zero never ends)
-        return NOT_A_FILE + _KINDS.get(stat.S_IFMT(st.st_mode), "special file")
+        return NOT_A_FILE + kind_of(st.st_mode)
     return sha256_file(path)[0]
 
 
 NOT_A_FILE = "not a file: "
 """Prefix of what :func:`current_digest` says of a directory, device, FIFO or socket: it
 matches no sha256, so the drift check names it."""
-_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
-          stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket"}  # fmt: skip
 
 
 class View:
@@ -273,9 +271,7 @@ def _plan_config(entry: FileEntry, current: str | None, view: View, staging: Pat
         op = SwapOp(entry.path + NEW_SUFFIX, "place", "configs", "kept local edits")
         return op, f"{entry.path}: locally edited, kept; new default written to {op.path}"
     if entry.policy == "rewrite" and edited:
-        where = view.where(entry.path)
-        assert where is not None  # edited, so present
-        text, n = _rewrite(where.read_text(), entry)
+        text, n = _rewrite(_operator_text(entry.path, current, view), entry)
         tmp = out.with_name(out.name + ".tmp")
         tmp.write_text(text)
         os.chmod(tmp, entry.mode)
@@ -285,6 +281,34 @@ def _plan_config(entry: FileEntry, current: str | None, view: View, staging: Pat
         )
     shutil.copy2(default, out)
     return SwapOp(entry.path, "place", "configs", "new default"), ""
+
+
+MAX_CONFIG = 16 * 1024 * 1024
+"""Largest operator config a rewrite reads (a config is text an operator edits; a device
+or a runaway log in its place is refused, not read until memory runs out)."""
+
+
+def _operator_text(rel: str, current: str | None, view: View) -> str:
+    """The operator's edited config ``rel`` for a rewrite: from staging when an earlier
+    jump of the chain placed it, else read beneath the root (a link leading out of the
+    root is refused, never followed).
+
+    Raises:
+        PreconditionError: not a regular file, too large or not UTF-8 (exit 4).
+        RootLinkError: a symlink on the way leads out of the root (exit 4).
+    """
+    if current is not None and current.startswith(NOT_A_FILE):
+        raise PreconditionError(f"{rel}: is {current.removeprefix(NOT_A_FILE)} on this manager, not a file")
+    staged = view.files.get(rel)
+    if staged is not None and staged.is_symlink():
+        raise PreconditionError(f"{rel}: an earlier jump of the chain makes it a symlink; cannot rewrite it")
+    data = staged.read_bytes() if staged is not None else read_beneath(view.root, rel, MAX_CONFIG)
+    if data is None:
+        raise PreconditionError(f"{rel}: vanished from this manager while the apply was planned")
+    try:
+        return data.decode()
+    except UnicodeDecodeError as e:
+        raise PreconditionError(f"{rel}: is not UTF-8 text on this manager; cannot rewrite it") from e
 
 
 def _drift_of(entry: FileEntry, current: str | None) -> str | None:

@@ -10,6 +10,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+from installer.beneath import resolve
 from installer.errors import JumpkitError, PreconditionError, SpaceError, VersionError
 from installer.format import Manifest
 from installer.graph import NoPath, plan_chain
@@ -147,7 +148,7 @@ def check(
             problems.append(f"{probe} is not on the state dir's filesystem (renames would copy)")
     problems += _space(manifest, state, root, staged, passed, more_bytes)
     for check in manifest.checks:
-        path = root / check.path
+        path = root if check.path == "." else root / resolve(root, check.path, follow_last=True)[0]
         label = check.description or f"{check.kind} {check.path}"
         if check.kind == "disk-space":
             free_mb = shutil.disk_usage(path).free >> 20 if path.exists() else 0

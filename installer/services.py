@@ -14,6 +14,7 @@ import xmlrpc.client
 from pathlib import Path
 from typing import Protocol
 
+from installer.beneath import resolve
 from installer.errors import ServiceError
 from installer.format import Service, Services
 
@@ -192,7 +193,8 @@ def service_manager(spec: Services, root: Path) -> ServiceManager:
     if spec.backend == "supervisord":
         if spec.socket is None:
             raise ServiceError("supervisord backend needs 'socket'")
-        return Supervisord(root / spec.socket)
+        canonical, _ = resolve(root, spec.socket, follow_last=True)  # a link out: RootLinkError
+        return Supervisord(root / canonical)
     if spec.backend == "command":
         return Commands(root)
     return Systemd()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from installer import journal
+from installer.beneath import resolve
 from installer.errors import LockedError, StateError, UsageError
 from installer.journal import Event, JournalView
 from installer.paths import fsync_dir
@@ -25,14 +26,24 @@ MAX_LOG_LINES = 200
 MAX_JOURNAL_BYTES = 64 * 1024 * 1024  # a jump journals per step, not per file
 
 
+def beneath_root(root: Path, rel: str) -> Path:
+    """``root / rel`` with every symlink on the way resolved beneath the root: the
+    installer's own state and trust store are never read or written through a link out.
+
+    Raises:
+        RootLinkError: a symlink on the way leads out of the root (exit 4).
+    """
+    return root / resolve(root, rel, follow_last=True)[0]
+
+
 def default_state_dir(root: Path, product: str) -> Path:
-    """``<root>/var/lib/jumpkit/<product>``."""
-    return root / "var/lib/jumpkit" / product
+    """``<root>/var/lib/jumpkit/<product>`` (resolved beneath the root)."""
+    return beneath_root(root, f"var/lib/jumpkit/{product}")
 
 
 def find_state_dirs(root: Path) -> list[Path]:
     """Every product state dir under ``root`` that an apply or stage has written to."""
-    base = root / "var/lib/jumpkit"
+    base = beneath_root(root, "var/lib/jumpkit")
     if not base.is_dir():
         return []
     # bin/ (the manager's installer) and bundles/ (unpacked bundle RPMs) live here too:

@@ -116,6 +116,17 @@ def _extra_mode(name: str, mode: int) -> Edit:
     return edit
 
 
+def _add_extra(name: str, mode: int) -> Edit:
+    def edit(man: dict[str, object], m: dict[str, bytes]) -> None:
+        extras = [dict(x) for x in man["extras"]]  # type: ignore[attr-defined]
+        hook = next(x for x in extras if x["name"].startswith("hooks/"))
+        extras.append(dict(hook, name=name, mode=mode))
+        m[name] = m[hook["name"]]
+        man["extras"] = extras
+
+    return edit
+
+
 def _config_mode(mode: int) -> Edit:
     def edit(man: dict[str, object], m: dict[str, bytes]) -> None:
         files = [dict(f) for f in man["files"]]  # type: ignore[attr-defined]
@@ -129,17 +140,100 @@ def _graph_bomb(man: dict[str, object], m: dict[str, bytes]) -> None:
     man["graph"] = {**man["graph"], "jumps": [[f"1.0.{i}", f"1.0.{i + 1}"] for i in range(10_001)]}  # type: ignore[dict-item]
 
 
+def _config_path(path: str) -> Edit:
+    def edit(man: dict[str, object], m: dict[str, bytes]) -> None:
+        files = [dict(f) for f in man["files"]]  # type: ignore[attr-defined]
+        entry = next(f for f in files if f["kind"] == "config")
+        m["payload/" + path] = m["payload/" + entry["path"]]
+        entry["path"] = path
+        man["files"] = files
+
+    return edit
+
+
+def _rule(pattern: str) -> Edit:
+    def edit(man: dict[str, object], m: dict[str, bytes]) -> None:
+        files = [dict(f) for f in man["files"]]  # type: ignore[attr-defined]
+        entry = next(f for f in files if f.get("policy") == "rewrite")
+        entry["rules"] = [{"pattern": pattern, "replacement": "x"}]
+        man["files"] = files
+
+    return edit
+
+
+def _symlink_mode(mode: int) -> Edit:
+    def edit(man: dict[str, object], m: dict[str, bytes]) -> None:
+        _add_symlink("opt/demo-manager/s", "VERSION")(man, m)
+        files = man["files"]
+        files[-1]["mode"] = mode  # type: ignore[index]
+
+    return edit
+
+
+def _same(man: dict[str, object], m: dict[str, bytes]) -> None:
+    """The bundle as built, re-signed: the hostile part is the manager's tree."""
+
+
+Setup = Callable[[Path, Path], None]
+"""Changes the manager's tree (root, a canary directory outside it) before a case."""
+
+
+def _link(path: str, target: str) -> Setup:
+    """``path`` becomes a symlink to ``target`` (``{canary}`` in it: the canary dir)."""
+
+    def setup(root: Path, canary: Path) -> None:
+        where = root / path
+        if where.is_dir() and not where.is_symlink():
+            shutil.copytree(where, canary / where.name, symlinks=True)
+            shutil.rmtree(where)
+        elif where.exists() or where.is_symlink():
+            shutil.copy2(where, canary / where.name, follow_symlinks=False)
+            where.unlink()
+        os.symlink(target.format(canary=canary), where)
+
+    return setup
+
+
+def _dir_holding_a_link_out(path: str) -> Setup:
+    def setup(root: Path, canary: Path) -> None:
+        (root / path).unlink()
+        (root / path).mkdir()
+        os.symlink(canary, root / path / "out")
+
+    return setup
+
+
 CUR = "opt/demo-manager/current"
-CURRENT_DOT = CUR, "."
-CURRENT_OUT = CUR, "../../.."
+CURRENT_DOT = _link(CUR, ".")
+CURRENT_OUT = _link(CUR, "../../..")
 ESC = "leads out of the root"
-# more signed neighbours: (edit, a link the manager's tree has first or None, exit code, phrase)
-MORE: dict[str, tuple[Edit, tuple[str, str] | None, int, str]] = {
+TREE = "the manager's tree has a symlink leading out of the root"
+RE2 = "rewrite rule"
+DRIFT_ONLY = {"removal-is-a-dir-holding-a-link-out", "rewritten-config-is-a-link-out"}
+"""Cases refused by pre-flight's reading of the manager's files (the drift check, the
+operator's config a rewrite reads): verify checks the paths a jump writes, not contents."""
+# more signed neighbours: (edit, a change to the manager's tree first or None, exit code, phrase)
+MORE: dict[str, tuple[Edit, Setup | None, int, str]] = {
     "file-at-var-lib-jumpkit": (_add_file("var/lib/jumpkit"), None, 3, MINE),
     "link-at-etc-jumpkit": (_add_symlink("etc/jumpkit", "../opt"), None, 3, MINE),
     "remove-the-status": (_remove("var/lib/jumpkit/demo-manager/status.json"), None, 3, MINE),
+    "remove-the-product-marker": (_remove("etc/jumpkit/product"), None, 3, MINE),
+    "link-at-the-installers-bin": (_add_symlink("var/lib/jumpkit/bin", "../../../tmp"), None, 3, MINE),
+    "config-at-a-reserved-path": (_config_path("etc/jumpkit/trust.conf"), None, 3, MINE),
+    "bundle-link-into-reserved-then-a-file": (
+        _both(_add_symlink("opt/demo-manager/k", "../../etc/jumpkit"), _add_file("opt/demo-manager/k/x")),
+        None, 3, "lies below another entry",
+    ),
+    "remove-reserved-through-a-root-link": (
+        _remove("opt/demo-manager/k/demo-manager/lock"), _link("opt/demo-manager/k", "../../var/lib/jumpkit"),
+        3, MINE,
+    ),
     "setuid-config": (_config_mode(0o4644), None, 3, "allow_setuid"),
+    "setuid-symlink": (_symlink_mode(0o4777), None, 3, "allow_setuid"),
     "sticky-hook-member": (_extra_mode("hooks/node", 0o1755), None, 3, "may be setuid"),
+    "setuid-migration-member": (_extra_mode("migrations/main/versions/0001_items.py", 0o4644), None, 3,
+                                "may be setuid"),
+    "setuid-installer-member": (_add_extra("bin/bundle-install", 0o4755), None, 3, "may be setuid"),
     "absolute-link-target": (_add_symlink("opt/demo-manager/abs", "/opt/demo-manager"), None, 3, "relative"),
     "link-chain-out": (  # as text b stays inside; followed, a/a/a is opt/demo-manager and b climbs out
         _both(_add_symlink("opt/demo-manager/a", "."), _add_symlink("opt/demo-manager/b", "a/a/a/../../..")),
@@ -149,8 +243,23 @@ MORE: dict[str, tuple[Edit, tuple[str, str] | None, int, str]] = {
     "link-up-through-a-root-link": (_add_symlink(f"{CUR}/up", "../../.."), CURRENT_DOT, 3, ESC),
     "two-names-one-file": (_add_file(f"{CUR}/VERSION"), CURRENT_DOT, 3, "names the same file"),
     "write-through-a-removed-link": (_both(_remove(CUR), _add_file(f"{CUR}/x")), CURRENT_DOT, 3, "this jump"),
-    "write-below-a-root-link-out": (_add_file(f"{CUR}/x"), CURRENT_OUT, 4, "the manager's tree"),
-    "remove-below-a-root-link-out": (_remove(f"{CUR}/y"), CURRENT_OUT, 4, "the manager's tree"),
+    "write-below-a-root-link-out": (_add_file(f"{CUR}/x"), CURRENT_OUT, 4, TREE),
+    "remove-below-a-root-link-out": (_remove(f"{CUR}/y"), CURRENT_OUT, 4, TREE),
+    "root-link-out-at-depth-1": (_same, _link("etc", "{canary}/etc"), 4, TREE),
+    "root-link-out-at-depth-2": (_same, _link("etc/demo-manager", "{canary}/demo-manager"), 4, TREE),
+    "root-link-out-at-depth-4": (
+        _same, _link("opt/demo-manager/lib/demo_manager", "{canary}/demo_manager"), 4, TREE,
+    ),
+    "rewritten-config-is-a-link-out": (
+        _same, _link("etc/demo-manager/manager.ini", "{canary}/manager.ini"), 4, TREE,
+    ),
+    "removal-is-a-dir-holding-a-link-out": (
+        _same, _dir_holding_a_link_out("opt/demo-manager/lib/demo_manager/legacy_tcp.py"), 4,
+        "is a directory",
+    ),
+    "rule-with-a-backreference": (_rule(r"(a+)\1"), None, 3, RE2),
+    "rule-with-a-lookahead": (_rule(r"a(?=b)"), None, 3, RE2),
+    "rule-with-a-possessive-quantifier": (_rule(r"a++b"), None, 3, RE2),
     "graph-bomb": (_graph_bomb, None, 3, "at most 10000 jumps"),
 }  # fmt: skip
 
@@ -166,39 +275,68 @@ def test_signed_hostile_corpus(
     canary.mkdir()
     (canary / "keep").write_text("outside the root\n")
     cases = {k: (e, None, 3, phrase) for k, (e, phrase) in HOSTILE.items()} | MORE
-    for case, (edit, link, code, phrase) in sorted(cases.items()):
+    pristine = tmp_path / "pristine"
+    shutil.copytree(sb.root, pristine, symlinks=True, ignore=shutil.ignore_patterns("*.sock"))
+    failed: list[str] = []
+    for case, (edit, setup, code, phrase) in sorted(cases.items()):
         bad = _signed(bundle, keys["key"], tmp_path / f"{case}.zip", edit)
-        if link is not None:
-            os.symlink(link[1], sb.root / link[0])
+        if setup is not None:
+            setup(sb.root, canary)
         before, outside = tree_hash(sb.root, exclude=()), tree_hash(sb.root.parent, exclude=("r",))
         for command in ("verify", "stage", "apply"):
             p = install("--root", sb.root, command, bad)
             lines = [x for x in p.stderr.splitlines() if x.startswith("bundle-install:")]
-            assert p.returncode == code and len(lines) == 1 and phrase in lines[0], (
-                f"{case}: {command}: rc {p.returncode}: {p.stderr}"
-            )
+            if command == "verify" and case in DRIFT_ONLY:  # verify checks paths, not contents
+                ok = p.returncode == 0
+            else:
+                ok = p.returncode == code and len(lines) == 1 and phrase in lines[0]
+            if not ok:
+                failed.append(f"{case}: {command}: rc {p.returncode}: {p.stderr.strip()[-300:]}")
+            elif command == "apply":
+                print(f"\n{case}: exit {p.returncode}: {lines[0]}")  # the record (pytest -s)
             assert tree_hash(sb.root, exclude=()) == before, f"{case}: {command} changed the root"
             assert tree_hash(sb.root.parent, exclude=("r",)) == outside, f"{case}: {command} wrote outside"
         assert (
             not (sb.root / "var/lib/jumpkit/demo-manager/lock").exists()
             or not (sb.root / "var/lib/jumpkit/demo-manager/lock").read_text()
         ), f"{case}: the lock was left held"
-        if link is not None:
-            (sb.root / link[0]).unlink()
+        if setup is not None:
+            _restore(sb.root, pristine)
+            for x in canary.iterdir():
+                if x.name != "keep":
+                    shutil.rmtree(x) if x.is_dir() and not x.is_symlink() else x.unlink()
         count("signed-hostile bundles refused by verify, stage and apply (root and canary identical)")
+    assert not failed, "\n".join(failed)
     assert sb.version() == "4.0.1"
-    assert len(cases) >= 26
+    assert len(cases) >= 40
+
+
+def _restore(root: Path, pristine: Path) -> None:
+    """Put back what a case's setup changed (the paths that differ from ``pristine``)."""
+    for top in ("etc", "opt"):
+        shutil.rmtree(root / top) if not (root / top).is_symlink() else (root / top).unlink()
+        shutil.copytree(pristine / top, root / top, symlinks=True)
 
 
 def test_special_mode_listed_by_the_spec_verifies_and_is_shown(
-    bundle: Path, keys: dict[str, Path], tmp_path: Path
+    sandbox: Callable[..., Sandbox], bundle: Path, keys: dict[str, Path], tmp_path: Path
 ) -> None:
+    """Allowed by the spec (listed in the signed manifest): verifies, and both ``inspect``
+    and ``plan`` (text and JSON) show it loudly."""
     ok = _signed(bundle, keys["key"], tmp_path / "ok.zip", _special(0o4755, listed=True))
     p = install("--root", tmp_path, "--trust", keys["pub"], "verify", ok)
     assert p.returncode == 0, p.stderr
     p = build("inspect", ok, "--trust", keys["pub"])
     assert p.returncode == 0, p.stderr
     assert "SETUID/SETGID/STICKY" in p.stdout and "mode 4755" in p.stdout
+    sb = sandbox()
+    p = install("--root", sb.root, "plan", ok)
+    assert p.returncode == 0, p.stderr
+    line = next(x for x in p.stdout.splitlines() if "SETUID/SETGID/STICKY" in x)
+    assert "mode 4755" in line and "4.0.1 -> 4.1.1" in line, p.stdout
+    p = install("--root", sb.root, "plan", ok, "--json")
+    special = json.loads(p.stdout)["special_modes"]
+    assert len(special) == 1 and special[0]["mode"] == "4755", special
 
 
 def _spec_with_modes(tmp_path: Path, modes: str) -> Path:
@@ -246,8 +384,9 @@ def test_spec_special_mode_without_allow_is_refused(modes: str, phrase: str, tmp
 def test_preflight_creates_no_database_outside_the_root(
     sandbox: Callable[..., Sandbox], bundle: Path, tmp_path: Path
 ) -> None:
-    """A database path (here absolute, outside the root) whose file does not exist: pre-flight
-    refuses in one line and creates nothing (connecting would have made the SQLite file)."""
+    """A database path (here absolute, naming a place outside the root) whose file does not
+    exist: an absolute sqlite-path is the root's, pre-flight refuses in one line and creates
+    nothing, inside the root or out (connecting would have made the SQLite file)."""
     sb = sandbox()
     outside = tmp_path / "outside" / "manager.db"
     outside.parent.mkdir()
@@ -261,16 +400,39 @@ def test_preflight_creates_no_database_outside_the_root(
     for command in ("stage", "apply"):
         p = install("--root", sb.root, command, bundle)
         assert p.returncode == 4, p.stderr
-        assert f"the database file {outside} does not exist" in p.stderr
+        assert f"the database file {sb.root}{outside} does not exist" in p.stderr
         assert not outside.exists() and not list(outside.parent.iterdir())
         assert tree_hash(sb.root, exclude=()) == before
 
 
+def test_a_database_reached_through_a_link_out_is_not_opened(
+    sandbox: Callable[..., Sandbox], bundle: Path, tmp_path: Path
+) -> None:
+    """The SQLite file is a link to a copy outside the root: backup, migration and restore
+    would open it; refused at pre-flight (exit 4) naming the link, the copy untouched."""
+    from tests.helpers import DEMO_DB
+
+    sb = sandbox()
+    db = sb.root / DEMO_DB
+    outside = tmp_path / "outside.db"
+    shutil.copy2(db, outside)
+    db.unlink()
+    os.symlink(outside, db)
+    before = outside.read_bytes()
+    _refused_everywhere(
+        sb, bundle, 4, "the manager's tree has a symlink leading out of the root", [], ("stage", "apply")
+    )
+    assert outside.read_bytes() == before
+
+
 # --- symlinks: every path resolved beneath the root ----------------------------------------
-def _refused_everywhere(sb: Sandbox, bad: Path, code: int, phrase: str, canaries: list[Path]) -> None:
+def _refused_everywhere(
+    sb: Sandbox, bad: Path, code: int, phrase: str, canaries: list[Path],
+    commands: tuple[str, ...] = ("verify", "stage", "apply"),
+) -> None:  # fmt: skip
     before = tree_hash(sb.root, exclude=())
     outside = {c: tree_hash(c, exclude=()) if c.is_dir() else c.exists() for c in canaries}
-    for command in ("verify", "stage", "apply"):
+    for command in commands:
         p = install("--root", sb.root, command, bad)
         assert p.returncode == code, f"{command}: rc {p.returncode}: {p.stderr}"
         lines = [x for x in p.stderr.splitlines() if x.startswith("bundle-install:")]
