@@ -45,8 +45,9 @@ from isal import isal_zlib
 
 CHUNK = 1024 * 1024
 SAMPLE = 64 * 1024
+SAMPLES = 5  # spread over the entry: its start, three quarters, its end
 SMALL = 256 * 1024  # below this, compress and compare instead of sampling
-STORE_RATIO = 0.95  # store an entry whose sample compresses worse than this
+STORE_RATIO = 0.95  # store an entry only if every sample compresses worse than this
 ONESHOT_MAX = 4 * 1024 * 1024  # larger entries are streamed (bounded memory)
 BATCH_BYTES = 4 * 1024 * 1024  # input bytes per batch (1 MiB batches measured 10% slower)
 BATCH_ENTRIES = 256
@@ -124,10 +125,26 @@ def _isal_level(level: int) -> int:
     return 0 if level <= 0 else min(3, (level + 2) // 3)
 
 
+def _sample_offsets(size: int) -> list[int]:
+    """Where the samples of an entry of ``size`` bytes start: evenly from its start to its
+    end (a 62 MB shared library whose first 64 KiB did not shrink was stored whole,
+    though deflate shrinks the rest of it by half)."""
+    last = max(0, size - SAMPLE)
+    return sorted({last * i // (SAMPLES - 1) for i in range(SAMPLES)})
+
+
+def _shrinks(sample: bytes) -> bool:
+    return len(isal_zlib.compress(sample, 1, -15)) <= STORE_RATIO * len(sample)
+
+
 def _compressible(data: bytes) -> bool:
-    """Does a sample shrink? (ISA-L level 0 on 64 KiB: a few hundred microseconds.)"""
-    sample = data[:SAMPLE]
-    return len(isal_zlib.compress(sample, 0, -15)) <= STORE_RATIO * len(sample)
+    """Does any of the samples shrink? (ISA-L level 1 on 5 x 64 KiB: about a millisecond.)"""
+    return any(_shrinks(data[o : o + SAMPLE]) for o in _sample_offsets(len(data)))
+
+
+def _compressible_fd(fd: int, size: int) -> bool:
+    """:func:`_compressible` of an open file of ``size`` bytes, read with ``pread``."""
+    return any(_shrinks(os.pread(fd, SAMPLE, o)) for o in _sample_offsets(size) if size)
 
 
 class _Format:
@@ -258,7 +275,7 @@ class _Segment:
         zip64 = self.fmt.zip64(expect)
         start = os.lseek(self.fd, 0, os.SEEK_CUR)
         hlen = len(self.fmt.local(raw, zip64, 0, 0, 0, 0))
-        deflate = self.level > 0 and _compressible(head)
+        deflate = self.level > 0 and _compressible_fd(fd, expect)
         while True:
             os.lseek(self.fd, start + hlen, os.SEEK_SET)
             os.lseek(fd, len(head), os.SEEK_SET)
