@@ -14,18 +14,22 @@ from pathlib import Path
 
 from builder import __version__
 from builder.collect import Collected, collect
+from builder.delta import BSDIFF_MAX, PatchJob, choose_all
 from builder.errors import BuildError
-from builder.frozen import FrozenInstaller
+from builder.frozen import FrozenInstaller, cache_dir
 from builder.keys import load_private_key
 from builder.migrations import plan_database
 from builder.spec import JumpSpec, Product, load_product, start_order
 from builder.zipwriter import Source, ZipWriter
 from installer.format import (
+    DELTA_FORMAT_VERSION,
+    DELTA_PREFIX,
     FORMAT_VERSION,
     INSTALLER_MEMBER,
     MANIFEST_NAME,
     SIGNATURE_NAME,
     Database,
+    Delta,
     FileEntry,
     Hook,
     InstallerInfo,
@@ -86,6 +90,8 @@ class BuildResult:
     size: int
     manifest: Manifest
     seconds: float
+    delta_whole_bytes: int = 0
+    """The patched files deflated whole: what their patches (``Delta.size``) save against."""
 
 
 def bundle_name(product: str, frm: str, to: str) -> str:
@@ -131,9 +137,12 @@ def build_bundle(
     rehearse: bool = True,
     installer: FrozenInstaller | None = None,
     progress: Callable[[int], None] | None = None,
+    delta: bool = True,
+    bsdiff_max: int = BSDIFF_MAX,
 ) -> BuildResult:
     """Build ``<out_dir>/<product>-<from>-to-<to>.zip``. ``key`` None builds an unsigned
-    bundle; ``installer`` None a development bundle (no ``bin/bundle-install``).
+    bundle; ``installer`` None a development bundle (no ``bin/bundle-install``); ``delta``
+    ships changed files as patches where that pays (format 2; :mod:`builder.delta`).
 
     Raises:
         SpecError: invalid or unknown specs. BuildError: missing key or inputs.
@@ -151,6 +160,9 @@ def build_bundle(
         collected.extras += sources
     if installer is not None:
         collected.extras.append(Source(INSTALLER_MEMBER, 0o755, path=installer.path))
+    if installer is not None and DELTA_FORMAT_VERSION not in installer.formats:
+        delta = False  # the installer that travels with the bundle could not read patches
+    whole_deflated = _patch(collected, workers, bsdiff_max) if delta else 0
     epoch = source_epoch(calendar.timegm(jump.date.timetuple()) if jump.date else None)
     out_dir.mkdir(parents=True, exist_ok=True)
     dest = out_dir / f"{bundle_name(product.name, frm, to)}.zip"
@@ -187,7 +199,26 @@ def build_bundle(
         raise
     # --checksum: one more pass (the signed manifest already covers every byte that matters)
     digest = sha256_file(dest)[0] if checksum else None
-    return BuildResult(dest, digest, size, manifest, time.monotonic() - t0)
+    return BuildResult(dest, digest, size, manifest, time.monotonic() - t0, whole_deflated)
+
+
+def _patch(collected: Collected, workers: int, bsdiff_max: int) -> int:
+    """Swap each changed file whose patch pays for its patch member (cached); returns the
+    patched files' size deflated whole."""
+    jobs = [
+        PatchJob(p.path, p.old_path, str(p.source.path))
+        for p in collected.files
+        if p.kind == "file" and p.old_path is not None and p.source is not None and p.source.path is not None
+    ]
+    if not jobs:
+        return 0
+    choices = choose_all(jobs, cache_dir() / "delta", workers=workers, bsdiff_max=bsdiff_max)
+    for p in collected.files:
+        c = choices.get(p.path)
+        if c is not None:
+            p.delta = c
+            p.source = Source(DELTA_PREFIX + p.path, 0o644, path=c.patch, size=c.patch.stat().st_size)
+    return sum(c.whole_deflated for c in choices.values())
 
 
 def _manifest(
@@ -211,6 +242,11 @@ def _manifest(
     while pending:
         p = pending.pop()
         sha, size = digests.pop(p.source.name) if p.source is not None else (None, 0)
+        patch = None
+        if p.delta is not None:
+            assert sha is not None
+            patch = Delta(method=p.delta.method, sha256=sha, size=size, from_size=p.delta.old_size)  # type: ignore[arg-type]
+            sha, size = p.delta.new_sha256, p.delta.new_size
         files.append(
             FileEntry(
                 path=p.path,
@@ -222,6 +258,7 @@ def _manifest(
                 policy=p.policy,
                 rules=p.rules,
                 link_target=p.link_target,
+                delta=patch,
             )
         )
     extras = [
@@ -235,7 +272,7 @@ def _manifest(
     ]
     try:
         return Manifest(
-            format=FORMAT_VERSION,
+            format=DELTA_FORMAT_VERSION if any(f.delta is not None for f in files) else FORMAT_VERSION,
             product=product.name,
             from_version=frm,
             to_version=to,

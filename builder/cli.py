@@ -118,6 +118,16 @@ def build(
             "Env: JUMPKIT_RPM_SIGN_KEY.",
         ),
     ] = None,
+    delta: Annotated[
+        str,
+        typer.Option(
+            "--delta",
+            help="auto: ship each changed file as a binary patch of its from-release version "
+            "(zstd --patch-from, or bsdiff for native code) where that is at most 80% of the file "
+            "deflated whole; the bundle becomes format 2 and applies only to managers holding the "
+            "exact old files. none: whole files only (format 1, applies over drift with --accept-drift).",
+        ),
+    ] = "auto",
     json_out: JsonOpt = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
     version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
@@ -134,6 +144,9 @@ def build(
         raise typer.Exit(2)
     if fmt not in ("zip", "rpm", "all"):
         err.print(f"bundle-build: --format {fmt!r}: one of zip, rpm, all")
+        raise typer.Exit(2)
+    if delta not in ("auto", "none"):
+        err.print(f"bundle-build: --delta {delta!r}: one of auto, none")
         raise typer.Exit(2)
     if key is None and not unsigned:
         err.print("bundle-build: no signing key: pass --key FILE (see 'bundle-build keygen') or --unsigned")
@@ -170,7 +183,7 @@ def build(
             _build_one(
                 specs, product, a, b, out, key=None if unsigned else key, level=level, checksum=checksum,
                 rehearse=not no_rehearse, installer=frozen, fmt=fmt, rpm_compression=rpm_compression,
-                rpm_sign_key=rpm_sign_key, json_out=json_out, debug=debug,
+                rpm_sign_key=rpm_sign_key, json_out=json_out, debug=debug, delta=delta == "auto",
             )
         )  # fmt: skip
     if json_out:
@@ -197,6 +210,7 @@ def _build_one(
     rpm_sign_key: str | None,
     json_out: bool,
     debug: bool,
+    delta: bool = True,
 ) -> dict[str, Any]:
     """Build one jump's bundle (and RPM); print the human summary; return the JSON one."""
     unsigned = key is None
@@ -225,6 +239,7 @@ def _build_one(
                 rehearse=rehearse,
                 installer=frozen,
                 progress=lambda n: bar.advance(task, n),
+                delta=delta,
             )
         rpm = None
         if fmt in ("rpm", "all"):
@@ -243,6 +258,12 @@ def _build_one(
     except JumpkitError as e:
         _fail(e, json_out, debug)
     m = result.manifest
+    patched = {
+        "files": len(m.deltas()),
+        "patch_bytes": sum(f.delta.size for f in m.deltas() if f.delta),
+        "whole_deflated_bytes": result.delta_whole_bytes,
+        "whole_bytes": sum(f.size for f in m.deltas()),
+    }
     doc = {
         "ok": True,
         "bundle": str(result.path),
@@ -254,6 +275,8 @@ def _build_one(
         "installer": m.installer.version if m.installer else None,
         "development": m.development,
         "seconds": round(result.seconds, 3),
+        "format": m.format,
+        "delta": patched,
         "rpm": None
         if rpm is None
         else {
@@ -271,6 +294,12 @@ def _build_one(
             + (f"installer {m.installer.version}, " if m.installer else "DEVELOPMENT bundle (no installer), ")
             + f"{result.seconds:.2f}s"
         )
+        if patched["files"]:
+            print(
+                f"  {patched['files']} file(s) as patches: {patched['patch_bytes']} bytes instead of "
+                f"{patched['whole_deflated_bytes']} deflated whole (format {m.format}: the manager needs "
+                "the exact old files; --delta none ships them whole)"
+            )
         if rpm is not None:
             print(
                 f"{rpm.path}  {'GPG-signed' if rpm.signed else 'unsigned (pass --rpm-sign-key for gpgcheck)'}"

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import jinja2
 
+from builder.delta import Choice
 from builder.errors import SpecError
 from builder.spec import JumpSpec, ModeSpec, Product, UnitSpec
 from builder.zipwriter import Source
@@ -36,6 +37,10 @@ class Pending:
     link_target: str | None = None
     policy: Literal["replace", "keep-local", "rewrite"] = "replace"
     rules: tuple[RewriteRule, ...] = ()
+    old_path: str | None = None
+    """The from-release file a changed file replaces (what a delta patches)."""
+    delta: Choice | None = None
+    """Set when the file travels as a patch (``source`` is then the patch)."""
 
 
 @dataclass
@@ -205,7 +210,8 @@ def collect(product: Product, jump: JumpSpec, jump_dir: Path) -> Collected:
         ):
             continue
         source = Source(PAYLOAD_PREFIX + path, mode, path=entry.path, size=entry.size)
-        out.files.append(Pending(path, "file", mode, from_sha, source))
+        old_path = before.path if before is not None and not before.is_link else None
+        out.files.append(Pending(path, "file", mode, from_sha, source, old_path=old_path))
     removed = set(old) - set(new)
     for path in fs.remove:
         check_relpath(path)

@@ -107,6 +107,20 @@ def describe(info: dict[str, Any]) -> list[str]:
                 f"  config {f['path']}: {f['policy']}"
                 + (f" ({len(f['rules'])} rule(s))" if f["rules"] else "")
             )
+    patched = [f for f in m["files"] if f.get("delta")]
+    if patched:
+        sent = sum(f["delta"]["size"] for f in patched)
+        whole = sum(f["size"] for f in patched)
+        lines.append(
+            f"patches (format {m['format']}): {len(patched)} file(s) as {sent} bytes of patches for "
+            f"{whole} bytes of files ({100 - 100 * sent // max(whole, 1)}% saved); "
+            "the manager needs the exact old files"
+        )
+        for f in patched[:20]:
+            d = f["delta"]
+            lines.append(f"  patch {f['path']}: {d['method']}, {d['size']} bytes for {f['size']}")
+        if len(patched) > 20:
+            lines.append(f"  ... and {len(patched) - 20} more (--json lists every one)")
     modes = {f["path"]: f["mode"] for f in m["files"]}
     for path in m.get("special_modes", []):
         lines.append(f"  SETUID/SETGID/STICKY {path} mode {modes[path]:04o} (allowed by the product spec)")

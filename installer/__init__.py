@@ -6,8 +6,9 @@ build host has (no ``builder``, no jinja2).
 
 __version__ = "0.1.0"
 
-READABLE_FORMATS = (1,)
-"""Bundle format versions this installer reads (``format`` in the manifest)."""
+READABLE_FORMATS = (1, 2)
+"""Bundle format versions this installer reads (``format`` in the manifest): 2 adds
+delta entries (a file built from the old one and a patch: :mod:`installer.delta`)."""
 
 
 def version_line() -> str:

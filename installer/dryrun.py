@@ -75,12 +75,15 @@ def report(
     placed: dict[str, bool] = {}  # what earlier jumps of the chain leave (True) or remove
     out["files"] = []
     for m, plan in pairs:
+        deltas = {f.path: f.delta for f in m.files if f.delta is not None}
         for op in plan.ops:
             existed = placed.get(op.path, (root / op.path).exists() or (root / op.path).is_symlink())
             action = op.action if op.action == "remove" else ("replace" if existed else "add")
+            d = deltas.get(op.path)
             out["files"].append(
                 {"jump": f"{m.from_version} -> {m.to_version}", "path": op.path, "action": action,
-                 "group": op.group, "note": op.note}
+                 "group": op.group, "note": op.note or (f"{d.method} patch, {d.size} bytes" if d else ""),
+                 "delta": None if d is None else {"method": d.method, "patch_bytes": d.size}}
             )  # fmt: skip
         for op in plan.ops:
             placed[op.path] = op.action == "place"

@@ -28,7 +28,7 @@ from installer.migrate import bundle_sql
 from installer.options import Options
 from installer.plan import Plan, plan_jumps
 from installer.services import ServiceManager, service_manager
-from installer.stage import is_staged, only_staged, stage_bundle
+from installer.stage import OldFiles, is_staged, only_staged, stage_bundle
 from installer.state import StateDir, StatusDoc, beneath_root, first_missing
 from installer.steps import Context
 from installer.transaction import Recorder, Transaction
@@ -156,12 +156,17 @@ class Engine:
                     ))  # fmt: skip
         return path
 
-    def _stage(self, bundle: Bundle, manifest: Manifest, data: bytes, sig: bytes, state: StateDir) -> Path:
+    def _stage(
+        self, bundle: Bundle, manifest: Manifest, data: bytes, sig: bytes, state: StateDir,
+        earlier: OldFiles | None = None,
+    ) -> Path:  # fmt: skip
         if is_staged(state, data, manifest.bundle_id):
             return state.staging_dir(manifest.bundle_id)
         tick = self._progress("stage", manifest.total_size()) if self._progress else None
         t0 = time.monotonic()
-        path = stage_bundle(bundle, manifest, data, sig, state, progress=tick)
+        path = stage_bundle(
+            bundle, manifest, data, sig, state, progress=tick, root=self.root, earlier=earlier
+        )
         self._log(f"staged {len(manifest.files)} files in {time.monotonic() - t0:.2f}s")
         return path
 
@@ -194,8 +199,11 @@ class Engine:
                 if len(opened) > 1:
                     jumps = ", ".join(f"{m.from_version} -> {m.to_version}" for m in manifests)
                     self.log(f"chain of {len(opened)} jumps: {jumps}")
+                earlier: dict[str, Path | None] = {}  # a delta of a later jump patches what these leave
                 for bundle, m, data, sig in opened:
-                    self._stage(bundle, m, data, sig, state)
+                    staging = self._stage(bundle, m, data, sig, state, earlier)
+                    earlier.update({f.path: staging / "files" / f.path for f in m.files if f.kind == "file"})
+                    earlier.update({r.path: None for r in m.removed})
                 return self._transact(state, manifests)
 
     def _apply_staged(self) -> StatusDoc:

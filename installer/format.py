@@ -34,15 +34,20 @@ from pydantic import (
 )
 
 from installer import READABLE_FORMATS
+from installer.delta import MAX_PATCHED_BYTES
 from installer.errors import BundleRejectedError, ManifestError, SignatureError, UnsafePathError, VersionError
 from installer.graph import Graph
 from installer.paths import check_link_target, check_relpath
 from installer.version import Version
 
 FORMAT_VERSION = 1
+DELTA_FORMAT_VERSION = 2
+"""The format of a bundle that holds delta entries (one without stays at 1, which every
+installer reads)."""
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
 PAYLOAD_PREFIX = "payload/"
+DELTA_PREFIX = "delta/"
 EXTRA_PREFIXES = ("hooks/", "migrations/", "bin/", "components/")
 INSTALLER_MEMBER = "bin/bundle-install"
 MAX_MANIFEST_BYTES = 128 * 1024 * 1024
@@ -123,6 +128,20 @@ def check_rule(pattern: str, replacement: str) -> None:
         ) from e
 
 
+class Delta(_Model):
+    """How a file entry's bytes travel as a patch against the from-version file (format 2):
+    member ``delta/<path>`` holds the patch; the entry's ``sha256``, ``size`` and ``mode``
+    stay the new file's, its ``from_sha256`` the old file's."""
+
+    method: Literal["zstd-patch", "bsdiff"]
+    sha256: Sha256
+    """Of the patch member."""
+    size: int = Field(ge=0)
+    """Of the patch member."""
+    from_size: int = Field(ge=0, le=MAX_PATCHED_BYTES)
+    """Of the old file (read beneath the root, at most this many bytes)."""
+
+
 class FileEntry(_Model):
     """A file, config or symlink the jump places under the root."""
 
@@ -136,6 +155,8 @@ class FileEntry(_Model):
     policy: Literal["replace", "keep-local", "rewrite"] = "replace"
     rules: tuple[RewriteRule, ...] = ()
     link_target: str | None = None
+    delta: Delta | None = None
+    """Format 2: the bytes come as a patch of the from-version file (absent: whole)."""
 
     @field_validator("path")
     @classmethod
@@ -153,12 +174,16 @@ class FileEntry(_Model):
                 raise ValueError("a file has sha256 and no link_target")
         if self.kind != "config" and (self.policy != "replace" or self.rules):
             raise ValueError("only configs have a policy or rules")
+        if self.delta is not None and (self.kind != "file" or self.from_sha256 is None):
+            raise ValueError("a delta patches a file of the from-version (kind file, from_sha256 set)")
+        if self.delta is not None and self.size > MAX_PATCHED_BYTES:
+            raise ValueError(f"a patched file is at most {MAX_PATCHED_BYTES} bytes")
         return self
 
     @property
     def member(self) -> str:
-        """Name of the archive member holding this file's bytes."""
-        return PAYLOAD_PREFIX + self.path
+        """Name of the archive member holding this file's bytes (or its patch)."""
+        return (DELTA_PREFIX if self.delta is not None else PAYLOAD_PREFIX) + self.path
 
 
 class RemovedEntry(_Model):
@@ -455,6 +480,8 @@ class Manifest(_Model):
         for script in scripts + [h.undo for h in self.hooks if h.undo]:
             if f"hooks/{script}" not in names:
                 raise ValueError(f"hook or job {script!r} has no hooks/{script} extra member")
+        if self.format < DELTA_FORMAT_VERSION and any(f.delta is not None for f in self.files):
+            raise ValueError(f"delta entries need bundle format {DELTA_FORMAT_VERSION}")
         if self.installer is not None and INSTALLER_MEMBER not in names:
             raise ValueError(f"installer recorded but {INSTALLER_MEMBER} is not an extra member")
         return self
@@ -469,15 +496,23 @@ class Manifest(_Model):
         mapped to (sha256, size)."""
         out: dict[str, tuple[str, int]] = {}
         for f in self.files:
-            if f.sha256 is not None:
+            if f.delta is not None:
+                out[f.member] = (f.delta.sha256, f.delta.size)
+            elif f.sha256 is not None:
                 out[f.member] = (f.sha256, f.size)
         for m in self.extras:
             out[m.name] = (m.sha256, m.size)
         return out
 
     def total_size(self) -> int:
-        """Bytes the payload and extras take once unpacked."""
-        return sum(size for _, size in self.members().values())
+        """Bytes the staging takes: every member unpacked, and each patched file built."""
+        return sum(size for _, size in self.members().values()) + sum(
+            f.size for f in self.files if f.delta is not None
+        )
+
+    def deltas(self) -> list[FileEntry]:
+        """The entries whose bytes come as patches (format 2)."""
+        return [f for f in self.files if f.delta is not None]
 
 
 # --- canonical JSON -------------------------------------------------------------------
@@ -553,6 +588,21 @@ def _file_list() -> TypeAdapter[tuple[FileEntry, ...]]:
     return TypeAdapter(tuple[FileEntry, ...])
 
 
+def _whole_as_v1(entry: dict[str, Any]) -> dict[str, Any]:
+    """A whole file's entry as format 1 wrote it (no ``delta`` key): a bundle without
+    patches stays byte-identical, and readable by installers that know only format 1."""
+    if entry.get("delta", 1) is None:
+        del entry["delta"]
+    return entry
+
+
+def manifest_dict(manifest: Manifest) -> dict[str, Any]:
+    """The JSON object manifest.json holds (see :func:`manifest_bytes`)."""
+    plain = manifest.model_dump(mode="json")
+    plain["files"] = [_whole_as_v1(d) for d in plain["files"]]
+    return plain
+
+
 def manifest_bytes(manifest: Manifest) -> bytes:
     """The canonical bytes of ``manifest`` (what manifest.json holds).
 
@@ -564,7 +614,7 @@ def manifest_bytes(manifest: Manifest) -> bytes:
     data = canonical_json(head)
     mark = canonical_json(_FILES_MARK)
     if data.count(mark) != 1:  # the mark occurs elsewhere too: the plain way
-        return canonical_json(manifest.model_dump(mode="json"))
+        return canonical_json(manifest_dict(manifest))
     before, after = data.split(mark)
     out = io.BytesIO()
     out.write(before)
@@ -575,7 +625,7 @@ def manifest_bytes(manifest: Manifest) -> bytes:
             out.write(b",")
         # a chunk at a time: one dump and one encode per chunk, the list's brackets cut
         chunk = _file_list().dump_python(files[i : i + _FILES_CHUNK], mode="json")
-        out.write(canonical_json(chunk)[1:-1])
+        out.write(canonical_json([_whole_as_v1(d) for d in chunk])[1:-1])
     out.write(b"]")
     out.write(after)
     return out.getvalue()

@@ -342,6 +342,20 @@ def check_drift(manifest: Manifest, root: Path) -> list[str]:
     return out
 
 
+def delta_drift(manifest: Manifest, root: Path) -> PreconditionError | None:
+    """The refusal of a delta bundle whose old files differ from the from-version (a patch
+    builds the new file only from the exact old one; ``--accept-drift`` cannot help), or None."""
+    target = Targets(root)
+    bad = [d for f in manifest.deltas() if (d := _drift_of(f, current_digest(target(f.path))))]
+    if not bad:
+        return None
+    return PreconditionError(
+        f"{len(bad)} file(s) this bundle patches differ from {manifest.from_version} ({bad[0]}); "
+        "a delta needs the exact old file: use a full bundle (bundle-build --delta none)",
+        details=bad,
+    )
+
+
 def compute_plan(
     manifest: Manifest, root: Path, staging: Path, *, accept_drift: bool, view: View | None = None
 ) -> Plan:

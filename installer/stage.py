@@ -8,21 +8,29 @@ whole. Layout::
     files/<path>     files to swap into the root (configs go here once planned)
     defaults/<path>  the bundle's config files, as shipped
     bundle/<name>    hooks/, migrations/, bin/
+    patches/<path>   delta patches while their files are built (format 2; then removed)
+
+A delta entry's file is built here from the manager's old file, read beneath the root
+(or from an earlier jump's staging in a chain) and checked against the manifest's old
+sha256, before anything stops (:mod:`installer.delta`).
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from installer.archive import Bundle, iter_verified
-from installer.errors import BundleRejectedError, SpaceError, UsageError
+from installer.delta import apply_patch
+from installer.errors import BundleRejectedError, PreconditionError, SpaceError, UsageError
 from installer.failpoints import failpoint
-from installer.format import MANIFEST_NAME, SIGNATURE_NAME, Manifest, parse_manifest
+from installer.format import MANIFEST_NAME, SIGNATURE_NAME, FileEntry, Manifest, parse_manifest
 from installer.parallel import run_each
+from installer.paths import read_beneath
 from installer.state import StateDir, write_atomic
 
 COMPLETE_MARK = ".complete"
@@ -74,12 +82,64 @@ def _destinations(root: Path, manifest: Manifest) -> dict[str, tuple[str, int]]:
     join = os.path.join
     files, defaults, extras = (join(root, d) for d in ("files", "defaults", "bundle"))
     out: dict[str, tuple[str, int]] = {}
+    patches = join(root, "patches")
     for f in manifest.files:
-        if f.kind != "symlink":
+        if f.delta is not None:
+            out[f.member] = (join(patches, f.path), 0o600)
+        elif f.kind != "symlink":
             out[f.member] = (join(defaults if f.kind == "config" else files, f.path), f.mode)
     for m in manifest.extras:
         out[m.name] = (join(extras, m.name), m.mode)
     return out
+
+
+OldFiles = Mapping[str, Path | None]
+"""What earlier jumps of a chain leave at a path: their staged file, or None (removed)."""
+
+
+def old_bytes(root: Path, manifest: Manifest, entry: FileEntry, earlier: OldFiles) -> bytes:
+    """The from-version bytes a delta entry patches: from an earlier jump's staging, else
+    read beneath the root (bounded by the manifest's old size), checked by sha256.
+
+    Raises:
+        PreconditionError: missing or different (exit 4: use a full bundle).
+        RootLinkError: a symlink on its way leads out of the root.
+    """
+    assert entry.delta is not None
+    if entry.path in earlier:
+        src = earlier[entry.path]
+        data = src.read_bytes() if src is not None else None
+    else:
+        data = read_beneath(root, entry.path, entry.delta.from_size)
+    if data is None or hashlib.sha256(data).hexdigest() != entry.from_sha256:
+        how = "missing" if data is None else "modified"
+        raise PreconditionError(
+            f"{entry.path}: {how} (differs from {manifest.from_version}); a delta needs the exact "
+            "old file: use a full bundle (bundle-build --delta none)"
+        )
+    return data
+
+
+def _build_patched(partial: Path, manifest: Manifest, old: Callable[[FileEntry], bytes]) -> None:
+    """Each delta entry's file, built from its old file and patch (one in memory at a time)."""
+    for f in manifest.deltas():
+        assert f.delta is not None and f.sha256 is not None
+        patch = partial / "patches" / f.path
+        new = apply_patch(f.delta.method, old(f), patch.read_bytes(), f.size, f.sha256)
+        dest = partial / "files" / f.path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, f.mode)
+        try:
+            os.fchmod(fd, f.mode)
+            view = memoryview(new)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        del new
+        patch.unlink()
+        failpoint("stage:patch")
+    shutil.rmtree(partial / "patches", ignore_errors=True)
 
 
 def stage_bundle(
@@ -91,15 +151,22 @@ def stage_bundle(
     *,
     progress: Progress | None = None,
     workers: int = 2,
+    root: Path | None = None,
+    earlier: OldFiles | None = None,
 ) -> Path:
-    """Unpack every member (verifying its hash) into the staging area.
+    """Unpack every member (verifying its hash) into the staging area, then build each
+    delta entry's file from its old one (read beneath ``root``, or ``earlier``'s).
 
     Returns the staging directory. Idempotent: an identical complete staging is reused.
 
     Raises:
-        BundleRejectedError: a member does not match the manifest (staging removed).
+        BundleRejectedError: a member does not match the manifest, or a patch does not
+            build the promised file (staging removed).
+        PreconditionError: a delta's old file differs from the from-version (staging removed).
         SpaceError: the disk filled up (staging removed).
     """
+    if manifest.deltas() and root is None:
+        raise UsageError("a delta bundle is staged against a manager's root")
     state.ensure()
     final = staged_path(state, manifest)
     if is_staged(state, manifest_data, manifest.bundle_id):
@@ -135,6 +202,8 @@ def stage_bundle(
             os.makedirs(d, exist_ok=True)
         # archive order: neighbours in a directory are created together, as unzip does
         run_each(extract, list(promised), threads=workers)
+        if root is not None:
+            _build_patched(partial, manifest, lambda f: old_bytes(root, manifest, f, earlier or {}))
         for f in manifest.files:
             if f.kind == "symlink":
                 link = partial / "files" / f.path

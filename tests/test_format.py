@@ -124,7 +124,7 @@ def test_manifest_bytes_is_the_canonical_dump_across_chunks(bundle: Path) -> Non
     the canonical JSON of the whole manifest, whatever the entry kinds and count."""
     import zipfile
 
-    from installer.format import FileEntry, RewriteRule, manifest_bytes
+    from installer.format import Delta, FileEntry, RewriteRule, manifest_bytes, manifest_dict
 
     with zipfile.ZipFile(bundle) as z:
         signed = z.read("manifest.json")
@@ -136,6 +136,13 @@ def test_manifest_bytes_is_the_canonical_dump_across_chunks(bundle: Path) -> Non
     ] + [
         FileEntry(path="opt/link", kind="symlink", link_target="f00001", mode=0o777),
         FileEntry(
+            path="opt/patched.so",
+            sha256="d" * 64,
+            size=9,
+            from_sha256="e" * 64,
+            delta=Delta(method="bsdiff", sha256="f" * 64, size=3, from_size=8),
+        ),
+        FileEntry(
             path="etc/é.conf",
             kind="config",
             sha256="b" * 64,
@@ -145,5 +152,5 @@ def test_manifest_bytes_is_the_canonical_dump_across_chunks(bundle: Path) -> Non
         ),
     ]
     for files in ((), tuple(kinds[:1]), tuple(kinds[:1000]), tuple(kinds[:1001]), tuple(kinds)):
-        m = demo.model_copy(update={"files": tuple(sorted(files, key=lambda f: f.path))})
-        assert manifest_bytes(m) == canonical_json(m.model_dump(mode="json"))
+        m = demo.model_copy(update={"files": tuple(sorted(files, key=lambda f: f.path)), "format": 2})
+        assert manifest_bytes(m) == canonical_json(manifest_dict(m))

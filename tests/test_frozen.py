@@ -97,6 +97,9 @@ def test_contents_everything_the_installer_needs_and_nothing_of_the_builder(froz
         "pg8000",
         "cryptography.hazmat.primitives.asymmetric.ed25519",
         "supervisor.xmlrpc",
+        "installer.delta",
+        "zstandard",  # zstd-patch deltas
+        "bsdiff4",  # bsdiff deltas (its C core is checked among the ELF files below)
     ):
         assert needed in modules, needed
     tops = {m.partition(".")[0] for m in modules}
@@ -104,6 +107,7 @@ def test_contents_everything_the_installer_needs_and_nothing_of_the_builder(froz
     assert not missing, f"modules migrations may import but the binary lacks: {missing}"
     assert not tops & {"builder", "jinja2", "yaml", "pytest"}, tops & {"builder", "jinja2", "yaml", "pytest"}
     assert any(e.endswith("libc.so.6") for e in doc["elf"]), "the portable build carries its own glibc"
+    assert any("bsdiff4" in e and "core" in e for e in doc["elf"]), "bsdiff4's C core is missing"
 
 
 def test_glibc_floor_of_the_portable_build_is_none(frozen: Path) -> None:
@@ -246,9 +250,15 @@ def test_apply_through_the_shipped_binary(
 ) -> None:
     sb = sandbox()
     assert current_revision(sqlite_url(sb.root)) == "0002"
+    with zipfile.ZipFile(release_bundle) as z:  # built with the default --delta auto
+        man = json.loads(z.read("manifest.json"))
+    patched = [f for f in man["files"] if f.get("delta")]
+    assert man["format"] == 2 and patched, "the release bundle carries no delta entry"
     p = run(shipped, "--root", sb.root, "apply", release_bundle)
     assert p.returncode == 0, p.stderr
     assert sb.wait_version("4.1.1") == "4.1.1"
+    for f in patched:  # built by the frozen binary from the 4.0.1 file and the patch
+        assert hashlib.sha256((sb.root / f["path"]).read_bytes()).hexdigest() == f["sha256"], f["path"]
     assert current_revision(sqlite_url(sb.root)) == "0004"
     st = json.loads(run(shipped, "--root", sb.root, "status", "--json").stdout)
     assert st["status"] == "finished" and st["outage_seconds"] > 0
