@@ -14,7 +14,7 @@ from installer.beneath import resolve
 from installer.errors import JumpkitError, PreconditionError, SpaceError, VersionError
 from installer.format import Manifest
 from installer.graph import NoPath, plan_chain
-from installer.health import lookup_variables, wait_healthy
+from installer.health import lookup_variables, resolve_lookup, wait_healthy
 from installer.migrate import backup_size, current_revision, database_url, safe_url
 from installer.paths import read_small
 from installer.plan import Confined, View, check_drift, delta_drift, drift_error
@@ -171,6 +171,8 @@ def check(
             except (OSError, subprocess.TimeoutExpired) as e:
                 ok, msg = False, f"{label}: {e}"
         (passed if ok else problems).append(msg)
+    for lookup in [*manifest.lookups.values(), *(db.url for db in manifest.databases)]:
+        resolve_lookup(lookup, root)  # a lookup file that is a link out or a device: exit 4, named
     problems += _services_ready(manifest, root, services, passed, force=force)
     problems += _databases_ready(manifest, root, passed)
     Confined(manifest, View(root))  # where every path lands: no link out of the root (exit 3 or 4)

@@ -587,3 +587,34 @@ def test_a_hard_link_out_of_the_root_is_never_written_through(
     assert version.read_text() == "4.1.1\n" and other.read_bytes() == before
     assert install("--root", sb.root, "rollback").returncode == 0
     assert other.read_bytes() == before and os.path.samefile(version, other)
+
+
+def test_a_rewrite_reads_the_operators_config_beneath_the_root(tmp_path: Path) -> None:
+    """The operator's edited config a rewrite reads: through a link inside the root it is
+    read; a link out is refused (exit 4, naming it) and never read; so are a FIFO and a
+    directory in its place (a FIFO would block, a device never end)."""
+    from installer.beneath import RootLinkError
+    from installer.errors import PreconditionError
+    from installer.plan import View, _operator_text, current_digest
+
+    root = tmp_path / "root"
+    (root / "etc/app").mkdir(parents=True)
+    (root / "etc/shared").mkdir()
+    (root / "etc/shared/app.ini").write_text("[a]\nurl = tcp://x\n")
+    secret = tmp_path / "secret.ini"
+    secret.write_text("do not read\n")
+
+    def text(rel: str) -> str:
+        return _operator_text(rel, current_digest(root / rel), View(root))
+
+    os.symlink("../shared/app.ini", root / "etc/app/inside.ini")
+    assert text("etc/app/inside.ini") == "[a]\nurl = tcp://x\n"
+    os.symlink(secret, root / "etc/app/out.ini")
+    with pytest.raises(RootLinkError, match="etc/app/out.ini"):
+        text("etc/app/out.ini")
+    os.mkfifo(root / "etc/app/fifo.ini")
+    with pytest.raises(PreconditionError, match="a FIFO"):
+        text("etc/app/fifo.ini")
+    (root / "etc/app/dir.ini").mkdir()
+    with pytest.raises(PreconditionError, match="a directory"):
+        text("etc/app/dir.ini")
