@@ -94,6 +94,8 @@ def gpg_signed_rpm(tmp_path: Path, keys: dict[str, Path], frozen: Path, out: Pat
          "--out", str(out), "--installer", str(frozen), "--format", "rpm", "--gpg-key", uid],
         env=env, capture_output=True, text=True, cwd=REPO,
     )  # fmt: skip
+    # gpg started an agent for this home: stop it (by its home), the tests leave nothing running
+    subprocess.run(["gpgconf", "--homedir", str(gnupg), "--kill", "gpg-agent"], env=env, capture_output=True)
     assert p.returncode == 0, p.stderr
     return out / RPM, pub
 
