@@ -19,7 +19,7 @@ import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, cli, keygen, parser, peak_memory, python, timed
+from common import REPO, cli, installer_argv, keygen, parser, peak_memory, timed
 
 sys.path.insert(0, str(REPO))
 from builder.keys import load_private_key
@@ -82,17 +82,7 @@ def main() -> int:
             ),
         }
         for what, bundle in cases.items():
-            verify = [
-                python(),
-                "-m",
-                "installer.cli",
-                "--root",
-                str(root),
-                "--trust",
-                str(pub),
-                "verify",
-                str(bundle),
-            ]
+            verify = installer_argv(root, "--trust", pub, "verify", bundle)
             unzip = ["unzip", "-tq", str(bundle)]
             check = subprocess.run(verify, capture_output=True, text=True, cwd=REPO)
             if check.returncode != 0:

@@ -237,6 +237,11 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([python(), "-m", *args], capture_output=True, text=True, cwd=REPO, check=True)
 
 
+def installer_argv(root: Path, *args: str | Path) -> list[str]:
+    """``bundle-install --root ROOT ARGS...`` from the repo (the unfrozen installer)."""
+    return [python(), "-m", "installer.cli", "--root", str(root), *map(str, args)]
+
+
 def keygen(work: Path) -> tuple[Path, Path]:
     """A signing key pair under work/k; returns (private, public)."""
     cli("builder.cli", "keygen", "--out", str(work / "k"))

@@ -29,7 +29,7 @@ import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CACHE, REPO, keygen, parser, peak_memory, python, timed
+from common import CACHE, REPO, installer_argv, keygen, parser, peak_memory, python, timed
 
 sys.path.insert(0, str(REPO))
 from isal import isal_zlib
@@ -186,18 +186,8 @@ def main() -> int:
         shutil.copytree(old_tree, root, symlinks=True, ignore=shutil.ignore_patterns(".done"))
         (root / "etc/jumpkit").mkdir(parents=True)
         (root / "etc/jumpkit/product").write_text("app\n")
-        stage = [
-            python(),
-            "-m",
-            "installer.cli",
-            "--root",
-            str(root),
-            "--trust",
-            str(pub),
-            "stage",
-            str(bundle),
-        ]
-        unstage = [python(), "-m", "installer.cli", "--root", str(root), "unstage"]
+        stage = installer_argv(root, "--trust", pub, "stage", bundle)
+        unstage = installer_argv(root, "unstage")
         stage_t, unzip_t, pss = [], [], []
         for i in range(args.repeat):  # interleaved
             out = work / f"unzip-{i}"
