@@ -167,7 +167,7 @@ def read_beneath(root: Path, rel: str, limit: int) -> bytes | None:
 
 
 def kind_of(mode: int) -> str:
-    """"a directory", "a FIFO"...: what a file of ``mode`` is, for a message."""
+    """ "a directory", "a FIFO"...: what a file of ``mode`` is, for a message."""
     kinds = {stat.S_IFDIR: "a directory", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
              stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket"}  # fmt: skip
     return kinds.get(stat.S_IFMT(mode), "a special file")
