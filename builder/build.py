@@ -245,7 +245,7 @@ def _manifest(
         patch = None
         if p.delta is not None:
             assert sha is not None
-            patch = Delta(method=p.delta.method, sha256=sha, size=size, from_size=p.delta.old_size)  # type: ignore[arg-type]
+            patch = Delta(method=p.delta.method, sha256=sha, size=size, from_size=p.delta.old_size)
             sha, size = p.delta.new_sha256, p.delta.new_size
         files.append(
             FileEntry(

@@ -25,13 +25,14 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from isal import isal_zlib
 
-from installer.delta import MAX_PATCHED_BYTES, PatchError, apply_patch, window_log
+from installer.delta import MAX_PATCHED_BYTES, Method, PatchError, apply_patch, window_log
 
 MIN_BYTES = 512
 KEEP_RATIO = 0.8
@@ -55,7 +56,7 @@ class Choice:
     """A patch that pays for ``path``: where it is (in the cache), and what it builds."""
 
     path: str
-    method: str
+    method: Method
     patch: Path
     new_sha256: str
     new_size: int
@@ -87,10 +88,10 @@ def bsdiff_patch(old: bytes, new: bytes) -> bytes:
     return bytes(bsdiff4.diff(old, new))
 
 
-def _cached(cache: Path, key: str, make: object) -> Path:
+def _cached(cache: Path, key: str, make: Callable[[], bytes]) -> Path:
     path = cache / key
     if not path.exists():
-        data = make()  # type: ignore[operator]
+        data = make()
         cache.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=cache, prefix=".tmp-")
         with os.fdopen(fd, "wb") as f:
@@ -107,7 +108,7 @@ def choose(job: PatchJob, cache: Path, bsdiff_max: int) -> Choice | None:
         return None
     old_sha, new_sha = hashlib.sha256(old).hexdigest(), hashlib.sha256(new).hexdigest()
     whole = len(isal_zlib.compress(new, 2, -15))
-    makers = {"zstd-patch": lambda: zstd_patch(old, new)}
+    makers: dict[Method, Callable[[], bytes]] = {"zstd-patch": lambda: zstd_patch(old, new)}
     if _is_binary(new) and max(len(old), len(new)) <= bsdiff_max:
         makers["bsdiff"] = lambda: bsdiff_patch(old, new)
     made = []
