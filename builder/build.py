@@ -206,7 +206,7 @@ def _patch(collected: Collected, workers: int, bsdiff_max: int) -> int:
     """Swap each changed file whose patch pays for its patch member (cached); returns the
     patched files' size deflated whole."""
     jobs = [
-        PatchJob(p.path, p.old_path, str(p.source.path))
+        PatchJob(p.path, p.old_path, str(p.source.path), p.base)
         for p in collected.files
         if p.kind == "file" and p.old_path is not None and p.source is not None and p.source.path is not None
     ]
@@ -245,7 +245,14 @@ def _manifest(
         patch = None
         if p.delta is not None:
             assert sha is not None
-            patch = Delta(method=p.delta.method, sha256=sha, size=size, from_size=p.delta.old_size)
+            patch = Delta(
+                method=p.delta.method,
+                sha256=sha,
+                size=size,
+                from_size=p.delta.old_size,
+                base=p.delta.base,
+                base_sha256=p.delta.old_sha256 if p.delta.base is not None else None,
+            )
             sha, size = p.delta.new_sha256, p.delta.new_size
         files.append(
             FileEntry(

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import jinja2
 
-from builder.delta import Choice
+from builder.delta import Choice, find_bases
 from builder.errors import SpecError
 from builder.spec import JumpSpec, ModeSpec, Product, UnitSpec
 from builder.zipwriter import Source
@@ -38,7 +38,10 @@ class Pending:
     policy: Literal["replace", "keep-local", "rewrite"] = "replace"
     rules: tuple[RewriteRule, ...] = ()
     old_path: str | None = None
-    """The from-release file a changed file replaces (what a delta patches)."""
+    """The from-release file a delta may patch: the one a changed file replaces, or an
+    added file's ``base``."""
+    base: str | None = None
+    """For an added file: the from-version path of ``old_path`` (:func:`find_bases`)."""
     delta: Choice | None = None
     """Set when the file travels as a patch (``source`` is then the patch)."""
 
@@ -168,6 +171,21 @@ def render_unit(product: str, version: str, name: str, unit: UnitSpec, stop_time
     )
 
 
+def _pair_added(out: Collected, old: Mapping[str, TreeFile]) -> None:
+    """Give each added file a base to be patched against, among the from-release files the
+    jump removes or replaces (those must already match on the manager)."""
+    exact = {r.path for r in out.removed} | {p.path for p in out.files if p.old_path is not None}
+    olds = {p: old[p].size for p in exact if p in old and not old[p].is_link}
+    added = {
+        p.path: p.source.size or 0
+        for p in out.files
+        if p.kind == "file" and p.from_sha256 is None and p.source is not None and p.source.path is not None
+    }
+    by_path = {p.path: p for p in out.files}
+    for path, base in find_bases(added, olds).items():
+        by_path[path].old_path, by_path[path].base = old[base].path, base
+
+
 def collect(product: Product, jump: JumpSpec, jump_dir: Path) -> Collected:
     """Diff the from- and to-release trees under the jump's include/exclude patterns.
 
@@ -248,6 +266,7 @@ def collect(product: Product, jump: JumpSpec, jump_dir: Path) -> Collected:
         else:
             from_sha = current_digest(Path(before.path)) if before is not None else None
         out.removed.append(RemovedEntry(path=path, from_sha256=from_sha))
+    _pair_added(out, old)
     for name, unit in sorted(jump.units.items()):
         path = f"etc/systemd/system/{name}.service"
         if path in {f.path for f in out.files}:

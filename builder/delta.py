@@ -13,6 +13,14 @@ Per file, a bounded search by measured size (FIELD-NOTES "deltas"; issue 21):
   (ISA-L level 2, what the ZIP writer would store), so a file a patch barely helps
   travels whole and needs no old file on the manager.
 
+A file the jump adds may be patched against a from-version file the jump removes or
+replaces whose path has the same shape once version numbers and hashes are blanked
+(:func:`shape`): a release that renames ``numpy.libs/libscipy_openblas64_-ff651d7f.so``
+to ``...-6bb31eeb.so`` (22 MB) or ``Django-5.0.8.dist-info/RECORD`` to
+``Django-5.1.dist-info/RECORD`` ships a patch, not the file (the bench's jump: 7.8 of
+10.8 MiB were such files). Only files the jump already needs exact serve as bases, so a
+delta never widens what must match the from-version on the manager.
+
 Patches are computed in worker processes (both cores) and cached on disk by (old
 sha256, new sha256, method, parameters): rebuilding a jump reads them back. The chosen
 patch is applied once with the installer's own code (:mod:`installer.delta`, bounds
@@ -24,8 +32,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,13 +51,40 @@ BSDIFF_MAX = 64 * 1024 * 1024
 CACHE_TAG = "v1"  # bump when a method's parameters change: old cache entries then miss
 
 
+_VERSIONISH = re.compile(r"[0-9a-f]*[0-9][0-9a-f]*")
+_DOTTED = re.compile(r"#(?:[._]#)+")
+
+
+def shape(path: str) -> str:
+    """``path`` with each run of digits and hex letters that holds a digit (versions,
+    build hashes) blanked to ``#``, dotted runs to one: ``Django-5.0.8.dist-info/RECORD``
+    and ``Django-5.1.dist-info/RECORD`` both give ``Django-#.dist-info/RECORD``."""
+    return _DOTTED.sub("#", _VERSIONISH.sub("#", path))
+
+
+def find_bases(added: Mapping[str, int], olds: Mapping[str, int]) -> dict[str, str]:
+    """For each added path (by size), the from-version path among ``olds`` (by size) of the
+    same :func:`shape` and the nearest size, if any: the file its patch is made against."""
+    by_shape: dict[str, list[tuple[str, int]]] = {}
+    for path, size in sorted(olds.items()):
+        by_shape.setdefault(shape(path), []).append((path, size))
+    out = {}
+    for path, size in added.items():
+        cands = by_shape.get(shape(path))
+        if cands:
+            out[path] = min(cands, key=lambda c: (abs(c[1] - size), c[0]))[0]
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class PatchJob:
-    """One changed file: its path in the bundle, the old and the new release file."""
+    """One changed or added file: its path in the bundle, the old and the new release
+    file, and for an added file the from-version path patched (``base``)."""
 
     path: str
     old: str
     new: str
+    base: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +97,9 @@ class Choice:
     new_sha256: str
     new_size: int
     old_size: int
+    old_sha256: str
+    base: str | None
+    """The from-version path patched, when it is not ``path``."""
     whole_deflated: int
     """The file deflated whole: what the patch saves against."""
 
@@ -122,7 +161,7 @@ def choose(job: PatchJob, cache: Path, bsdiff_max: int) -> Choice | None:
             apply_patch(method, old, path.read_bytes(), len(new), new_sha)
         except PatchError:
             continue
-        return Choice(job.path, method, path, new_sha, len(new), len(old), whole)
+        return Choice(job.path, method, path, new_sha, len(new), len(old), old_sha, job.base, whole)
     return None
 
 

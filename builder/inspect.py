@@ -118,7 +118,8 @@ def describe(info: dict[str, Any]) -> list[str]:
         )
         for f in patched[:20]:
             d = f["delta"]
-            lines.append(f"  patch {f['path']}: {d['method']}, {d['size']} bytes for {f['size']}")
+            base = f" against {d['base']}" if d.get("base") else ""
+            lines.append(f"  patch {f['path']}: {d['method']}{base}, {d['size']} bytes for {f['size']}")
         if len(patched) > 20:
             lines.append(f"  ... and {len(patched) - 20} more (--json lists every one)")
     modes = {f["path"]: f["mode"] for f in m["files"]}

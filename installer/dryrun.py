@@ -12,7 +12,7 @@ from typing import Any
 from installer.archive import Bundle, iter_verified
 from installer.chain import chain_id, unit_layout
 from installer.errors import PreconditionError
-from installer.format import Manifest
+from installer.format import Delta, Manifest
 from installer.plan import Plan, View, compute_plan
 from installer.preflight import read_installed_version
 from installer.state import StateDir
@@ -82,8 +82,8 @@ def report(
             d = deltas.get(op.path)
             out["files"].append(
                 {"jump": f"{m.from_version} -> {m.to_version}", "path": op.path, "action": action,
-                 "group": op.group, "note": op.note or (f"{d.method} patch, {d.size} bytes" if d else ""),
-                 "delta": None if d is None else {"method": d.method, "patch_bytes": d.size}}
+                 "group": op.group, "note": op.note or _patch_note(d),
+                 "delta": None if d is None else {"method": d.method, "patch_bytes": d.size, "base": d.base}}
             )  # fmt: skip
         for op in plan.ops:
             placed[op.path] = op.action == "place"
@@ -116,6 +116,12 @@ def report(
         2,
     )
     return out
+
+
+def _patch_note(d: Delta | None) -> str:
+    if d is None:
+        return ""
+    return f"{d.method} patch{f' against {d.base}' if d.base else ''}, {d.size} bytes"
 
 
 def describe(name: str, manifest: Manifest, plan: Plan) -> str:

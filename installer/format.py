@@ -129,9 +129,13 @@ def check_rule(pattern: str, replacement: str) -> None:
 
 
 class Delta(_Model):
-    """How a file entry's bytes travel as a patch against the from-version file (format 2):
+    """How a file entry's bytes travel as a patch against a from-version file (format 2):
     member ``delta/<path>`` holds the patch; the entry's ``sha256``, ``size`` and ``mode``
-    stay the new file's, its ``from_sha256`` the old file's."""
+    stay the new file's. The old file is the entry's own path (its ``from_sha256``), or,
+    for a file the jump adds, ``base``: another from-version file (``base_sha256``), such
+    as the library or dist-info file a release renamed (``libfoo-1a2b.so`` ->
+    ``libfoo-3c4d.so``). Either is read beneath the root while staging, before anything
+    stops, so a base the jump removes or replaces is still the from-version's."""
 
     method: Literal["zstd-patch", "bsdiff"]
     sha256: Sha256
@@ -140,6 +144,20 @@ class Delta(_Model):
     """Of the patch member."""
     from_size: int = Field(ge=0, le=MAX_PATCHED_BYTES)
     """Of the old file (read beneath the root, at most this many bytes)."""
+    base: str | None = None
+    """The from-version file patched when it is not the entry's path (an added file)."""
+    base_sha256: Sha256 | None = None
+
+    @field_validator("base")
+    @classmethod
+    def _base_ok(cls, v: str | None) -> str | None:
+        return None if v is None else check_relpath(v)
+
+    @model_validator(mode="after")
+    def _pair(self) -> Delta:
+        if (self.base is None) != (self.base_sha256 is None):
+            raise ValueError("a delta's base and base_sha256 come together")
+        return self
 
 
 class FileEntry(_Model):
@@ -174,11 +192,29 @@ class FileEntry(_Model):
                 raise ValueError("a file has sha256 and no link_target")
         if self.kind != "config" and (self.policy != "replace" or self.rules):
             raise ValueError("only configs have a policy or rules")
-        if self.delta is not None and (self.kind != "file" or self.from_sha256 is None):
-            raise ValueError("a delta patches a file of the from-version (kind file, from_sha256 set)")
+        if self.delta is not None:
+            if self.kind != "file":
+                raise ValueError("only a file (kind file) travels as a delta")
+            if (self.delta.base is None) == (self.from_sha256 is None):
+                raise ValueError(
+                    "a delta patches the entry's own from-version file (from_sha256 set) or, "
+                    "for an added file, a base (delta.base set), not both"
+                )
+            if self.delta.base == self.path:
+                raise ValueError("a delta's base is another path than the entry's")
         if self.delta is not None and self.size > MAX_PATCHED_BYTES:
             raise ValueError(f"a patched file is at most {MAX_PATCHED_BYTES} bytes")
         return self
+
+    @property
+    def old_file(self) -> tuple[str, str]:
+        """A delta entry's old file: (path, sha256) of the from-version file it patches."""
+        assert self.delta is not None
+        if self.delta.base is not None:
+            assert self.delta.base_sha256 is not None
+            return self.delta.base, self.delta.base_sha256
+        assert self.from_sha256 is not None
+        return self.path, self.from_sha256
 
     @property
     def member(self) -> str:
@@ -482,6 +518,9 @@ class Manifest(_Model):
                 raise ValueError(f"hook or job {script!r} has no hooks/{script} extra member")
         if self.format < DELTA_FORMAT_VERSION and any(f.delta is not None for f in self.files):
             raise ValueError(f"delta entries need bundle format {DELTA_FORMAT_VERSION}")
+        for f in self.files:
+            if f.delta is not None and f.delta.base is not None:
+                check_not_reserved(f.delta.base)  # the installer's own files are no release's
         if self.installer is not None and INSTALLER_MEMBER not in names:
             raise ValueError(f"installer recorded but {INSTALLER_MEMBER} is not an extra member")
         return self
@@ -590,9 +629,14 @@ def _file_list() -> TypeAdapter[tuple[FileEntry, ...]]:
 
 def _whole_as_v1(entry: dict[str, Any]) -> dict[str, Any]:
     """A whole file's entry as format 1 wrote it (no ``delta`` key): a bundle without
-    patches stays byte-identical, and readable by installers that know only format 1."""
-    if entry.get("delta", 1) is None:
+    patches stays byte-identical, and readable by installers that know only format 1;
+    a same-path patch carries no ``base`` keys (as the first format-2 installers read it)."""
+    delta = entry.get("delta", 1)
+    if delta is None:
         del entry["delta"]
+    elif isinstance(delta, dict) and delta.get("base") is None:
+        delta.pop("base", None)
+        delta.pop("base_sha256", None)
     return entry
 
 

@@ -10,7 +10,8 @@ the rest.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -56,3 +57,28 @@ def run_each(fn: Callable[[T], None], items: Iterable[T], *, threads: int = 2) -
         raise
     if failed:
         raise failed[0]
+
+
+class Budget:
+    """Work that holds memory, run from several threads with at most ``limit`` bytes
+    claimed at once: a claim waits until enough is free (one larger than ``limit`` waits
+    to run alone). ``limit`` is the largest single claim, so threads overlap small work
+    and never hold more than one large job would alone."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._free = limit
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def claim(self, size: int) -> Iterator[None]:
+        size = min(size, self._limit)
+        with self._cond:
+            self._cond.wait_for(lambda: self._free >= size)
+            self._free -= size
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._free += size
+                self._cond.notify_all()

@@ -346,7 +346,23 @@ def delta_drift(manifest: Manifest, root: Path) -> PreconditionError | None:
     """The refusal of a delta bundle whose old files differ from the from-version (a patch
     builds the new file only from the exact old one; ``--accept-drift`` cannot help), or None."""
     target = Targets(root)
-    bad = [d for f in manifest.deltas() if (d := _drift_of(f, current_digest(target(f.path))))]
+    bad = []
+    for f in manifest.deltas():
+        path, sha = f.old_file
+        current = current_digest(target(path))
+        if current == sha:
+            continue
+        if path == f.path:
+            bad.append(_drift_of(f, current) or f"{path}: already the to-version's file")
+            continue
+        how = (
+            "missing"
+            if current is None
+            else current.removeprefix(NOT_A_FILE)
+            if current.startswith(NOT_A_FILE)
+            else "modified"
+        )
+        bad.append(f"{path}: {how} ({f.path} is patched from it)")
     if not bad:
         return None
     return PreconditionError(

@@ -8,11 +8,15 @@ whole. Layout::
     files/<path>     files to swap into the root (configs go here once planned)
     defaults/<path>  the bundle's config files, as shipped
     bundle/<name>    hooks/, migrations/, bin/
-    patches/<path>   delta patches while their files are built (format 2; then removed)
 
-A delta entry's file is built here from the manager's old file, read beneath the root
-(or from an earlier jump's staging in a chain) and checked against the manifest's old
-sha256, before anything stops (:mod:`installer.delta`).
+A delta entry's file (format 2) is built into ``files/`` from its patch member, read
+verified into memory, and the manager's old file, read beneath the root (or from an
+earlier jump's staging in a chain) and checked against the manifest's old sha256,
+before anything stops (:mod:`installer.delta`). Patches are built on the same threads
+as members unpack, largest first, and never more at once than the largest one's memory
+(:class:`~installer.parallel.Budget`): on the delta bench (1,065 patched files, 137
+unpacked) writing each patch to disk and building the files after the unpack took
+0.92 s of a 1.3 s stage; most of it creating, reading and removing 1,065 patch files.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from installer.delta import apply_patch
 from installer.errors import BundleRejectedError, PreconditionError, SpaceError, UsageError
 from installer.failpoints import failpoint
 from installer.format import MANIFEST_NAME, SIGNATURE_NAME, FileEntry, Manifest, parse_manifest
-from installer.parallel import run_each
+from installer.parallel import Budget, run_each
 from installer.paths import read_beneath
 from installer.state import StateDir, write_atomic
 
@@ -78,15 +82,13 @@ def only_staged(state: StateDir) -> tuple[Manifest, bytes, bytes]:
 
 
 def _destinations(root: Path, manifest: Manifest) -> dict[str, tuple[str, int]]:
+    """Where each member unpacks whole (a delta entry's patch member is read, not unpacked)."""
     # strings, not Paths: 24k Path joins took 0.1 s (the paths were checked when parsed)
     join = os.path.join
     files, defaults, extras = (join(root, d) for d in ("files", "defaults", "bundle"))
     out: dict[str, tuple[str, int]] = {}
-    patches = join(root, "patches")
     for f in manifest.files:
-        if f.delta is not None:
-            out[f.member] = (join(patches, f.path), 0o600)
-        elif f.kind != "symlink":
+        if f.kind != "symlink" and f.delta is None:
             out[f.member] = (join(defaults if f.kind == "config" else files, f.path), f.mode)
     for m in manifest.extras:
         out[m.name] = (join(extras, m.name), m.mode)
@@ -106,40 +108,38 @@ def old_bytes(root: Path, manifest: Manifest, entry: FileEntry, earlier: OldFile
         RootLinkError: a symlink on its way leads out of the root.
     """
     assert entry.delta is not None
-    if entry.path in earlier:
-        src = earlier[entry.path]
+    path, sha = entry.old_file
+    if path in earlier:
+        src = earlier[path]
         data = src.read_bytes() if src is not None else None
     else:
-        data = read_beneath(root, entry.path, entry.delta.from_size)
-    if data is None or hashlib.sha256(data).hexdigest() != entry.from_sha256:
+        data = read_beneath(root, path, entry.delta.from_size)
+    if data is None or hashlib.sha256(data).hexdigest() != sha:
         how = "missing" if data is None else "modified"
+        of = "" if path == entry.path else f", the base of {entry.path}"
         raise PreconditionError(
-            f"{entry.path}: {how} (differs from {manifest.from_version}); a delta needs the exact "
+            f"{path}: {how} (differs from {manifest.from_version}{of}); a delta needs the exact "
             "old file: use a full bundle (bundle-build --delta none)"
         )
     return data
 
 
-def _build_patched(partial: Path, manifest: Manifest, old: Callable[[FileEntry], bytes]) -> None:
-    """Each delta entry's file, built from its old file and patch (one in memory at a time)."""
-    for f in manifest.deltas():
-        assert f.delta is not None and f.sha256 is not None
-        patch = partial / "patches" / f.path
-        new = apply_patch(f.delta.method, old(f), patch.read_bytes(), f.size, f.sha256)
-        dest = partial / "files" / f.path
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, f.mode)
-        try:
-            os.fchmod(fd, f.mode)
-            view = memoryview(new)
-            while view:
-                view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
-        del new
-        patch.unlink()
-        failpoint("stage:patch")
-    shutil.rmtree(partial / "patches", ignore_errors=True)
+def patch_memory(entry: FileEntry) -> int:
+    """Bytes building a delta entry's file holds at most: the old file, the patch, the new
+    file, and bsdiff's decompressed diff block (up to the new file's size)."""
+    assert entry.delta is not None
+    return entry.delta.from_size + entry.delta.size + 2 * entry.size
+
+
+def _write_new(path: str, data: bytes, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
 
 
 def stage_bundle(
@@ -177,6 +177,9 @@ def stage_bundle(
     partial.mkdir(parents=True, mode=0o700)
     promised = manifest.members()
     targets = _destinations(partial, manifest)
+    deltas = sorted(manifest.deltas(), key=lambda f: (-f.size, f.path)) if root is not None else []
+    budget = Budget(max((patch_memory(f) for f in deltas), default=0))
+    files_dir = os.path.join(partial, "files")
     umask = os.umask(0o022)
     os.umask(umask)
 
@@ -197,13 +200,34 @@ def stage_bundle(
             os.close(fd)
         failpoint("stage:member")
 
+    def build(f: FileEntry) -> None:
+        assert f.delta is not None and f.sha256 is not None and root is not None
+        with budget.claim(patch_memory(f)):
+            patch = b"".join(iter_verified(bundle, f.member, f.delta.sha256, f.delta.size))
+            new = apply_patch(
+                f.delta.method, old_bytes(root, manifest, f, earlier or {}), patch, f.size, f.sha256
+            )
+            del patch
+            _write_new(os.path.join(files_dir, f.path), new, f.mode)
+            del new
+        if progress is not None:
+            progress(f.delta.size + f.size)
+        failpoint("stage:patch")
+
+    def job(item: str | FileEntry) -> None:
+        if isinstance(item, str):
+            extract(item)
+        else:
+            build(item)
+
     try:
-        for d in sorted({os.path.dirname(p) for p, _ in targets.values()}):
+        dests = [p for p, _ in targets.values()] + [os.path.join(files_dir, f.path) for f in deltas]
+        for d in sorted({os.path.dirname(p) for p in dests}):
             os.makedirs(d, exist_ok=True)
+        # patches first, largest first (the longest does not start last); members in
         # archive order: neighbours in a directory are created together, as unzip does
-        run_each(extract, list(promised), threads=workers)
-        if root is not None:
-            _build_patched(partial, manifest, lambda f: old_bytes(root, manifest, f, earlier or {}))
+        jobs: list[str | FileEntry] = [*deltas, *(n for n in promised if n in targets)]
+        run_each(job, jobs, threads=workers)
         for f in manifest.files:
             if f.kind == "symlink":
                 link = partial / "files" / f.path

@@ -300,3 +300,121 @@ def test_an_old_file_that_is_a_link_out_of_the_root_is_not_read(
     p = install("--root", sb.root, "apply", delta_bundle)
     assert p.returncode == 4, p.stderr
     assert sb.version() == "4.0.1"
+
+
+def _renaming_product(tmp: Path) -> Path:
+    """Product ``ren``: 2.0.0 renames a native library (a new build hash in its name) and a
+    dist-info directory, as published wheels do; ``data-2.txt`` is added beside an
+    unchanged ``data-1.txt`` of the same shape (no base: the jump need not touch it)."""
+    specs = tmp / "specs"
+    d = specs / "ren"
+    (d / "jumps").mkdir(parents=True)
+    (d / "product.yaml").write_text("product: ren\nversion_file: VERSION\n")
+    (d / "jumps/1.0.0-2.0.0.yaml").write_text("from: 1.0.0\nto: 2.0.0\n")
+    lib = next((SITE / "re2").glob("_re2*.so")).read_bytes()
+    record = "".join(f"pkg/module_{i}.py,sha256={_sha(str(i).encode())},{i * 37}\n" for i in range(400))
+    data = "".join(f"row {i}\n" for i in range(2000))
+    trees = {
+        "1.0.0": {"lib/libfoo-1a2b3c4d.so": lib, "lib/pkg-1.0.dist-info/RECORD": record.encode(),
+                  "lib/data-1.txt": data.encode()},
+        "2.0.0": {"lib/libfoo-5e6f7a8b.so": _rebuilt(lib), "lib/data-1.txt": data.encode(),
+                  "lib/pkg-1.1.dist-info/RECORD": record.replace("module_7.", "module_7b.").encode(),
+                  "lib/data-2.txt": data.replace("row 9", "row nine").encode()},
+    }  # fmt: skip
+    for v, files in trees.items():
+        root = d / "releases" / v / "root"
+        for rel, body in {**files, "VERSION": f"{v}\n".encode()}.items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes(body)
+    return specs
+
+
+def test_an_added_file_is_patched_against_the_file_its_release_renamed(
+    tmp_path: Path, keys: dict[str, Path]
+) -> None:
+    """A renamed library and dist-info file travel as patches against the from-version
+    files the jump removes (``delta.base``); applied, the tree is exactly 2.0.0's and
+    rolls back exactly; a drifted base is exit 4 before anything changes."""
+    from tests.helpers import build
+
+    specs = _renaming_product(tmp_path)
+    p = build("--specs", specs, "--from", "1.0.0", "--to", "2.0.0", "--key", keys["key"],
+              "--out", tmp_path / "dist", "--json")  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    bundle = Path(json.loads(p.stdout)["bundle"])
+    bases = {str(f["path"]): f["delta"] for f in _patched(bundle)}
+    assert bases["lib/libfoo-5e6f7a8b.so"]["base"] == "lib/libfoo-1a2b3c4d.so"  # type: ignore[index]
+    assert bases["lib/pkg-1.1.dist-info/RECORD"]["base"] == "lib/pkg-1.0.dist-info/RECORD"  # type: ignore[index]
+    assert "lib/data-2.txt" not in bases  # its look-alike is not a file the jump touches
+    p = build("inspect", bundle, "--trust", keys["pub"])
+    assert "against lib/libfoo-1a2b3c4d.so" in p.stdout, p.stdout
+
+    def fresh(name: str) -> Path:
+        root = tmp_path / name
+        p = build("sandbox", "--specs", specs, "--version", "1.0.0", "--root", root, "--trust", keys["pub"])
+        assert p.returncode == 0, p.stderr
+        return root
+
+    new_tree = specs / "ren/releases/2.0.0/root"
+    root = fresh("root")
+    before = tree_hash(root)
+    p = install("--root", root, "apply", bundle)
+    assert p.returncode == 0, p.stderr
+    for rel in ("lib/libfoo-5e6f7a8b.so", "lib/pkg-1.1.dist-info/RECORD", "lib/data-2.txt"):
+        assert (root / rel).read_bytes() == (new_tree / rel).read_bytes(), rel
+    assert not (root / "lib/libfoo-1a2b3c4d.so").exists()
+    assert install("--root", root, "rollback").returncode == 0
+    assert tree_hash(root) == before
+
+    drifted = fresh("drifted")
+    (drifted / "lib/libfoo-1a2b3c4d.so").write_bytes(b"\x7fELF a local rebuild")
+    before = tree_hash(drifted)
+    p = install("--root", drifted, "plan", bundle)
+    assert "WOULD FAIL" in p.stdout and "lib/libfoo-1a2b3c4d.so: modified (lib/libfoo-5e6f7a8b.so" in p.stdout
+    for argv in (("apply",), ("--accept-drift", "apply"), ("stage",)):
+        p = install("--root", drifted, *argv, bundle)
+        line = p.stderr.strip().splitlines()[-1]
+        assert p.returncode == 4, p.stderr
+        assert "lib/libfoo-1a2b3c4d.so: modified" in line and "--delta none" in line, line
+        assert tree_hash(drifted) == before
+
+
+def test_a_base_path_is_checked_like_any_bundle_path(
+    sandbox: Callable[..., Sandbox], delta_bundle: Path, keys: dict[str, Path], tmp_path: Path
+) -> None:
+    """``delta.base`` is hostile until checked: a validly signed bundle whose patch names
+    a base out of the root, through ``..``, or among the installer's own files is exit 3
+    with the root unchanged; a base with no sha256, or beside a from_sha256, is refused."""
+    from pydantic import ValidationError
+
+    from builder.keys import load_private_key
+    from installer.errors import UnsafePathError
+    from installer.format import Delta, FileEntry, canonical_json, sign_manifest
+
+    members = read(delta_bundle)
+    sb = sandbox()
+    before = tree_hash(sb.root)
+    for base in ("/etc/shadow", "../../etc/shadow", "var/lib/jumpkit/demo-manager/journal.jsonl"):
+        man = json.loads(members["manifest.json"])
+        f = next(x for x in man["files"] if x.get("delta"))
+        f["delta"] = {**f["delta"], "base": base, "base_sha256": f["from_sha256"]}
+        f["from_sha256"] = None
+        data = canonical_json(man)
+        sig = sign_manifest(data, load_private_key(keys["key"]))
+        bad = write(tmp_path / "bad.zip", {**members, "manifest.json": data, "manifest.sig": sig})
+        for argv in (("verify",), ("apply",)):
+            p = install("--root", sb.root, *argv, bad)
+            assert p.returncode == 3, (base, p.stderr)
+        assert tree_hash(sb.root) == before
+        count("hostile delta bases refused (exit 3)")
+    good = {"method": "bsdiff", "sha256": "a" * 64, "size": 1, "from_size": 1}
+    with pytest.raises((ValidationError, UnsafePathError)):
+        Delta(**good, base="a/../../x", base_sha256="b" * 64)
+    with pytest.raises(ValidationError, match="come together"):
+        Delta(**good, base="lib/x")
+    d = Delta(**good, base="lib/old", base_sha256="b" * 64)
+    with pytest.raises(ValidationError, match="not both"):
+        FileEntry(path="lib/new", sha256="c" * 64, size=1, from_sha256="d" * 64, delta=d)
+    with pytest.raises(ValidationError, match="another path"):
+        FileEntry(path="lib/old", sha256="c" * 64, size=1, delta=d)
+    assert FileEntry(path="lib/new", sha256="c" * 64, size=1, delta=d).old_file == ("lib/old", "b" * 64)

@@ -97,3 +97,30 @@ def test_a_local_header_naming_another_member_is_refused(tmp_path: Path) -> None
             b"".join(bundle.iter_member("aaaa", 100))
     finally:
         bundle.close()
+
+
+def test_a_budget_never_holds_more_than_its_largest_claim_at_once() -> None:
+    """Patches built on two threads: the claims in flight never exceed the limit (the
+    largest one), a claim over the limit runs alone, and small ones overlap."""
+    import threading
+    import time
+
+    from installer.parallel import Budget, run_each
+
+    budget = Budget(100)
+    held, peak, overlapped = [0], [0], [False]
+    lock = threading.Lock()
+
+    def work(size: int) -> None:
+        with budget.claim(size):
+            size = min(size, 100)  # one over the limit holds all of it
+            with lock:
+                held[0] += size
+                peak[0] = max(peak[0], held[0])
+                overlapped[0] |= held[0] > size
+            time.sleep(0.002)
+            with lock:
+                held[0] -= size
+
+    run_each(work, [100, 70, 60, 500, *([10] * 40)], threads=3)
+    assert held[0] == 0 and peak[0] <= 100 and overlapped[0]

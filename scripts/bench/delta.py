@@ -200,7 +200,10 @@ def main() -> int:
                    for _ in range(args.repeat)]  # fmt: skip
         peak, _ = peak_memory(stage, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
         pss.append(peak)
-        largest = max((new_files[p].stat().st_size for p in changed), default=0)
+        with zipfile.ZipFile(bundle) as z:
+            patched = [f for f in json.loads(z.read("manifest.json"))["files"] if f.get("delta")]
+        largest = max((int(f["size"]) for f in patched), default=0)
+        renamed = sum(1 for f in patched if f["delta"].get("base"))
         rows.update({
             "files": len(new_files), "changed": len(changed), "added": len(added),
             "full_to_release_zip6": full, "changed_files_zip6": changed_size,
@@ -210,14 +213,18 @@ def main() -> int:
             "build_cold_s": round(cold, 2), "build_warm_s": round(statistics.median(warm_t), 2),
             "stage_s": round(statistics.median(stage_t), 2), "unzip_changed_s": round(statistics.median(unzip_t), 2),
             "installer_start_s": round(statistics.median(start_t), 2),
-            "stage_peak_pss_mib": round(max(pss) / 1024), "largest_changed_file_mib": round(largest / 2**20, 1),
+            "patched": len(patched), "patched_against_a_renamed_file": renamed,
+            "stage_peak_pss_mib": round(max(pss) / 1024), "largest_patched_file_mib": round(largest / 2**20, 1),
+            "stage_memory_target_mib": round(3 * largest / 2**20 + 100 * 1e6 / 2**20),
         })  # fmt: skip
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
     b = int(rows["jumpkit_bundle"])  # type: ignore[call-overload]
     print("releases: " + "; ".join(rows["releases"]))  # type: ignore[arg-type]
-    print(f"{rows['files']} files; {rows['changed']} changed, {rows['added']} added")
+    print(f"{rows['files']} files; {rows['changed']} changed, {rows['added']} added; "
+          f"{rows['patched']} travel as patches ({rows['patched_against_a_renamed_file']} against a "
+          "file the release renamed)")  # fmt: skip
     for what in ("full_to_release_zip6", "changed_files_zip6", "per_file_xdelta3", "best_of_tools_per_file"):
         v = rows[what]
         if v is not None:
@@ -227,8 +234,8 @@ def main() -> int:
     print(f"stage {rows['stage_s']}s vs unzip -q of the changed files {rows['unzip_changed_s']}s "
           f"({float(rows['stage_s']) / max(float(rows['unzip_changed_s']), 1e-9):.2f}x); "  # type: ignore[arg-type]
           f"(of which the installer's own start, --version: {rows['installer_start_s']}s); "
-          f"installer peak PSS {rows['stage_peak_pss_mib']} MiB "
-          f"(largest changed file {rows['largest_changed_file_mib']} MiB)")  # fmt: skip
+          f"installer peak PSS {rows['stage_peak_pss_mib']} MiB (target: 3 x the largest patched file, "
+          f"{rows['largest_patched_file_mib']} MiB, + 100 MB = {rows['stage_memory_target_mib']} MiB)")  # fmt: skip
     return 0
 
 
