@@ -23,6 +23,7 @@ from builder.inspect import describe, inspect_bundle
 from builder.keys import keygen as make_key
 from builder.present import JsonOpt, err
 from builder.present import fail as _fail
+from builder.resources import foreign_installer, packaged_installer
 from builder.rollout_cli import rollout_app
 from builder.rpm import build_rpm
 from builder.sandbox import lay_out
@@ -135,6 +136,8 @@ def build(
     """Build the bundle of one jump (when no sub-command is given)."""
     if version:
         print(f"bundle-build {__version__}")
+        if (clash := foreign_installer()) is not None:
+            err.print(f"bundle-build: {clash}")
         raise typer.Exit()
     if ctx.invoked_subcommand is not None:
         return
@@ -308,18 +311,20 @@ def _build_one(
 
 
 def _installer(path: Path | None, none: bool, quiet: bool) -> FrozenInstaller | None:
-    """The installer to embed: --installer, else dist/bundle-install when it exists."""
+    """The installer to embed: --installer, else the one this install carries (a platform
+    wheel's), else a checkout's dist/bundle-install when it exists."""
     if none:
         return None
     if path is None:
-        if not DEFAULT_INSTALLER.is_file():
+        path = packaged_installer() or (DEFAULT_INSTALLER if DEFAULT_INSTALLER.is_file() else None)
+        if path is None:
             if not quiet:
                 err.print(
-                    f"bundle-build: no {DEFAULT_INSTALLER} (scripts/freeze-installer builds it): "
+                    f"bundle-build: no frozen installer (this install carries none, and there is no "
+                    f"{DEFAULT_INSTALLER}; scripts/freeze-installer builds it): "
                     "building a DEVELOPMENT bundle without an installer"
                 )
             return None
-        path = DEFAULT_INSTALLER
     return probe_installer(path)
 
 

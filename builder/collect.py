@@ -18,6 +18,7 @@ import jinja2
 
 from builder.delta import Choice, find_bases
 from builder.errors import SpecError
+from builder.resources import templates
 from builder.spec import JumpSpec, ModeSpec, Product, UnitSpec
 from builder.zipwriter import Source
 from installer.format import PAYLOAD_PREFIX, RemovedEntry, RewriteRule
@@ -144,15 +145,12 @@ def render_configs(product: Product, version: str, variables: dict[str, Any]) ->
     return out
 
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
-
-
 def render_unit(product: str, version: str, name: str, unit: UnitSpec, stop_timeout: float) -> bytes:
     """Render templates/systemd/service.j2 for one service."""
     from builder import __version__
 
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES),
+        loader=jinja2.FileSystemLoader(templates()),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,

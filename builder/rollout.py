@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from builder.errors import BuildError
+from builder.resources import require_fleet, templates
 from installer.archive import iter_verified, open_bundle, verify_bundle
 from installer.errors import JumpkitError, UsageError
 from installer.format import INSTALLER_MEMBER, Manifest, load_trusted_keys
 
-PLAYBOOK = Path(__file__).resolve().parent.parent / "templates/ansible/rollout.yml"
 Order = Literal["leader-last", "leader-first"]
 
 
@@ -116,6 +116,7 @@ def inventory_hosts(inventory: Path, pattern: str) -> list[str]:
     """
     if not inventory.exists():
         raise UsageError(f"inventory {inventory} does not exist")
+    require_fleet("a rollout")
     from ansible.inventory.manager import InventoryManager
     from ansible.parsing.dataloader import DataLoader
 
@@ -220,7 +221,7 @@ class Runner:
         bindir = str(Path(sys.executable).parent)
         r = ansible_runner.run(
             private_data_dir=str(self.work),
-            playbook=str(PLAYBOOK),
+            playbook=str(templates() / "ansible/rollout.yml"),
             inventory=str(self.inventory.resolve()),
             extravars=extravars,
             tags=tag,

@@ -27,11 +27,11 @@ from pathlib import Path
 import jinja2
 
 from builder.errors import BuildError
+from builder.resources import templates
 from builder.spec import PackageSpec
 from installer.archive import open_bundle
 from installer.format import INSTALLER_MEMBER, MANIFEST_NAME, SIGNATURE_NAME, Manifest
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 BUNDLES_DIR = "/var/lib/jumpkit/bundles"
 MAX_MEMBER = 1 << 31  # our own freshly built ZIP; the limit only guards against a bad one
 COMPRESSION = {"zstd": "w3.zstdio", "xz": "w6.xzdio", "gzip": "w6.gzdio"}
@@ -125,7 +125,7 @@ def build_rpm(
     name, version, release = rpm_names(manifest)
     bundle_dir = f"{BUNDLES_DIR}/{manifest.bundle_id}"
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES / "rpm"),
+        loader=jinja2.FileSystemLoader(templates() / "rpm"),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,
@@ -152,6 +152,7 @@ def build_rpm(
         changelog_date=time.strftime("%a %b %d %Y", time.gmtime(manifest.created)),
         changelog_name=_header(package.packager or "jumpkit <jumpkit@localhost>", "packager"),
     )
+    out_dir = out_dir.absolute()  # rpmbuild runs %install elsewhere: a relative _topdir breaks it
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / f"{name}-{version}-{release}.x86_64.rpm"
     with tempfile.TemporaryDirectory(prefix=".rpmbuild-", dir=out_dir) as tmp:
