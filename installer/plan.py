@@ -321,19 +321,31 @@ def _drift_of(entry: FileEntry, current: str | None) -> str | None:
     return f"{entry.path}: missing" if current is None else f"{entry.path}: modified"
 
 
-def check_drift(manifest: Manifest, root: Path) -> list[str]:
+Digests = dict[str, str | None]
+"""``current_digest`` by relative path, shared by the checks of one pre-flight (the drift
+check and the delta check read the same files: 0.065 s each on the delta bench)."""
+
+
+def _digest(target: Targets, rel: str, seen: Digests) -> str | None:
+    if rel not in seen:
+        seen[rel] = current_digest(target(rel))
+    return seen[rel]
+
+
+def check_drift(manifest: Manifest, root: Path, seen: Digests | None = None) -> list[str]:
     """Files the jump replaces or removes that differ from the from-version (configs
     under keep-local or rewrite are the operator's to edit and never drift)."""
     out = []
     target = Targets(root)
+    seen = {} if seen is None else seen
     for entry in manifest.files:
         if entry.kind == "config" and entry.policy != "replace":
             continue
-        d = _drift_of(entry, current_digest(target(entry.path)))
+        d = _drift_of(entry, _digest(target, entry.path, seen))
         if d:
             out.append(d)
     for removed in manifest.removed:
-        current = current_digest(target(removed.path))
+        current = _digest(target, removed.path, seen)
         if current is not None and current.startswith(NOT_A_FILE):
             what = current.removeprefix(NOT_A_FILE)
             out.append(f"{removed.path}: is {what} on this manager; the jump removes a file")
@@ -342,14 +354,15 @@ def check_drift(manifest: Manifest, root: Path) -> list[str]:
     return out
 
 
-def delta_drift(manifest: Manifest, root: Path) -> PreconditionError | None:
+def delta_drift(manifest: Manifest, root: Path, seen: Digests | None = None) -> PreconditionError | None:
     """The refusal of a delta bundle whose old files differ from the from-version (a patch
     builds the new file only from the exact old one; ``--accept-drift`` cannot help), or None."""
     target = Targets(root)
+    seen = {} if seen is None else seen
     bad = []
     for f in manifest.deltas():
         path, sha = f.old_file
-        current = current_digest(target(path))
+        current = _digest(target, path, seen)
         if current == sha:
             continue
         if path == f.path:

@@ -17,7 +17,7 @@ from installer.graph import NoPath, plan_chain
 from installer.health import lookup_variables, resolve_lookup, wait_healthy
 from installer.migrate import backup_size, current_revision, database_url, safe_url
 from installer.paths import read_small
-from installer.plan import Confined, View, check_drift, delta_drift, drift_error
+from installer.plan import Confined, Digests, View, check_drift, delta_drift, drift_error
 from installer.services import ServiceManager
 from installer.state import StateDir
 
@@ -176,9 +176,10 @@ def check(
     problems += _services_ready(manifest, root, services, passed, force=force)
     problems += _databases_ready(manifest, root, passed)
     Confined(manifest, View(root))  # where every path lands: no link out of the root (exit 3 or 4)
-    if (patched := delta_drift(manifest, root)) is not None:
+    seen: Digests = {}
+    if (patched := delta_drift(manifest, root, seen)) is not None:
         raise patched
-    drift = check_drift(manifest, root)
+    drift = check_drift(manifest, root, seen)
     if drift and not accept_drift and not problems:
         raise drift_error(manifest, drift)
     if drift:
