@@ -45,9 +45,25 @@ def check_signature(path: Path, root: Path) -> str:
     p = subprocess.run(argv, capture_output=True, text=True, input="")
     said = [ln for ln in (p.stdout + p.stderr).splitlines() if str(path) in ln or "NOT OK" in ln]
     if p.returncode != 0 or "signatures OK" not in p.stdout:
+        if not has_signature(path):
+            raise SignatureError(
+                "the RPM is unsigned (no GPG signature; bundle-build --rpm-sign-key signs one)"
+            )
         detail = said[-1].replace(str(path), "").strip(" :") if said else f"rpm -K exit {p.returncode}"
         raise SignatureError(f"the RPM's GPG signature does not verify ({detail})")
     return "signatures OK"
+
+
+def has_signature(path: Path) -> bool:
+    """True when the RPM's signature header holds any GPG signature (rpm -K alone says
+    "digests SIGNATURES NOT OK" both for an unsigned package and for a bad signature)."""
+    import rpmfile
+
+    try:
+        with rpmfile.open(str(path)) as rpm:
+            return any(t in rpm.headers for t in SIGNATURE_TAGS)
+    except (OSError, KeyError, ValueError, EOFError):
+        return False
 
 
 def _member(rpm: Any) -> Any:
@@ -105,7 +121,7 @@ def describe(path: Path) -> dict[str, Any]:
                 "version": text(h.get("version")),
                 "release": text(h.get("release")),
                 "arch": text(h.get("arch")),
-                "gpg_signature": any(t in h for t in SIGNATURE_TAGS),
+                "gpg_signature": any(t in h for t in SIGNATURE_TAGS),  # see has_signature
                 "payload": text(h.get("archive_compression", "")),
                 "files": sorted("/" + m.name.lstrip("./") for m in rpm.getmembers()),
             }

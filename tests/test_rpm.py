@@ -197,6 +197,8 @@ def test_gpg_signed_rpm_verifies_and_a_tampered_one_does_not(
     assert subprocess.run([*check, str(bad)], capture_output=True, text=True).returncode != 0
     unsigned = subprocess.run([*check, str(rpm_file)], capture_output=True, text=True)
     assert unsigned.returncode != 0, "rpm -K passes unsigned packages unless the signature level is enforced"
+    lint = subprocess.run(["rpmlint", "-r", str(rc), str(rpm_file)], capture_output=True, text=True)
+    assert lint.returncode == 0 and " 0 errors" in lint.stdout, "unsigned: " + lint.stdout
 
 
 @pytest.fixture(scope="module")
@@ -406,13 +408,14 @@ def test_verify_and_inspect_read_bundle_rpms_and_enforce_their_signature(
     assert p.returncode == 0, p.stderr
     assert "RPM: signatures OK" in p.stderr and p.stdout.startswith("OK demo-manager-4.0.1-to-4.1.1")
     p = install("--root", root, "--trust", keys["pub"], "verify", rpm_file)
-    assert p.returncode == 3 and "GPG signature does not verify" in p.stderr, p.stderr
+    assert p.returncode == 3, p.stderr
+    assert p.stderr.strip().splitlines()[-1].startswith("bundle-install: the RPM is unsigned"), p.stderr
     bad = tmp_path / "bad.rpm"
     data = bytearray(signed.read_bytes())
     data[len(data) // 2] ^= 0xFF
     bad.write_bytes(bytes(data))
     p = install("--root", root, "--trust", keys["pub"], "verify", bad)
-    assert p.returncode == 3, p.stderr
+    assert p.returncode == 3 and "GPG signature does not verify" in p.stderr, p.stderr
     doc = json.loads(build("inspect", signed, "--json").stdout)
     assert doc["rpm"]["name"] == "demo-manager-upgrade" and doc["rpm"]["gpg_signature"] is True
     assert doc["manifest"]["from_version"] == "4.0.1" and doc["development"] is False
