@@ -34,7 +34,7 @@ from installer.graph import NoPath, plan_chain
 
 app = typer.Typer(
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
     rich_markup_mode=None,
     invoke_without_command=True,
     help="Build signed, reproducible version-jump bundles from jump specs.\n\n"

@@ -24,5 +24,12 @@ class BuildError(JumpkitError):
     exit_code = 1
 
 
+class SigningKeyError(BuildError):
+    """The signing key given cannot sign: missing, unreadable, a public key, not ed25519,
+    or readable by others. A wrong argument, so exit 2 whatever the cause."""
+
+    exit_code = 2
+
+
 class UnknownJumpError(SpecError):
     """No jump spec for the requested from/to pair."""

@@ -133,6 +133,17 @@ def describe(info: dict[str, Any]) -> list[str]:
             f"services ({svc['backend']}): {', '.join(s['name'] for s in svc['services'])}; "
             f"health: {', '.join(h['name'] for h in svc['health']) or 'none'}"
         )
+    for db in m.get("databases", []):
+        revs = db.get("revisions") or []
+        lines.append(
+            f"migration: {db['name']} {db['from_revision'] or '(empty)'} -> {db['to_revision']}"
+            + (
+                f" ({len(revs)} revision(s): {', '.join(revs[:6])}{', ...' if len(revs) > 6 else ''})"
+                if revs
+                else ""
+            )
+            + (f"; rehearsed in {db['rehearsal_seconds']:.1f}s" if db.get("rehearsal_seconds") else "")
+        )
     for c in m["checks"]:
         lines.append(f"check: {c['kind']} {c.get('description') or c['path']}")
     for h in m["hooks"]:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from builder.errors import BuildError
+from builder.errors import BuildError, SigningKeyError
 from installer.format import key_id
 
 
@@ -42,14 +43,30 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     """Read a PEM ed25519 private key.
 
     Raises:
-        BuildError: unreadable, not ed25519, or readable by group/others.
+        SigningKeyError: missing, not a file, unreadable, a public key, not an ed25519
+            private key, or readable by group/others (exit 2 for each).
     """
     try:
-        if os.stat(path).st_mode & 0o077:
-            raise BuildError(f"{path} is readable by others; chmod 600 it")
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as e:
-        raise BuildError(f"cannot read signing key {path}: {e}") from e
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise SigningKeyError(f"signing key {path}: not a file")
+        data = path.read_bytes()
+    except FileNotFoundError as e:
+        raise SigningKeyError(f"signing key {path}: no such file (bundle-build keygen makes one)") from e
+    except OSError as e:
+        raise SigningKeyError(f"signing key {path}: cannot read it ({e.strerror})") from e
+    if b"PUBLIC KEY-----" in data[:64]:
+        raise SigningKeyError(
+            f"signing key {path}: a public key; --key takes the private key (keygen's signing.key)"
+        )
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as e:
+        raise SigningKeyError(f"signing key {path}: not a PEM private key without a passphrase") from e
     if not isinstance(key, Ed25519PrivateKey):
-        raise BuildError(f"{path} is not an ed25519 private key")
+        raise SigningKeyError(f"signing key {path}: not an ed25519 private key")
+    if st.st_mode & 0o077:
+        raise SigningKeyError(
+            f"signing key {path}: readable by others (mode {st.st_mode & 0o777:04o}); chmod 600 it"
+        )
     return key

@@ -31,7 +31,7 @@ failed and rollback failed (operator action needed; status says what); 7 another
 holds the lock. A signal after the commit is logged and the apply finishes (0)."""
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     no_args_is_help=True,
     rich_markup_mode=None,

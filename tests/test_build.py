@@ -118,6 +118,8 @@ def test_inspect_human_and_json(bundle: Path, keys: dict[str, Path]) -> None:
     assert "demo-manager 4.0.1 -> 4.1.1" in p.stdout and "verified" in p.stdout
     assert "config etc/demo-manager/manager.ini: rewrite" in p.stdout
     assert "DEVELOPMENT" in p.stdout
+    assert "migration: main 0002 -> 0004 (2 revision(s): 0003, 0004)" in p.stdout  # not only in --json
+    assert "hook: node (node)" in p.stdout
     doc = json.loads(build("inspect", bundle, "--json").stdout)
     assert doc["manifest"]["from_version"] == "4.0.1" and doc["development"] is True
     p = build("inspect", bundle, "--trust", keys["evil_pub"])
@@ -240,3 +242,42 @@ def test_include_exclude_patterns_match_as_fnmatchcase() -> None:
         for path in [*paths, "é/x.py"]:
             want = any(fnmatch.fnmatchcase(path, p) for p in patterns)
             assert _matches(path, patterns) == want, (path, patterns)
+
+
+@pytest.mark.parametrize("prog", ["bundle-build", "bundle-install"])
+def test_shell_completion_for_bash_zsh_and_fish(prog: str) -> None:
+    """Both CLIs print a completion script per shell (``--install-completion`` installs it),
+    and bash completion completes sub-commands."""
+    exe = str(Path(sys.executable).parent / prog)
+    var = "_" + prog.upper().replace("-", "_") + "_COMPLETE"
+    for shell in ("bash", "zsh", "fish"):
+        p = subprocess.run([exe, "--show-completion", shell], capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0 and var in p.stdout, (shell, p.stdout, p.stderr)
+    word, want = ("ins", "inspect") if prog == "bundle-build" else ("roll", "rollback")
+    env = {**os.environ, var: "complete_bash", "COMP_WORDS": f"{prog} {word}", "COMP_CWORD": "1"}
+    p = subprocess.run([exe], capture_output=True, text=True, env=env, timeout=60)
+    assert p.stdout.split() == [want], p.stdout + p.stderr
+
+
+def test_every_signing_key_problem_is_exit_2_in_one_line(tmp_path: Path, keys: dict[str, Path]) -> None:
+    """Missing, a directory, the public key, not a key, readable by others: each is the
+    operator's argument, so exit 2, one line naming the problem, nothing in --out."""
+    junk = tmp_path / "junk.key"
+    junk.write_text("junk\n")
+    junk.chmod(0o600)
+    loose = tmp_path / "loose.key"
+    loose.write_bytes(keys["key"].read_bytes())
+    loose.chmod(0o644)
+    cases = {
+        tmp_path / "missing.key": "no such file (bundle-build keygen makes one)",
+        tmp_path: "not a file",
+        keys["pub"]: "a public key; --key takes the private key",
+        junk: "not a PEM private key",
+        loose: "readable by others (mode 0644); chmod 600 it",
+    }
+    for key, said in cases.items():
+        out = tmp_path / "out"
+        p = build_demo(out, key)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 2 and len(lines) == 1 and said in lines[0], (key, p.stderr)
+        assert not out.exists() or not list(out.iterdir())
