@@ -212,6 +212,7 @@ def main() -> int:
             "jumpkit_bundle": bundle.stat().st_size,
             "build_cold_s": round(cold, 2), "build_warm_s": round(statistics.median(warm_t), 2),
             "stage_s": round(statistics.median(stage_t), 2), "unzip_changed_s": round(statistics.median(unzip_t), 2),
+            "stage_ratios": sorted(round(a / max(b, 1e-9), 2) for a, b in zip(stage_t, unzip_t, strict=True)),
             "installer_start_s": round(statistics.median(start_t), 2),
             "patched": len(patched), "patched_against_a_renamed_file": renamed,
             "stage_peak_pss_mib": round(max(pss) / 1024), "largest_patched_file_mib": round(largest / 2**20, 1),
@@ -232,7 +233,8 @@ def main() -> int:
     print(f"  {'jumpkit bundle':<26} {b / 2**20:8.1f} MiB")
     print(f"build: cold {rows['build_cold_s']}s, warm cache {rows['build_warm_s']}s")
     print(f"stage {rows['stage_s']}s vs unzip -q of the changed files {rows['unzip_changed_s']}s "
-          f"({float(rows['stage_s']) / max(float(rows['unzip_changed_s']), 1e-9):.2f}x); "  # type: ignore[arg-type]
+          f"({float(rows['stage_s']) / max(float(rows['unzip_changed_s']), 1e-9):.2f}x; "  # type: ignore[arg-type]
+          f"interleaved pairs {rows['stage_ratios']}); "
           f"(of which the installer's own start, --version: {rows['installer_start_s']}s); "
           f"installer peak PSS {rows['stage_peak_pss_mib']} MiB (target: 3 x the largest patched file, "
           f"{rows['largest_patched_file_mib']} MiB, + 100 MB = {rows['stage_memory_target_mib']} MiB)")  # fmt: skip
