@@ -18,8 +18,10 @@ from builder.delta import BSDIFF_MAX, PatchJob, choose_all
 from builder.errors import BuildError
 from builder.frozen import FrozenInstaller, cache_dir
 from builder.keys import load_private_key
+from builder.lint import lint_jump, release_trees
 from builder.migrations import plan_database
 from builder.spec import JumpSpec, Product, load_product, start_order
+from builder.specfile import refuse
 from builder.zipwriter import Source, ZipWriter
 from installer.format import (
     DELTA_FORMAT_VERSION,
@@ -152,7 +154,10 @@ def build_bundle(
     jump = product.jump(frm, to)
     jump_path = product.jump_files()[(frm, to)]
     private = load_private_key(key) if key is not None else None
-    collected = collect(product, jump, jump_path.parent)
+    trees = release_trees(product, jump)
+    refuse(lint_jump(product, jump_path, trees))  # what lint calls an error, a build refuses
+    collected = collect(product, jump, jump_path.parent, trees)
+    del trees
     databases = []
     for spec in product.spec.databases:
         db, sources = plan_database(product, jump, spec, rehearse=rehearse)

@@ -21,6 +21,7 @@ from builder.errors import BuildError, UnknownJumpError
 from builder.frozen import DEFAULT_INSTALLER, FrozenInstaller, probe_installer
 from builder.inspect import describe, inspect_bundle
 from builder.keys import keygen as make_key
+from builder.lint import lint_product
 from builder.present import JsonOpt, err
 from builder.present import fail as _fail
 from builder.resources import foreign_installer, packaged_installer
@@ -326,6 +327,46 @@ def _installer(path: Path | None, none: bool, quiet: bool) -> FrozenInstaller | 
                 )
             return None
     return probe_installer(path)
+
+
+@app.command("lint")
+def lint_cmd(
+    product: Annotated[
+        str | None, typer.Option("--product", help="Product under --specs (default: the only one).")
+    ] = None,
+    specs: Annotated[
+        Path, typer.Option("--specs", help="Specs directory (or one product's directory).")
+    ] = Path("specs"),
+    json_out: JsonOpt = False,
+) -> None:
+    """Check a product's specs and every jump of it, each problem on its file:line.
+
+    Errors (a build of that jump refuses them too): unknown keys and values, with "did
+    you mean"; versions YAML reads as numbers (to: 1.10 is 1.1); rules: without policy:
+    rewrite; hook, job and component files that do not exist; configs with no template in
+    the to-release; an include pattern that matches nothing in the to-release; files that
+    differ between the two releases that no include carries and no exclude leaves out.
+    Warnings: rewrite with no rules; exclude, modes and remove entries that match nothing.
+
+    Exit 0 with warnings only, 2 when there is an error. Builds nothing."""
+    try:
+        problems = lint_product(specs, product)
+    except JumpkitError as e:
+        _fail(e, json_out, False)
+    errors = sum(1 for p in problems if p.severity == "error")
+    warnings = len(problems) - errors
+    if json_out:
+        print(json.dumps({
+            "ok": errors == 0, "errors": errors, "warnings": warnings,
+            "problems": [{"file": str(p.file), "line": p.line, "severity": p.severity, "message": p.message}
+                         for p in problems],
+        }))  # fmt: skip
+    else:
+        for p in problems:
+            print(p.render())
+        print(f"{errors} error(s), {warnings} warning(s)" if problems else "no problems found")
+    if errors:
+        raise typer.Exit(2)
 
 
 @app.command("plan")

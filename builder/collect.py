@@ -184,27 +184,27 @@ def _pair_added(out: Collected, old: Mapping[str, TreeFile]) -> None:
         by_path[path].old_path, by_path[path].base = old[base].path, base
 
 
-def collect(product: Product, jump: JumpSpec, jump_dir: Path) -> Collected:
-    """Diff the from- and to-release trees under the jump's include/exclude patterns.
+def collect(
+    product: Product,
+    jump: JumpSpec,
+    jump_dir: Path,
+    trees: tuple[Mapping[str, TreeFile], Mapping[str, TreeFile]] | None = None,
+) -> Collected:
+    """Diff the from- and to-release trees (``trees`` when walked already) under the
+    jump's include/exclude patterns.
 
     Raises:
         SpecError: a release is missing, or a spec entry refers to nothing.
     """
     frm, to = jump.from_version, jump.to_version
-    for v in (frm, to):
-        if not product.release_dir(v).is_dir():
-            raise SpecError(f"release {v} has no directory {product.release_dir(v)}")
+    if trees is None:
+        for v in (frm, to):
+            if not product.release_dir(v).is_dir():
+                raise SpecError(f"release {v} has no directory {product.release_dir(v)}")
+        trees = walk_tree(product.release_dir(frm) / "root"), walk_tree(product.release_dir(to) / "root")
     fs = jump.files
-    old = {
-        p: f
-        for p, f in walk_tree(product.release_dir(frm) / "root").items()
-        if _matches(p, fs.include) and not _matches(p, fs.exclude)
-    }
-    new = {
-        p: f
-        for p, f in walk_tree(product.release_dir(to) / "root").items()
-        if _matches(p, fs.include) and not _matches(p, fs.exclude)
-    }
+    old = {p: f for p, f in trees[0].items() if _matches(p, fs.include) and not _matches(p, fs.exclude)}
+    new = {p: f for p, f in trees[1].items() if _matches(p, fs.include) and not _matches(p, fs.exclude)}
     out = Collected()
     for path, entry in new.items():
         before = old.get(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from installer.errors import JumpkitError
 
@@ -12,10 +13,12 @@ class SpecError(JumpkitError):
 
     exit_code = 2
 
-    def __init__(self, message: str, *, problems: Sequence[str] = ()) -> None:
+    def __init__(self, message: str, *, problems: Sequence[str] = (), found: Sequence[Any] = ()) -> None:
         super().__init__(message)
         self.problems = list(problems)
         self.details = self.problems
+        self.found = list(found)
+        """The :class:`builder.specfile.Problem` objects behind ``problems``, when known."""
 
 
 class BuildError(JumpkitError):

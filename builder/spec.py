@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import graphlib
+import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -12,6 +13,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from builder.errors import SpecError, UnknownJumpError
+from builder.specfile import Located, Problem, refuse, validation_problems
+from builder.specfile import load as load_located
 from installer.format import Check, Cluster, HealthCheck, HookWhen, Lookup, RewriteRule, Service
 from installer.graph import Graph, Policy, PolicyError, violations
 from installer.paths import check_relpath
@@ -29,15 +32,25 @@ class UnitSpec(_Spec):
     a service; it ships as ``etc/systemd/system/<name>.service``."""
 
     exec_start: tuple[str, ...]
+    """ExecStart argv of the unit."""
     description: str | None = None
+    """Description= (default: the product and service name)."""
     type: Literal["simple", "exec", "notify", "forking", "oneshot"] = "simple"
+    """Type=."""
     user: str | None = None
+    """User= (default: root)."""
     working_directory: str | None = None
+    """WorkingDirectory=."""
     environment: dict[str, str] = Field(default_factory=dict)
+    """Environment= variables, by name."""
     after: tuple[str, ...] = ("network.target",)
+    """After= units."""
     requires: tuple[str, ...] = ()
+    """Requires= units."""
     restart: Literal["no", "on-failure", "always"] = "on-failure"
+    """Restart=."""
     wanted_by: str = "multi-user.target"
+    """WantedBy= of the [Install] section."""
 
 
 def start_order(services: tuple[Service, ...], where: str) -> tuple[Service, ...]:
@@ -73,20 +86,29 @@ class ServicesSpec(_Spec):
     """How the product runs its services (per product; a jump may override)."""
 
     backend: Literal["supervisord", "systemd", "command", "none"] = "none"
+    """What starts and stops the services: supervisord (XML-RPC), systemd
+    (systemctl), command (argv per service) or none."""
     socket: str | None = None
+    """supervisord: its unix socket, relative to the root."""
     services: tuple[Service, ...] = ()
+    """The manager's services, started in order (and after ``depends_on``), stopped
+    in reverse."""
     health: tuple[HealthCheck, ...] = ()
+    """Checks that must pass after the start before the apply commits."""
 
 
 class DatabaseSpec(_Spec):
     """A database of the product, migrated by alembic."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    """Names the database in plans, logs and the bundle (``migrations/<name>/``)."""
     script_dir: str
     """The alembic script dir inside each release dir (its ``versions/`` ship)."""
     url: Lookup
     """Where the installer finds the URL on the target (never put a password here)."""
     url_kind: Literal["url", "sqlite-path"] = "url"
+    """``url``: the lookup gives a SQLAlchemy URL; ``sqlite-path``: a SQLite file
+    path relative to the root."""
 
     @field_validator("script_dir")
     @classmethod
@@ -107,28 +129,47 @@ class PackageSpec(_Spec):
     """RPM header fields of the product's bundle RPMs."""
 
     license: str = "Proprietary"
+    """RPM License: (an SPDX identifier)."""
     url: str = ""
+    """RPM URL:."""
     packager: str = ""
+    """RPM Packager:."""
     group: str = "System Environment/Base"
+    """RPM Group:."""
 
 
 class ProductSpec(_Spec):
     """product.yaml"""
 
     product: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+    """The product's name: its directory under specs/, bundle names and
+    ``etc/jumpkit/product`` on the manager."""
     summary: str = ""
+    """One line describing the product (RPM Summary:)."""
     version_file: str
+    """File under the root whose first line is the installed version."""
     releases: str = "releases"
     """Directory (relative to product.yaml) holding one ``<version>/`` dir per release,
     each with ``root/`` (files as laid out on the target) and ``config/`` (jinja2 templates
     of config files, ``<target path>.j2``)."""
     variables: dict[str, Any] = Field(default_factory=dict)
+    """Values for the config templates (``{{ port }}``); a jump's ``variables``
+    override them."""
     lookups: dict[str, Lookup] = Field(default_factory=dict)
+    """Values the installer reads on the target (INI key or environment), used in
+    health checks as ``{name}``."""
     services: ServicesSpec = ServicesSpec()
+    """How the product's services run; a jump's ``services`` replaces it for that
+    jump."""
     checks: tuple[Check, ...] = ()
+    """Pre-flight checks of every jump (a jump's own ``checks`` add to them)."""
     databases: tuple[DatabaseSpec, ...] = ()
+    """Databases migrated by alembic during the apply (their revisions ship in the
+    bundle)."""
     sandbox: SandboxSpec = SandboxSpec()
+    """How ``bundle-build sandbox`` lays out a fresh install (demos and tests)."""
     package: PackageSpec = PackageSpec()
+    """Header fields of the bundle RPMs."""
     policy: Policy = Policy()
     """Which jumps are allowed (MSR's rules by default; each switchable; exceptions with a reason)."""
     required_stops: tuple[str, ...] = ()
@@ -153,7 +194,9 @@ class ModeSpec(_Spec):
     """A mode with setuid, setgid or sticky bits, allowed explicitly for one path."""
 
     mode: str
+    """Octal mode, e.g. ``4755``."""
     allow_setuid: bool = False
+    """Required for setuid, setgid or sticky bits, for this exact path only."""
 
 
 class FilesSpec(_Spec):
@@ -162,6 +205,8 @@ class FilesSpec(_Spec):
     include: tuple[str, ...] = ("**",)
     """fnmatch patterns on target paths; ``*`` also matches ``/``."""
     exclude: tuple[str, ...] = ()
+    """fnmatch patterns of target paths left out on purpose (lint reports files no
+    pattern names)."""
     modes: dict[str, str | ModeSpec] = Field(default_factory=dict)
     """pattern -> octal mode, overriding the mode the release tree has; or an exact path ->
     ``{mode: "4755", allow_setuid: true}`` for a setuid/setgid/sticky file."""
@@ -193,8 +238,16 @@ class ConfigSpec(_Spec):
     """A config file's policy in this jump."""
 
     path: str
+    """The config file's target path (its template is ``config/<path>.j2`` in each
+    release)."""
     policy: Literal["replace", "keep-local", "rewrite"] = "replace"
+    """``replace``: the new default replaces an unedited file (an edited one is
+    drift); ``keep-local``: the operator's file stays, the new default is written
+    beside it as ``.jumpkit-new``; ``rewrite``: ``rules`` edit the operator's file
+    in place."""
     rules: tuple[RewriteRule, ...] = ()
+    """With ``policy: rewrite``: substitutions applied line by line (lint refuses
+    rules under another policy)."""
 
     @field_validator("path")
     @classmethod
@@ -206,10 +259,18 @@ class HookSpec(_Spec):
     """A deploy hook: a script from the jump dir run with the services stopped."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    """Names the hook in logs and in the bundle (``hooks/<name>``)."""
     when: HookWhen
+    """When it runs (see ``HookWhen``): ``pre``/``post`` around the swap with
+    services stopped; ``cluster-pre``, ``node``, ``cluster-post`` in a fleet
+    rollout."""
     script: str
+    """The script, relative to the jump file's directory; run with the root as
+    working directory."""
     undo_script: str | None = None
+    """Run on rollback after the hook ran (relative to the jump file's directory)."""
     timeout: float = 300.0
+    """Seconds the script may take."""
 
 
 class JobSpec(_Spec):
@@ -217,26 +278,42 @@ class JobSpec(_Spec):
     retried with exponential backoff (MSR's metadata store migration)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    """Names the job in logs, status and the bundle."""
     script: str
+    """The script, relative to the jump file's directory."""
     retries: int = Field(default=3, ge=0, le=100)
+    """Tries after the first failure."""
     backoff: float = Field(default=5.0, ge=0, le=3600)
+    """Seconds before the first retry, doubling each time."""
     timeout: float = Field(default=3600.0, gt=0)
+    """Seconds one try may take."""
 
 
 class JumpSpec(_Spec):
     """jumps/<from>-<to>.yaml"""
 
     from_version: str = Field(alias="from")
+    """The version this jump upgrades from (the file name's first half; quote x.y
+    versions)."""
     to_version: str = Field(alias="to")
+    """The version it reaches."""
     date: dt.date | None = None
     """Release date; fixes timestamps in the bundle unless SOURCE_DATE_EPOCH is set."""
     files: FilesSpec = FilesSpec()
+    """Which files of the release tree the jump carries."""
     configs: tuple[ConfigSpec, ...] = ()
+    """Config files' policies (a config the jump changes with no entry here is
+    replaced)."""
     variables: dict[str, Any] = Field(default_factory=dict)
+    """Template values for this jump, over the product's."""
     checks: tuple[Check, ...] = ()
+    """Pre-flight checks of this jump, after the product's."""
     hooks: tuple[HookSpec, ...] = ()
+    """Scripts run during the apply or the rollout."""
     jobs: tuple[JobSpec, ...] = ()
+    """Background jobs run after the commit, retried."""
     services: ServicesSpec | None = None
+    """Replaces the product's services for this jump."""
     units: dict[str, UnitSpec] = Field(default_factory=dict)
     """Services this jump adds, by name: systemd units rendered into the payload."""
     revisions: dict[str, str] = Field(default_factory=dict)
@@ -311,25 +388,68 @@ class Product:
         return spec
 
 
-def _load_yaml(path: Path) -> Any:
+VERSION_KEYS = frozenset({"from", "to", "required_stops"})
+_DOTTED = re.compile(r"\d+(?:\.\d+)+")
+
+
+def version_numbers(doc: Located) -> list[Problem]:
+    """Versions YAML reads as numbers (``to: 1.10`` is the float 1.1): one problem each,
+    quoting the text as written."""
+    out = []
+    for loc, text in sorted(doc.raw.items(), key=lambda kv: doc.lines.get(kv[0], 0)):
+        keys = [k for k in loc if isinstance(k, str)]
+        if keys and keys[-1] in VERSION_KEYS and _DOTTED.fullmatch(text) and _is_number(doc.data, loc):
+            read = _at(doc.data, loc)
+            field = ".".join(map(str, loc))
+            out.append(
+                doc.problem(
+                    loc, f'{field}: {text} is a number to YAML (it reads {read!r}); quote it: "{text}"'
+                )
+            )
+    return out
+
+
+def _at(data: Any, loc: tuple[str | int, ...]) -> Any:
+    for k in loc:
+        data = data[k]
+    return data
+
+
+def _is_number(data: Any, loc: tuple[str | int, ...]) -> bool:
     try:
-        return yaml.safe_load(path.read_text())
-    except FileNotFoundError as e:
-        raise SpecError(f"{path}: no such file") from e
+        v = _at(data, loc)
+    except (KeyError, IndexError, TypeError):
+        return False
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def load_spec(model: type[M], path: Path) -> tuple[M | None, Located | None, list[Problem]]:
+    """Parse and validate ``path``: the model (None when invalid), the located document,
+    and every problem with its line."""
+    try:
+        doc = load_located(path)
+    except FileNotFoundError:
+        return None, None, [Problem(path, None, "no such file")]
+    except OSError as e:
+        return None, None, [Problem(path, None, f"cannot read it ({e.strerror})")]
     except yaml.YAMLError as e:
-        raise SpecError(f"{path}: not valid YAML: {e}") from e
+        mark = getattr(e, "problem_mark", None)
+        what = getattr(e, "problem", None) or str(e)
+        return None, None, [Problem(path, mark.line + 1 if mark else None, f"not valid YAML: {what}")]
+    problems = [*doc.duplicates, *version_numbers(doc)]
+    if problems:
+        return None, doc, problems
+    try:
+        return model.model_validate(doc.data if doc.data is not None else {}, strict=False), doc, []
+    except ValidationError as e:
+        return None, doc, validation_problems(doc, model, e)
 
 
 def _validate(model: type[M], path: Path) -> M:
-    data = _load_yaml(path)
-    try:
-        return model.model_validate(data if data is not None else {}, strict=False)
-    except ValidationError as e:
-        problems = [
-            f"{path}: {'.'.join(str(x) for x in err['loc']) or '(top)'}: {err['msg']}" for err in e.errors()
-        ]
-        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise SpecError(problems[0] + more, problems=problems) from e
+    spec, _, problems = load_spec(model, path)
+    refuse(problems)
+    assert spec is not None
+    return spec
 
 
 def load_product(specs_dir: Path, product: str | None) -> Product:
@@ -338,8 +458,20 @@ def load_product(specs_dir: Path, product: str | None) -> Product:
     Raises:
         SpecError: missing or invalid, or several products and none named.
     """
+    named = product is not None and (specs_dir / product / "product.yaml").is_file()
+    if (specs_dir / "product.yaml").is_file() and not named:
+        # --specs named a product's own directory: read it as the specs dir holding that one
+        specs_dir, here = specs_dir.resolve().parent, specs_dir.resolve().name
+        if product not in (None, here):
+            raise SpecError(f"--specs {specs_dir / here} is product {here}'s directory, not {product}'s")
+        product = here
     if product is None:
         found = sorted(p.parent.name for p in specs_dir.glob("*/product.yaml"))
+        if not found:
+            raise SpecError(
+                f"{specs_dir} holds no product (no */product.yaml): --specs names the directory "
+                "that holds one directory per product (specs/, with specs/<product>/product.yaml)"
+            )
         if len(found) != 1:
             raise SpecError(f"{specs_dir} holds {len(found)} products ({', '.join(found)}); pass --product")
         product = found[0]

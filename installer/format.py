@@ -82,7 +82,10 @@ class RewriteRule(_Model):
     rule that cannot run fails the build or the verify, never the apply."""
 
     pattern: str
+    """RE2 regular expression matched against each line of the operator's file
+    (linear time: no catastrophic backtracking)."""
     replacement: str
+    """What a match becomes; ``\\1`` refers to the pattern's first group."""
 
     @model_validator(mode="after")
     def _compiles(self) -> RewriteRule:
@@ -255,10 +258,14 @@ class Lookup(_Model):
     """Where the installer finds a value on the target: an INI key or an environment variable."""
 
     file: str | None = None
+    """INI file on the target, relative to the root (with ``key``)."""
     key: str | None = None
     """``section.option`` in an INI file."""
     env: str | None = None
+    """Environment variable of the installer's process (instead of ``file``)."""
     default: str | None = None
+    """The value when the file, key or variable is missing (none: the lookup fails
+    pre-flight)."""
 
     @model_validator(mode="after")
     def _one_source(self) -> Lookup:
@@ -275,27 +282,47 @@ class HealthCheck(_Model):
     """A check that must pass after start before the apply commits."""
 
     name: str
+    """Names the check in logs, status and errors."""
     kind: Literal["http", "tcp", "command"]
+    """``http``: GET ``url``; ``tcp``: connect to ``host``:``port``; ``command``:
+    run argv in the root, exit 0 passes."""
     url: str | None = None
+    """For ``http``: the URL; ``{port}``, ``{version}`` and the product's lookups
+    are expanded."""
     expect_status: int = 200
+    """For ``http``: the status code that passes."""
     expect_body: str | None = None
+    """For ``http``: text the body must contain (expanded like ``url``)."""
     host: str = "127.0.0.1"
+    """For ``tcp``: the host to connect to."""
     port: str | None = None
+    """For ``tcp``: the port (a number or ``{lookup}``)."""
     command: tuple[str, ...] = ()
+    """For ``command``: argv, no shell; run with the root as working directory."""
     timeout: float = Field(default=2.0, gt=0, le=600)
+    """Seconds each try may take."""
     interval: float = Field(default=0.2, gt=0, le=600)
+    """Seconds between tries."""
     retries: int = Field(default=50, ge=1, le=10000)
+    """Tries before the check fails (the apply then rolls back)."""
 
 
 class Service(_Model):
     """A service of the manager; started in list order, stopped in reverse."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.:@-]{1,128}$")
+    """The service's name in the backend (supervisord program, systemd unit without
+    .service)."""
     stop_timeout: float = Field(default=30.0, gt=0)
+    """Seconds a stop may take before it fails (the apply then rolls back)."""
     start_timeout: float = Field(default=60.0, gt=0)
+    """Seconds a start may take."""
     start: tuple[str, ...] = ()
+    """``command`` backend: argv that starts it (no shell)."""
     stop: tuple[str, ...] = ()
+    """``command`` backend: argv that stops it."""
     status: tuple[str, ...] = ()
+    """``command`` backend: argv that exits 0 while it runs."""
     added: bool = False
     """The jump adds this service: it is started after the swap although it never ran."""
     depends_on: tuple[str, ...] = ()
@@ -334,11 +361,19 @@ class Check(_Model):
     """A pre-flight check."""
 
     kind: Literal["disk-space", "writable", "command"]
+    """``disk-space``: ``min_mb`` free under ``path``; ``writable``: ``path`` is
+    writable; ``command``: argv exits 0."""
     path: str = "."
+    """Relative to the root (``.``: the root itself)."""
     min_mb: int = Field(default=0, ge=0)
+    """For ``disk-space``: MiB that must be free (staging and backup space is
+    checked apart)."""
     command: tuple[str, ...] = ()
+    """For ``command``: argv, no shell, run in the root; exit 0 passes."""
     timeout: float = Field(default=60.0, gt=0)
+    """Seconds the command may take."""
     description: str = ""
+    """What the check means, shown in plan and in the refusal."""
 
     @field_validator("path")
     @classmethod
@@ -384,6 +419,8 @@ class Cluster(_Model):
     """Run on the leader before the rollout: no other member may take over (Rok's master
     candidates); ``unpin_leader`` undoes it after the rollout, also after a failure."""
     unpin_leader: tuple[str, ...] = ()
+    """Run on the leader after the rollout, also after a failure: undoes
+    ``pin_leader``."""
 
 
 class Database(_Model):

@@ -25,8 +25,11 @@ class PolicyException(_Model):
     """A jump allowed although it breaks a rule, and why."""
 
     from_version: str = Field(alias="from")
+    """The jump's from-version."""
     to_version: str = Field(alias="to")
+    """The jump's to-version."""
     reason: str = Field(min_length=1)
+    """Why the jump is allowed anyway (shown by plan)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
 
@@ -45,7 +48,9 @@ class Policy(_Model):
     skip_major: bool = False
     """3.x -> 5.y."""
     downgrade: bool = False
+    """A jump to a lower version (off: refused)."""
     exceptions: tuple[PolicyException, ...] = ()
+    """Jumps allowed although they break a rule above, each with its reason."""
 
 
 class PolicyError(JumpkitError):

@@ -101,7 +101,7 @@ def test_spec_errors_name_file_and_field(tmp_path: Path, keys: dict[str, Path]) 
         "--specs", specs, "--from", "4.0.1", "--to", "4.1.1", "--key", keys["key"], "--out", tmp_path / "o"
     )
     assert p.returncode == 2
-    assert f"{jump}: configs.0.policy" in p.stderr
+    assert f"{jump}:11: error: configs.0.policy" in p.stderr, p.stderr  # the line of the key
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
 
 

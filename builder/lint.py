@@ -1,0 +1,197 @@
+"""``bundle-build lint``: what a product's specs get wrong before a build finds out at
+apply time, each problem on its ``file:line`` (``builder.specfile``).
+
+Errors (the build runs the same checks on the jump it builds and refuses on any):
+schema errors with "did you mean" (unknown keys, ``when:`` values), versions YAML reads
+as numbers, ``rules:`` without ``policy: rewrite``, hook, job and component files that
+do not exist, configs with no template in the to-release, an ``include`` pattern that
+matches nothing in the to-release (the bundle would carry no files: caught before at
+apply, by the health check, after the outage began), and files that changed between the
+two releases but that no include pattern carries and no exclude leaves out on purpose
+(rpmbuild's "installed but unpackaged files"). Warnings: ``rewrite`` with no rules, and
+``exclude``, ``modes`` and ``remove`` entries that match nothing.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Literal
+
+from builder.collect import TreeFile, _matches, walk_tree
+from builder.errors import SpecError
+from builder.spec import JumpSpec, Product, ProductSpec, load_spec
+from builder.specfile import Located, Problem, closest, did_you_mean
+from installer.graph import violations
+
+Trees = tuple[Mapping[str, TreeFile], Mapping[str, TreeFile]]
+SHOWN = 5
+WARN: Literal["warning"] = "warning"
+"""Unpackaged files named in one problem (the count says how many more)."""
+
+
+def release_trees(product: Product, jump: JumpSpec) -> Trees:
+    """The from- and to-release trees, walked once for the lint and the build.
+
+    Raises:
+        SpecError: a release has no directory.
+    """
+    out = []
+    for v in (jump.from_version, jump.to_version):
+        if not product.release_dir(v).is_dir():
+            raise SpecError(f"release {v} has no directory {product.release_dir(v)}")
+        out.append(walk_tree(product.release_dir(v) / "root"))
+    return out[0], out[1]
+
+
+def lint_product(specs_dir: Path, name: str | None) -> list[Problem]:
+    """Every problem of a product and of each of its jumps (trees walked per jump).
+
+    Raises:
+        SpecError: no product can be found at all (the problems of one that is found,
+            however broken, are returned).
+    """
+    from builder.spec import load_product
+
+    try:
+        product = load_product(specs_dir, name)
+    except SpecError as e:
+        if not e.found:
+            raise
+        return list(e.found)
+    out: list[Problem] = []
+    path = product.dir / "product.yaml"
+    _, doc, _ = load_spec(ProductSpec, path)
+    assert doc is not None
+    init = product.spec.sandbox.init
+    if init is not None and not (product.dir / init).is_file():
+        out.append(doc.problem(("sandbox", "init"), f"sandbox.init: no such script {product.dir / init}"))
+    if not (product.dir / product.spec.releases).is_dir():
+        out.append(
+            doc.problem(("releases",), f"releases: no directory {product.dir / product.spec.releases}")
+        )
+    for jump_path in product.jump_files().values():
+        out += lint_jump(product, jump_path)
+    return sorted(out, key=lambda p: (str(p.file), p.line or 0))
+
+
+def lint_jump(product: Product, path: Path, trees: Trees | None = None) -> list[Problem]:
+    """The problems of one jump file; its release trees are walked unless given."""
+    jump, doc, problems = load_spec(JumpSpec, path)
+    if jump is None or doc is None:
+        return problems
+    out: list[Problem] = []
+    frm, sep, to = path.stem.partition("-")
+    if not sep or (frm, to) != (jump.from_version, jump.to_version):
+        out.append(doc.problem(("from",), f"from/to ({jump.from_version} -> {jump.to_version}) do not "
+                                          f"match the file name {path.name} (<from>-<to>.yaml)"))  # fmt: skip
+    for broken in violations(product.spec.policy, jump.from_version, jump.to_version):
+        out.append(doc.problem(("from",), f"breaks the version policy: {broken} (or list it under "
+                                          "policy.exceptions in product.yaml with a reason)"))  # fmt: skip
+    out += _configs(product, jump, doc)
+    out += _scripts(jump, doc, path.parent)
+    if trees is None:
+        try:
+            trees = release_trees(product, jump)
+        except SpecError as e:
+            return [*out, doc.problem(("to",), str(e))]
+    return out + _trees(jump, doc, trees)
+
+
+def _configs(product: Product, jump: JumpSpec, doc: Located) -> list[Problem]:
+    out = []
+    templates = product.release_dir(jump.to_version) / "config"
+    for i, c in enumerate(jump.configs):
+        if c.rules and c.policy != "rewrite":
+            out.append(doc.problem(("configs", i, "rules"), f"configs.{i}.rules: {c.path} has rules but "
+                                   f"policy {c.policy}: rules run only with policy: rewrite"))  # fmt: skip
+        if c.policy == "rewrite" and not c.rules:
+            out.append(doc.problem(("configs", i, "policy"), f"configs.{i}: {c.path}: rewrite with no rules "
+                                   "keeps the operator's file as it is", "warning"))  # fmt: skip
+        if not (templates / f"{c.path}.j2").is_file():
+            out.append(doc.problem(("configs", i, "path"), f"configs.{i}.path: {c.path} has no template "
+                                   f"config/{c.path}.j2 in release {jump.to_version}"))  # fmt: skip
+    return out
+
+
+def _scripts(jump: JumpSpec, doc: Located, jump_dir: Path) -> list[Problem]:
+    out = []
+    named: list[tuple[tuple[str | int, ...], str]] = []
+    for i, h in enumerate(jump.hooks):
+        named.append((("hooks", i, "script"), h.script))
+        if h.undo_script:
+            named.append((("hooks", i, "undo_script"), h.undo_script))
+    named += [(("jobs", i, "script"), j.script) for i, j in enumerate(jump.jobs)]
+    named += [(("components", i), c) for i, c in enumerate(jump.components)]
+    for loc, rel in named:
+        if not (jump_dir / rel).is_file():
+            field = ".".join(map(str, loc))
+            out.append(
+                doc.problem(loc, f"{field}: no such file {jump_dir / rel} (relative to the jump file)")
+            )
+    return out
+
+
+def _trees(jump: JumpSpec, doc: Located, trees: Trees) -> list[Problem]:
+    old, new = trees
+    fs = jump.files
+    out = []
+    to, frm = jump.to_version, jump.from_version
+    for i, pat in enumerate(fs.include):
+        if not any(_matches(p, (pat,)) for p in new):
+            said = (
+                f"files.include: {pat!r} matches nothing in release {to}: the bundle would carry none of it"
+            )
+            out.append(doc.problem(("files", "include", i), said + _near(pat, new)))
+    for i, pat in enumerate(fs.exclude):
+        if not any(_matches(p, (pat,)) for p in (*old, *new)):
+            out.append(doc.problem(("files", "exclude", i), f"files.exclude: {pat!r} matches nothing", WARN))
+    for pat in fs.modes:
+        if not any(_matches(p, (pat,)) for p in new):
+            out.append(doc.problem(("files", "modes", pat), f"files.modes: {pat!r} matches nothing", WARN))
+    for i, rel in enumerate(fs.remove):
+        if rel not in old:
+            out.append(
+                doc.problem(("files", "remove", i), f"files.remove: {rel} is not in release {frm}", WARN)
+            )
+    # only what no pattern names is compared: usually nothing, so the build pays no second read
+    unnamed = (
+        p for p in sorted(set(old) | set(new)) if not _matches(p, fs.include) and not _matches(p, fs.exclude)
+    )
+    left = [p for p in unnamed if p not in old or p not in new or _differs(old[p], new[p])]
+    if left:
+        more = f" (+{len(left) - SHOWN} more)" if len(left) > SHOWN else ""
+        said = (
+            f"{len(left)} file(s) differ between {frm} and {to} but no include pattern carries them "
+            f"and no exclude leaves them out: {', '.join(left[:SHOWN])}{more}"
+        )
+        out.append(doc.problem(("files",) if "files" in (doc.data or {}) else (), said))
+    return out
+
+
+def _near(pattern: str, tree: Mapping[str, TreeFile]) -> str:
+    """A suggestion for a pattern that matches nothing: the directory of the tree nearest
+    to the pattern's literal part (``opt/demo-manger/*`` -> ``opt/demo-manager/...``)."""
+    literal = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
+    if "/" not in literal:
+        return did_you_mean(literal, tree)
+    head = literal.rsplit("/", 1)[0]
+    near = closest(head, {d for p in tree for d in _parents(p)})
+    return f" (did you mean {near + pattern[len(head) :]!r}?)" if near is not None else ""
+
+
+def _parents(path: str) -> Iterator[str]:
+    parts = path.split("/")[:-1]
+    for i in range(1, len(parts) + 1):
+        yield "/".join(parts[:i])
+
+
+def _differs(a: TreeFile, b: TreeFile) -> bool:
+    if (a.size, a.mode, a.is_link) != (b.size, b.mode, b.is_link):
+        return True
+    if a.is_link:
+        return os.readlink(a.path) != os.readlink(b.path)
+    return not filecmp.cmp(a.path, b.path, shallow=False)
