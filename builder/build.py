@@ -30,6 +30,7 @@ from installer.format import (
     INSTALLER_MEMBER,
     MANIFEST_NAME,
     SIGNATURE_NAME,
+    ConfigBase,
     Database,
     Delta,
     FileEntry,
@@ -166,7 +167,9 @@ def build_bundle(
     if installer is not None:
         collected.extras.append(Source(INSTALLER_MEMBER, 0o755, path=installer.path))
     if installer is not None and DELTA_FORMAT_VERSION not in installer.formats:
-        delta = False  # the installer that travels with the bundle could not read patches
+        delta = False  # the installer that travels with the bundle could not read patches,
+        for p in collected.files:  # nor merge bases: rewrite and keep-local as format 1 does
+            p.base_source, p.required = None, False
     whole_deflated = _patch(collected, workers, bsdiff_max) if delta else 0
     epoch = source_epoch(calendar.timegm(jump.date.timetuple()) if jump.date else None)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -247,6 +250,7 @@ def _manifest(
     while pending:
         p = pending.pop()
         sha, size = digests.pop(p.source.name) if p.source is not None else (None, 0)
+        base = digests.pop(p.base_source.name) if p.base_source is not None else None
         patch = None
         if p.delta is not None:
             assert sha is not None
@@ -271,6 +275,8 @@ def _manifest(
                 rules=p.rules,
                 link_target=p.link_target,
                 delta=patch,
+                base=ConfigBase(sha256=base[0], size=base[1]) if base is not None else None,
+                required=p.required,
             )
         )
     extras = [
@@ -284,7 +290,7 @@ def _manifest(
     ]
     try:
         return Manifest(
-            format=DELTA_FORMAT_VERSION if any(f.delta is not None for f in files) else FORMAT_VERSION,
+            format=DELTA_FORMAT_VERSION if any(f.needs_format_2 for f in files) else FORMAT_VERSION,
             product=product.name,
             from_version=frm,
             to_version=to,

@@ -21,7 +21,7 @@ from builder.errors import SpecError
 from builder.resources import templates
 from builder.spec import JumpSpec, ModeSpec, Product, UnitSpec
 from builder.zipwriter import Source
-from installer.format import PAYLOAD_PREFIX, RemovedEntry, RewriteRule
+from installer.format import BASE_PREFIX, PAYLOAD_PREFIX, RemovedEntry, RewriteRule
 from installer.paths import check_link_target, check_relpath
 from installer.plan import current_digest
 
@@ -45,6 +45,9 @@ class Pending:
     """For an added file: the from-version path of ``old_path`` (:func:`find_bases`)."""
     delta: Choice | None = None
     """Set when the file travels as a patch (``source`` is then the patch)."""
+    base_source: Source | None = None
+    """A rewrite config: the from-version default, the merge base (member ``base/<path>``)."""
+    required: bool = False
 
 
 @dataclass
@@ -58,6 +61,7 @@ class Collected:
     def sources(self) -> list[Source]:
         """Every archive member to write, in a fixed order: extras, then payload."""
         payload = [f.source for f in self.files if f.source is not None]
+        payload += [f.base_source for f in self.files if f.base_source is not None]
         return sorted(self.extras, key=lambda s: s.name) + sorted(payload, key=lambda s: s.name)
 
 
@@ -253,6 +257,12 @@ def collect(
                 Source(PAYLOAD_PREFIX + path, 0o644, data=data),
                 policy=spec.policy if spec else "replace",
                 rules=spec.rules if spec else (),
+                base_source=(
+                    Source(BASE_PREFIX + path, 0o644, data=before_cfg)
+                    if spec and spec.policy == "rewrite" and before_cfg is not None
+                    else None
+                ),
+                required=bool(spec and spec.required and spec.policy != "replace"),
             )
         )
     for path in sorted(set(old_cfg) - set(new_cfg)):

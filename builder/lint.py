@@ -108,6 +108,9 @@ def _configs(product: Product, jump: JumpSpec, doc: Located) -> list[Problem]:
         if c.rules and c.policy != "rewrite":
             out.append(doc.problem(("configs", i, "rules"), f"configs.{i}.rules: {c.path} has rules but "
                                    f"policy {c.policy}: rules run only with policy: rewrite"))  # fmt: skip
+        if c.required and c.policy == "replace":
+            said = f"configs.{i}.required: {c.path}: only keep-local and rewrite configs can be required"
+            out.append(doc.problem(("configs", i, "required"), said))
         if c.policy == "rewrite" and not c.rules:
             out.append(doc.problem(("configs", i, "policy"), f"configs.{i}: {c.path}: rewrite with no rules "
                                    "keeps the operator's file as it is", "warning"))  # fmt: skip

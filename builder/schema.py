@@ -33,6 +33,7 @@ TITLES = {"product": "product.yaml", "jump": "jumps/<from>-<to>.yaml"}
 EXAMPLES: dict[str, Any] = {
     # fields the demo product does not use: an example each, by model and key
     "Check.command": ["test", "-d", "var/lib/app"],
+    "ConfigSpec.required": True,
     "Check.timeout": 30,
     "HealthCheck.expect_status": 204,
     "HealthCheck.host": "127.0.0.1",

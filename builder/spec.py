@@ -247,7 +247,11 @@ class ConfigSpec(_Spec):
     in place."""
     rules: tuple[RewriteRule, ...] = ()
     """With ``policy: rewrite``: substitutions applied line by line (lint refuses
-    rules under another policy)."""
+    rules under another policy). The release's own changes to the default (a new key, a
+    header) are merged into the operator's file too."""
+    required: bool = False
+    """keep-local or rewrite: place the new default even where the operator deleted the
+    file (otherwise a deleted config stays deleted, the new default written beside it)."""
 
     @field_validator("path")
     @classmethod

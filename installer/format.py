@@ -42,12 +42,14 @@ from installer.version import Version
 
 FORMAT_VERSION = 1
 DELTA_FORMAT_VERSION = 2
-"""The format of a bundle that holds delta entries (one without stays at 1, which every
-installer reads)."""
+"""The format of a bundle that holds delta entries, config merge bases or required
+configs (one without stays at 1, which every installer reads)."""
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
 PAYLOAD_PREFIX = "payload/"
 DELTA_PREFIX = "delta/"
+BASE_PREFIX = "base/"
+"""Members holding the from-version default of a ``rewrite`` config (format 2)."""
 EXTRA_PREFIXES = ("hooks/", "migrations/", "bin/", "components/")
 INSTALLER_MEMBER = "bin/bundle-install"
 MAX_MANIFEST_BYTES = 128 * 1024 * 1024
@@ -163,6 +165,13 @@ class Delta(_Model):
         return self
 
 
+class ConfigBase(_Model):
+    """The from-version's default of a config: the member ``base/<path>``."""
+
+    sha256: Sha256
+    size: int = Field(ge=0, le=16 * 1024 * 1024)
+
+
 class FileEntry(_Model):
     """A file, config or symlink the jump places under the root."""
 
@@ -178,6 +187,13 @@ class FileEntry(_Model):
     link_target: str | None = None
     delta: Delta | None = None
     """Format 2: the bytes come as a patch of the from-version file (absent: whole)."""
+    base: ConfigBase | None = None
+    """Format 2, a ``rewrite`` config: the from-version's default (member ``base/<path>``),
+    the base of a 3-way merge that carries the new default's changes (new keys, header)
+    into the operator's edited file."""
+    required: bool = False
+    """Format 2, a ``keep-local`` or ``rewrite`` config: placed even when the operator
+    deleted it (otherwise a deleted config stays deleted, the new default beside it)."""
 
     @field_validator("path")
     @classmethod
@@ -195,6 +211,10 @@ class FileEntry(_Model):
                 raise ValueError("a file has sha256 and no link_target")
         if self.kind != "config" and (self.policy != "replace" or self.rules):
             raise ValueError("only configs have a policy or rules")
+        if self.base is not None and (self.policy != "rewrite" or self.base.sha256 != self.from_sha256):
+            raise ValueError("a merge base is the from-version default of a rewrite config (its from_sha256)")
+        if self.required and self.policy == "replace":
+            raise ValueError("required is for keep-local and rewrite configs")
         if self.delta is not None:
             if self.kind != "file":
                 raise ValueError("only a file (kind file) travels as a delta")
@@ -218,6 +238,11 @@ class FileEntry(_Model):
             return self.delta.base, self.delta.base_sha256
         assert self.from_sha256 is not None
         return self.path, self.from_sha256
+
+    @property
+    def needs_format_2(self) -> bool:
+        """True when the entry uses what a format-1 installer does not read."""
+        return self.delta is not None or self.base is not None or self.required
 
     @property
     def member(self) -> str:
@@ -553,8 +578,10 @@ class Manifest(_Model):
         for script in scripts + [h.undo for h in self.hooks if h.undo]:
             if f"hooks/{script}" not in names:
                 raise ValueError(f"hook or job {script!r} has no hooks/{script} extra member")
-        if self.format < DELTA_FORMAT_VERSION and any(f.delta is not None for f in self.files):
-            raise ValueError(f"delta entries need bundle format {DELTA_FORMAT_VERSION}")
+        if self.format < DELTA_FORMAT_VERSION and any(f.needs_format_2 for f in self.files):
+            raise ValueError(
+                f"delta entries, config bases and required configs need bundle format {DELTA_FORMAT_VERSION}"
+            )
         for f in self.files:
             if f.delta is not None and f.delta.base is not None:
                 check_not_reserved(f.delta.base)  # the installer's own files are no release's
@@ -576,6 +603,8 @@ class Manifest(_Model):
                 out[f.member] = (f.delta.sha256, f.delta.size)
             elif f.sha256 is not None:
                 out[f.member] = (f.sha256, f.size)
+            if f.base is not None:
+                out[BASE_PREFIX + f.path] = (f.base.sha256, f.base.size)
         for m in self.extras:
             out[m.name] = (m.sha256, m.size)
         return out
@@ -668,6 +697,9 @@ def _whole_as_v1(entry: dict[str, Any]) -> dict[str, Any]:
     """A whole file's entry as format 1 wrote it (no ``delta`` key): a bundle without
     patches stays byte-identical, and readable by installers that know only format 1;
     a same-path patch carries no ``base`` keys (as the first format-2 installers read it)."""
+    for key, default in (("base", None), ("required", False)):  # format 2's, when unused
+        if key in entry and entry[key] == default:
+            del entry[key]
     delta = entry.get("delta", 1)
     if delta is None:
         del entry["delta"]

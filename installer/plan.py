@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from installer.beneath import Kind, resolve
+from installer.confmerge import merge
 from installer.errors import BundleRejectedError, DriftError, PreconditionError, StateError, UnsafePathError
 from installer.format import FileEntry, Manifest, check_not_reserved, compile_rule, sha256_file
 from installer.paths import Targets, kind_of, read_beneath
@@ -260,27 +261,59 @@ def _rewrite(text: str, entry: FileEntry) -> tuple[str, int]:
     return text, count
 
 
-def _plan_config(entry: FileEntry, current: str | None, view: View, staging: Path) -> tuple[SwapOp, str]:
+def _plan_config(
+    entry: FileEntry, current: str | None, view: View, staging: Path
+) -> tuple[list[SwapOp], str]:
+    """The ops that place a config by its policy, and the note the plan shows (or "")."""
     default = staging / "defaults" / entry.path
     out = staging / "files" / entry.path
     out.parent.mkdir(parents=True, exist_ok=True)
+    beside = out.with_name(out.name + NEW_SUFFIX)
+    aside = SwapOp(entry.path + NEW_SUFFIX, "place", "configs", "new default beside")
     edited = current is not None and current not in (entry.from_sha256, entry.sha256)
+    deleted = current is None and entry.from_sha256 is not None and entry.policy != "replace"
+    if deleted and not entry.required:  # the operator removed it: theirs to remove
+        shutil.copy2(default, beside)
+        return [
+            aside
+        ], f"{entry.path}: deleted on this manager, left deleted; new default written to {aside.path}"
     if entry.policy == "keep-local" and edited:
-        new = out.with_name(out.name + NEW_SUFFIX)
-        shutil.copy2(default, new)
-        op = SwapOp(entry.path + NEW_SUFFIX, "place", "configs", "kept local edits")
-        return op, f"{entry.path}: locally edited, kept; new default written to {op.path}"
+        shutil.copy2(default, beside)
+        return [aside], f"{entry.path}: locally edited, kept; new default written to {aside.path}"
     if entry.policy == "rewrite" and edited:
-        text, n = _rewrite(_operator_text(entry.path, current, view), entry)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(text)
-        os.chmod(tmp, entry.mode)
-        os.replace(tmp, out)
-        return SwapOp(entry.path, "place", "configs", f"rewrote {n} value(s)"), (
-            f"{entry.path}: locally edited, {n} value(s) rewritten, edits kept"
-        )
+        return _plan_rewrite(entry, _operator_text(entry.path, current, view), staging, out, beside, aside)
     shutil.copy2(default, out)
-    return SwapOp(entry.path, "place", "configs", "new default"), ""
+    note = (
+        f"{entry.path}: deleted on this manager; required by the spec: new default placed" if deleted else ""
+    )
+    return [SwapOp(entry.path, "place", "configs", "new default")], note
+
+
+def _plan_rewrite(
+    entry: FileEntry, ours: str, staging: Path, out: Path, beside: Path, aside: SwapOp
+) -> tuple[list[SwapOp], str]:
+    """The operator's file with the rules applied and, given the from-version default
+    (format 2), the release's own changes merged in (:mod:`installer.confmerge`)."""
+    text, n = _rewrite(ours, entry)
+    ops = [SwapOp(entry.path, "place", "configs", f"rewrote {n} value(s)")]
+    note = f"{entry.path}: locally edited, {n} value(s) rewritten, edits kept"
+    base = staging / "base" / entry.path
+    if entry.base is not None and base.is_file():
+        theirs = (staging / "defaults" / entry.path).read_text()
+        merged = merge(_rewrite(base.read_text(), entry)[0], text, theirs)
+        if merged.conflicts:
+            shutil.copy2(staging / "defaults" / entry.path, beside)
+            ops.append(aside)
+            note += (f"; {merged.conflicts} change(s) of the new default touch lines edited here and were "
+                     f"not carried: see {aside.path}")  # fmt: skip
+        else:
+            text = merged.text
+            note += f", {merged.carried} change(s) of the new default carried in" if merged.carried else ""
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(text)
+    os.chmod(tmp, entry.mode)
+    os.replace(tmp, out)
+    return ops, note
 
 
 MAX_CONFIG = 16 * 1024 * 1024
@@ -410,7 +443,7 @@ def compute_plan(
     for entry in manifest.files:
         current = view.digest(entry.path)
         if entry.kind == "config" and entry.policy != "replace":
-            op, note = _plan_config(entry, current, view, staging)
+            ops, note = _plan_config(entry, current, view, staging)
             if note:
                 plan.notes.append(note)
         else:
@@ -418,11 +451,12 @@ def compute_plan(
             if d:
                 plan.drift.append(d)
             if entry.kind == "config":
-                op, _ = _plan_config(entry, current, view, staging)
+                ops, _ = _plan_config(entry, current, view, staging)
             else:
-                op = SwapOp(entry.path, "place", "files")
-        note_dirs(op.path)
-        plan.ops.append(op)
+                ops = [SwapOp(entry.path, "place", "files")]
+        for op in ops:
+            note_dirs(op.path)
+            plan.ops.append(op)
     for removed in manifest.removed:
         current = view.digest(removed.path)
         if current is None:

@@ -8,6 +8,7 @@ whole. Layout::
     files/<path>     files to swap into the root (configs go here once planned)
     defaults/<path>  the bundle's config files, as shipped
     bundle/<name>    hooks/, migrations/, bin/
+    base/<path>      a rewrite config's from-version default (format 2; the merge base)
 
 A delta entry's file (format 2) is built into ``files/`` from its patch member, read
 verified into memory, and the manager's old file, read beneath the root (or from an
@@ -32,7 +33,7 @@ from installer.archive import Bundle, iter_verified
 from installer.delta import apply_patch
 from installer.errors import BundleRejectedError, PreconditionError, SpaceError, UsageError
 from installer.failpoints import failpoint
-from installer.format import MANIFEST_NAME, SIGNATURE_NAME, FileEntry, Manifest, parse_manifest
+from installer.format import BASE_PREFIX, MANIFEST_NAME, SIGNATURE_NAME, FileEntry, Manifest, parse_manifest
 from installer.parallel import Budget, run_each
 from installer.paths import read_beneath
 from installer.state import StateDir, write_atomic
@@ -90,6 +91,8 @@ def _destinations(root: Path, manifest: Manifest) -> dict[str, tuple[str, int]]:
     for f in manifest.files:
         if f.kind != "symlink" and f.delta is None:
             out[f.member] = (join(defaults if f.kind == "config" else files, f.path), f.mode)
+        if f.base is not None:
+            out[BASE_PREFIX + f.path] = (join(root, "base", f.path), 0o600)
     for m in manifest.extras:
         out[m.name] = (join(extras, m.name), m.mode)
     return out

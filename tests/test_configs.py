@@ -162,3 +162,102 @@ def test_hooks_run_in_order_and_undo(tmp_path: Path, keys: dict[str, Path]) -> N
     p = install("--root", root, "apply", bundle)
     assert p.returncode == 0, p.stderr
     assert log.read_text().split() == ["pre-1.0.0-1.1.0", "post"]
+
+
+def _headed(specs: Path) -> None:
+    """cfg's rewritten.ini gains a version header and, in 1.1.0, a new key."""
+    for v, body in (
+        ("1.0.0", "# cfg 1.0.0\n[cluster]\nport = {{ port }}\nendpoints = tcp://h1:7000\n"),
+        (
+            "1.1.0",
+            "# cfg 1.1.0\n[cluster]\nport = {{ port }}\nworkers = 4\nendpoints = http://h1:7000?role=peer\n",
+        ),
+    ):
+        (specs / f"cfg/releases/{v}/config/etc/cfg/rewritten.ini.j2").write_text(body)
+
+
+def test_rewrite_carries_the_new_defaults_changes_into_an_edited_file(
+    tmp_path: Path, keys: dict[str, Path]
+) -> None:
+    """A 3-way merge (old default, operator's file, new default) after the rules: the key
+    the release adds and its new header arrive, the operator's port and peers stay; rolled
+    back exactly. Where both changed the same line the operator's file (rules applied)
+    is placed, the new default beside it, and the plan says what was not carried."""
+    specs = product(tmp_path)
+    _headed(specs)
+    root, bundle, _ = built(specs, tmp_path, keys)
+    rw = root / "etc/cfg/rewritten.ini"
+    rw.write_text("# cfg 1.0.0\n[cluster]\nport = 9999\nendpoints = tcp://h1:7000,tcp://h2:7000\n")
+    before = tree_hash(root)
+    p = install("--root", root, "apply", bundle)
+    assert p.returncode == 0, p.stderr
+    assert rw.read_text() == (
+        "# cfg 1.1.0\n[cluster]\nport = 9999\nworkers = 4\n"
+        "endpoints = http://h1:7000?role=peer,http://h2:7000?role=peer\n"
+    )
+    assert "2 value(s) rewritten, edits kept, 2 change(s) of the new default carried in" in p.stderr
+    assert not (root / "etc/cfg/rewritten.ini.jumpkit-new").exists()
+    assert install("--root", root, "rollback").returncode == 0
+    assert tree_hash(root) == before
+
+    rw.write_text("# our own header\n[cluster]\nport = 9999\nendpoints = tcp://h1:7000\n")
+    p = install("--root", root, "apply", bundle)
+    assert p.returncode == 0, p.stderr
+    assert (
+        rw.read_text() == "# our own header\n[cluster]\nport = 9999\nendpoints = http://h1:7000?role=peer\n"
+    )
+    new = root / "etc/cfg/rewritten.ini.jumpkit-new"
+    assert new.read_text().startswith("# cfg 1.1.0\n")
+    assert "1 change(s) of the new default touch lines edited here and were not carried" in p.stderr
+
+
+@pytest.mark.parametrize("required", [False, True])
+def test_a_config_the_operator_deleted_stays_deleted_unless_required(
+    required: bool, tmp_path: Path, keys: dict[str, Path]
+) -> None:
+    specs = product(tmp_path)
+    if required:
+        jump = specs / "cfg/jumps/1.0.0-1.1.0.yaml"
+        jump.write_text(
+            jump.read_text().replace("policy: keep-local\n", "policy: keep-local\n    required: true\n")
+        )
+    root, bundle, _ = built(specs, tmp_path, keys)
+    kept = root / "etc/cfg/kept.ini"
+    kept.unlink()
+    before = tree_hash(root)
+    p = install("--root", root, "plan", bundle)
+    said = "kept.ini: deleted on this manager" + (
+        "; required by the spec: new default placed" if required else ", left deleted; new default written to"
+    )
+    assert said in p.stdout, p.stdout
+    p = install("--root", root, "apply", bundle)
+    assert p.returncode == 0, p.stderr
+    assert kept.exists() == required
+    assert (root / "etc/cfg/kept.ini.jumpkit-new").exists() != required
+    assert install("--root", root, "rollback").returncode == 0
+    assert tree_hash(root) == before and not kept.exists()
+
+
+@pytest.mark.parametrize(
+    ("base", "ours", "theirs", "want", "conflicts"),
+    [
+        # the release's change where the operator changed nothing: carried
+        ("# v1\nport = 80\n", "# v1\nport = 9\n", "# v2\nport = 80\n", "# v2\nport = 9\n", 0),
+        # a key added right after a line the operator changed (diff3 calls this a conflict)
+        ("a = 1\nb = 2\n", "a = 7\nb = 8\n", "a = 1\nnew = 3\nb = 2\n", "a = 7\nnew = 3\nb = 8\n", 0),
+        # the same change on both sides
+        ("x = 1\n", "x = 2\n", "x = 2\n", "x = 2\n", 0),
+        # the operator's own lines at the end stay
+        ("a = 1\n", "a = 1\nmine = 1\n", "a = 2\n", "a = 2\nmine = 1\n", 0),
+        # both changed the same line, or inserted different lines at one place: operator's file
+        ("a = 1\n", "a = 2\n", "a = 3\n", "a = 2\n", 1),
+        ("a = 1\nb = 2\n", "a = 1\nx = 1\nb = 2\n", "a = 1\ny = 1\nb = 2\n", "a = 1\nx = 1\nb = 2\n", 1),
+        # a line the release removed, untouched by the operator: removed
+        ("a = 1\nold = 1\n", "a = 5\nold = 1\n", "a = 1\n", "a = 5\n", 0),
+    ],
+)
+def test_three_way_config_merge(base: str, ours: str, theirs: str, want: str, conflicts: int) -> None:
+    from installer.confmerge import merge
+
+    got = merge(base, ours, theirs)
+    assert (got.text, got.conflicts) == (want, conflicts)

@@ -278,13 +278,21 @@ def test_inspect_and_plan_show_each_patch(
     assert rows and rows[0]["delta"]["method"] in ("zstd-patch", "bsdiff")
 
 
-def test_delta_none_builds_format_1_with_whole_files(tmp_path: Path, keys: dict[str, Path]) -> None:
+def test_delta_none_ships_whole_files_and_format_1_when_nothing_else_needs_2(
+    tmp_path: Path, keys: dict[str, Path]
+) -> None:
+    """--delta none: no patch. 4.0.1 -> 4.1.1 stays format 2 for its rewrite config's merge
+    base; 3.4.2 -> 4.0.1 (keep-local configs only) is format 1, readable by every installer."""
     p = build_demo(tmp_path, keys["key"], "--delta", "none", "--json")
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)
-    assert doc["format"] == 1 and doc["delta"]["files"] == 0
+    assert doc["format"] == 2 and doc["delta"]["files"] == 0
     with zipfile.ZipFile(doc["bundle"]) as z:
         assert not [n for n in z.namelist() if n.startswith("delta/")]
+        assert [n for n in z.namelist() if n.startswith("base/")] == ["base/etc/demo-manager/manager.ini"]
+    p = build_demo(tmp_path / "old", keys["key"], "--delta", "none", "--json", frm="3.4.2", to="4.0.1")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["format"] == 1
 
 
 def test_an_old_file_that_is_a_link_out_of_the_root_is_not_read(

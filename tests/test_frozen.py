@@ -100,6 +100,8 @@ def test_contents_everything_the_installer_needs_and_nothing_of_the_builder(froz
         "installer.delta",
         "zstandard",  # zstd-patch deltas
         "bsdiff4",  # bsdiff deltas (its C core is checked among the ELF files below)
+        "installer.confmerge",
+        "merge3",  # the 3-way merge of rewrite configs
     ):
         assert needed in modules, needed
     tops = {m.partition(".")[0] for m in modules}
