@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -85,13 +86,22 @@ def test_keep_local_keeps_edits_and_writes_new_beside(setup: tuple[Path, Path, P
     assert "kept.ini: locally edited, kept" in p.stderr
 
 
-def test_rewrite_applies_rules_to_edited_file(setup: tuple[Path, Path, Path]) -> None:
-    root, bundle, _ = setup
-    rw = root / "etc/cfg/rewritten.ini"
-    rw.write_text("[cluster]\nport = 9999\nendpoints = tcp://h1:7000,tcp://h2:7000\n# my note\n")
+def _edit_and_apply(config: Path, bundle: Path, text: str) -> tuple[str, subprocess.CompletedProcess[str]]:
+    """Write the operator's ``text`` into ``config``, apply: the tree hash before, the run."""
+    root = config.parents[2]
+    config.write_text(text)
     before = tree_hash(root)
     p = install("--root", root, "apply", bundle)
     assert p.returncode == 0, p.stderr
+    return before, p
+
+
+def test_rewrite_applies_rules_to_edited_file(setup: tuple[Path, Path, Path]) -> None:
+    root, bundle, _ = setup
+    rw = root / "etc/cfg/rewritten.ini"
+    before, p = _edit_and_apply(
+        rw, bundle, "[cluster]\nport = 9999\nendpoints = tcp://h1:7000,tcp://h2:7000\n# my note\n"
+    )
     assert rw.read_text() == (
         "[cluster]\nport = 9999\nendpoints = http://h1:7000?role=peer,http://h2:7000?role=peer\n# my note\n"
     )
@@ -187,10 +197,9 @@ def test_rewrite_carries_the_new_defaults_changes_into_an_edited_file(
     _headed(specs)
     root, bundle, _ = built(specs, tmp_path, keys)
     rw = root / "etc/cfg/rewritten.ini"
-    rw.write_text("# cfg 1.0.0\n[cluster]\nport = 9999\nendpoints = tcp://h1:7000,tcp://h2:7000\n")
-    before = tree_hash(root)
-    p = install("--root", root, "apply", bundle)
-    assert p.returncode == 0, p.stderr
+    before, p = _edit_and_apply(
+        rw, bundle, "# cfg 1.0.0\n[cluster]\nport = 9999\nendpoints = tcp://h1:7000,tcp://h2:7000\n"
+    )
     assert rw.read_text() == (
         "# cfg 1.1.0\n[cluster]\nport = 9999\nworkers = 4\n"
         "endpoints = http://h1:7000?role=peer,http://h2:7000?role=peer\n"
