@@ -16,13 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tuf.api import exceptions as tuf_errors
-from tuf.ngclient import FetcherInterface, Updater, UpdaterConfig
-
 from installer.errors import BundleRejectedError, PreconditionError, UsageError
 from installer.graph import Graph, NoPath, Policy, plan_chain
 from installer.state import StateDir
 from installer.store import NotFoundError, Store, StoreError, open_store, resuming
+from installer.tufclient import FetcherInterface, Updater, UpdaterConfig
+from installer.tufclient import exceptions as tuf_errors
 
 if TYPE_CHECKING:
     from installer.engine import Engine

@@ -23,10 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def main() -> int:
-    from tuf.ngclient import Updater
-
     from installer.fetch import StoreFetcher
     from installer.store import open_store
+    from installer.tufclient import Updater
 
     ap = argparse.ArgumentParser(prog="tuf-client", description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--metadata-dir", required=True)
