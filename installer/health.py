@@ -107,8 +107,20 @@ def probe(check: HealthCheck, variables: Mapping[str, str], root: Path) -> tuple
     return p.returncode == 0, out
 
 
+FIRST_POLL = 0.005
+"""The first wait between two tries of a check, doubling up to the check's ``interval``:
+a service that answers 30 ms after its start is seen then, not at the next 200 ms tick
+(the outage window ends when health passes; issue 23)."""
+
+
+def poll_delay(check: HealthCheck, attempt: int) -> float:
+    """Seconds to wait after try ``attempt`` (0-based) of ``check`` failed."""
+    return min(check.interval, FIRST_POLL * (1 << min(attempt, 30)))
+
+
 def wait_healthy(checks: tuple[HealthCheck, ...], variables: Mapping[str, str], root: Path) -> float:
-    """Run every check until it passes; returns seconds spent.
+    """Run every check until it passes, polling at once and then with growing waits
+    (:func:`poll_delay`); returns seconds spent.
 
     Raises:
         HealthCheckError: a check failed all its retries (names it, with its last output).
@@ -121,7 +133,7 @@ def wait_healthy(checks: tuple[HealthCheck, ...], variables: Mapping[str, str], 
             if ok:
                 break
             if attempt + 1 < check.retries:
-                time.sleep(check.interval)
+                time.sleep(poll_delay(check, attempt))
         else:
             raise HealthCheckError(
                 f"health check {check.name!r} failed after {check.retries} tries: {last}",

@@ -322,6 +322,24 @@ class JournalView:
                 return None
         return None
 
+    def phases(self, stop_step: str, health_step: str) -> dict[str, float]:
+        """Seconds each step took from the begin of ``stop_step`` to the done of
+        ``health_step`` (the outage window), in journal order; a chain's steps are
+        ``name#jump``. Empty when the window is not in the journal."""
+        begun: dict[str, float] = {}
+        out: dict[str, float] = {}
+        inside = False
+        for e in self.events:
+            if isinstance(e, Begin):
+                inside = inside or e.step.partition("#")[0] == stop_step
+                if inside:
+                    begun[e.step] = e.ts
+            elif isinstance(e, Done) and e.step in begun:
+                out[e.step] = round(e.ts - begun.pop(e.step), 3)
+                if e.step.partition("#")[0] == health_step:
+                    inside = False
+        return out
+
     def outage(self, stop_step: str, health_step: str) -> float | None:
         """Seconds from the begin of ``stop_step`` to the done of ``health_step``."""
         t0 = next((e.ts for e in self.events if isinstance(e, Begin) and e.step == stop_step), None)

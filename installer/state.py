@@ -65,15 +65,18 @@ def first_missing(path: Path) -> Path | None:
     return missing
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` by write-temp, fsync, rename, fsync dir."""
+def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` by write-temp, rename: readers see the old or the new
+    file whole. ``durable``: fsync the file before and the directory after the rename."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            os.fsync(f.fileno())
     os.replace(tmp, path)
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -100,6 +103,8 @@ class StatusDoc:
     updated: float | None = None
     finished: float | None = None
     outage_seconds: float | None = None
+    outage_phases: dict[str, float] = field(default_factory=dict)
+    """Seconds of each step inside the outage window (stop to healthy), in order."""
     log: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -116,6 +121,7 @@ class StatusDoc:
             "updated": self.updated,
             "finished": self.finished,
             "outage_seconds": self.outage_seconds,
+            **({"outage_phases": self.outage_phases} if self.outage_phases else {}),
             "log": self.log[-MAX_LOG_LINES:],
             **({"extra": self.extra} if self.extra else {}),
         }
@@ -134,6 +140,7 @@ class StatusDoc:
             updated=d.get("updated"),
             finished=d.get("finished"),
             outage_seconds=d.get("outage_seconds"),
+            outage_phases=dict(d.get("outage_phases", {})),
             log=list(d.get("log", [])),
             extra=dict(d.get("extra", {})),
         )
@@ -264,12 +271,12 @@ class StateDir:
             os.close(fd)
 
     # --- journal ------------------------------------------------------------------
-    def journal_append(self, event: Event) -> None:
-        """Append one event and fsync before returning (one ``write``: a line is on disk
-        whole or not at all, and a torn tail is dropped on reading)."""
+    def journal_append(self, *events: Event) -> None:
+        """Append events and fsync once before returning (one ``write``: each line is on
+        disk whole or not at all, in order, and a torn tail is dropped on reading)."""
         fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            os.write(fd, journal.encode(event))
+            os.write(fd, b"".join(journal.encode(e) for e in events))
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -309,10 +316,12 @@ class StateDir:
         except (json.JSONDecodeError, AttributeError) as e:
             raise StateError(f"{self.status_path} is corrupt: {e}") from e
 
-    def write_status(self, doc: StatusDoc) -> None:
-        """Write status.json durably."""
+    def write_status(self, doc: StatusDoc, *, durable: bool = True) -> None:
+        """Write status.json by rename: durably (fsync of file and directory) unless
+        ``durable`` is False (the step boundaries of a run, whose journal is what recovery
+        reads: status only shows progress)."""
         doc.updated = time.time()
-        write_atomic(self.status_path, (json.dumps(doc.to_json(), indent=2) + "\n").encode())
+        write_atomic(self.status_path, (json.dumps(doc.to_json(), indent=2) + "\n").encode(), durable=durable)
 
     def append_history(self, record: dict[str, Any]) -> None:
         """One line per finished, failed or rolled-back run."""

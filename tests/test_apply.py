@@ -27,6 +27,10 @@ def test_apply_upgrades_running_manager(sandbox: Callable[..., Sandbox], bundle:
     st = status(sb)
     assert st["status"] == "finished"
     assert isinstance(st["outage_seconds"], float) and 0 < st["outage_seconds"] < 10
+    phases = st["outage_phases"]  # the window by step, stop to healthy (issue 23)
+    assert isinstance(phases, dict) and next(iter(phases)) == "stop-services" and list(phases)[-1] == "health"
+    assert {"swap-files", "migrate", "start-services"} <= set(phases)
+    assert abs(sum(phases.values()) - st["outage_seconds"]) < 0.05, (phases, st["outage_seconds"])
     assert (sb.root / "opt/demo-manager/VERSION").read_text() == "4.1.1\n"
     assert not (sb.root / "opt/demo-manager/lib/demo_manager/legacy_tcp.py").exists()
     ini = (sb.root / "etc/demo-manager/manager.ini").read_text()
