@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shlex
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -149,8 +150,15 @@ def _g() -> Globals:
     return G
 
 
+REPORT_HINT_CODES = (3, 4)
+"""Refusals (bundle rejected, precondition failed) name the command that makes a report."""
+
+
 def _fail(e: JumpkitError, as_json: bool) -> NoReturn:
-    guard.report("bundle-install", e, code=e.exit_code, as_json=as_json, debug=_g().debug)
+    hint = None
+    if e.exit_code in REPORT_HINT_CODES:
+        hint = f"for support: bundle-install --root {shlex.quote(str(_g().opts.root))} report"
+    guard.report("bundle-install", e, code=e.exit_code, as_json=as_json, debug=_g().debug, hint=hint)
 
 
 @contextmanager
@@ -333,6 +341,30 @@ def fetch(
 def status(json_out: JsonOpt = False) -> None:
     """Show the state of the last or current run (status.json)."""
     _print_status(_run(json_out, lambda e: e.status()), json_out or _g().json)
+
+
+@app.command()
+def report(
+    out_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="Where to write the report (default: ./jumpkit-report-<product>-<time>.tar.gz)."
+        ),
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Write a support report: one tar.gz with status, journal, history, versions, the
+    drift of the installed tree, config files, free space, kernel, glibc, distribution,
+    service states and their last log lines, and a README.txt saying what each file is.
+    Secrets are masked (values of keys named like password/secret/token/key, every URL's
+    password). Reads only; send the file to support."""
+    path = _run(json_out, lambda e: e.report(out_file))
+    if json_out or _g().json:
+        from installer.report import members
+
+        print(json.dumps({"ok": True, "report": str(path), "files": list(members(path))}))
+    else:
+        out.print(f"support report written: {path}")
 
 
 @app.command()

@@ -349,6 +349,17 @@ class Engine:
         with state.locked():
             return state.unstage()
 
+    def report(self, dest: Path | None) -> Path:
+        """A support report of this manager (:mod:`installer.report`); reads only.
+
+        Raises:
+            StateError: no jumpkit state under the root. UsageError: --out's directory.
+        """
+        from installer import report
+
+        state = self.state_for(None)
+        return report.make(self.root, state, dest, lambda m: self._services(m, self.root))
+
     def status(self) -> StatusDoc:
         """The current status document (idle when nothing ever ran)."""
         try:

@@ -35,8 +35,12 @@ def debugging(argv: Sequence[str]) -> bool:
     return "--debug" in argv or os.environ.get("JUMPKIT_DEBUG", "") not in ("", "0")
 
 
-def report(prog: str, e: BaseException, *, code: int, as_json: bool, debug: bool) -> NoReturn:
-    """Print ``e`` as one line on stderr (or one JSON object on stdout) and exit ``code``."""
+def report(
+    prog: str, e: BaseException, *, code: int, as_json: bool, debug: bool, hint: str | None = None
+) -> NoReturn:
+    """Print ``e`` as one line on stderr (or one JSON object on stdout) and exit ``code``.
+    ``hint``, when given, is ``"hint"`` in the JSON, and a second line only when stderr is
+    a terminal (an operator reads it; a script that reads the last line keeps one)."""
     if debug:
         traceback.print_exception(e)
     if isinstance(e, JumpkitError | Interrupted):
@@ -49,12 +53,15 @@ def report(prog: str, e: BaseException, *, code: int, as_json: bool, debug: bool
         details = []
     try:
         if as_json:
-            print(json.dumps({"ok": False, "exit": code, "error": message, "details": details}), flush=True)
+            doc = {"ok": False, "exit": code, "error": message, "details": details}
+            print(json.dumps(doc | ({"hint": hint} if hint else {})), flush=True)
         else:
             print(f"{prog}: {message}", file=sys.stderr, flush=True)
             for d in details:
                 if d not in message:
                     print(f"  - {d}", file=sys.stderr, flush=True)
+            if hint and sys.stderr.isatty():
+                print(f"{prog}: {hint}", file=sys.stderr, flush=True)
     except OSError:
         pass  # the terminal is gone (SIGHUP); the exit code still says what happened
     raise SystemExit(code)

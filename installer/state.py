@@ -395,6 +395,20 @@ class StateDir:
         """Where a bundle is unpacked."""
         return self.staging / bundle_id
 
+    @property
+    def last_run(self) -> Path:
+        """Copies of the last apply's manifests (``<bundle-id>.json``): the staging of a
+        rolled-back apply is dropped, and a support report still says what it was."""
+        return self.path / "last-run"
+
+    def keep_last_run(self, manifests: list[Path]) -> None:
+        """Replace :attr:`last_run`'s copies with ``manifests`` (advisory: not fsynced)."""
+        if self.last_run.exists():
+            shutil.rmtree(self.last_run)
+        self.last_run.mkdir(mode=0o700)
+        for path in manifests:
+            shutil.copyfile(path, self.last_run / f"{path.parent.name}.json")
+
     def backup_dir(self, bundle_id: str) -> Path:
         """Where replaced files and database backups go."""
         return self.backup / bundle_id

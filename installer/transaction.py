@@ -26,7 +26,7 @@ from installer import interrupts, selfupdate
 from installer.chain import Unit, chain_id, transaction_units
 from installer.errors import ApplyError, JumpkitError, RollbackError, StateError
 from installer.failpoints import failpoint
-from installer.format import INSTALLER_MEMBER, Manifest
+from installer.format import INSTALLER_MEMBER, MANIFEST_NAME, Manifest
 from installer.health import wait_healthy
 from installer.journal import (
     Begin,
@@ -104,6 +104,7 @@ class Transaction:
         for m in manifests:
             state.backup_dir(m.bundle_id).mkdir(parents=True)
         state.journal_reset()
+        state.keep_last_run([state.staging_dir(m.bundle_id) / MANIFEST_NAME for m in manifests])
         head, tail = manifests[0], manifests[-1]
         chain = f" (chain of {len(manifests)} jumps)" if len(manifests) > 1 else ""
         doc = StatusDoc(

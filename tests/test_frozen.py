@@ -101,6 +101,7 @@ def test_contents_everything_the_installer_needs_and_nothing_of_the_builder(froz
         "zstandard",  # zstd-patch deltas
         "bsdiff4",  # bsdiff deltas (its C core is checked among the ELF files below)
         "installer.confmerge",
+        "installer.report",  # bundle-install report (support)
         "merge3",  # the 3-way merge of rewrite configs
     ):
         assert needed in modules, needed
