@@ -1,0 +1,404 @@
+"""``bundle-build test-jumps``: proof, before a release ships, that every supported jump
+applies and rolls back cleanly, through the installer that ships (issue 24).
+
+Per case (each jump of the product's graph, and with ``--all`` the chain from its lowest
+to its highest release as one apply): a sandbox laid out at the from-release (files,
+rendered configs, the init script's data, supervisord with the product's services
+running; ports named by ``*port`` lookups get a free port each, so cases run in
+parallel), its tree and databases snapshotted, the release bundle built (signed by a key
+made for the run, the frozen installer inside) and applied by that embedded installer;
+then ``rollback``, and the tree compared with the snapshot byte for byte (paths, kinds,
+modes, contents, link targets) and every database with its revision and rows.
+
+Cells of the matrix, in order: ``build`` (the bundle builds as a release build would,
+migration rehearsal included), ``apply`` (exit 0), ``health`` (the manifest's health
+checks pass afterwards), ``version`` (the version file says the to-version), ``schema``
+(each database at the to-revision), ``rollback`` (exit 0, every downgrade ran: a failed
+one that jumpkit repaired from its backup is still a failure of the jump), ``exact``
+(tree and databases equal to the fresh from-release). A cell after a failed one is
+``skip``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape, quoteattr
+
+from builder.build import build_bundle
+from builder.errors import BuildError
+from builder.frozen import FrozenInstaller
+from builder.keys import keygen
+from builder.sandbox import SUPERVISOR_CONF, lay_out
+from builder.spec import Product
+from installer.errors import JumpkitError
+from installer.format import INSTALLER_MEMBER, MANIFEST_NAME, Manifest, parse_manifest
+from installer.graph import plan_chain
+from installer.version import Version
+
+CELLS = ("build", "apply", "health", "version", "schema", "rollback", "exact")
+HARNESS = ("var/lib/jumpkit", "var/run", "var/log", SUPERVISOR_CONF, "etc/jumpkit/trusted-keys")
+"""The sandbox's own paths, never compared (the installer's state, supervisord's files)."""
+TIMEOUT = 600
+
+
+@dataclass
+class Case:
+    """One row of the matrix: a jump, or a chain of jumps applied as one."""
+
+    name: str
+    steps: list[tuple[str, str]]
+    cells: dict[str, str] = field(default_factory=dict)
+    """cell -> ``pass``, ``fail``, ``skip`` or ``run`` (under way)."""
+    failure: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return all(v == "pass" for v in self.cells.values()) and len(self.cells) == len(CELLS)
+
+
+def cases(product: Product, frm: str | None, to: str | None, everything: bool) -> list[Case]:
+    """The cases to run: the named jump or chain, else every jump (and, ``everything``,
+    the chain across all releases).
+
+    Raises:
+        NoPath: no chain ``frm`` -> ``to``.
+    """
+    graph = product.graph()
+    if frm is not None and to is not None:
+        chain = plan_chain(graph, frm, to)
+        return [Case(f"{frm} -> {to}" + (f" ({len(chain)} jumps)" if len(chain) > 1 else ""), list(chain))]
+    out = [Case(f"{a} -> {b}", [(a, b)]) for a, b in graph.jumps]
+    if everything and graph.jumps:
+        versions = sorted({v for j in graph.jumps for v in j}, key=Version.parse)
+        chain = plan_chain(graph, versions[0], versions[-1])
+        if len(chain) > 1:
+            out.append(Case(f"{versions[0]} -> {versions[-1]} ({len(chain)} jumps)", list(chain)))
+    return out
+
+
+def snapshot(root: Path, skip: frozenset[str] = frozenset()) -> dict[str, str]:
+    """Every path under ``root`` but the harness's and ``skip``: kind, mode, link target
+    or sha256."""
+    out = {}
+    for dirpath, dirs, files in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        for name in sorted(dirs + files):
+            rel = os.path.normpath(os.path.join(rel_dir, name))
+            if rel in skip or any(rel == h or rel.startswith(h + "/") for h in HARNESS):
+                continue
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            mode = f"{stat.S_IMODE(st.st_mode):04o}"
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = f"link {os.readlink(p)}"
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = f"dir {mode}"
+            elif stat.S_ISREG(st.st_mode):
+                with open(p, "rb") as f:
+                    out[rel] = f"file {mode} {hashlib.file_digest(f, 'sha256').hexdigest()}"
+            else:
+                out[rel] = f"special {stat.S_IFMT(st.st_mode):o}"
+    return out
+
+
+def differences(before: dict[str, str], after: dict[str, str], limit: int = 5) -> list[str]:
+    diff = [f"+{p}" for p in sorted(after.keys() - before.keys())]
+    diff += [f"-{p}" for p in sorted(before.keys() - after.keys())]
+    diff += [f"~{p}" for p in sorted(before.keys() & after.keys()) if before[p] != after[p]]
+    return diff[:limit] + ([f"(+{len(diff) - limit} more)"] if len(diff) > limit else [])
+
+
+def db_state(manifest: Manifest, root: Path) -> dict[str, Any]:
+    """Per database: its revision and every table's rows (sorted), read through SQLAlchemy."""
+    from sqlalchemy import MetaData, create_engine, pool, select
+
+    from installer.migrate import current_revision, database_url, with_driver
+
+    out: dict[str, Any] = {}
+    for db in manifest.databases:
+        url = database_url(db, root)
+        rev = current_revision(url, missing_ok=True)
+        engine = create_engine(with_driver(url), poolclass=pool.NullPool)
+        meta = MetaData()
+        tables: dict[str, list[str]] = {}
+        with engine.connect() as conn:
+            meta.reflect(conn)
+            for t in sorted(meta.tables.values(), key=lambda t: t.name):
+                # by column name: a downgrade that re-adds a column puts it last (batch mode)
+                tables[t.name] = sorted(repr(sorted(r._mapping.items())) for r in conn.execute(select(t)))
+        engine.dispose()
+        out[db.name] = {"revision": rev, "tables": tables}
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Skip(Exception):
+    """The case stops here: the rest of its cells are skipped."""
+
+
+class Runner:
+    """Builds the bundles once, then runs cases on sandboxes in parallel."""
+
+    def __init__(self, product: Product, specs: Path, installer: FrozenInstaller, work: Path) -> None:
+        self.product, self.specs, self.installer, self.work = product, specs, installer, work
+        self.key, self.pub, _ = keygen(work / "keys", "test-jumps")
+        self.bundles: dict[tuple[str, str], Path] = {}
+        self.broken: dict[tuple[str, str], str] = {}
+        """Jumps whose bundle did not build, and why."""
+
+    def build(self, jumps: set[tuple[str, str]], tick: Callable[[str], None]) -> None:
+        """Build each jump's release bundle once (a failure is that jump's build cell)."""
+        for frm, to in sorted(jumps, key=lambda j: (Version.parse(j[0]), Version.parse(j[1]))):
+            tick(f"building {frm} -> {to}")
+            try:
+                res = build_bundle(self.specs, self.product.name, frm, to, self.work / "dist",
+                                   key=self.key, installer=self.installer, level=1)  # fmt: skip
+            except JumpkitError as e:
+                self.broken[(frm, to)] = f"{frm} -> {to}: {e.message}"
+                continue
+            self.bundles[(frm, to)] = res.path
+            self._extract_installer((frm, to))  # here, not in the parallel cases: one writer
+
+    def run(self, case: Case, changed: Callable[[Case], None]) -> Case:
+        t0 = time.monotonic()
+        root = Path(tempfile.mkdtemp(prefix="jk-tj-", dir=_short_tmp())) / "r"
+        supervisord: int | None = None
+        try:
+            self._cell(
+                case,
+                changed,
+                "build",
+                lambda: next((self.broken[s] for s in case.steps if s in self.broken), None),
+            )
+            if case.failure is not None:
+                raise _Skip
+            frm = case.steps[0][0]
+            overrides = {lk.key: str(_free_port()) for n, lk in self.product.spec.lookups.items()
+                         if lk.file and lk.key and n.endswith("port")}  # fmt: skip
+            lay_out(self.product, frm, root, overrides=overrides, trust=[self.pub])
+            supervisord = _start_supervisord(self.product, root)
+            manifests = [self._manifest(s) for s in case.steps]
+            if supervisord is not None and (problem := _health(manifests[0], root, frm)) is not None:
+                raise BuildError(f"the fresh {frm} sandbox never became healthy: {problem}")
+            dbs = _database_files(manifests[0], root)  # compared by revision and rows, not bytes
+            before = snapshot(root, dbs)
+            dbs_before = db_state(manifests[0], root)
+            installer = self._installer(case.steps[-1])
+            bundles = [str(self.bundles[s]) for s in case.steps]
+            self._cell(
+                case, changed, "apply", lambda: _ok(_run([installer, "--root", root, "apply", *bundles]))
+            )
+            tail = manifests[-1]
+            self._cell(case, changed, "health", lambda: _health(tail, root))  # the to-version answers
+            self._cell(case, changed, "version", lambda: _version(tail, root))
+            self._cell(case, changed, "schema", lambda: _schema(tail, root))
+            self._cell(case, changed, "rollback", lambda: _rollback(installer, root))
+            self._cell(case, changed, "exact", lambda: _exact(before, snapshot(root, dbs), dbs_before,
+                                                              db_state(manifests[0], root)))  # fmt: skip
+        except _Skip:
+            for c in CELLS:
+                case.cells.setdefault(c, "skip")
+        except (BuildError, OSError, subprocess.SubprocessError) as e:
+            case.failure = case.failure or f"sandbox: {e}"
+            for c in CELLS:
+                case.cells.setdefault(c, "fail" if c == "apply" else "skip")
+        finally:
+            if supervisord is not None:
+                _stop(supervisord)
+            shutil.rmtree(root.parent, ignore_errors=True)
+            case.seconds = time.monotonic() - t0
+            changed(case)
+        return case
+
+    def _cell(
+        self, case: Case, changed: Callable[[Case], None], cell: str, check: Callable[[], str | None]
+    ) -> None:
+        if case.failure is not None:
+            case.cells[cell] = "skip"
+            return
+        case.cells[cell] = "run"
+        changed(case)
+        try:
+            problem = check()
+        except Exception as e:  # a check's own error is that check failing, not the runner's
+            problem = f"{type(e).__name__}: {e}"
+        case.cells[cell] = "fail" if problem else "pass"
+        if problem:
+            case.failure = f"{cell}: {problem}"
+        changed(case)
+
+    def _manifest(self, jump: tuple[str, str]) -> Manifest:
+        with zipfile.ZipFile(self.bundles[jump]) as z:
+            return parse_manifest(z.read(MANIFEST_NAME))
+
+    def _installer(self, jump: tuple[str, str]) -> Path:
+        """The frozen installer the bundle of ``jump`` carries (taken out when built)."""
+        return self.work / f"installer-{jump[0]}-{jump[1]}"
+
+    def _extract_installer(self, jump: tuple[str, str]) -> None:
+        dest = self._installer(jump)
+        with zipfile.ZipFile(self.bundles[jump]) as z:
+            tmp = dest.with_name(dest.name + ".tmp")
+            tmp.write_bytes(z.read(INSTALLER_MEMBER))
+            tmp.chmod(0o755)
+            tmp.replace(dest)
+
+
+def run_all(runner: Runner, todo: list[Case], changed: Callable[[Case], None], workers: int) -> list[Case]:
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return list(pool.map(lambda c: runner.run(c, changed), todo))
+
+
+def junit(cases_: list[Case], seconds: float) -> str:
+    """JUnit XML: a testsuite, one testcase per (case, cell), failures with their reason."""
+    tests = [(c, cell) for c in cases_ for cell in CELLS]
+    failures = sum(1 for c, cell in tests if c.cells.get(cell) == "fail")
+    skipped = sum(1 for c, cell in tests if c.cells.get(cell, "skip") == "skip")
+    lines = ['<?xml version="1.0" encoding="UTF-8"?>',
+             f'<testsuite name="test-jumps" tests="{len(tests)}" failures="{failures}" skipped="{skipped}" '
+             f'time="{seconds:.1f}">']  # fmt: skip
+    for c, cell in tests:
+        head = f"  <testcase classname={quoteattr(c.name)} name={quoteattr(cell)}"
+        state = c.cells.get(cell, "skip")
+        if state == "fail":
+            why = c.failure or cell
+            failure = f"    <failure message={quoteattr(why)}>{escape(why)}</failure>"
+            lines += [f"{head}>", failure, "  </testcase>"]
+        elif state == "skip":
+            lines += [f"{head}>", "    <skipped/>", "  </testcase>"]
+        else:
+            lines.append(f"{head}/>")
+    lines.append("</testsuite>")
+    return "\n".join(lines) + "\n"
+
+
+# --- the checks: None when it passes, else why ------------------------------------------
+
+
+def _run(argv: list[str | Path]) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "JUMPKIT_NO_REEXEC": "1", "PYINSTALLER_RESET_ENVIRONMENT": "1"}
+    return subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=TIMEOUT, env=env)
+
+
+def _ok(p: subprocess.CompletedProcess[str]) -> str | None:
+    if p.returncode == 0:
+        return None
+    lines = p.stderr.strip().splitlines()
+    return f"exit {p.returncode}: {lines[-1] if lines else ''}"
+
+
+def _health(m: Manifest, root: Path, version: str | None = None) -> str | None:
+    from installer.errors import HealthCheckError
+    from installer.health import lookup_variables, wait_healthy
+
+    try:
+        wait_healthy(m.services.health, lookup_variables(m.lookups, root, version or m.to_version), root)
+    except HealthCheckError as e:
+        return e.message
+    return None
+
+
+def _version(m: Manifest, root: Path) -> str | None:
+    from installer.preflight import read_version_file
+
+    got = read_version_file(root, m.version_file)
+    return None if got == m.to_version else f"{m.version_file} says {got}, not {m.to_version}"
+
+
+def _schema(m: Manifest, root: Path) -> str | None:
+    from installer.migrate import current_revision, database_url
+
+    for db in m.databases:
+        rev = current_revision(database_url(db, root), missing_ok=True)
+        if rev != db.to_revision:
+            return f"database {db.name} is at {rev}, not {db.to_revision}"
+    return None
+
+
+def _rollback(installer: Path, root: Path) -> str | None:
+    p = _run([installer, "--root", root, "rollback"])
+    if (problem := _ok(p)) is not None:
+        return problem
+    status = json.loads(_run([installer, "--root", root, "status", "--json"]).stdout or "{}")
+    broken = [line for line in status.get("log", []) if "downgrade failed" in line]
+    return f"a downgrade failed (jumpkit restored the backup): {broken[0]}" if broken else None
+
+
+def _exact(before: dict[str, str], after: dict[str, str], dbs_before: Any, dbs_after: Any) -> str | None:
+    diff = differences(before, after)
+    if diff:
+        return "tree differs from the fresh from-release: " + ", ".join(diff)
+    for name, was in dbs_before.items():
+        now = dbs_after.get(name)
+        if now != was:
+            what = "revision" if (now or {}).get("revision") != was["revision"] else "rows"
+            return f"database {name}: {what} differ from the fresh from-release"
+    return None
+
+
+def _database_files(m: Manifest, root: Path) -> frozenset[str]:
+    """The SQLite files of ``m``'s databases (and their journals), relative to ``root``."""
+    from installer.migrate import database_url
+
+    out = set()
+    for db in m.databases:
+        url = database_url(db, root)
+        if url.startswith("sqlite"):
+            path = url.split(":///", 1)[-1]
+            rel = os.path.relpath(path, root)
+            out |= {rel, rel + "-journal", rel + "-wal", rel + "-shm"}
+    return frozenset(out)
+
+
+def _short_tmp() -> str:
+    """A short directory for sandboxes (supervisord's unix socket path has a 107-byte limit)."""
+    d = Path("/tmp") if Path("/tmp").is_dir() else Path(tempfile.gettempdir())
+    return str(d)
+
+
+def _start_supervisord(product: Product, root: Path) -> int | None:
+    if product.spec.services.backend != "supervisord":
+        return None
+    conf = root / SUPERVISOR_CONF
+    exe = Path(sys.executable).parent / "supervisord"
+    subprocess.run([str(exe if exe.exists() else "supervisord"), "-c", str(conf)], check=True, timeout=60)
+    pidfile = root / "var/run/supervisord.pid"
+    for _ in range(500):
+        if pidfile.exists() and pidfile.read_text().strip():
+            return int(pidfile.read_text())
+        time.sleep(0.02)
+    raise BuildError(f"supervisord did not start for the sandbox {root}")
+
+
+def _stop(pid: int) -> None:
+    try:
+        os.kill(pid, 15)
+    except ProcessLookupError:
+        return
+    for _ in range(500):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.02)

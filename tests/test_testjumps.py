@@ -1,0 +1,94 @@
+"""``bundle-build test-jumps`` (issue 24): the demo product's every jump and its chain
+pass through the frozen installer; a stray file left by a rollback, a broken downgrade
+and a new version that fails health each fail the matrix at the right cell."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from tests.helpers import SPECS, build
+
+CELLS = ["build", "apply", "health", "version", "schema", "rollback", "exact"]
+
+
+def test_every_demo_jump_and_the_chain_pass(frozen: Path, tmp_path: Path) -> None:
+    junit = tmp_path / "junit.xml"
+    p = build("test-jumps", "--specs", SPECS, "--all", "--installer", frozen, "--junit", junit, "--json")
+    assert p.returncode == 0, p.stdout + p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["ok"] and doc["cells"] == CELLS
+    names = [c["case"] for c in doc["cases"]]
+    assert names == ["3.4.2 -> 4.0.1", "4.0.1 -> 4.1.1", "4.1.1 -> 4.2.0", "3.4.2 -> 4.2.0 (3 jumps)"]
+    for c in doc["cases"]:
+        assert c["cells"] == dict.fromkeys(CELLS, "pass"), c
+    suite = ET.parse(junit).getroot()
+    assert suite.tag == "testsuite" and suite.get("tests") == "28" and suite.get("failures") == "0"
+
+
+DATA_DEPENDENT = (
+    "if op.get_bind().execute(sa.text('SELECT count(*) FROM items')).scalar():\n"
+    "        raise RuntimeError('no way back with data')\n"
+)
+
+
+def _broken(tmp_path: Path, downgrade: str = DATA_DEPENDENT) -> Path:
+    """The demo with three mistakes, one per jump (the downgrade fails only on a database
+    that holds rows: the build's rehearsal, on an empty one, lets it through)."""
+    specs = tmp_path / "specs"
+    shutil.copytree(SPECS, specs, symlinks=True)
+    d = specs / "demo-manager"
+    # 3.4.2 -> 4.0.1: a post hook leaves a file that no undo removes
+    (d / "jumps/stray.sh").write_text("#!/bin/sh\necho left > opt/demo-manager/stray.txt\n")
+    (d / "jumps/stray.sh").chmod(0o755)
+    jump = d / "jumps/3.4.2-4.0.1.yaml"
+    jump.write_text(jump.read_text() + "hooks:\n  - {name: stray, when: post, script: stray.sh}\n")
+    # 4.0.1 -> 4.1.1: its migration's downgrade fails (jumpkit restores the backup)
+    rev = d / "releases/4.1.1/migrations/main/versions/0004_items_title.py"
+    rev.write_text(rev.read_text().replace("def downgrade():\n", "def downgrade():\n    " + downgrade))
+    # 4.1.1 -> 4.2.0: the new version reports another version: its health check fails
+    init = d / "releases/4.2.0/root/opt/demo-manager/lib/demo_manager/__init__.py"
+    init.write_text(init.read_text().replace('"4.2.0"', '"9.9.9"'))
+    return specs
+
+
+def test_each_mistake_fails_its_cell(frozen: Path, tmp_path: Path) -> None:
+    specs = _broken(tmp_path)
+    junit = tmp_path / "junit.xml"
+    p = build("test-jumps", "--specs", specs, "--installer", frozen, "--junit", junit, "--json")
+    assert p.returncode == 1, p.stdout + p.stderr
+    cases = {c["case"]: c for c in json.loads(p.stdout)["cases"]}
+    stray, downgrade, health = cases["3.4.2 -> 4.0.1"], cases["4.0.1 -> 4.1.1"], cases["4.1.1 -> 4.2.0"]
+    assert stray["cells"]["rollback"] == "pass" and stray["cells"]["exact"] == "fail", stray
+    assert "+opt/demo-manager/stray.txt" in stray["failure"]
+    assert downgrade["cells"]["schema"] == "pass" and downgrade["cells"]["rollback"] == "fail", downgrade
+    assert "a downgrade failed" in downgrade["failure"] and downgrade["cells"]["exact"] == "skip"
+    assert health["cells"]["apply"] == "fail" and "health check 'version'" in health["failure"], health
+    assert all(v == "skip" for k, v in health["cells"].items() if k not in ("build", "apply"))
+    failures = {
+        (tc.get("classname"), tc.get("name"))
+        for tc in ET.parse(junit).getroot()
+        if tc.find("failure") is not None
+    }
+    assert failures == {
+        ("3.4.2 -> 4.0.1", "exact"),
+        ("4.0.1 -> 4.1.1", "rollback"),
+        ("4.1.1 -> 4.2.0", "apply"),
+    }
+    p = build("test-jumps", "--specs", specs, "--installer", frozen, "--from", "4.1.1", "--to", "4.2.0")
+    assert p.returncode == 1
+    assert "bundle-build: test-jumps: 4.1.1 -> 4.2.0: apply: exit 5" in p.stderr, p.stderr
+
+
+def test_a_jump_whose_bundle_does_not_build_fails_at_build(frozen: Path, tmp_path: Path) -> None:
+    """A downgrade that always fails is caught by the build's rehearsal: the build cell."""
+    specs = _broken(tmp_path, downgrade="raise RuntimeError('no way back')\n")
+    p = build(
+        "test-jumps", "--specs", specs, "--installer", frozen, "--from", "4.0.1", "--to", "4.1.1", "--json"
+    )
+    assert p.returncode == 1
+    (case,) = json.loads(p.stdout)["cases"]
+    assert case["cells"] == {"build": "fail", **dict.fromkeys(CELLS[1:], "skip")}, case
+    assert "rehearsal of main 0002 -> 0004 failed" in case["failure"]
