@@ -373,9 +373,7 @@ def test_jumps_cmd(
         if frozen is None:
             raise BuildError("test-jumps tests what ships: it needs the frozen installer "
                              "(scripts/freeze-installer, or --installer)")  # fmt: skip
-    except NoPath as e:
-        _fail(e, json_out, False)
-    except JumpkitError as e:
+    except JumpkitError as e:  # NoPath too: exit 4, as plan's
         _fail(e, json_out, False)
     t0 = time.monotonic()
     live = not json_out and sys.stdout.isatty()
