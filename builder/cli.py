@@ -355,7 +355,7 @@ def test_jumps_cmd(
     then health, the version file and each database's revision checked, then rollback,
     and the tree compared byte for byte (paths, modes, contents) and each database
     (revision and rows) with a fresh from-release. Cases run in parallel; a live table on
-    a terminal; the matrix at the end (jump x apply/health/version/schema/rollback/exact);
+    a terminal; the matrix at the end (jump x build/apply/health/version/schema/rollback/exact);
     --junit for CI. Exit 1 when a cell fails (the line names the jump and the check), 2
     for bad input, 4 when the product has no such jump or chain."""
     import tempfile
