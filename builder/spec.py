@@ -440,13 +440,13 @@ def load_spec(model: type[M], path: Path) -> tuple[M | None, Located | None, lis
         mark = getattr(e, "problem_mark", None)
         what = getattr(e, "problem", None) or str(e)
         return None, None, [Problem(path, mark.line + 1 if mark else None, f"not valid YAML: {what}")]
-    problems = [*doc.duplicates, *version_numbers(doc)]
-    if problems:
-        return None, doc, problems
+    if numbers := version_numbers(doc):  # validating them would only add type errors
+        return None, doc, [*doc.duplicates, *numbers]
     try:
-        return model.model_validate(doc.data if doc.data is not None else {}, strict=False), doc, []
+        spec = model.model_validate(doc.data if doc.data is not None else {}, strict=False)
     except ValidationError as e:
-        return None, doc, validation_problems(doc, model, e)
+        return None, doc, [*doc.duplicates, *validation_problems(doc, model, e)]
+    return (None if doc.duplicates else spec), doc, list(doc.duplicates)
 
 
 def _validate(model: type[M], path: Path) -> M:

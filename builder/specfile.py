@@ -81,6 +81,9 @@ def load(path: Path) -> Located:
                 if key in lines and key != loc:
                     said = f"{'.'.join(map(str, key))}: given twice (the first on line {lines[key]})"
                     dups.append(Problem(path, k.start_mark.line + 1, said + "; YAML keeps only this one"))
+                    for old in [p for p in lines if p[: len(key)] == key]:  # the first value's keys
+                        del lines[old]
+                        raw.pop(old, None)
                 lines[key] = k.start_mark.line + 1
                 walk(v, key)
         elif isinstance(n, yaml.SequenceNode):
