@@ -397,7 +397,7 @@ def test_jumps_cmd(
                       for c in results],
         }))  # fmt: skip
     else:
-        Console(highlight=False).print(_matrix(results, tj.CELLS))
+        Console(highlight=False, width=None if sys.stdout.isatty() else 160).print(_matrix(results, tj.CELLS))
         for c in failed:
             err.print(f"bundle-build: test-jumps: {c.name}: {c.failure}")
         print(f"{len(results) - len(failed)} of {len(results)} case(s) passed in {seconds:.0f}s")
@@ -410,7 +410,7 @@ def _matrix(results: list[Any], cells: tuple[str, ...]) -> Any:
 
     marks = {"pass": "ok", "fail": "[red]FAIL[/red]", "skip": "-", "run": "...", None: " "}
     table = Table(title="test-jumps")
-    table.add_column("case")
+    table.add_column("case", no_wrap=True)
     for c in cells:
         table.add_column(c, justify="center")
     table.add_column("s", justify="right")
