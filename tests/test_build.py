@@ -101,7 +101,8 @@ def test_spec_errors_name_file_and_field(tmp_path: Path, keys: dict[str, Path]) 
         "--specs", specs, "--from", "4.0.1", "--to", "4.1.1", "--key", keys["key"], "--out", tmp_path / "o"
     )
     assert p.returncode == 2
-    assert f"{jump}:11: error: configs.0.policy" in p.stderr, p.stderr  # the line of the key
+    line = 1 + jump.read_text().splitlines().index("    policy: sometimes")  # the line of the key
+    assert f"{jump}:{line}: error: configs.0.policy" in p.stderr, p.stderr
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
 
 
