@@ -30,13 +30,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from installer import __version__
 from installer.errors import JumpkitError, UsageError
 from installer.format import MANIFEST_NAME, Manifest, parse_manifest
 from installer.paths import Targets, read_beneath
 from installer.plan import current_digest
+from installer.services import ServiceManager
 from installer.state import StateDir, StatusDoc
 
 MAX_FILE = 4 * 1024 * 1024
@@ -104,7 +104,7 @@ README = {
 }
 
 
-def gather(root: Path, state: StateDir, services: Callable[[Manifest], Any] | None) -> Report:
+def gather(root: Path, state: StateDir, services: Callable[[Manifest], ServiceManager] | None) -> Report:
     """Everything the report holds (see the module docstring); reads only."""
     rep = Report()
     status = state.read_status() if state.status_path.exists() else StatusDoc()
@@ -125,7 +125,7 @@ def gather(root: Path, state: StateDir, services: Callable[[Manifest], Any] | No
         rep.attempt("drift.txt", lambda: rep.add("drift.txt", _drift(root, m, status)))
         rep.attempt("configs/", lambda: _configs(root, m, rep))
         if services is not None:
-            rep.attempt("services.txt", lambda: rep.add("services.txt", _services(root, m, services)))
+            rep.attempt("services.txt", lambda: rep.add("services.txt", _services(m, services)))
         rep.attempt("environment.txt", lambda: rep.add("environment.txt", _environment(m)))
     else:
         rep.errors.append("no staged manifest: drift, configs, services and lookups are not in this report")
@@ -161,7 +161,9 @@ def default_name(product: str | None) -> str:
     return f"jumpkit-report-{product or 'manager'}-{time.strftime('%Y%m%d-%H%M%S')}.tar.gz"
 
 
-def make(root: Path, state: StateDir, dest: Path | None, services: Callable[[Manifest], Any] | None) -> Path:
+def make(
+    root: Path, state: StateDir, dest: Path | None, services: Callable[[Manifest], ServiceManager] | None
+) -> Path:
     """Gather and write a report; returns its path.
 
     Raises:
@@ -259,7 +261,7 @@ def _configs(root: Path, m: Manifest, rep: Report) -> None:
                 rep.add(f"configs/{name}", data.decode("utf-8", "replace"))
 
 
-def _services(root: Path, m: Manifest, services: Callable[[Manifest], Any]) -> str:
+def _services(m: Manifest, services: Callable[[Manifest], ServiceManager]) -> str:
     mgr = services(m)
     lines = [f"backend: {m.services.backend}"]
     for svc in m.services.services:
@@ -267,34 +269,8 @@ def _services(root: Path, m: Manifest, services: Callable[[Manifest], Any]) -> s
             state = "running" if mgr.is_running(svc) else "stopped"
         except (JumpkitError, OSError) as e:
             state = f"unknown ({e})"
-        lines += ["", f"== {svc.name}: {state}", *_service_log(root, m, svc.name)]
+        lines += ["", f"== {svc.name}: {state}", *mgr.log_tail(svc, LOG_LINES)]
     return "\n".join(lines) + "\n"
-
-
-def _service_log(root: Path, m: Manifest, name: str) -> list[str]:
-    if m.services.backend == "supervisord" and m.services.socket:
-        import xmlrpc.client
-
-        from supervisor.xmlrpc import SupervisorTransport
-
-        sock = Targets(root)(m.services.socket)
-        proxy = xmlrpc.client.ServerProxy(
-            "http://127.0.0.1", transport=SupervisorTransport(None, None, f"unix://{sock}")
-        )
-        out = []
-        for which in ("tailProcessStdoutLog", "tailProcessStderrLog"):
-            try:
-                text = getattr(proxy.supervisor, which)(name, 0, 64 * 1024)[0]
-            except (OSError, xmlrpc.client.Error) as e:
-                text = f"({which} failed: {e})"
-            out += [f"-- {which.removeprefix('tailProcess').removesuffix('Log').lower()}:",
-                    *str(text).splitlines()[-LOG_LINES:]]  # fmt: skip
-        return out
-    if m.services.backend == "systemd" and shutil.which("journalctl"):
-        p = subprocess.run(["journalctl", "-u", name, "-n", str(LOG_LINES), "--no-pager"],
-                           capture_output=True, text=True, timeout=30)  # fmt: skip
-        return ["-- journald:", *(p.stdout or p.stderr).splitlines()]
-    return [f"-- no log: the {m.services.backend} backend keeps none jumpkit can read"]
 
 
 def _environment(m: Manifest | None) -> str:

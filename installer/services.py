@@ -42,6 +42,11 @@ class ServiceManager(Protocol):
         """
         ...
 
+    def log_tail(self, service: Service, lines: int) -> list[str]:
+        """The last ``lines`` lines of the service's log, as the backend keeps it (for a
+        support report; never raises: a log that cannot be read is one line saying why)."""
+        ...
+
 
 class NoServices:
     """For managers whose services jumpkit does not control."""
@@ -55,6 +60,10 @@ class NoServices:
 
     def start(self, service: Service) -> None:
         """See :class:`ServiceManager`."""
+
+    def log_tail(self, service: Service, lines: int) -> list[str]:
+        """See :class:`ServiceManager`."""
+        return ["(jumpkit controls no services here: no log to read)"]
 
 
 class Supervisord:
@@ -116,6 +125,17 @@ class Supervisord:
             time.sleep(0.02)
         self._call("startProcess", service.name, True)
 
+    def log_tail(self, service: Service, lines: int) -> list[str]:
+        """See :class:`ServiceManager`: stdout and stderr, as supervisord's tail gives them."""
+        out = []
+        for which in ("Stdout", "Stderr"):
+            try:
+                text = str(self._call(f"tailProcess{which}Log", service.name, 0, 64 * 1024)[0])  # type: ignore[index]
+            except (ServiceError, TypeError, IndexError) as e:
+                text = f"(cannot read it: {e})"
+            out += [f"-- {which.lower()}:", *text.splitlines()[-lines:]]
+        return out
+
 
 class Commands:
     """Start/stop/status commands named in the spec (argv lists, no shell)."""
@@ -144,6 +164,10 @@ class Commands:
         """See :class:`ServiceManager`."""
         if self._run(service.start, service.start_timeout, "start") != 0:
             raise ServiceError(f"start command for {service.name} failed")
+
+    def log_tail(self, service: Service, lines: int) -> list[str]:
+        """See :class:`ServiceManager`."""
+        return ["(the command backend keeps no log jumpkit can read)"]
 
 
 class Systemd:
@@ -180,6 +204,15 @@ class Systemd:
         p = self._run("start", service.name, timeout=service.start_timeout)
         if p.returncode != 0:
             raise ServiceError(f"systemctl start {service.name} failed: {p.stderr.strip()[-200:]}")
+
+    def log_tail(self, service: Service, lines: int) -> list[str]:
+        """See :class:`ServiceManager`: journald's, through journalctl."""
+        try:
+            argv = ["journalctl", "-u", service.name, "-n", str(lines), "--no-pager"]
+            p = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return [f"(cannot run journalctl: {e})"]
+        return ["-- journald:", *(p.stdout or p.stderr).splitlines()]
 
 
 def service_manager(spec: Services, root: Path) -> ServiceManager:
