@@ -347,6 +347,14 @@ def test_jumps_cmd(
     ] = None,
     workers: Annotated[int, typer.Option("--workers", help="Cases at once (default: the core count).")] = 0,
     junit_file: Annotated[Path | None, typer.Option("--junit", help="Write JUnit XML here (for CI).")] = None,
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="zip: the installer applies the bundles; rpm: rpm -U the bundle RPMs into each "
+            "sandbox (needs root, rpm, unshare and busybox; a chain is its RPMs one after another).",
+        ),
+    ] = "zip",
     json_out: JsonOpt = False,
 ) -> None:
     """Prove every supported jump before a release ships: for each jump (with --all also
@@ -356,8 +364,9 @@ def test_jumps_cmd(
     and the tree compared byte for byte (paths, modes, contents) and each database
     (revision and rows) with a fresh from-release. Cases run in parallel; a live table on
     a terminal; the matrix at the end (jump x build/apply/health/version/schema/rollback/exact);
-    --junit for CI. Exit 1 when a cell fails (the line names the jump and the check), 2
-    for bad input, 4 when the product has no such jump or chain."""
+    --junit for CI. --format rpm applies the bundle RPMs with rpm -U, as yum would. Exit 1
+    when a cell fails (the line names the jump and the check), 2 for bad input, 4 when the
+    product has no such jump or chain."""
     import tempfile
     import time
 
@@ -366,9 +375,15 @@ def test_jumps_cmd(
     if (frm is None) != (to is None) or (frm is not None and everything):
         err.print("bundle-build test-jumps: give --from and --to together, or --all, or neither (every jump)")
         raise typer.Exit(2)
+    if fmt not in tj.FORMATS:
+        err.print(f"bundle-build test-jumps: --format {fmt!r}: one of {', '.join(tj.FORMATS)}")
+        raise typer.Exit(2)
+    if fmt == "rpm" and (why := tj.rpm_problem()) is not None:
+        err.print(f"bundle-build test-jumps: {why}")
+        raise typer.Exit(2)
     try:
         prod = load_product(specs, product)
-        todo = tj.cases(prod, frm, to, everything)
+        todo = tj.cases(prod, frm, to, everything, fmt)
         frozen = _installer(installer_path, False, True)
         if frozen is None:
             raise BuildError("test-jumps tests what ships: it needs the frozen installer "
@@ -378,7 +393,7 @@ def test_jumps_cmd(
     t0 = time.monotonic()
     live = not json_out and sys.stdout.isatty()
     with tempfile.TemporaryDirectory(prefix="jk-test-jumps-") as tmp:
-        runner = tj.Runner(prod, specs, frozen, Path(tmp))
+        runner = tj.Runner(prod, specs, frozen, Path(tmp), fmt)
         try:
             runner.build(
                 {j for c in todo for j in c.steps}, lambda what: None if json_out else err.print(what)

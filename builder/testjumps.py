@@ -17,6 +17,18 @@ checks pass afterwards), ``version`` (the version file says the to-version), ``s
 one that jumpkit repaired from its backup is still a failure of the jump), ``exact``
 (tree and databases equal to the fresh from-release). A cell after a failed one is
 ``skip``.
+
+``--format rpm`` applies the bundle RPMs instead, the way an operator's ``yum install``
+does: ``rpm -U`` into the sandbox as ``--root`` (in a private mount namespace with the
+root's ``/proc`` mounted: the frozen installer runs in ``%posttrans``, chrooted), with a
+static busybox as the root's ``/usr/bin`` shell tools (what a manager's OS has and a
+sandbox lacks). rpm exits 0 when ``%posttrans`` fails, so ``apply`` also needs the
+installer's status ``finished``. ``rollback`` is the installer's, then ``rpm -e`` of the
+bundle package (which must leave the manager as it is). rpm installs one version of a
+package per transaction, so a chain is its RPMs one after another (one apply and one
+outage each, as ``yum`` would go), and as the backup kept is the last apply's,
+``rollback`` and ``exact`` of a chain check its last jump against the tree before it.
+rpm's own state (``var/lib/rpm``, ``tmp``, ...) and ``/proc`` are never compared.
 """
 
 from __future__ import annotations
@@ -43,6 +55,7 @@ from builder.build import build_bundle
 from builder.errors import BuildError
 from builder.frozen import FrozenInstaller
 from builder.keys import keygen
+from builder.rpm import build_rpm, rpm_names
 from builder.sandbox import SUPERVISOR_CONF, lay_out
 from builder.spec import Product
 from installer.errors import JumpkitError
@@ -53,7 +66,23 @@ from installer.version import Version
 CELLS = ("build", "apply", "health", "version", "schema", "rollback", "exact")
 HARNESS = ("var/lib/jumpkit", "var/run", "var/log", SUPERVISOR_CONF, "etc/jumpkit/trusted-keys")
 """The sandbox's own paths, never compared (the installer's state, supervisord's files)."""
+PACKAGER_STATE = ("proc", "var/lib/rpm", "var/cache/ldconfig", "var/tmp", "tmp")
+"""What ``rpm --root`` keeps in the root for itself, and the mount point of /proc."""
+FORMATS = ("zip", "rpm")
+RPM_TOOLS = ("rpm", "rpmbuild", "unshare", "mount", "busybox")
 TIMEOUT = 600
+
+
+def rpm_problem() -> str | None:
+    """Why ``--format rpm`` cannot run here (None when it can): rpm must chroot into the
+    sandbox and mount its /proc, which takes root and these tools."""
+    missing = [t for t in RPM_TOOLS if shutil.which(t) is None]
+    if missing:
+        return (f"--format rpm needs {', '.join(missing)} (Debian/Ubuntu: apt-get install rpm "
+                "util-linux mount busybox-static)")  # fmt: skip
+    if os.geteuid() != 0:
+        return "--format rpm needs root: rpm --root chroots into each sandbox and mounts its /proc"
+    return None
 
 
 @dataclass
@@ -72,35 +101,40 @@ class Case:
         return all(v == "pass" for v in self.cells.values()) and len(self.cells) == len(CELLS)
 
 
-def cases(product: Product, frm: str | None, to: str | None, everything: bool) -> list[Case]:
+def cases(
+    product: Product, frm: str | None, to: str | None, everything: bool, fmt: str = "zip"
+) -> list[Case]:
     """The cases to run: the named jump or chain, else every jump (and, ``everything``,
-    the chain across all releases).
+    the chain across all releases). A chain's name counts its jumps (``fmt`` zip: one
+    apply) or its RPMs (``fmt`` rpm: one after another).
 
     Raises:
         NoPath: no chain ``frm`` -> ``to``.
     """
     graph = product.graph()
+    unit = "RPMs" if fmt == "rpm" else "jumps"
     if frm is not None and to is not None:
         chain = plan_chain(graph, frm, to)
-        return [Case(f"{frm} -> {to}" + (f" ({len(chain)} jumps)" if len(chain) > 1 else ""), list(chain))]
+        return [Case(f"{frm} -> {to}" + (f" ({len(chain)} {unit})" if len(chain) > 1 else ""), list(chain))]
     out = [Case(f"{a} -> {b}", [(a, b)]) for a, b in graph.jumps]
     if everything and graph.jumps:
         versions = sorted({v for j in graph.jumps for v in j}, key=Version.parse)
         chain = plan_chain(graph, versions[0], versions[-1])
         if len(chain) > 1:
-            out.append(Case(f"{versions[0]} -> {versions[-1]} ({len(chain)} jumps)", list(chain)))
+            out.append(Case(f"{versions[0]} -> {versions[-1]} ({len(chain)} {unit})", list(chain)))
     return out
 
 
 def snapshot(root: Path, skip: frozenset[str] = frozenset()) -> dict[str, str]:
-    """Every path under ``root`` but the harness's and ``skip``: kind, mode, link target
-    or sha256."""
+    """Every path under ``root`` but the harness's and ``skip`` (a path and all beneath
+    it): kind, mode, link target or sha256."""
     out = {}
+    left_out = (*HARNESS, *skip)
     for dirpath, dirs, files in os.walk(root):
         rel_dir = os.path.relpath(dirpath, root)
         for name in sorted(dirs + files):
             rel = os.path.normpath(os.path.join(rel_dir, name))
-            if rel in skip or any(rel == h or rel.startswith(h + "/") for h in HARNESS):
+            if any(rel == h or rel.startswith(h + "/") for h in left_out):
                 continue
             p = os.path.join(dirpath, name)
             st = os.lstat(p)
@@ -160,10 +194,13 @@ class _Skip(Exception):
 class Runner:
     """Builds the bundles once, then runs cases on sandboxes in parallel."""
 
-    def __init__(self, product: Product, specs: Path, installer: FrozenInstaller, work: Path) -> None:
-        self.product, self.specs, self.installer, self.work = product, specs, installer, work
+    def __init__(
+        self, product: Product, specs: Path, installer: FrozenInstaller, work: Path, fmt: str = "zip"
+    ) -> None:
+        self.product, self.specs, self.installer, self.work, self.fmt = product, specs, installer, work, fmt
         self.key, self.pub, _ = keygen(work / "keys", "test-jumps")
         self.bundles: dict[tuple[str, str], Path] = {}
+        self.rpms: dict[tuple[str, str], Path] = {}
         self.broken: dict[tuple[str, str], str] = {}
         """Jumps whose bundle did not build, and why."""
 
@@ -179,6 +216,15 @@ class Runner:
                 continue
             self.bundles[(frm, to)] = res.path
             self._extract_installer((frm, to))  # here, not in the parallel cases: one writer
+            if self.fmt == "rpm":
+                tick(f"building the RPM of {frm} -> {to}")
+                try:
+                    spec = self.product.spec
+                    rpm = build_rpm(res.path, res.manifest, spec.package, spec.summary, self.work / "rpm")
+                except JumpkitError as e:
+                    self.broken[(frm, to)] = f"{frm} -> {to}: {e.message}"
+                    continue
+                self.rpms[(frm, to)] = rpm.path
 
     def run(self, case: Case, changed: Callable[[Case], None]) -> Case:
         t0 = time.monotonic()
@@ -201,21 +247,44 @@ class Runner:
             manifests = [self._manifest(s) for s in case.steps]
             if supervisord is not None and (problem := _health(manifests[0], root, frm)) is not None:
                 raise BuildError(f"the fresh {frm} sandbox never became healthy: {problem}")
-            dbs = _database_files(manifests[0], root)  # compared by revision and rows, not bytes
-            before = snapshot(root, dbs)
-            dbs_before = db_state(manifests[0], root)
+            skip = _database_files(manifests[0], root)  # compared by revision and rows, not bytes
+            if self.fmt == "rpm":
+                skip |= frozenset(PACKAGER_STATE)
+                _as_manager(root)
             installer = self._installer(case.steps[-1])
             bundles = [str(self.bundles[s]) for s in case.steps]
-            self._cell(
-                case, changed, "apply", lambda: _ok(_run([installer, "--root", root, "apply", *bundles]))
-            )
+            if self.fmt == "zip":
+                before, dbs_before = snapshot(root, skip), db_state(manifests[0], root)
+                self._cell(
+                    case, changed, "apply", lambda: _ok(_run([installer, "--root", root, "apply", *bundles]))
+                )
+                first = manifests[0]
+            else:  # one RPM after another; the tree before the last is what rollback reaches
+                first = manifests[-1]
+                holder: dict[str, Any] = {}
+
+                def apply_rpms() -> str | None:
+                    for step, m in zip(case.steps, manifests, strict=True):
+                        if step == case.steps[-1]:
+                            holder["before"], holder["dbs"] = snapshot(root, skip), db_state(first, root)
+                        if (problem := _rpm_apply(root, self.rpms[step], installer, m)) is not None:
+                            return problem
+                    return None
+
+                self._cell(case, changed, "apply", apply_rpms)
+                before, dbs_before = holder.get("before", {}), holder.get("dbs", {})
             tail = manifests[-1]
             self._cell(case, changed, "health", lambda: _health(tail, root))  # the to-version answers
             self._cell(case, changed, "version", lambda: _version(tail, root))
             self._cell(case, changed, "schema", lambda: _schema(tail, root))
-            self._cell(case, changed, "rollback", lambda: _rollback(installer, root))
-            self._cell(case, changed, "exact", lambda: _exact(before, snapshot(root, dbs), dbs_before,
-                                                              db_state(manifests[0], root)))  # fmt: skip
+            if self.fmt == "zip":
+                self._cell(case, changed, "rollback", lambda: _rollback(installer, root))
+            else:
+                self._cell(
+                    case, changed, "rollback", lambda: _rollback(installer, root) or _rpm_erase(root, tail)
+                )
+            self._cell(case, changed, "exact", lambda: _exact(before, snapshot(root, skip), dbs_before,
+                                                              db_state(first, root)))  # fmt: skip
         except _Skip:
             for c in CELLS:
                 case.cells.setdefault(c, "skip")
@@ -355,6 +424,55 @@ def _exact(before: dict[str, str], after: dict[str, str], dbs_before: Any, dbs_a
             what = "revision" if (now or {}).get("revision") != was["revision"] else "rows"
             return f"database {name}: {what} differ from the fresh from-release"
     return None
+
+
+def _rpm_in(root: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    """``rpm --root ROOT ARGS`` in a private mount namespace with ROOT/proc mounted (the
+    frozen installer of ``%posttrans`` runs chrooted and needs it)."""
+    argv = " ".join(f"'{a}'" for a in map(str, args))  # our own paths and names: no quotes in them
+    script = f'mount -t proc proc "$R/proc" && exec rpm --root "$R" --dbpath /var/lib/rpm {argv}'
+    return subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        capture_output=True, text=True, timeout=TIMEOUT, env={**os.environ, "R": str(root)},
+    )  # fmt: skip
+
+
+def _rpm_apply(root: Path, rpm: Path, installer: Path, m: Manifest) -> str | None:
+    """``rpm -U`` the bundle RPM; rpm exits 0 when %posttrans fails: the status decides."""
+    p = _rpm_in(root, "-U", rpm)
+    if p.returncode != 0:
+        lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
+        return f"rpm -U {rpm.name}: exit {p.returncode}: {lines[-1] if lines else ''}"
+    status = json.loads(_run([installer, "--root", root, "status", "--json"]).stdout or "{}")
+    if status.get("status") != "finished":
+        why = status.get("summary") or status.get("error") or ""
+        return (f"rpm -U {rpm.name} exited 0 but the apply {m.from_version} -> {m.to_version} did not "
+                f"finish: {status.get('status')}: {why}")  # fmt: skip
+    return None
+
+
+def _rpm_erase(root: Path, m: Manifest) -> str | None:
+    name = rpm_names(m)[0]
+    p = _rpm_in(root, "-e", name)
+    if p.returncode != 0:
+        lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
+        return f"rpm -e {name}: exit {p.returncode}: {lines[-1] if lines else ''}"
+    return None
+
+
+def _as_manager(root: Path) -> None:
+    """What a manager's OS has and a sandbox lacks, for the chrooted %posttrans: a /proc
+    mount point and shell tools (a static busybox with its applets in /usr/bin, where the
+    release does not put its own)."""
+    (root / "proc").mkdir(exist_ok=True)
+    bin_dir = root / "usr/bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    shutil.copy(busybox, bin_dir / "busybox")
+    applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True).stdout.split()
+    for tool in applets:
+        if tool and "/" not in tool and not (bin_dir / tool).exists() and not (bin_dir / tool).is_symlink():
+            (bin_dir / tool).symlink_to("busybox")
 
 
 def _database_files(m: Manifest, root: Path) -> frozenset[str]:

@@ -34,20 +34,20 @@ DATA_DEPENDENT = (
 )
 
 
-def _broken(tmp_path: Path, downgrade: str = DATA_DEPENDENT) -> Path:
-    """The demo with three mistakes, one per jump (the downgrade fails only on a database
-    that holds rows: the build's rehearsal, on an empty one, lets it through)."""
+def _broken(tmp_path: Path, downgrade: str | None = DATA_DEPENDENT, stray: bool = True) -> Path:
+    """The demo with up to three mistakes, one per jump (the downgrade fails only on a
+    database that holds rows: the build's rehearsal, on an empty one, lets it through)."""
     specs = tmp_path / "specs"
     shutil.copytree(SPECS, specs, symlinks=True)
     d = specs / "demo-manager"
-    # 3.4.2 -> 4.0.1: a post hook leaves a file that no undo removes
-    (d / "jumps/stray.sh").write_text("#!/bin/sh\necho left > opt/demo-manager/stray.txt\n")
-    (d / "jumps/stray.sh").chmod(0o755)
-    jump = d / "jumps/3.4.2-4.0.1.yaml"
-    jump.write_text(jump.read_text() + "hooks:\n  - {name: stray, when: post, script: stray.sh}\n")
-    # 4.0.1 -> 4.1.1: its migration's downgrade fails (jumpkit restores the backup)
-    rev = d / "releases/4.1.1/migrations/main/versions/0004_items_title.py"
-    rev.write_text(rev.read_text().replace("def downgrade():\n", "def downgrade():\n    " + downgrade))
+    if stray:  # 3.4.2 -> 4.0.1: a post hook leaves a file that no undo removes
+        (d / "jumps/stray.sh").write_text("#!/bin/sh\necho left > opt/demo-manager/stray.txt\n")
+        (d / "jumps/stray.sh").chmod(0o755)
+        jump = d / "jumps/3.4.2-4.0.1.yaml"
+        jump.write_text(jump.read_text() + "hooks:\n  - {name: stray, when: post, script: stray.sh}\n")
+    if downgrade:  # 4.0.1 -> 4.1.1: its migration's downgrade fails (jumpkit restores the backup)
+        rev = d / "releases/4.1.1/migrations/main/versions/0004_items_title.py"
+        rev.write_text(rev.read_text().replace("def downgrade():\n", "def downgrade():\n    " + downgrade))
     # 4.1.1 -> 4.2.0: the new version reports another version: its health check fails
     init = d / "releases/4.2.0/root/opt/demo-manager/lib/demo_manager/__init__.py"
     init.write_text(init.read_text().replace('"4.2.0"', '"9.9.9"'))
@@ -97,3 +97,30 @@ def test_a_jump_whose_bundle_does_not_build_fails_at_build(frozen: Path, tmp_pat
     (case,) = json.loads(p.stdout)["cases"]
     assert case["cells"] == {"build": "fail", **dict.fromkeys(CELLS[1:], "skip")}, case
     assert "rehearsal of main 0002 -> 0004 failed" in case["failure"]
+
+
+def test_rpm_format_installs_each_rpm_and_sees_a_failed_posttrans(frozen: Path, tmp_path: Path) -> None:
+    """--format rpm: rpm -U into each sandbox (chrooted %posttrans), rollback, rpm -e, exact;
+    the chain is its RPMs one after another. The 4.2.0 that fails its health check makes
+    rpm exit 0 (a failed %posttrans does not fail rpm): the installer's status fails it."""
+    specs = _broken(tmp_path, downgrade=None, stray=False)
+    p = build("test-jumps", "--specs", specs, "--all", "--format", "rpm", "--installer", frozen, "--json")
+    assert p.returncode == 1, p.stdout + p.stderr
+    doc = {c["case"]: c for c in json.loads(p.stdout)["cases"]}
+    assert list(doc) == ["3.4.2 -> 4.0.1", "4.0.1 -> 4.1.1", "4.1.1 -> 4.2.0", "3.4.2 -> 4.2.0 (3 RPMs)"]
+    for name in ("3.4.2 -> 4.0.1", "4.0.1 -> 4.1.1"):
+        assert doc[name]["cells"] == dict.fromkeys(CELLS, "pass"), doc[name]
+    for name in ("4.1.1 -> 4.2.0", "3.4.2 -> 4.2.0 (3 RPMs)"):
+        case = doc[name]
+        assert case["cells"]["build"] == "pass" and case["cells"]["apply"] == "fail", case
+        assert case["failure"].startswith(
+            "apply: rpm -U demo-manager-upgrade-4.2.0-from4.1.1.x86_64.rpm exited 0 but the apply "
+            "4.1.1 -> 4.2.0 did not finish: rolled-back"
+        ), case["failure"]
+
+
+def test_bad_format_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    p = build("test-jumps", "--specs", SPECS, "--format", "tar")
+    assert (
+        p.returncode == 2 and p.stderr.strip() == "bundle-build test-jumps: --format 'tar': one of zip, rpm"
+    )
