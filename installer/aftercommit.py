@@ -120,12 +120,21 @@ class AfterCommit:
             f"log {self.rec.state.path}/components.log"
         )
 
+    def _installer(self) -> Path:
+        """The bundle's installer: the manager's own copy when the commit made it so (it
+        starts from its kept tree, unpacking nothing), else the staged one."""
+        info = selfupdate.installed_info(self.root)
+        mine = self.manifest.installer
+        if info is not None and mine is not None and info.get("sha256") == mine.sha256:
+            return selfupdate.installed_path(self.root)
+        return self.staging / "bundle" / INSTALLER_MEMBER
+
     def _spawn(self, command: str) -> str | None:
         """Start ``bundle-install <command>`` detached (its own session, log
         ``<state>/<command>.log``); returns why it could not start, or None."""
         state = self.rec.state
         if getattr(sys, "frozen", False):
-            argv = [str(self.staging / "bundle" / INSTALLER_MEMBER)]
+            argv = [str(self._installer())]
         else:
             argv = [sys.executable, "-m", "installer.cli"]
         argv += ["--root", str(self.root), "--state-dir", str(state.path), command]

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from builder.errors import BuildError
 from builder.frozen import probe_installer
-from installer import READABLE_FORMATS, __version__
+from installer import READABLE_FORMATS, __version__, kept
 from installer.migrate import MIGRATION_STDLIB, current_revision
 from tests.helpers import REPO, Sandbox, build, build_demo, sqlite_url, tree_hash
 from tests.hostile.corpus import payload_byte_changed, read
@@ -83,8 +83,8 @@ def test_contents_everything_the_installer_needs_and_nothing_of_the_builder(froz
     doc = json.loads(p.stdout)
     assert [layer.split(": ")[1] for layer in doc["layers"]] == [
         "jumpkit launcher (static)",
-        "staticx",
-        "PyInstaller onefile",
+        "jumpkit tree (loader, glibc, one-dir)",
+        "PyInstaller one-dir",
     ]
     modules = set(doc["modules"])
     for needed in (
@@ -265,6 +265,42 @@ def test_apply_through_the_shipped_binary(
     assert current_revision(sqlite_url(sb.root)) == "0004"
     st = json.loads(run(shipped, "--root", sb.root, "status", "--json").stdout)
     assert st["status"] == "finished" and st["outage_seconds"] > 0
+
+
+def test_the_managers_installer_starts_from_its_kept_tree(
+    sandbox: Callable[..., Sandbox], release_bundle: Path, shipped: Path
+) -> None:
+    """Issue 23: the release bundle's installer becomes the manager's and is kept unpacked
+    (bin/.trees/<id>, linked as bin/bundle-install.d). It then starts with no writable
+    temporary directory at all (it unpacks nothing), where the same binary without its
+    tree cannot (exit 4). A rollback of that apply removes the installer and its tree."""
+    sb = sandbox()
+    p = run(shipped, "--root", sb.root, "apply", release_bundle)
+    assert p.returncode == 0, p.stderr
+    bin_dir = sb.root / "var/lib/jumpkit/bin"
+    inst = bin_dir / "bundle-install"
+    payload = kept.payload(inst)
+    assert payload is not None and kept.is_kept(inst)
+    assert os.readlink(bin_dir / "bundle-install.d") == f".trees/{payload.id}"
+    st = run(inst, "--root", sb.root, "status", "--json")
+    assert st.returncode == 0 and json.loads(st.stdout)["status"] == "finished", st.stderr
+    p = in_namespace(
+        'mkdir -p /mnt; mount -t tmpfs tmpfs /mnt; cp -a "$BIN" /mnt/kept; mkdir /mnt/bare\n'
+        'cp "$BIN/bundle-install" /mnt/bare/; mount -o remount,ro /mnt\n'
+        "mount -t tmpfs -o noexec tmpfs /tmp; mount -t tmpfs -o noexec tmpfs /var/tmp\n"
+        'rc=0; TMPDIR=/tmp /mnt/kept/bundle-install --version || rc=$?; echo "kept exit $rc"\n'
+        'rc=0; TMPDIR=/tmp /mnt/bare/bundle-install --version || rc=$?; echo "bare exit $rc"',
+        BIN=str(bin_dir),
+    )
+    lines = p.stdout.strip().splitlines()
+    assert lines[0].startswith(f"bundle-install {__version__} ") and lines[1:] == [
+        "kept exit 0",
+        "bare exit 4",
+    ], p.stdout + p.stderr
+    p = run(shipped, "--root", sb.root, "rollback")
+    assert p.returncode == 0, p.stderr
+    assert not inst.exists() and not (bin_dir / "bundle-install.d").is_symlink()
+    assert not list((bin_dir / ".trees").iterdir()), "the rolled-back installer's tree is left"
 
 
 def test_tampered_bundle_rejected_by_the_binary(

@@ -1,11 +1,14 @@
 """Unpack the layers of a frozen jumpkit installer, outermost first (used by
 scripts/glibc-floor and by the tests that check what the binary contains):
 
-  launcher     scripts/freeze/launcher.c: payload + trailer "JKPAYLD1" <offset> <size>
-  staticx      ELF section .staticx.archive: a tar (maybe xz) of the program, its
-               libraries, libc and the dynamic loader
-  PyInstaller  CArchive: libpython, extension modules, the shared libraries they link,
-               and PYZ.pyz with every frozen Python module
+  launcher     scripts/freeze/launcher.c: payload + trailer "JKPAYLD2" <offset> <size>
+               <sha256> (installers frozen before the tree: "JKPAYLD1" <offset> <size>)
+  tree         scripts/freeze/tree.py: lib/ (loader, glibc, system libraries) and app/
+               (PyInstaller's one-dir build), read with installer.kept
+  staticx      (older installers) ELF section .staticx.archive: a tar (maybe xz) of the
+               program, its libraries, libc and the dynamic loader
+  PyInstaller  CArchive: one-file: libpython, extension modules, the shared libraries
+               they link, and PYZ.pyz; one-dir: PYZ.pyz, the rest beside it on disk
 
 Runs in the freeze venv (PyInstaller's own archive readers).
 """
@@ -16,6 +19,7 @@ import io
 import lzma
 import struct
 import subprocess
+import sys
 import tarfile
 import zipfile
 from collections.abc import Callable
@@ -23,6 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from PyInstaller.archive.readers import ArchiveReadError, CArchiveReader, ZlibArchiveReader
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from installer import kept
 
 ELF_MAGIC = b"\x7fELF"
 TRAILER = struct.Struct("<8sQQ")
@@ -41,15 +48,15 @@ class Layers:
 def _copy_range(src: Path, offset: int, length: int, dest: Path) -> None:
     with src.open("rb") as f, dest.open("wb") as out:
         f.seek(offset)
-        while length:
-            chunk = f.read(min(length, 1 << 20))
-            if not chunk:
-                raise ValueError(f"{src}: truncated payload")
+        for chunk in kept.chunks(f, length):
             out.write(chunk)
-            length -= len(chunk)
 
 
 def _launcher(path: Path, name: str, out: Layers, tmp: Path) -> bool:
+    tree = kept.payload(path)
+    if tree is not None:
+        out.layers.append(f"{name}: jumpkit launcher (static)")
+        return _tree(path, tree, name, out, tmp)
     size = path.stat().st_size
     with path.open("rb") as f:
         f.seek(max(size - TRAILER.size, 0))
@@ -64,6 +71,33 @@ def _launcher(path: Path, name: str, out: Layers, tmp: Path) -> bool:
     _copy_range(path, offset, length, payload)
     _walk(payload, f"{name}/payload", out, tmp)
     return True
+
+
+def _tree(path: Path, payload: kept.Payload, name: str, out: Layers, tmp: Path) -> bool:
+    out.layers.append(f"{name}/tree: jumpkit tree (loader, glibc, one-dir)")
+    dest = tmp / f"tree-{len(out.layers)}"
+    kept.unpack(path, dest, payload)
+    lib = dest / "lib" / "libc.so.6"
+    out.libc = lib if lib.is_file() else None
+    for f in sorted(p for p in dest.rglob("*") if p.is_file() and not p.is_symlink()):
+        rel = f.relative_to(dest).as_posix()
+        if f.name == "base_library.zip":
+            _base_library(f.read_bytes(), out)
+        elif rel == "app/bundle-install":
+            out.elf[f"{name}/{rel}"] = f
+            _pyinstaller(f, f"{name}/{rel}", out, tmp)
+        else:
+            _walk(f, f"{name}/{rel}", out, tmp)
+    return True
+
+
+def _base_library(data: bytes, out: Layers) -> None:
+    """The stdlib modules PyInstaller's bootstrap needs (base_library.zip)."""
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        for n in z.namelist():
+            if n.endswith(".pyc"):
+                mod = n[: -len(".pyc")].replace("/", ".")
+                out.modules.add(mod.removesuffix(".__init__"))
 
 
 def _staticx(path: Path, name: str, out: Layers, tmp: Path) -> bool:
@@ -110,7 +144,8 @@ def _pyinstaller(path: Path, name: str, out: Layers, tmp: Path) -> bool:
         archive = CArchiveReader(str(path))
     except (ArchiveReadError, OSError, struct.error, ValueError):
         return False
-    out.layers.append(f"{name}: PyInstaller onefile")
+    onedir = (path.parent / "_internal").is_dir()
+    out.layers.append(f"{name}: PyInstaller {'one-dir' if onedir else 'onefile'}")
     for entry, (_pos, _clen, _ulen, _flag, typecode) in sorted(archive.toc.items()):
         if typecode == "b":
             data = archive.extract(entry)
@@ -121,11 +156,7 @@ def _pyinstaller(path: Path, name: str, out: Layers, tmp: Path) -> bool:
         elif typecode in ("m", "M"):  # modules PyInstaller's bootstrap loads itself (struct, ...)
             out.modules.add(entry)
         elif typecode == "x" and entry == "base_library.zip":  # the stdlib the bootstrap needs
-            with zipfile.ZipFile(io.BytesIO(archive.extract(entry))) as z:
-                for n in z.namelist():
-                    if n.endswith(".pyc"):
-                        mod = n[: -len(".pyc")].replace("/", ".")
-                        out.modules.add(mod.removesuffix(".__init__"))
+            _base_library(archive.extract(entry), out)
         elif typecode == "z":
             pyz = tmp / f"pyz-{len(out.layers)}"
             pyz.write_bytes(archive.extract(entry))

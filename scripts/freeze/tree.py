@@ -1,0 +1,156 @@
+"""Assemble the portable installer: launcher + tree + trailer (run by scripts/freeze-installer
+in the freeze venv).
+
+The tree (unpacked by scripts/freeze/launcher.c, or once by installer/kept.py when a
+manager keeps the installer):
+
+  lib/   ld-linux-x86-64.so.2, libc.so.6 and every system library that the one-dir build
+         links and does not carry (found here, on the build host, by their DT_NEEDED
+         names, to closure), libnss_files/libnss_dns, and staticx's libnssfix.so (loaded
+         with --preload: name lookups use files and DNS only, never a system NSS module
+         built for another glibc);
+  app/   the PyInstaller one-dir build.
+
+Why not staticx + PyInstaller one-file as before: a one-file binary unpacks itself on every
+start (0.3-0.6 s, ~100 MB written in three steps) and PyInstaller 6.22 refuses, by design,
+to run from a directory another process unpacked ("Security validation failure:
+unexpected name of application's home directory"), so it cannot be kept unpacked. A
+one-dir build can, and our own loader and glibc keep it portable.
+
+Payload ("JKTREE01" u32le count, then per entry: kind 'd'/'f'/'l', u32le mode, u16le path
+length, u64le data length, path, data), directories before what they hold. Trailer:
+"JKPAYLD2" u64le offset u64le size, then the payload's sha256 (the kept tree's .id).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import stat
+import struct
+import sys
+from pathlib import Path
+from typing import BinaryIO
+
+LOADER = "ld-linux-x86-64.so.2"
+SYSTEM_DIRS = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64")
+ALWAYS = ("libc.so.6", "libnss_files.so.2", "libnss_dns.so.2")
+ENTRY = struct.Struct("<cIHQ")
+TRAILER = struct.Struct("<8sQQ32s")
+
+
+def _needed(path: Path) -> list[str]:
+    from elftools.common.exceptions import ELFError  # the freeze venv's (staticx needs pyelftools)
+    from elftools.elf.dynamic import DynamicSection
+    from elftools.elf.elffile import ELFFile
+
+    try:
+        with path.open("rb") as f:
+            if f.read(4) != b"\x7fELF":
+                return []
+            f.seek(0)
+            elf = ELFFile(f)
+            out = []
+            for section in elf.iter_sections():
+                if isinstance(section, DynamicSection):
+                    out += [t.needed for t in section.iter_tags() if t.entry.d_tag == "DT_NEEDED"]
+            return out
+    except (ELFError, OSError):
+        return []
+
+
+def _system(name: str) -> Path:
+    for d in SYSTEM_DIRS:
+        p = Path(d) / name
+        if p.exists():
+            return p.resolve()
+    raise SystemExit(f"tree: {name} is needed but not on this build host ({', '.join(SYSTEM_DIRS)})")
+
+
+def gather_libs(app: Path, lib: Path, nssfix: Path) -> list[str]:
+    """Fill ``lib`` with the loader, glibc and every system library the tree needs."""
+    lib.mkdir(parents=True)
+    shutil.copy(_system(LOADER), lib / LOADER)
+    shutil.copy(nssfix, lib / "libnssfix.so")
+    carried = {p.name for p in app.rglob("*") if p.is_file() or p.is_symlink()}
+    todo = [p for p in app.rglob("*") if p.is_file()] + [lib / "libnssfix.so"]
+    for name in ALWAYS:
+        shutil.copy(_system(name), lib / name)
+        todo.append(lib / name)
+    added = list(ALWAYS)
+    while todo:
+        for name in _needed(todo.pop()):
+            if name == LOADER or name in carried or (lib / name).exists():
+                continue
+            shutil.copy(_system(name), lib / name)
+            added.append(name)
+            todo.append(lib / name)
+    return sorted(set(added))
+
+
+def _entries(top: Path) -> list[tuple[str, Path]]:
+    out = []
+    for dirpath, dirs, files in os.walk(top):
+        dirs.sort()
+        rel = os.path.relpath(dirpath, top)
+        for name in sorted(dirs) + sorted(files):
+            out.append((os.path.normpath(os.path.join(rel, name)), Path(dirpath) / name))
+    return out
+
+
+def write_payload(tree: Path, out: BinaryIO) -> None:
+    entries = _entries(tree)
+    out.write(b"JKTREE01" + struct.pack("<I", len(entries)))
+    for rel, path in entries:
+        st = path.lstat()
+        name = rel.encode()
+        if stat.S_ISLNK(st.st_mode):
+            target = os.readlink(path).encode()
+            out.write(ENTRY.pack(b"l", 0o777, len(name), len(target)) + name + target)
+        elif stat.S_ISDIR(st.st_mode):
+            out.write(ENTRY.pack(b"d", stat.S_IMODE(st.st_mode), len(name), 0) + name)
+        else:
+            out.write(ENTRY.pack(b"f", stat.S_IMODE(st.st_mode), len(name), st.st_size) + name)
+            with path.open("rb") as f:
+                shutil.copyfileobj(f, out, 1 << 20)
+
+
+def assemble(launcher: Path, tree: Path, dest: Path) -> str:
+    with dest.open("wb") as f:
+        with launcher.open("rb") as src:
+            shutil.copyfileobj(src, f)
+        offset = f.tell()
+        write_payload(tree, f)
+        size = f.tell() - offset
+    h = hashlib.sha256()
+    with dest.open("rb") as f:
+        f.seek(offset)
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    with dest.open("ab") as f:
+        f.write(TRAILER.pack(b"JKPAYLD2", offset, size, h.digest()))
+    dest.chmod(0o755)
+    return h.hexdigest()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(prog="tree.py", description=__doc__.splitlines()[0])
+    ap.add_argument("--onedir", type=Path, required=True, help="PyInstaller's one-dir output")
+    ap.add_argument("--launcher", type=Path, required=True)
+    ap.add_argument("--nssfix", type=Path, required=True)
+    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    a = ap.parse_args()
+    tree = a.work / "tree"
+    shutil.copytree(a.onedir, tree / "app", symlinks=True)
+    libs = gather_libs(tree / "app", tree / "lib", a.nssfix)
+    digest = assemble(a.launcher, tree, a.out)
+    print(f"tree: lib/ has {len(libs)} system libraries ({', '.join(libs)}); payload {digest[:12]}",
+          file=sys.stderr)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
