@@ -71,6 +71,8 @@ class Host:
     """The host's own upgrade status (bundle-install status) after the rollout."""
     result: str = "untouched"
     error: str | None = None
+    task_seconds: dict[str, float] = field(default_factory=dict)
+    """Each task's time on this host as Ansible measured it (ssh, module, the installer)."""
 
 
 @dataclass
@@ -88,6 +90,8 @@ class RolloutReport:
     seconds: float = 0.0
     artifacts: str = ""
     check: bool = False
+    phases: list[dict[str, Any]] = field(default_factory=list)
+    """Each ansible-playbook run: its tags and wall time (start-up, every host, every task)."""
 
     def to_json(self) -> dict[str, Any]:
         """The report as one JSON document."""
@@ -219,6 +223,7 @@ class Runner:
         self.failed = []
         self.runs += 1
         bindir = str(Path(sys.executable).parent)
+        t0 = time.monotonic()
         r = ansible_runner.run(
             private_data_dir=str(self.work),
             playbook=str(templates() / "ansible/rollout.yml"),
@@ -237,6 +242,7 @@ class Runner:
                 "ANSIBLE_PIPELINING": os.environ.get("ANSIBLE_PIPELINING", "1"),
             },
         )
+        self.report.phases.append({"phase": tag, "seconds": round(time.monotonic() - t0, 3)})
         if r.rc != 0 and not self.failed:  # the playbook itself broke, not a host
             out = self.work / "artifacts" / f"{self.runs:02d}-{tag}" / "stdout"
             errors = (
@@ -257,6 +263,9 @@ class Runner:
             return True
         task = data.get("task", "")
         res = data.get("res", {}) or {}
+        start, end = _iso(data.get("start")), _iso(data.get("end"))
+        if start is not None and end is not None and kind != "runner_on_start":
+            host.task_seconds[task.removeprefix("jumpkit-")] = round(end - start, 3)
         if kind == "runner_on_start" and task in self.STARTING:
             self._before[host.name] = host.state
             host.state = self.STARTING[task]

@@ -74,6 +74,13 @@ def test_leader_last_rollout_with_cluster_hooks(
     rc, doc = rollout(fleet, release_bundle, keys["pub"])
     assert rc == 0, doc
     assert doc["ok"] and doc["leader"] == "m1" and doc["order"] == ["m2", "m3", "m1"]
+    # where the time went (issue 23): each ansible-playbook run, each task on each host
+    assert [p["phase"] for p in doc["phases"]] == ["prepare", "pre", "roll", "post,unpin", "status"], doc[
+        "phases"
+    ]
+    assert all(p["seconds"] > 0 for p in doc["phases"])
+    for r in doc["hosts"]:
+        assert r["task_seconds"]["apply"] > 0 and "stage" in r["task_seconds"], r["task_seconds"]
     for h in fleet.hosts:
         assert h.installed() == "4.1.1" and h.served_version() == "4.1.1"
         r = hosts(doc)[h.name]

@@ -107,6 +107,20 @@ def main() -> None:
             f"  {h['name']} ({'leader' if h['leader'] else 'member'}, #{h['order']}): outage {h['outage_seconds']:.3f} s, "
             f"apply task {apply_s:.2f} s"
         )
+    # where the time goes: each ansible-playbook run, and each host's tasks inside it
+    print(
+        "ansible-playbook runs (wall): "
+        + ", ".join(f"{p['phase']} {p['seconds']:.1f} s" for p in doc["phases"])
+    )
+    tasks = list(dict.fromkeys(t for h in doc["hosts"] for t in h["task_seconds"]))
+    print(f"  {'task':<22}" + "".join(f"{h['name']:>8}" for h in doc["hosts"]))
+    for t in tasks:
+        print(f"  {t:<22}" + "".join(f"{h['task_seconds'].get(t, 0):>7.2f}s" for h in doc["hosts"]))
+    busy = sum(p["seconds"] for p in doc["phases"])
+    print(
+        f"  sum of runs {busy:.1f} s of {rollout_s:.1f} s; tasks on hosts: "
+        + ", ".join(f"{h['name']} {sum(h['task_seconds'].values()):.1f} s" for h in doc["hosts"])
+    )
 
 
 if __name__ == "__main__":
