@@ -240,6 +240,12 @@ class Runner:
                 # one SSH round trip per task instead of three (measured: ~2.1 s -> ~1.2 s a task);
                 # safe as jumpkit runs as root without sudo's requiretty; the operator's setting wins
                 "ANSIBLE_PIPELINING": os.environ.get("ANSIBLE_PIPELINING", "1"),
+                # Ansible's default ssh_args less -C: the installer (58 MB) and the bundle
+                # (compressed already) cost more CPU to compress than a LAN saves (measured
+                # on 3 hosts: copying the installer 5.3 s -> 2.4 s, the rollout 30.1 s -> 24.8 s)
+                "ANSIBLE_SSH_ARGS": os.environ.get(
+                    "ANSIBLE_SSH_ARGS", "-o ControlMaster=auto -o ControlPersist=60s"
+                ),
             },
         )
         self.report.phases.append({"phase": tag, "seconds": round(time.monotonic() - t0, 3)})
