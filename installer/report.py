@@ -211,13 +211,16 @@ def _staged_manifests(state: StateDir, rep: Report) -> dict[str, tuple[Manifest,
 
 
 def _versions(root: Path, status: StatusDoc, manifests: dict[str, tuple[Manifest, bytes]]) -> str:
+    from installer import kept
     from installer.preflight import read_version_file
-    from installer.selfupdate import installed_info
+    from installer.selfupdate import installed_info, installed_path
 
     some = next(iter(manifests.values()), None)
+    info = installed_info(root)
     doc = {
         "installer_running": __version__,
-        "installer_kept": installed_info(root),
+        # the manager's own installer, and whether it starts from its unpacked tree
+        "installer_kept": None if info is None else {**info, "unpacked": kept.is_kept(installed_path(root))},
         "product": some[0].product if some else None,
         "installed_version": read_version_file(root, some[0].version_file) if some else None,
         "last_run": {"status": status.status, "summary": status.summary, "bundle": status.bundle_id,

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import subprocess
+import tarfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -284,6 +285,14 @@ def test_the_managers_installer_starts_from_its_kept_tree(
     assert os.readlink(bin_dir / "bundle-install.d") == f".trees/{payload.id}"
     st = run(inst, "--root", sb.root, "status", "--json")
     assert st.returncode == 0 and json.loads(st.stdout)["status"] == "finished", st.stderr
+    rep = run(inst, "--root", sb.root, "report", "--out", sb.root.parent / "report.tar.gz")
+    assert rep.returncode == 0, rep.stderr
+    with tarfile.open(sb.root.parent / "report.tar.gz") as tar:
+        member = tar.extractfile("report/versions.json")
+        assert member is not None
+        versions = json.loads(member.read())
+    managers = versions["installer_kept"]
+    assert managers["unpacked"] is True and managers["version"] == __version__, managers
     p = in_namespace(
         'mkdir -p /mnt; mount -t tmpfs tmpfs /mnt; cp -a "$BIN" /mnt/kept; mkdir /mnt/bare\n'
         'cp "$BIN/bundle-install" /mnt/bare/; mount -o remount,ro /mnt\n'
