@@ -19,6 +19,7 @@ import shutil
 import sqlite3
 import subprocess
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -266,15 +267,63 @@ def revision_path(script_dir: Path, from_rev: str | None, to_rev: str) -> list[s
     return [r.revision for r in reversed(revs)]
 
 
+@dataclass
+class Warm:
+    """A database's migrations loaded before the outage (:func:`prepare`)."""
+
+    cfg: Any
+    script: Any
+
+
+def prepare(script_dir: Path, url: str) -> Warm | None:
+    """Load what an upgrade needs before the outage: write env.py, read the revision files
+    (alembic imports each one), import the dialect and batch mode. The window then holds
+    the migrations' own work. Never connects (a SQLite file must not appear before the
+    jump creates it). None when loading fails: :func:`upgrade` then loads them itself, in
+    the window, and reports the error there."""
+    try:
+        import alembic.operations.batch  # noqa: F401 (render_as_batch)
+        from alembic.script import ScriptDirectory
+        from sqlalchemy import create_engine, pool
+
+        cfg = _config(script_dir, url)
+        script = ScriptDirectory.from_config(cfg)
+        script.revision_map.heads  # noqa: B018 (builds the map: imports every revision file)
+        create_engine(with_driver(url), poolclass=pool.NullPool).dispose()  # imports the dialect
+        return Warm(cfg, script)
+    except Exception:  # any error is reported by the upgrade itself
+        return None
+
+
 def upgrade(
-    script_dir: Path, url: str, to_rev: str, on_revision: Callable[[Any, bool], None] | None = None
+    script_dir: Path,
+    url: str,
+    to_rev: str,
+    on_revision: Callable[[Any, bool], None] | None = None,
+    warm: Warm | None = None,
 ) -> None:
-    """Upgrade to ``to_rev``, one transaction per migration.
+    """Upgrade to ``to_rev``, one transaction per migration (through ``warm``'s loaded
+    scripts when given: what alembic's ``command.upgrade`` does, minus loading them).
 
     Raises:
         MigrationError: a migration failed (its own transaction is rolled back).
     """
-    _run("upgrade", script_dir, url, to_rev, on_revision)
+    if warm is None:
+        _run("upgrade", script_dir, url, to_rev, on_revision)
+        return
+    from alembic.runtime.environment import EnvironmentContext
+
+    script = warm.script
+    warm.cfg.attributes["on_revision"] = on_revision
+
+    def steps(rev: Any, context: Any) -> Any:
+        return script._upgrade_revs(to_rev, rev)
+
+    def go() -> None:
+        with EnvironmentContext(warm.cfg, script, fn=steps, as_sql=False, destination_rev=to_rev):
+            script.run_env()
+
+    _translated("upgrade", to_rev, url, go)
 
 
 def downgrade(script_dir: Path, url: str, to_rev: str | None) -> None:
@@ -292,8 +341,12 @@ def _run(
     from alembic import command
 
     cfg = _config(script_dir, url, on_revision)
+    _translated(what, rev, url, lambda: getattr(command, what)(cfg, rev))
+
+
+def _translated(what: str, rev: str, url: str, go: Callable[[], None]) -> None:
     try:
-        getattr(command, what)(cfg, rev)
+        go()
     except JumpkitError:
         raise
     except Exception as e:  # alembic and migrations raise anything; translate at the boundary

@@ -15,7 +15,17 @@ from installer.failpoints import failpoint
 from installer.format import Database, Manifest
 from installer.health import lookup_variables, wait_healthy
 from installer.journal import Note
-from installer.migrate import backup, current_revision, database_url, downgrade, preload, restore, upgrade
+from installer.migrate import (
+    Warm,
+    backup,
+    current_revision,
+    database_url,
+    downgrade,
+    preload,
+    prepare,
+    restore,
+    upgrade,
+)
 from installer.plan import Plan
 from installer.services import ServiceManager
 from installer.state import StateDir
@@ -36,6 +46,9 @@ class Context:
     services: ServiceManager
     log: Callable[[str], None]
     notes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    warm: dict[str, Warm | None] = field(default_factory=dict)
+    """Per database, its migrations loaded before the outage (memory only: a resumed run
+    loads them in the window)."""
 
     def note(self, step: str, data: dict[str, Any]) -> None:
         """Persist ``data`` for ``step`` in the journal before acting on it."""
@@ -225,6 +238,8 @@ class BackupDatabases:
             done[db.name] = info
         if done:
             ctx.note(self.name, done)
+        for db in ctx.manifest.databases:  # the migrations, loaded now rather than in the window
+            ctx.warm[db.name] = prepare(ctx.staging / "bundle" / db.script_dir, database_url(db, ctx.root))
 
     def undo(self, ctx: Context) -> None:
         """See :class:`Step`. (The backup goes with the backup dir.)"""
@@ -260,7 +275,7 @@ class Migrate:
                 failpoint("migrate:revision")
 
             ctx.log(f"database {db.name}: {current} -> {db.to_revision} ({len(db.revisions)} revision(s))")
-            upgrade(self._script(ctx, db), url, db.to_revision, reached)
+            upgrade(self._script(ctx, db), url, db.to_revision, reached, ctx.warm.get(db.name))
 
     def undo(self, ctx: Context) -> None:
         """See :class:`Step`."""

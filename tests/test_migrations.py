@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -419,3 +422,28 @@ def test_pg_schema_drift_refused(pg_case: tuple[Path, Path, str]) -> None:
     assert p.returncode == 4
     assert "is at revision 0003" in p.stderr and postgres.PASSWORD not in p.stderr
     assert tree_hash(root) == before and db_state(url) == before_db
+
+
+def test_migrations_loaded_before_the_outage_upgrade_the_same_and_create_nothing(tmp_path: Path) -> None:
+    """migrate.prepare (run before the stop) loads the revision files; the upgrade through
+    it reaches the same revision with the same schema as the cold path, and prepare never
+    creates a SQLite file (a jump may introduce the database)."""
+    from installer.migrate import current_revision, prepare
+
+    src = SPECS / "demo-manager/releases/4.1.1/migrations/main"
+    schemas = {}
+    for mode in ("cold", "warm"):
+        scripts = tmp_path / mode / "m"
+        shutil.copytree(src, scripts)
+        db = tmp_path / mode / "x.db"
+        url = f"sqlite:///{db}"
+        warm = prepare(scripts, url) if mode == "warm" else None
+        assert not db.exists(), "prepare created the database file"
+        assert (warm is not None) == (mode == "warm")
+        seen: list[Any] = []
+        upgrade(scripts, url, "0004", lambda rev, up, seen=seen: seen.append(rev), warm)
+        assert current_revision(url) == "0004" and seen == ["0001", "0002", "0003", "0004"], seen
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            schemas[mode] = sorted(conn.execute("SELECT type, name, sql FROM sqlite_master").fetchall())
+    assert schemas["cold"] == schemas["warm"]
+    assert prepare(tmp_path / "nowhere", f"sqlite:///{tmp_path}/y.db") is None  # the upgrade reports it
