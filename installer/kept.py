@@ -25,6 +25,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import posixpath
 import shutil
 import stat
 import struct
@@ -136,9 +137,19 @@ def unpack(binary: Path, dest: Path, p: Payload) -> None:
         if h.hexdigest() != p.id:
             raise TreeError("the payload does not match its sha256 (an altered binary)")
     dest.mkdir(mode=0o755)
+    links: set[str] = set()
     with binary.open("rb") as f:
         for kind, name, mode, length, target in entries(f, p):
             path = dest / name
+            parts = name.split("/")
+            if any("/".join(parts[:i]) in links for i in range(1, len(parts))):
+                raise TreeError(f"bad entry {name!r}: beneath a symlink of the tree")
+            if kind == "l":
+                to = os.fsdecode(target or b"")
+                where = posixpath.normpath(posixpath.join(posixpath.dirname(name), to))
+                if not to or to.startswith("/") or where == ".." or where.startswith("../"):
+                    raise TreeError(f"bad entry {name!r}: a link out of the tree ({to!r})")
+                links.add(name)
             if kind == "d":
                 path.mkdir(mode=mode | 0o700)
             elif kind == "l":

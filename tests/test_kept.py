@@ -138,3 +138,39 @@ def test_entry_count_is_bounded(tmp_path: Path, count: int) -> None:
     data[p.offset + 8 : p.offset + 12] = struct.pack("<I", count)
     b.write_bytes(bytes(data))
     assert not kept.keep(b)
+
+
+def test_links_out_of_the_tree_and_entries_beneath_links_are_refused(tmp_path: Path) -> None:
+    """A tree (from a signed bundle's installer: trusted for its origin, not its
+    correctness) never writes outside its directory, not through a link either."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for i, (link, target, beneath) in enumerate(
+        [
+            ("app/escape", str(outside), "app/escape/planted"),  # absolute
+            ("app/escape", "../../../outside", "app/escape/planted"),  # climbs
+            ("app/inside", "_internal", "app/inside/planted"),  # inside, but written through
+        ]
+    ):
+        src = tmp_path / f"src{i}"
+        (src / "app/_internal").mkdir(parents=True)
+        os.symlink(target, src / link)
+        launcher = tmp_path / "launcher"
+        launcher.write_bytes(b"\x7fELF")
+        payload = tmp_path / f"payload{i}"
+        with payload.open("wb") as out:  # the link, then a file beneath it
+            freeze_tree.write_payload(src, out)
+        data = bytearray(payload.read_bytes())
+        name = beneath.encode()
+        entry = freeze_tree.ENTRY.pack(b"f", 0o644, len(name), 3) + name + b"bad"
+        count = struct.unpack("<I", data[8:12])[0]
+        data[8:12] = struct.pack("<I", count + 1)
+        data += entry
+        b = tmp_path / f"bin{i}" / "bundle-install"
+        b.parent.mkdir()
+        trailer = struct.pack("<8sQQ32s", b"JKPAYLD2", len(launcher.read_bytes()), len(data),
+                              hashlib.sha256(bytes(data)).digest())  # fmt: skip
+        b.write_bytes(launcher.read_bytes() + bytes(data) + trailer)
+        assert kept.payload(b) is not None
+        assert not kept.keep(b), link
+        assert list(outside.iterdir()) == [] and not any((b.parent / ".trees").iterdir())
