@@ -250,7 +250,7 @@ class Runner:
             skip = _database_files(manifests[0], root)  # compared by revision and rows, not bytes
             if self.fmt == "rpm":
                 skip |= frozenset(PACKAGER_STATE)
-                _as_manager(root)
+                as_manager(root)
             installer = self._installer(case.steps[-1])
             bundles = [str(self.bundles[s]) for s in case.steps]
             if self.fmt == "zip":
@@ -277,12 +277,12 @@ class Runner:
             self._cell(case, changed, "health", lambda: _health(tail, root))  # the to-version answers
             self._cell(case, changed, "version", lambda: _version(tail, root))
             self._cell(case, changed, "schema", lambda: _schema(tail, root))
-            if self.fmt == "zip":
-                self._cell(case, changed, "rollback", lambda: _rollback(installer, root))
-            else:
-                self._cell(
-                    case, changed, "rollback", lambda: _rollback(installer, root) or _rpm_erase(root, tail)
-                )
+            undo = (
+                (lambda: _rollback(installer, root) or _rpm_erase(root, tail))
+                if self.fmt == "rpm"
+                else (lambda: _rollback(installer, root))
+            )  # rpm: then rpm -e, which must leave the manager as it is
+            self._cell(case, changed, "rollback", undo)
             self._cell(case, changed, "exact", lambda: _exact(before, snapshot(root, skip), dbs_before,
                                                               db_state(first, root)))  # fmt: skip
         except _Skip:
@@ -373,7 +373,7 @@ def _run(argv: list[str | Path]) -> subprocess.CompletedProcess[str]:
 def _ok(p: subprocess.CompletedProcess[str]) -> str | None:
     if p.returncode == 0:
         return None
-    lines = p.stderr.strip().splitlines()
+    lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
     return f"exit {p.returncode}: {lines[-1] if lines else ''}"
 
 
@@ -426,7 +426,7 @@ def _exact(before: dict[str, str], after: dict[str, str], dbs_before: Any, dbs_a
     return None
 
 
-def _rpm_in(root: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
+def rpm_in(root: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
     """``rpm --root ROOT ARGS`` in a private mount namespace with ROOT/proc mounted (the
     frozen installer of ``%posttrans`` runs chrooted and needs it)."""
     argv = " ".join(f"'{a}'" for a in map(str, args))  # our own paths and names: no quotes in them
@@ -439,10 +439,8 @@ def _rpm_in(root: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
 
 def _rpm_apply(root: Path, rpm: Path, installer: Path, m: Manifest) -> str | None:
     """``rpm -U`` the bundle RPM; rpm exits 0 when %posttrans fails: the status decides."""
-    p = _rpm_in(root, "-U", rpm)
-    if p.returncode != 0:
-        lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
-        return f"rpm -U {rpm.name}: exit {p.returncode}: {lines[-1] if lines else ''}"
+    if (problem := _ok(rpm_in(root, "-U", rpm))) is not None:
+        return f"rpm -U {rpm.name}: {problem}"
     status = json.loads(_run([installer, "--root", root, "status", "--json"]).stdout or "{}")
     if status.get("status") != "finished":
         why = status.get("summary") or status.get("error") or ""
@@ -453,14 +451,11 @@ def _rpm_apply(root: Path, rpm: Path, installer: Path, m: Manifest) -> str | Non
 
 def _rpm_erase(root: Path, m: Manifest) -> str | None:
     name = rpm_names(m)[0]
-    p = _rpm_in(root, "-e", name)
-    if p.returncode != 0:
-        lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
-        return f"rpm -e {name}: exit {p.returncode}: {lines[-1] if lines else ''}"
-    return None
+    problem = _ok(rpm_in(root, "-e", name))
+    return None if problem is None else f"rpm -e {name}: {problem}"
 
 
-def _as_manager(root: Path) -> None:
+def as_manager(root: Path) -> None:
     """What a manager's OS has and a sandbox lacks, for the chrooted %posttrans: a /proc
     mount point and shell tools (a static busybox with its applets in /usr/bin, where the
     release does not put its own)."""

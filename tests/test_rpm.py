@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from builder.testjumps import as_manager, rpm_in
 from installer.migrate import current_revision
 from tests.helpers import HARNESS, REPO, SPECS, Sandbox, build, build_demo, install, sqlite_url, tree_hash
 
@@ -46,30 +47,6 @@ def query(rpm: Path, fmt: str) -> str:
     return subprocess.run(
         ["rpm", "-qp", "--qf", fmt, str(rpm)], capture_output=True, text=True, check=True
     ).stdout
-
-
-def as_manager(root: Path) -> None:
-    """What a real manager root has and a sandbox lacks: /proc for the frozen installer,
-    and the shell tools the product's pre-flight command checks call (busybox)."""
-    (root / "proc").mkdir(exist_ok=True)
-    bin_dir = root / "usr/bin"
-    bin_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copy(shutil.which("busybox") or "/bin/busybox", bin_dir / "busybox")
-    for tool in ("sh", "test", "cat"):
-        if not (bin_dir / tool).exists():
-            (bin_dir / tool).symlink_to("busybox")
-
-
-def rpm_in(root: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
-    """``rpm --root ROOT ARGS`` in a private mount namespace with ROOT/proc mounted."""
-    argv = " ".join(f"'{a}'" for a in map(str, args))
-    return subprocess.run(
-        [
-            "unshare", "--mount", "--propagation", "private", "bash", "-c",
-            f'mount -t proc proc "$R/proc"; rpm --root "$R" --dbpath /var/lib/rpm {argv}',
-        ],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "R": str(root)},
-    )  # fmt: skip
 
 
 def installed(root: Path) -> bool:
