@@ -1,25 +1,30 @@
 """Fleet rollout: a bundle applied to a cluster of managers one host at a time, driven by
 Ansible (templates/ansible/rollout.yml through ansible-runner), not a home-made SSH loop.
 
-The controller verifies the bundle's signature, takes the frozen installer out of it, and
-runs the playbook's phases, deciding between them from what each host reported:
+The controller verifies the bundle's signature and reads its installer's sha256 from the
+manifest, then runs the playbook's phases, deciding between runs from what each host
+reported. Each phase is one task per host (the ``jumpkit`` module, library/jumpkit.py,
+runs that phase's installer calls in order and stops at the first failure):
 
-1. prepare (every host at once): copy installer and bundle, read each host's status, ask
-   each whether it leads (the product's leader probe), stage. Nothing stops before every
-   host has staged; a host that cannot stage stops the rollout with nothing stopped.
-2. pre (leader): pin the leader, run the jump's cluster-pre hooks.
-3. roll (host by host, leader last by default, ``serial`` at a time): apply, node hooks,
-   member health gate. The first failure ends the play: that host rolled itself back,
-   hosts already done stay upgraded, the rest stay staged.
-4. post (leader, only when every host is done): cluster-post hooks. unpin: always.
-5. status (every host): the installed version and upgrade status, for the summary.
+1. prepare (every host at once): copy the bundle, take the installer out of it (checked
+   against that sha256), ask each host whether it leads (the product's leader probe, with
+   its status), stage. Nothing stops before every host has staged; a host that cannot
+   stage stops the rollout with nothing stopped.
+2. pre (leader): pin the leader, run the jump's cluster-pre hooks (one installer start).
+3. roll (host by host, leader last by default, ``serial`` at a time): apply, then node hooks
+   and the member health gate (one start). The first failure ends the run: that host
+   rolled itself back, hosts already done stay upgraded, the rest stay staged.
+4. post (leader, only when every host is done): cluster-post hooks, then unpin (also
+   after a failed cluster-post). pre, roll and post are one ansible-playbook run.
+5. after a failure in pre or roll: unpin, and status (every host's version and upgrade
+   status) in one run; on success the probe and the applies have reported both.
+
+Measured on 3 hosts (scripts/bench/rollout.py): the README has the figures.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import json
 import os
 import sys
 import tempfile
@@ -31,7 +36,7 @@ from typing import Any, ClassVar, Literal
 
 from builder.errors import BuildError
 from builder.resources import require_fleet, templates
-from installer.archive import iter_verified, open_bundle, verify_bundle
+from installer.archive import open_bundle, verify_bundle
 from installer.errors import JumpkitError, UsageError
 from installer.format import INSTALLER_MEMBER, Manifest, load_trusted_keys
 
@@ -132,30 +137,27 @@ def inventory_hosts(inventory: Path, pattern: str) -> list[str]:
     return hosts
 
 
-def load_release_bundle(bundle: Path, trust: list[Path], work: Path) -> tuple[Manifest, Path]:
-    """Verify ``bundle`` (signature first, then the installer member's hash) and write its
-    frozen installer to ``work``. The hosts verify the whole bundle again before staging.
+def load_release_bundle(bundle: Path, trust: list[Path]) -> tuple[Manifest, str, int]:
+    """Verify ``bundle``'s signature and return its manifest with the sha256 and size of
+    its frozen installer: each host takes the installer out of its copy of the bundle and
+    checks it against these (library/jumpkit.py), then verifies the whole bundle again
+    before staging.
 
     Raises:
-        BundleRejectedError: bad signature or bytes. BuildError: a development bundle.
+        BundleRejectedError: bad signature. BuildError: a development bundle.
     """
     b = open_bundle(bundle)
     try:
         manifest, _, _ = verify_bundle(b, load_trusted_keys(trust))
-        if manifest.installer is None:
-            raise BuildError(
-                f"{bundle.name} is a development bundle (no bin/bundle-install): a rollout runs the "
-                "frozen installer on every host; build a release bundle"
-            )
-        sha, size = manifest.members()[INSTALLER_MEMBER]
-        dest = work / "bundle-install"
-        with open(dest, "wb") as f:
-            for chunk in iter_verified(b, INSTALLER_MEMBER, sha, size):
-                f.write(chunk)
-        dest.chmod(0o755)
-        return manifest, dest
     finally:
         b.close()
+    if manifest.installer is None:
+        raise BuildError(
+            f"{bundle.name} is a development bundle (no bin/bundle-install): a rollout runs the "
+            "frozen installer on every host; build a release bundle"
+        )
+    sha, size = manifest.members()[INSTALLER_MEMBER]
+    return manifest, sha, size
 
 
 def plan_order(hosts: list[Host], order: Order) -> list[str]:
@@ -174,37 +176,31 @@ def _iso(ts: str | None) -> float | None:
     return datetime.fromisoformat(ts).timestamp()
 
 
-def _json_out(res: dict[str, Any]) -> dict[str, Any]:
-    try:
-        out = json.loads(res.get("stdout") or "{}")
-    except ValueError:
-        return {}
-    return out if isinstance(out, dict) else {}
-
-
 def _error(res: dict[str, Any]) -> str:
-    out = _json_out(res)
-    if out.get("error"):
-        return str(out["error"])
-    text = (res.get("stderr") or res.get("msg") or "failed").strip()
+    text = str(res.get("msg") or res.get("stderr") or "failed").strip()
     return text.splitlines()[-1][:300] if text else "failed"
 
 
+def _steps(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """The steps the ``jumpkit`` module ran in one task (library/jumpkit.py), in order."""
+    steps = res.get("steps")
+    return [s for s in steps if isinstance(s, dict)] if isinstance(steps, list) else []
+
+
 class Runner:
-    """Runs phases of the playbook through ansible-runner and folds events into a report."""
+    """Runs phases of the playbook through ansible-runner and folds events into a report.
+
+    Each phase is one task per host (the ``jumpkit`` module runs its installer steps in
+    order); the report is built per step from the task's result, as it was when every
+    step was its own task."""
 
     STARTING: ClassVar[dict[str, str]] = {
-        "jumpkit-copy-installer": "copying",
-        "jumpkit-role": "probing",
-        "jumpkit-stage": "staging",
-        "jumpkit-plan": "planning",
-        "jumpkit-pin-leader": "pinning",
-        "jumpkit-cluster-pre": "cluster-pre",
-        "jumpkit-apply": "applying",
-        "jumpkit-node": "node hook",
-        "jumpkit-member-health": "health gate",
-        "jumpkit-cluster-post": "cluster-post",
-        "jumpkit-unpin-leader": "unpinning",
+        "jumpkit-copy-bundle": "copying",
+        "jumpkit-prepare": "staging",
+        "jumpkit-pre": "cluster-pre",
+        "jumpkit-roll": "applying",
+        "jumpkit-post": "cluster-post",
+        "jumpkit-unpin": "unpinning",
     }
 
     def __init__(self, inventory: Path, work: Path, report: RolloutReport, listener: Listener) -> None:
@@ -213,26 +209,31 @@ class Runner:
         self.report = report
         self.listener = listener
         self.failed: list[str] = []
+        """Hosts that failed in the last run."""
+        self.failures: set[tuple[str, str, str]] = set()
+        """(host, task, step) of every failure in every run."""
         self.runs = 0
         self._before: dict[str, str] = {}
 
-    def phase(self, tag: str, extravars: dict[str, Any], forks: int) -> bool:
-        """Run the plays tagged ``tag``; True when no host failed or was unreachable."""
+    def phase(self, tags: str, extravars: dict[str, Any], forks: int) -> bool:
+        """Run the plays tagged ``tags`` (comma-separated) in one ansible-playbook run;
+        True when no host failed or was unreachable."""
         import ansible_runner
 
         self.failed = []
         self.runs += 1
         bindir = str(Path(sys.executable).parent)
+        ident = f"{self.runs:02d}-{tags.replace(',', '-')}"  # artifacts/<ident>/: stdout and events
         t0 = time.monotonic()
         r = ansible_runner.run(
             private_data_dir=str(self.work),
             playbook=str(templates() / "ansible/rollout.yml"),
             inventory=str(self.inventory.resolve()),
             extravars=extravars,
-            tags=tag,
+            tags=tags,
             forks=forks,
             quiet=True,
-            ident=f"{self.runs:02d}-{tag}",  # artifacts/<ident>/: the run's stdout and events
+            ident=ident,
             event_handler=self._event,
             envvars={
                 "PATH": f"{bindir}:{os.environ.get('PATH', '')}",
@@ -240,25 +241,24 @@ class Runner:
                 # one SSH round trip per task instead of three (measured: ~2.1 s -> ~1.2 s a task);
                 # safe as jumpkit runs as root without sudo's requiretty; the operator's setting wins
                 "ANSIBLE_PIPELINING": os.environ.get("ANSIBLE_PIPELINING", "1"),
-                # Ansible's default ssh_args less -C: the installer (58 MB) and the bundle
-                # (compressed already) cost more CPU to compress than a LAN saves (measured
-                # on 3 hosts: copying the installer 5.3 s -> 2.4 s, the rollout 30.1 s -> 24.8 s)
+                # Ansible's default ssh_args less -C: the bundle is compressed already and
+                # costs more CPU to compress than a LAN saves (measured on 3 hosts: copying
+                # the 58 MB installer 5.3 s -> 2.4 s, the rollout 30.1 s -> 24.8 s)
                 "ANSIBLE_SSH_ARGS": os.environ.get(
                     "ANSIBLE_SSH_ARGS", "-o ControlMaster=auto -o ControlPersist=60s"
                 ),
             },
         )
-        self.report.phases.append({"phase": tag, "seconds": round(time.monotonic() - t0, 3)})
+        self.report.phases.append({"phase": tags, "seconds": round(time.monotonic() - t0, 3)})
         if r.rc != 0 and not self.failed:  # the playbook itself broke, not a host
-            out = self.work / "artifacts" / f"{self.runs:02d}-{tag}" / "stdout"
+            out = self.work / "artifacts" / ident / "stdout"
             errors = (
                 [ln for ln in out.read_text(errors="replace").splitlines() if "ERROR" in ln]
                 if out.exists()
                 else []
             )
-            raise BuildError(
-                f"ansible-playbook ({tag}) exited {r.rc}: " + (errors[-1].strip() if errors else f"see {out}")
-            )
+            why = errors[-1].strip() if errors else f"see {out}"
+            raise BuildError(f"ansible-playbook ({tags}) exited {r.rc}: {why}")
         return not self.failed
 
     def _event(self, ev: dict[str, Any]) -> bool:
@@ -278,55 +278,78 @@ class Runner:
         elif kind == "runner_on_skipped":
             host.state = self._before.get(host.name, host.state)
         elif kind == "runner_on_ok":
-            self._ok(host, task, res, data)
+            self._done(host, task, res, data)
         elif kind in ("runner_on_failed", "runner_on_unreachable"):
-            if kind == "runner_on_failed" and data.get("ignore_errors"):
-                return True
-            self.failed.append(host.name)
-            host.error = f"{task.removeprefix('jumpkit-')}: " + (
-                "unreachable: " + str(res.get("msg", "")).strip()[:300]
-                if kind == "runner_on_unreachable"
-                else _error(res)
-            )
-            host.state = "FAILED" if kind == "runner_on_failed" else "UNREACHABLE"
-            if task == "jumpkit-apply":
-                host.result = "failed, rolled back"
-                host.apply_start, host.apply_end = _iso(data.get("start")), _iso(data.get("end"))
-            elif host.result in ("untouched", "staged"):
-                host.result = "failed" if kind == "runner_on_failed" else "unreachable"
+            self._done(host, task, res, data)  # the steps that ran before the failing one
+            self._failed(host, task, res, data, unreachable=kind == "runner_on_unreachable")
         self.listener(self.report)
         return True
 
-    def _ok(self, host: Host, task: str, res: dict[str, Any], data: dict[str, Any]) -> None:
-        out = _json_out(res)
-        if task in ("jumpkit-copy-installer", "jumpkit-copy-bundle"):
-            copied = "copied" if res.get("changed") else "cached"
-            host.copied = copied if host.copied in (None, "cached") else host.copied
-        elif task == "jumpkit-role":
+    def _failed(
+        self, host: Host, task: str, res: dict[str, Any], data: dict[str, Any], *, unreachable: bool
+    ) -> None:
+        first = res.get("failed_step") or task.removeprefix("jumpkit-")
+        steps = [str(x) for x in res.get("failed_steps") or [first]]
+        errors = [str(x) for x in res.get("errors") or []]
+        self.failed.append(host.name)
+        self.failures.update((host.name, task, st) for st in steps)
+        if unreachable:
+            host.error = f"{steps[0]}: unreachable: " + str(res.get("msg", "")).strip()[:300]
+        elif errors:
+            pairs = zip(steps, errors, strict=False)
+            host.error = "; ".join(f"{st}: {_error({'msg': e})}" for st, e in pairs)
+        else:
+            host.error = f"{steps[0]}: {_error(res)}"
+        host.state = "UNREACHABLE" if unreachable else "FAILED"
+        if steps[0] == "apply":
+            host.result = "failed, rolled back"
+            host.apply_start, host.apply_end = _iso(data.get("start")), _iso(data.get("end"))
+        elif host.result in ("untouched", "staged"):
+            host.result = "unreachable" if unreachable else "failed"
+
+    def _done(self, host: Host, task: str, res: dict[str, Any], data: dict[str, Any]) -> None:
+        if task == "jumpkit-copy-bundle" and "changed" in res:
+            host.copied = "copied" if res["changed"] else "cached"
+        end = _iso(data.get("end"))
+        for st in _steps(res):
+            name, out = str(st.get("step", "")), st.get("out") or {}
+            seconds = float(st.get("seconds") or 0)
+            host.task_seconds[name] = round(seconds, 3)
+            if name == "apply" and end is not None and res.get("failed_step") != "apply":
+                # the apply's own span inside the task: from the steps' seconds, backwards from its end
+                after = sum(float(s.get("seconds") or 0) for s in _steps(res)[_steps(res).index(st) + 1 :])
+                host.apply_end = end - after
+                host.apply_start = host.apply_end - seconds
+            if res.get("failed_step") == name:
+                continue
+            self._ok(host, name, out if isinstance(out, dict) else {}, end)
+
+    def _ok(self, host: Host, step: str, out: dict[str, Any], end: float | None) -> None:
+        if step == "role":
             host.before = out.get("installed")
             host.leader = out.get("leader")
             host.status = (out.get("status") or {}).get("status")
             if host.before == self.report.to_version:
-                host.result, host.state = "already", f"already {host.before}"
+                host.result, host.state, host.after = "already", f"already {host.before}", host.before
             else:
                 host.state = "probed"
-        elif task == "jumpkit-stage":
-            host.staged_at = _iso(data.get("end"))
+        elif step == "stage":
+            host.staged_at = end
             host.result, host.state = "staged", "staged"
-        elif task == "jumpkit-plan":
+        elif step == "plan":
             host.result, host.state = "would upgrade", "planned"
-        elif task == "jumpkit-apply":
-            host.apply_start, host.apply_end = _iso(data.get("start")), _iso(data.get("end"))
+        elif step == "apply":  # its status document: what status would read now
             host.outage_seconds = out.get("outage_seconds")
             host.result, host.state = "upgraded", "applied"
-        elif task in ("jumpkit-member-health", "jumpkit-cluster-post", "jumpkit-unpin-leader"):
+            host.status = out.get("status")
+            host.after = out.get("to") if host.status == "finished" else host.after
+        elif step in ("member-health", "cluster-post", "unpin-leader"):
             host.state = "upgraded" if host.result == "upgraded" else self._before.get(host.name, host.state)
-        elif task in ("jumpkit-pin-leader", "jumpkit-cluster-pre"):
-            host.state = "pinned" if task == "jumpkit-pin-leader" else "cluster-pre done"
-        elif task == "jumpkit-version" and res.get("content"):
-            host.after = base64.b64decode(res["content"]).decode(errors="replace").strip()
-        elif task == "jumpkit-status":
-            host.status = out.get("status") if out else "unknown: no bundle-install on the host"
+        elif step in ("pin-leader", "cluster-pre"):
+            host.state = "pinned" if step == "pin-leader" else "cluster-pre done"
+        elif step == "status":
+            host.after = out.get("version")
+            host.status = out.get("status")
 
 
 def playbook_vars(hosts: list[str], version_file: str, **kw: Any) -> dict[str, Any]:
@@ -336,7 +359,8 @@ def playbook_vars(hosts: list[str], version_file: str, **kw: Any) -> dict[str, A
         "jumpkit_version_file": version_file,
         "jumpkit_bundle": "",
         "jumpkit_bundle_name": "",
-        "jumpkit_installer": "",
+        "jumpkit_installer_sha256": "",
+        "jumpkit_installer_size": 0,
         "jumpkit_to": "",
         "jumpkit_check": False,
         "jumpkit_serial": 1,
@@ -369,7 +393,7 @@ def rollout(
     t0 = time.monotonic()
     work = work or Path(tempfile.mkdtemp(prefix="jumpkit-rollout-"))
     work.mkdir(parents=True, exist_ok=True)
-    manifest, installer = load_release_bundle(bundle, trust, work)
+    manifest, installer_sha, installer_size = load_release_bundle(bundle, trust)
     names = inventory_hosts(inventory, pattern)
     report = RolloutReport(
         bundle=manifest.bundle_id,
@@ -385,21 +409,25 @@ def rollout(
         manifest.version_file,
         jumpkit_bundle=str(bundle.resolve()),
         jumpkit_bundle_name=bundle.name,
-        jumpkit_installer=str(installer),
+        jumpkit_installer_sha256=installer_sha,
+        jumpkit_installer_size=installer_size,
         jumpkit_to=manifest.to_version,
         jumpkit_check=check,
         jumpkit_serial=serial,
     )
     forks = max(5, len(names))
 
-    def finish(ok: bool, summary: str) -> RolloutReport:
-        run.phase("status", xv, forks)
+    def conclude(ok: bool, summary: str) -> RolloutReport:
         report.ok, report.summary = ok, summary
         report.seconds = round(time.monotonic() - t0, 3)
         listener(report)
         if not ok:
             raise RolloutError(summary, report=report)
         return report
+
+    def finish(ok: bool, summary: str, before: str = "") -> RolloutReport:
+        run.phase(f"{before},status" if before else "status", xv, forks)  # one run: no extra start-up
+        return conclude(ok, summary)
 
     listener(report)
     if not run.phase("prepare", xv, forks):
@@ -422,35 +450,35 @@ def rollout(
         report.seconds = round(time.monotonic() - t0, 3)
         listener(report)
         return report
-    if not report.order:
-        return finish(True, f"every host already runs {manifest.to_version}")
+    if not report.order:  # the probe read every host's version and status already
+        return conclude(True, f"every host already runs {manifest.to_version}")
     xv.update(jumpkit_leader=[report.leader], jumpkit_order=report.order)
-    if not run.phase("pre", xv, forks):
-        run.phase("unpin", xv, forks)
-        return finish(False, f"pinning or cluster-pre failed on {report.leader}: nothing was stopped")
-    rolled = run.phase("roll", xv, forks)
-    if not rolled:
-        posted, unpinned = False, run.phase("unpin", xv, forks)
-    elif run.phase("post,unpin", xv, forks):  # one ansible run for both when all went well
-        posted = unpinned = True
-    else:  # a failed cluster-post skips the unpin play: run it on its own
-        posted = (report.hosts[report.leader].error or "").startswith("unpin-leader")
-        unpinned = False if posted else run.phase("unpin", xv, forks)
+    # One run: a failure in pre or roll ends it there (max_fail_percentage 0); post unpins
+    # even when cluster-post failed. Every host's version and status are known without a
+    # status play: from the probe (hosts already there) or from its apply.
+    run.phase("pre,roll,post", xv, forks)
+    failed = {(host, task) for host, task, _ in run.failures}
+    if (report.leader, "jumpkit-pre") in failed:
+        why = f"pinning or cluster-pre failed on {report.leader}: nothing was stopped"
+        return finish(False, why, "unpin")
     done = [n for n in report.order if report.hosts[n].result == "upgraded"]
-    if not rolled:
-        bad = ", ".join(n for n in report.order if report.hosts[n].error)
+    bad = [n for n in report.order if (n, "jumpkit-roll") in failed]
+    if bad or len(done) < len(report.order):
         return finish(
             False,
-            f"stopped at {bad}: {len(done)} of {len(report.order)} host(s) upgraded to {manifest.to_version}",
+            f"stopped at {', '.join(bad) or '?'}: {len(done)} of {len(report.order)} host(s) upgraded to "
+            f"{manifest.to_version}",
+            "unpin",
         )
-    if not posted:
-        return finish(
+    if (report.leader, "jumpkit-post", "cluster-post") in run.failures:
+        return conclude(
             False, f"every host is on {manifest.to_version}, but cluster-post failed on {report.leader}"
         )
-    if not unpinned:
-        return finish(False, f"every host is on {manifest.to_version}, but unpinning {report.leader} failed")
+    if (report.leader, "jumpkit-post", "unpin-leader") in run.failures:
+        why = f"every host is on {manifest.to_version}, but unpinning {report.leader} failed"
+        return conclude(False, why)
     where = "last" if order == "leader-last" else "first"
-    return finish(
+    return conclude(
         True, f"{len(done)} host(s) upgraded to {manifest.to_version}, leader {report.leader} {where}"
     )
 

@@ -25,9 +25,9 @@ rollout_app = typer.Typer(
     invoke_without_command=True,
     rich_markup_mode=None,
     help="Roll a release bundle out to a cluster of managers with Ansible, one host at a time.\n\n"
-    "bundle-build rollout --inventory INV --bundle B --trust KEY: copies the bundle and its frozen "
-    "installer to every host (skipped when the checksum matches) and stages it everywhere before "
-    "any host stops; finds the leader with the product's probe; pins it and runs the jump's "
+    "bundle-build rollout --inventory INV --bundle B --trust KEY: copies the bundle to every host "
+    "(skipped when the checksum matches), takes its frozen installer out of it there (checked "
+    "against the signed manifest) and stages it everywhere before any host stops; finds the leader with the product's probe; pins it and runs the jump's "
     "cluster-pre hooks on it; applies host by host (leader last unless --order leader-first, "
     "--serial at a time), each followed by the node hooks and the member health gate; runs "
     "cluster-post once all are done, and unpins the leader (also after a failure). The first "

@@ -393,7 +393,8 @@ def cluster(
         typer.Argument(
             help="role (is this host the leader?), pin-leader, unpin-leader, cluster-pre, node, "
             "cluster-post (run the jump's hooks of that kind) or member-health (wait for the "
-            "product's cluster health gate)."
+            "product's cluster health gate); several, comma-separated (node,member-health), run "
+            "in order in one start and stop at the first failure."
         ),
     ],
     bundle: BundleArg,
@@ -407,16 +408,20 @@ def cluster(
     manifest before they run. Exit 5 if a command, hook or the health gate fails."""
     from installer.cluster import ACTIONS
 
-    if action not in ACTIONS:
-        err.print(f"bundle-install cluster: unknown action {action!r}; one of {', '.join(ACTIONS)}")
-        raise typer.Exit(2)
-    res = _run(json_out, lambda e: e.cluster(action, bundle, host))  # type: ignore[arg-type]
+    actions = action.split(",")
+    for a in actions:
+        if a not in ACTIONS:
+            err.print(f"bundle-install cluster: unknown action {a!r}; one of {', '.join(ACTIONS)}")
+            raise typer.Exit(2)
+    res = _run(json_out, lambda e: e.cluster(actions, bundle, host))  # type: ignore[arg-type]
     if json_out or _g().json:
         print(json.dumps({"ok": True, **res}, sort_keys=True))
-    elif action == "role":
-        out.print({True: "leader", False: "member", None: "no leader probe"}[res["leader"]])
-    else:
-        out.print(f"{action}: ok" + (f" ({', '.join(res['hooks'])})" if res.get("hooks") else ""))
+        return
+    for r in res.get("actions", [res]):
+        if r["action"] == "role":
+            out.print({True: "leader", False: "member", None: "no leader probe"}[r["leader"]])
+        else:
+            out.print(f"{r['action']}: ok" + (f" ({', '.join(r['hooks'])})" if r.get("hooks") else ""))
 
 
 @app.command()

@@ -17,6 +17,7 @@ from typing import Literal, get_args
 
 from installer.archive import Bundle, iter_verified
 from installer.errors import JumpkitError, UsageError
+from installer.failpoints import failpoint
 from installer.format import Manifest
 from installer.health import lookup_variables, probe, wait_healthy
 from installer.preflight import read_installed_version
@@ -72,6 +73,7 @@ def run(
     Raises:
         ClusterError: a command, hook or the member health gate failed. UsageError: unknown action.
     """
+    failpoint(f"cluster:{action}")
     installed = read_installed_version(root, manifest)
     out: dict[str, object] = {"action": action, "host": host, "installed": installed}
     cluster = manifest.cluster

@@ -20,7 +20,7 @@ from installer.aftercommit import AfterCommit
 from installer.archive import Bundle, Opened, opened_bundles, verify_members
 from installer.chain import check_chain
 from installer.components import DEFAULT_WAIT
-from installer.errors import LockedError, StateError, UsageError
+from installer.errors import JumpkitError, LockedError, StateError, UsageError
 from installer.failpoints import failpoint
 from installer.format import Manifest, load_trusted_keys, verify_signature
 from installer.journal import TxnState
@@ -315,21 +315,38 @@ class Engine:
             return after.rec.doc
 
     # --- fleet rollout, fetch ----------------------------------------------------------
-    def cluster(self, action: cluster.Action, bundle_path: Path, host: str | None = None) -> dict[str, Any]:
-        """One step of a fleet rollout on this host (see :mod:`installer.cluster`); the
-        bundle's signature is checked first.
+    def cluster(
+        self, actions: list[cluster.Action], bundle_path: Path, host: str | None = None
+    ) -> dict[str, Any]:
+        """Steps of a fleet rollout on this host, in order (see :mod:`installer.cluster`);
+        the bundle's signature is checked once, first. One action returns its result; several
+        return ``{"actions": [...]}`` (each with ``took``, its seconds), and the first failure
+        ends them, its message prefixed with the action (the exit code is the failure's).
 
         Raises:
             BundleRejectedError, ClusterError, UsageError.
         """
         if rpmbundle.is_rpm(bundle_path):
             raise UsageError(f"{bundle_path} is an RPM; a rollout ships the bundle ZIP")
+        results: list[dict[str, Any]] = []
         with self._opened([bundle_path]) as [(bundle, manifest, _, _)]:
             scratch = self.state_for(manifest).path / "tmp"
-            out = cluster.run(action, bundle, manifest, self.root, scratch, host=host, log=self.log)
-        if action == "role":  # the rollout reads both at once: one installer start less per host
-            out["status"] = self.status().to_json()
-        return out
+            for action in actions:
+                t0 = time.monotonic()
+                try:
+                    out = cluster.run(action, bundle, manifest, self.root, scratch, host=host, log=self.log)
+                except JumpkitError as e:
+                    if len(actions) == 1:
+                        raise
+                    named = cluster.ClusterError(f"{action}: {e.message}")
+                    named.exit_code = e.exit_code
+                    raise named from e
+                if action == "role":  # the rollout reads both at once: one installer start less
+                    out["status"] = self.status().to_json()
+                results.append({**out, "took": round(time.monotonic() - t0, 3)})
+        if len(results) == 1:
+            return {k: v for k, v in results[0].items() if k != "took"}
+        return {"actions": results}
 
     def fetch(self, repo: str, to: str, fmt: str = "zip") -> list[Path]:
         """Download the bundles from the installed version to ``to`` through TUF and verify

@@ -19,7 +19,8 @@ Names:
 - ``migrate:revision``: between two schema revisions;
 - ``service:stopped:<name>``: after a service stopped (before the next stops);
 - ``service:started:<name>``: after a service started (before the next starts);
-- ``undo:<step>``, ``after-undo:<step>``: during a rollback.
+- ``undo:<step>``, ``after-undo:<step>``: during a rollback;
+- ``cluster:<action>``: before a ``bundle-install cluster`` action (``cluster:cluster-post``).
 """
 
 from __future__ import annotations

@@ -164,4 +164,5 @@ class Fleet:
                 terminate(int(pid))
             subprocess.run(["ip", "netns", "del", h.netns], capture_output=True)
             shutil.rmtree(h.root.parent, ignore_errors=True)
+        self.hosts = []  # closing twice stops nothing twice (a pid may be reused)
         shutil.rmtree(self.base, ignore_errors=True)

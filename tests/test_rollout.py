@@ -75,9 +75,7 @@ def test_leader_last_rollout_with_cluster_hooks(
     assert rc == 0, doc
     assert doc["ok"] and doc["leader"] == "m1" and doc["order"] == ["m2", "m3", "m1"]
     # where the time went (issue 23): each ansible-playbook run, each task on each host
-    assert [p["phase"] for p in doc["phases"]] == ["prepare", "pre", "roll", "post,unpin", "status"], doc[
-        "phases"
-    ]
+    assert [p["phase"] for p in doc["phases"]] == ["prepare", "pre,roll,post"], doc["phases"]
     assert all(p["seconds"] > 0 for p in doc["phases"])
     for r in doc["hosts"]:
         assert r["task_seconds"]["apply"] > 0 and "stage" in r["task_seconds"], r["task_seconds"]
@@ -170,6 +168,45 @@ def test_failure_on_second_host_stops_the_rollout(
         "m2": ("4.1.1", "finished", "reachable"),
         "m3": ("4.0.1", "rolled-back", "reachable"),
     }
+
+
+def test_failed_cluster_hooks_unpin_the_leader(
+    fleet_factory: Any, release_bundle: Path, keys: dict[str, Path]
+) -> None:
+    """pin-leader and cluster-pre run in one installer start, then roll and post in the same
+    ansible-playbook run: a failed cluster-pre must still end that run before any host
+    stops, and a failed cluster-post must still unpin the leader (issue 23 joined them)."""
+    fail = 'jumpkit_env=\'{"JUMPKIT_FAILPOINT": "cluster:%s=fail"}\''
+    fleet = fleet_factory(leader=0, host_vars={"m1": fail % "cluster-pre"})
+    rc, doc = rollout(fleet, release_bundle, keys["pub"])
+    assert rc == 5 and "pinning or cluster-pre failed on m1: nothing was stopped" in doc["summary"], doc
+    assert [p["phase"] for p in doc["phases"]] == ["prepare", "pre,roll,post", "unpin,status"]
+    err = hosts(doc)["m1"]["error"]
+    assert err.startswith("cluster-pre: ") and "failpoint fired" in err, err
+    for h in fleet.hosts:
+        assert h.installed() == "4.0.1" and h.served_version() == "4.0.1" and not journal(h)
+        assert hosts(doc)[h.name]["status"] == "staged"
+    m1 = fleet.hosts[0]
+    assert not (m1.root / "var/lib/demo-manager/leader-candidates").exists()  # pinned, then unpinned
+    assert cluster_log(m1) == []
+    fleet.close()  # the next fleet takes the same addresses
+
+    fleet = fleet_factory(leader=0, host_vars={"m1": fail % "cluster-post"})
+    rc, doc = rollout(fleet, release_bundle, keys["pub"])
+    assert rc == 5 and "every host is on 4.1.1, but cluster-post failed on m1" in doc["summary"], doc
+    assert [p["phase"] for p in doc["phases"]] == ["prepare", "pre,roll,post"]
+    r = hosts(doc)
+    assert r["m1"]["error"].startswith("cluster-post: ") and "failpoint fired" in r["m1"]["error"], r["m1"]
+    for h in fleet.hosts:
+        assert h.installed() == "4.1.1" and h.served_version() == "4.1.1"
+        assert (r[h.name]["result"], r[h.name]["after"], r[h.name]["status"]) == (
+            "upgraded",
+            "4.1.1",
+            "finished",
+        )
+    m1 = fleet.hosts[0]
+    assert not (m1.root / "var/lib/demo-manager/leader-candidates").exists()  # unpinned all the same
+    assert [e[1] for h in fleet.hosts for e in cluster_log(h)].count("cluster-post") == 0
 
 
 def test_unreachable_host_stops_before_any_outage(
