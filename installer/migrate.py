@@ -81,7 +81,6 @@ MIGRATION_MODULES = frozenset(MIGRATION_STDLIB) | {"alembic", "sqlalchemy"}
 
 ENV_PY = '''"""alembic env.py supplied by jumpkit (do not edit: the installer rewrites it)."""
 from alembic import context
-from sqlalchemy import create_engine, event, pool
 
 config = context.config
 url = config.attributes["url"]
@@ -99,22 +98,31 @@ if context.is_offline_mode():
     with context.begin_transaction():
         context.run_migrations()
 else:
-    engine = create_engine(url, poolclass=pool.NullPool)
-    if engine.dialect.name == "sqlite":
-        @event.listens_for(engine, "connect")
-        def _connect(dbapi_connection, record):
-            dbapi_connection.isolation_level = None
-
-        @event.listens_for(engine, "begin")
-        def _begin(connection):
-            connection.exec_driver_sql("BEGIN")
-
+    # made by the installer (installer/migrate.py: own_transactions), before the outage when it can
+    engine = config.attributes["engine"]
     with engine.connect() as connection:
         context.configure(connection=connection, transaction_per_migration=True,
                           render_as_batch=True, on_version_apply=_on_apply)
         with context.begin_transaction():
             context.run_migrations()
 '''
+
+
+def own_transactions(engine: Any) -> Any:
+    """``engine``, with SQLite's DDL inside BEGIN ... COMMIT (pysqlite would commit before
+    each DDL statement): one transaction per migration there too."""
+    if engine.dialect.name == "sqlite":
+        from sqlalchemy import event
+
+        @event.listens_for(engine, "connect")
+        def _connect(dbapi_connection: Any, record: Any) -> None:
+            dbapi_connection.isolation_level = None
+
+        @event.listens_for(engine, "begin")
+        def _begin(connection: Any) -> None:
+            connection.exec_driver_sql("BEGIN")
+
+    return engine
 
 
 PG_DRIVER = "pg8000"
@@ -197,6 +205,10 @@ def _config(
     cfg.set_main_option("script_location", str(script_dir))
     cfg.attributes["url"] = with_driver(url)
     cfg.attributes["on_revision"] = on_revision
+    if output is None:  # online: env.py migrates through this engine (creating it never connects)
+        from sqlalchemy import create_engine, pool
+
+        cfg.attributes["engine"] = own_transactions(create_engine(with_driver(url), poolclass=pool.NullPool))
     return cfg
 
 
@@ -207,10 +219,10 @@ def preload() -> None:
     import alembic.script  # noqa: F401
 
 
-def current_revision(url: str, *, missing_ok: bool = False) -> str | None:
+def current_revision(url: str, *, missing_ok: bool = False, warm: Warm | None = None) -> str | None:
     """The revision in ``alembic_version`` (None for an empty database, and for a SQLite
     file that does not exist when ``missing_ok``: a jump that introduces the database).
-    Never creates a SQLite file (connecting would).
+    Never creates a SQLite file (connecting would). Through ``warm``'s engine when given.
 
     Raises:
         MigrationError: cannot connect or read; a SQLite file that does not exist.
@@ -229,7 +241,7 @@ def current_revision(url: str, *, missing_ok: bool = False) -> str | None:
             return None
         raise MigrationError(f"the database file {file} does not exist")
     try:
-        engine = create_engine(with_driver(url), poolclass=pool.NullPool)
+        engine = warm.engine if warm is not None else create_engine(with_driver(url), poolclass=pool.NullPool)
         with engine.connect() as conn:
             heads = MigrationContext.configure(conn).get_current_heads()
     except SQLAlchemyError as e:
@@ -269,10 +281,13 @@ def revision_path(script_dir: Path, from_rev: str | None, to_rev: str) -> list[s
 
 @dataclass
 class Warm:
-    """A database's migrations loaded before the outage (:func:`prepare`)."""
+    """A database's migrations loaded before the outage (:func:`prepare`), and the engine
+    that reads the revision and runs them in the window over one connection (opened by
+    the revision check, kept by the pool for the upgrade, closed by :func:`settle`)."""
 
     cfg: Any
     script: Any
+    engine: Any
 
 
 def prepare(script_dir: Path, url: str) -> Warm | None:
@@ -284,15 +299,23 @@ def prepare(script_dir: Path, url: str) -> Warm | None:
     try:
         import alembic.operations.batch  # noqa: F401 (render_as_batch)
         from alembic.script import ScriptDirectory
-        from sqlalchemy import create_engine, pool
+        from sqlalchemy import create_engine
 
         cfg = _config(script_dir, url)
         script = ScriptDirectory.from_config(cfg)
         script.revision_map.heads  # noqa: B018 (builds the map: imports every revision file)
-        create_engine(with_driver(url), poolclass=pool.NullPool).dispose()  # imports the dialect
-        return Warm(cfg, script)
+        engine = own_transactions(create_engine(with_driver(url)))  # pooled: one connection
+        cfg.attributes["engine"] = engine  # instead of _config's
+        return Warm(cfg, script, engine)
     except Exception:  # any error is reported by the upgrade itself
         return None
+
+
+def settle(warm: Warm | None) -> None:
+    """Close the connection ``warm``'s engine keeps (after the upgrade, or when a step
+    fails): the migrated database must be left to the services alone."""
+    if warm is not None:
+        warm.engine.dispose()
 
 
 def upgrade(

@@ -72,6 +72,8 @@ class Supervisord:
     def __init__(self, socket: Path) -> None:
         self.socket = socket
         self._proxy = self._connect()
+        self._seen_stopped: set[str] = set()
+        """Services this object saw stopped: their start needs no state check first."""
 
     def _connect(self) -> xmlrpc.client.ServerProxy:
         from supervisor.xmlrpc import SupervisorTransport
@@ -109,20 +111,28 @@ class Supervisord:
     def stop(self, service: Service) -> None:
         """See :class:`ServiceManager`. supervisord escalates to SIGKILL after the
         program's own stopwaitsecs; we bound the wait by ``stop_timeout``."""
+        self._seen_stopped.discard(service.name)
         self._call("stopProcess", service.name, False)
         deadline = time.monotonic() + service.stop_timeout
         while time.monotonic() < deadline:
             if not self.is_running(service):
+                self._seen_stopped.add(service.name)
                 return
-            time.sleep(0.005)
+            time.sleep(0.002)  # inside the outage window: the client sees every ms of it
         raise ServiceError(f"{service.name} did not stop within {service.stop_timeout:g}s")
 
     def start(self, service: Service) -> None:
         """See :class:`ServiceManager`. A process still STOPPING (a stop that timed out,
         which supervisord finishes with SIGKILL after its stopwaitsecs) is waited for."""
         deadline = time.monotonic() + service.start_timeout
-        while self._state(service) == "STOPPING" and time.monotonic() < deadline:
+        # one XML-RPC round trip less in the window when this run saw it stop
+        while (
+            service.name not in self._seen_stopped
+            and self._state(service) == "STOPPING"
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.02)
+        self._seen_stopped.discard(service.name)
         self._call("startProcess", service.name, True)
 
     def log_tail(self, service: Service, lines: int) -> list[str]:

@@ -24,6 +24,7 @@ from installer.migrate import (
     preload,
     prepare,
     restore,
+    settle,
     upgrade,
 )
 from installer.plan import Plan
@@ -258,24 +259,30 @@ class Migrate:
     def run(self, ctx: Context) -> None:
         """See :class:`Step`."""
         for db in ctx.manifest.databases:
-            url = database_url(db, ctx.root)
-            current = current_revision(url, missing_ok=True)
-            if current == db.to_revision:
-                continue
-            if current != db.from_revision and current not in db.revisions:
-                raise StepError(
-                    f"database {db.name} is at {current}, expected {db.from_revision}", step=self.name
-                )
+            warm = ctx.warm.get(db.name)
+            try:
+                self._one(ctx, db, warm)
+            finally:
+                settle(warm)  # no connection of ours stays open on the migrated database
 
-            def reached(rev: Any, is_upgrade: bool, db_name: str = db.name) -> None:
-                # for the log only: undo and resume read the revision from the database itself,
-                # so no fsync inside the outage window (a power loss may drop the note, not the state)
-                ctx.state.journal_append(Note(self.name, {"db": db_name, "revision": rev}), durable=False)
-                ctx.log(f"database {db_name}: at {rev}")
-                failpoint("migrate:revision")
+    def _one(self, ctx: Context, db: Database, warm: Warm | None) -> None:
+        url = database_url(db, ctx.root)
+        current = current_revision(url, missing_ok=True, warm=warm)
+        if current == db.to_revision:
+            return
+        if current != db.from_revision and current not in db.revisions:
+            why = f"database {db.name} is at {current}, expected {db.from_revision}"
+            raise StepError(why, step=self.name)
 
-            ctx.log(f"database {db.name}: {current} -> {db.to_revision} ({len(db.revisions)} revision(s))")
-            upgrade(self._script(ctx, db), url, db.to_revision, reached, ctx.warm.get(db.name))
+        def reached(rev: Any, is_upgrade: bool, db_name: str = db.name) -> None:
+            # for the log only: undo and resume read the revision from the database itself,
+            # so no fsync inside the outage window (a power loss may drop the note, not the state)
+            ctx.state.journal_append(Note(self.name, {"db": db_name, "revision": rev}), durable=False)
+            ctx.log(f"database {db_name}: at {rev}")
+            failpoint("migrate:revision")
+
+        ctx.log(f"database {db.name}: {current} -> {db.to_revision} ({len(db.revisions)} revision(s))")
+        upgrade(self._script(ctx, db), url, db.to_revision, reached, warm)
 
     def undo(self, ctx: Context) -> None:
         """See :class:`Step`."""
