@@ -111,3 +111,26 @@ def test_the_installer_comes_out_of_the_bundle_only_with_the_signed_sha256(tmp_p
     assert (tmp_path / "bundle-install").stat().st_mode & 0o777 == 0o755
     rc, out = module(tmp_path, installer_sha256=sha, **args)
     assert out["steps"][0]["out"] == {"installer": "cached"}, out
+
+
+def test_its_documentation_names_every_argument() -> None:
+    """ansible-doc reads the module's DOCUMENTATION; it must list what main() accepts."""
+    import re
+
+    doc = subprocess.run(
+        [
+            Path(sys.executable).parent / "ansible-doc",
+            "-M",
+            MODULE.parent,
+            "-t",
+            "module",
+            "jumpkit",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    documented = set(json.loads(doc.stdout)["jumpkit"]["doc"]["options"])
+    accepted = set(re.findall(r"^ {12}(\w+)=dict\(", MODULE.read_text(), re.M))
+    assert documented == accepted and "installer_sha256" in accepted, (documented, accepted)

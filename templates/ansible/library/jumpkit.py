@@ -44,7 +44,7 @@ options:
   installer_size: {description: its size in bytes, type: int, default: 0}
   to_version: {description: the bundle's to-version (stage and plan skip a host on it), type: str, default: ""}
   check: {description: plan instead of stage, type: bool, default: false}
-  host: {description: this host's name, for cluster hooks, type: str, default: ""}
+  host: {description: "this host's inventory name (JUMPKIT_HOST of cluster hooks)", type: str, default: ""}
   version_file: {description: the product's version file under root, type: str, default: ""}
 """
 
