@@ -311,18 +311,17 @@ class Runner:
         if task == "jumpkit-copy-bundle" and "changed" in res:
             host.copied = "copied" if res["changed"] else "cached"
         end = _iso(data.get("end"))
-        for st in _steps(res):
+        steps = _steps(res)
+        for i, st in enumerate(steps):
             name, out = str(st.get("step", "")), st.get("out") or {}
             seconds = float(st.get("seconds") or 0)
             host.task_seconds[name] = round(seconds, 3)
             if name == "apply" and end is not None and res.get("failed_step") != "apply":
-                # the apply's own span inside the task: from the steps' seconds, backwards from its end
-                after = sum(float(s.get("seconds") or 0) for s in _steps(res)[_steps(res).index(st) + 1 :])
-                host.apply_end = end - after
+                # its span on the controller's clock: back from the task's end by the later steps
+                host.apply_end = end - sum(float(s.get("seconds") or 0) for s in steps[i + 1 :])
                 host.apply_start = host.apply_end - seconds
-            if res.get("failed_step") == name:
-                continue
-            self._ok(host, name, out if isinstance(out, dict) else {}, end)
+            if res.get("failed_step") != name:
+                self._ok(host, name, out if isinstance(out, dict) else {}, end)
 
     def _ok(self, host: Host, step: str, out: dict[str, Any], end: float | None) -> None:
         if step == "role":
