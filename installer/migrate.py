@@ -197,7 +197,12 @@ def _config(
     url: str,
     on_revision: Callable[[Any, bool], None] | None = None,
     output: io.StringIO | None = None,
+    *,
+    pooled: bool = False,
 ) -> Any:
+    """alembic's config for ``script_dir`` (env.py written there). Online, with the engine
+    env.py migrates through (creating it never connects): one connection kept by a pool
+    when ``pooled`` (:class:`Warm`), else one per connect."""
     from alembic.config import Config
 
     (script_dir / "env.py").write_text(ENV_PY)
@@ -205,10 +210,11 @@ def _config(
     cfg.set_main_option("script_location", str(script_dir))
     cfg.attributes["url"] = with_driver(url)
     cfg.attributes["on_revision"] = on_revision
-    if output is None:  # online: env.py migrates through this engine (creating it never connects)
+    if output is None:
         from sqlalchemy import create_engine, pool
 
-        cfg.attributes["engine"] = own_transactions(create_engine(with_driver(url), poolclass=pool.NullPool))
+        kw = {} if pooled else {"poolclass": pool.NullPool}
+        cfg.attributes["engine"] = own_transactions(create_engine(with_driver(url), **kw))
     return cfg
 
 
@@ -299,14 +305,11 @@ def prepare(script_dir: Path, url: str) -> Warm | None:
     try:
         import alembic.operations.batch  # noqa: F401 (render_as_batch)
         from alembic.script import ScriptDirectory
-        from sqlalchemy import create_engine
 
-        cfg = _config(script_dir, url)
+        cfg = _config(script_dir, url, pooled=True)
         script = ScriptDirectory.from_config(cfg)
         script.revision_map.heads  # noqa: B018 (builds the map: imports every revision file)
-        engine = own_transactions(create_engine(with_driver(url)))  # pooled: one connection
-        cfg.attributes["engine"] = engine  # instead of _config's
-        return Warm(cfg, script, engine)
+        return Warm(cfg, script, cfg.attributes["engine"])
     except Exception:  # any error is reported by the upgrade itself
         return None
 
