@@ -314,6 +314,17 @@ def prepare(script_dir: Path, url: str) -> Warm | None:
         return None
 
 
+def rehearsal_warm(warm: Warm, url: str, engine: Any) -> Warm:
+    """``warm``'s loaded scripts, migrating ``url`` through ``engine`` instead (a
+    rehearsal on a copy, :mod:`installer.replay`)."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", warm.cfg.get_main_option("script_location"))
+    cfg.attributes.update(url=url, engine=own_transactions(engine), on_revision=None)
+    return Warm(cfg, warm.script, engine)
+
+
 def settle(warm: Warm | None) -> None:
     """Close the connection ``warm``'s engine keeps (after the upgrade, or when a step
     fails): the migrated database must be left to the services alone."""

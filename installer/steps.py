@@ -28,6 +28,7 @@ from installer.migrate import (
     upgrade,
 )
 from installer.plan import Plan
+from installer.replay import NotReplayable, Recording, rehearse, replay
 from installer.services import ServiceManager
 from installer.state import StateDir
 from installer.swap import Swapper
@@ -50,6 +51,9 @@ class Context:
     warm: dict[str, Warm | None] = field(default_factory=dict)
     """Per database, its migrations loaded before the outage (memory only: a resumed run
     loads them in the window)."""
+    rehearsals: dict[str, Recording] = field(default_factory=dict)
+    """Per SQLite database, its upgrade rehearsed on a copy before the outage, for the
+    window to replay (:mod:`installer.replay`; memory only, used once)."""
 
     def note(self, step: str, data: dict[str, Any]) -> None:
         """Persist ``data`` for ``step`` in the journal before acting on it."""
@@ -240,7 +244,22 @@ class BackupDatabases:
         if done:
             ctx.note(self.name, done)
         for db in ctx.manifest.databases:  # the migrations, loaded now rather than in the window
-            ctx.warm[db.name] = prepare(ctx.staging / "bundle" / db.script_dir, database_url(db, ctx.root))
+            script = ctx.staging / "bundle" / db.script_dir
+            warm = ctx.warm[db.name] = prepare(script, database_url(db, ctx.root))
+            if warm is not None and done.get(db.name, {}).get("kind") == "sqlite":
+                self._rehearse(ctx, db, warm, script, Path(done[db.name]["path"]))
+
+    def _rehearse(self, ctx: Context, db: Database, warm: Warm, script: Path, backup: Path) -> None:
+        try:
+            rec = rehearse(warm, script, backup, db.from_revision, db.to_revision)
+        except NotReplayable as e:
+            ctx.log(f"database {db.name}: not rehearsed, it migrates live in the outage: {e}")
+            return
+        ctx.rehearsals[db.name] = rec
+        ctx.log(
+            f"database {db.name}: rehearsed {len(rec.revisions)} revision(s) on a copy in {rec.seconds:.3f}s;"
+            f" the outage replays its {rec.statements} statement(s)"
+        )
 
     def undo(self, ctx: Context) -> None:
         """See :class:`Step`. (The backup goes with the backup dir.)"""
@@ -267,12 +286,6 @@ class Migrate:
 
     def _one(self, ctx: Context, db: Database, warm: Warm | None) -> None:
         url = database_url(db, ctx.root)
-        current = current_revision(url, missing_ok=True, warm=warm)
-        if current == db.to_revision:
-            return
-        if current != db.from_revision and current not in db.revisions:
-            why = f"database {db.name} is at {current}, expected {db.from_revision}"
-            raise StepError(why, step=self.name)
 
         def reached(rev: Any, is_upgrade: bool, db_name: str = db.name) -> None:
             # for the log only: undo and resume read the revision from the database itself,
@@ -280,6 +293,23 @@ class Migrate:
             ctx.state.journal_append(Note(self.name, {"db": db_name, "revision": rev}), durable=False)
             ctx.log(f"database {db_name}: at {rev}")
             failpoint("migrate:revision")
+
+        recording = ctx.rehearsals.pop(db.name, None)
+        if warm is not None and recording is not None:
+            ctx.log(
+                f"database {db.name}: {db.from_revision} -> {db.to_revision}"
+                f" ({len(recording.revisions)} revision(s)), replaying its rehearsal"
+            )
+            diff = replay(warm.engine, recording, reached)
+            if diff is None:
+                return
+            ctx.log(f"database {db.name}: not as rehearsed ({diff}); migrating it live")
+        current = current_revision(url, missing_ok=True, warm=warm)
+        if current == db.to_revision:
+            return
+        if current != db.from_revision and current not in db.revisions:
+            why = f"database {db.name} is at {current}, expected {db.from_revision}"
+            raise StepError(why, step=self.name)
 
         ctx.log(f"database {db.name}: {current} -> {db.to_revision} ({len(db.revisions)} revision(s))")
         upgrade(self._script(ctx, db), url, db.to_revision, reached, warm)

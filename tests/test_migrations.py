@@ -107,11 +107,36 @@ def test_sqlite_apply_reaches_to_revision_with_data(sqlite_case: tuple[Sandbox, 
     ]
     assert sb.wait_version("4.1.1") == "4.1.1"
     assert "migrated-alpha" in (get(sb.url + "/items") or "")
+    assert "rehearsed 2 revision(s) on a copy" in p.stderr and "replaying its rehearsal" in p.stderr, p.stderr
+    assert "migrating it live" not in p.stderr
     journal = (sb.root / "var/lib/jumpkit/demo-manager/journal.jsonl").read_text()
     assert '"revision":"0003"' in journal and '"revision":"0004"' in journal
     assert (
         sb.root / "var/lib/jumpkit/demo-manager/backup/demo-manager-4.0.1-to-4.1.1/db/main/sqlite.db"
     ).exists()
+
+
+def test_sqlite_row_written_after_the_rehearsal_is_migrated_live(sqlite_case: tuple[Sandbox, Path]) -> None:
+    """The service writes a row between the backup (the rehearsal's copy) and the stop: the
+    window's replay finds 4 rows where the rehearsal backfilled 3, steps aside before
+    changing anything, and the live upgrade migrates the new row like the others."""
+    from tests.crash.test_locks_space import wait_stopped
+
+    sb, bundle = sqlite_case
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "installer.cli", "--root", str(sb.root), "apply", str(bundle)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        env={**os.environ, "JUMPKIT_FAILPOINT": "begin:stop-services=stop"},
+    )  # fmt: skip
+    wait_stopped(proc)
+    with contextlib.closing(sqlite3.connect(sb.root / "var/lib/demo-manager/manager.db")) as con, con:
+        con.execute("INSERT INTO items (name) VALUES ('delta')")
+    os.kill(proc.pid, signal.SIGCONT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "not as rehearsed" in err and "changed 4 row(s), not 3" in err and "migrating it live" in err, err
+    _, rows = db_state(sqlite_url(sb.root))["items"]  # type: ignore[misc]
+    assert rows[-1] == ("4", "delta", "0", "migrated-delta")
 
 
 def test_sqlite_migration_failing_halfway_rolls_back(sqlite_case: tuple[Sandbox, Path]) -> None:
