@@ -361,6 +361,11 @@ class StateDir:
         commands that end it."""
         doc = self.read_status()
         pid, held = self.holder()
+        if doc.status == "working":  # status.json is not rewritten inside the outage window
+            with contextlib.suppress(StateError):
+                view = self.view()
+                if view.begun and view.state == "applying":
+                    doc.step = view.begun[-1]
         if doc.status == "working" and not held:
             doc.extra["interrupted"] = {
                 "pid": pid,

@@ -178,6 +178,7 @@ class Transaction:
         # the step-boundary status.json write is not fsynced (the journal is what recovery
         # reads). Per step of the outage window that is one fsync instead of four.
         done: list[Done] = []
+        down = False  # the services are stopped and not yet started again
         with interrupts.deferred():
             for unit in self.units[first:]:
                 self._stop_if_signalled(unit.name, done)
@@ -188,7 +189,11 @@ class Transaction:
                     raise
                 self.state.journal_append(*done, Begin(unit.name))
                 done = []
-                self.rec.set(step=unit.name, durable=False)
+                if not (down and unit.step.outage and unit.name != Health.name):
+                    # not between the stop and the start, where a client waits through its
+                    # 0.2 ms; status reads the step from the journal meanwhile
+                    self.rec.set(step=unit.name, durable=False)
+                down = unit.step.outage
                 try:
                     with interrupts.interruptible():
                         failpoint(f"run:{unit.name}")

@@ -262,6 +262,7 @@ def test_apply_through_the_shipped_binary(
     assert man["format"] == 2 and patched, "the release bundle carries no delta entry"
     p = run(shipped, "--root", sb.root, "apply", release_bundle)
     assert p.returncode == 0, p.stderr
+    assert "replaying its rehearsal" in p.stderr, p.stderr  # the frozen code passes the audit hook
     assert sb.wait_version("4.1.1") == "4.1.1"
     for f in patched:  # built by the frozen binary from the 4.0.1 file and the patch
         assert hashlib.sha256((sb.root / f["path"]).read_bytes()).hexdigest() == f["sha256"], f["path"]

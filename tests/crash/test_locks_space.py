@@ -80,12 +80,14 @@ def test_a_run_killed_holding_the_lock_is_reported_with_what_to_run(
     sb = sandbox()
     dead = start_apply(sb, bundle, "run:swap-files=stop")
     wait_stopped(dead)
+    # inside the outage window status.json is not rewritten: the step comes from the journal
+    assert json.loads(install("--root", sb.root, "status", "--json").stdout)["step"] == "swap-files"
     os.kill(dead.pid, signal.SIGKILL)
     dead.wait()
     assert (sb.root / STATE / "lock").read_text().strip() == str(dead.pid)  # its pid is still in there
     st = install("--root", sb.root, "status")
     assert st.returncode == 0
-    assert f"INTERRUPTED: the run (pid {dead.pid}) died" in st.stdout
+    assert f"INTERRUPTED: the run (pid {dead.pid}) died at step swap-files" in st.stdout
     assert "bundle-install resume" in st.stdout and "bundle-install rollback" in st.stdout
     p = install("--root", sb.root, "apply", bundle)
     assert p.returncode == 4 and "bundle-install resume" in p.stderr and "bundle-install rollback" in p.stderr
