@@ -67,10 +67,12 @@ class Engine:
         return StateDir.pick(self.root, self.opts.state_dir, manifest.product if manifest else None)
 
     def log(self, line: str) -> None:
-        """Log to the caller and, during a run, into status.json."""
-        self._log(line)
+        """Log to the caller and, during a run, into status.json (the run's recorder may
+        hold a line back from the caller while the services are down)."""
         if self._rec is not None:
-            self._rec.line(line)
+            self._rec.say(line)
+        else:
+            self._log(line)
 
     def _trusted(self) -> dict[str, Any]:
         return load_trusted_keys(self.opts.trust or [beneath_root(self.root, "etc/jumpkit/trusted-keys")])
@@ -227,6 +229,7 @@ class Engine:
         plans = plan_jumps(staged, self.root, accept_drift=self.opts.accept_drift, log=self._log)
         txn = Transaction.begin(state, manifests, plans, self._contexts, self.log)
         self._rec = txn.rec
+        txn.rec.echo = self._log
         doc = txn.start()
         failpoint("finished")
         self._after_commit(txn).start(
@@ -252,6 +255,7 @@ class Engine:
     def _load(self, state: StateDir, *, want: Sequence[TxnState]) -> Transaction:
         txn = Transaction.load(state, want, self._contexts, self.log)
         self._rec = txn.rec
+        txn.rec.echo = self._log
         return txn
 
     def resume(self) -> StatusDoc:

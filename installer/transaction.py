@@ -21,7 +21,7 @@ import contextlib
 import gc
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from installer import interrupts, selfupdate
@@ -61,6 +61,30 @@ class Recorder:
 
     state: StateDir
     doc: StatusDoc
+    echo: Log = field(default=lambda _: None)
+    """Where the caller sees log lines (the engine's printer)."""
+    held: list[str] | None = None
+    """Lines not echoed yet: between the stop and the start a blocked terminal or a full
+    pipe must not lengthen the outage (:meth:`hold`)."""
+
+    def hold(self) -> None:
+        """Keep log lines from the caller until :meth:`release`."""
+        if self.held is None:
+            self.held = []
+
+    def release(self) -> None:
+        """Echo the held lines, in order, and stop holding."""
+        lines, self.held = self.held or [], None
+        for text in lines:
+            self.echo(text)
+
+    def say(self, text: str) -> None:
+        """Log a line: into the status document, and to the caller now or on release."""
+        self.line(text)
+        if self.held is not None:
+            self.held.append(text)
+        else:
+            self.echo(text)
 
     def line(self, text: str) -> None:
         """Append a time-stamped log line (written with the next :meth:`set`)."""
@@ -190,8 +214,11 @@ class Transaction:
         Raises:
             ApplyError, RollbackError: see the module's docstring.
         """
-        with collector_paused():
-            return self._run(first)
+        try:
+            with collector_paused():
+                return self._run(first)
+        finally:
+            self.rec.release()
 
     def _run(self, first: int) -> StatusDoc:
         """Run the units from index ``first``, then commit. Signals are taken at the
@@ -217,9 +244,13 @@ class Transaction:
                     raise
                 self.state.journal_append(*done, Begin(unit.name))
                 done = []
-                if not (down and unit.step.outage and unit.name != Health.name):
-                    # not between the stop and the start, where a client waits through its
-                    # 0.2 ms; status reads the step from the journal meanwhile
+                if down and unit.step.outage and unit.name != Health.name:
+                    # between the stop and the start, where a client waits through every
+                    # 0.2 ms: no status.json write (status reads the step from the journal
+                    # meanwhile) and log lines are echoed once the services start
+                    self.rec.hold()
+                else:
+                    self.rec.release()
                     self.rec.set(step=unit.name, durable=False)
                 down = unit.step.outage
                 try:
@@ -259,6 +290,7 @@ class Transaction:
             self._fail(where, f"interrupted by {signame} before {where}", None)
 
     def _fail(self, step: str, reason: str, cause: BaseException | None) -> None:
+        self.rec.release()
         self.log(reason)
         interrupts.take()  # one report: the reason names the first signal
         self.rollback(reason)

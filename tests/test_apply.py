@@ -222,3 +222,31 @@ def test_the_steps_run_with_the_cyclic_collector_paused(
     assert doc.status == "finished" and gc.isenabled()
     assert set(seen) >= {"backup-db", "stop-services", "swap-files", "migrate", "health"}
     assert not any(seen.values()), seen
+
+
+def test_log_lines_of_the_window_reach_the_caller_once_the_services_start(
+    sandbox: Callable[..., Sandbox], bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A blocked terminal or a full pipe must not lengthen the outage: lines logged between
+    the stop and the start are echoed after the start, all of them, in order."""
+    from installer import steps
+    from installer.engine import Engine
+    from installer.options import Options
+
+    printed: list[str] = []
+    at_start: list[str] = []
+    real = steps.StartServices.run
+
+    def spy(self: Any, ctx: Any) -> None:
+        at_start.extend(printed)
+        real(self, ctx)
+
+    monkeypatch.setattr(steps.StartServices, "run", spy)
+    sb = sandbox()
+    doc = Engine(Options(root=sb.root), log=printed.append).apply([bundle])
+    assert doc.status == "finished"
+    assert any(line.startswith("stopping ") for line in at_start), at_start
+    assert not any(line.startswith(("swapping ", "database main: at")) for line in at_start), at_start
+    assert any(line.startswith("swapping ") for line in printed)
+    logged = [line.split(" ", 1)[1] for line in doc.log]  # the run's own lines, time-stamped
+    assert logged and printed[printed.index(logged[0]) :][: len(logged)] == logged  # all, in order
