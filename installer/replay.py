@@ -266,10 +266,14 @@ class _Cursor(sqlite3.Cursor):
         entry = self._entry
         assert entry is not None
         if self.description is not None:
-            rows = super().fetchall()
-            self.recorder.rows += len(rows)
-            if self.recorder.rows > ROWS_MAX:
-                self.recorder.refuse(f"the migration read more than {ROWS_MAX} rows")
+            rows: list[Any] = []
+            while chunk := super().fetchmany(1000):
+                rows += chunk
+                self.recorder.rows += len(chunk)
+                if self.recorder.rows > ROWS_MAX:  # stop there: a recording stays small
+                    why = f"the migration read more than {ROWS_MAX} rows"
+                    self.recorder.refuse(why)
+                    raise NotReplayable(why)
             entry.names = tuple(d[0] for d in self.description)
             entry.rows = rows
             self._buffer = iter(rows)
@@ -380,7 +384,7 @@ def rehearse(warm: Warm, script_dir: Path, backup: Path, from_rev: str | None, t
         except NotReplayable:
             raise
         except Exception as e:  # the live upgrade will fail (or not) on its own, in the window
-            raise NotReplayable(f"it failed in the rehearsal ({e})") from e
+            raise NotReplayable(rec.refused or f"it failed in the rehearsal ({e})") from e
         finally:
             _watch(None)
             engine.dispose()
@@ -447,6 +451,7 @@ def replay(engine: Any, recording: Recording, reached: Callable[[Any, bool], Non
     """
     raw = engine.raw_connection()
     conn: sqlite3.Connection = raw.driver_connection
+    clean = False
     try:
         for entry in recording.entries:
             if isinstance(entry, Statement):
@@ -460,10 +465,14 @@ def replay(engine: Any, recording: Recording, reached: Callable[[Any, bool], Non
                 if conn.in_transaction:
                     conn.rollback()
                 return diff
+        clean = True
         return None
     except BaseException:
         if conn.in_transaction:
             conn.rollback()
         raise
     finally:
-        raw.close()
+        if clean:
+            raw.close()
+        else:  # the live upgrade gets a new connection, not one a replayed PRAGMA has set
+            raw.invalidate()

@@ -249,3 +249,16 @@ def test_what_is_not_rehearsed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     migration(scripts, ROW_BY_ROW)
     with pytest.raises(rp.NotReplayable, match="more than 2 rows"):
         rehearsed(scripts, db, "0002", "0003")
+
+
+def test_after_a_difference_the_live_upgrade_gets_a_fresh_connection(tmp_path: Path) -> None:
+    """A replayed statement may have set connection state (a PRAGMA): the connection is
+    dropped, not returned to the pool the live upgrade draws from."""
+    scripts, db = demo_db(tmp_path, "x")
+    migration(scripts, '    op.execute("PRAGMA cache_size = 123")' + ROW_BY_ROW)
+    warm, rec = rehearsed(scripts, db, "0002", "0003")
+    write(db, "UPDATE items SET name = 'zeta' WHERE name = 'beta'")
+    assert rp.replay(warm.engine, rec, lambda rev, up: None) is not None
+    with warm.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA cache_size").scalar() != 123
+    settle(warm)
