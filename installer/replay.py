@@ -52,8 +52,9 @@ from installer.migrate import Warm, current_revision, rehearsal_warm, upgrade
 
 REHEARSE_MAX_BYTES = 64 * 1024 * 1024
 """Above this a database is migrated live. A rehearsal costs a copy and one more run of
-the migrations before the stop; what it saves is their fixed Python cost (a few ms per
-revision), which a table rebuild of this size outweighs many times over."""
+the migrations before the stop; what it saves is their fixed Python cost (5-8 ms for the
+demo's two revisions). On a 68 MiB database those two revisions took 1.42 s (measured), so
+the saving is under 1% there and the rehearsal would double the time before the stop."""
 
 ROWS_MAX = 10_000
 """Rows a rehearsal records at most (all statements together): a migration that reads
