@@ -285,8 +285,6 @@ class Migrate:
                 settle(warm)  # no connection of ours stays open on the migrated database
 
     def _one(self, ctx: Context, db: Database, warm: Warm | None) -> None:
-        url = database_url(db, ctx.root)
-
         def reached(rev: Any, is_upgrade: bool, db_name: str = db.name) -> None:
             # for the log only: undo and resume read the revision from the database itself,
             # so no fsync inside the outage window (a power loss may drop the note, not the state)
@@ -304,6 +302,7 @@ class Migrate:
             if diff is None:
                 return
             ctx.log(f"database {db.name}: not as rehearsed ({diff}); migrating it live")
+        url = database_url(db, ctx.root)  # after a replay: its lookup costs 0.26 ms
         current = current_revision(url, missing_ok=True, warm=warm)
         if current == db.to_revision:
             return
