@@ -232,21 +232,16 @@ class _Cursor(sqlite3.Cursor):
     _buffer: Iterator[Any] = iter(())
 
     def execute(self, sql: str, parameters: Any = (), /) -> _Cursor:
-        entry = Statement(sql, parameters, many=False)
-        self._begin(entry)
-        try:
-            super().execute(sql, parameters)
-        except sqlite3.Error as e:
-            self.recorder.refuse(f"a statement failed in the rehearsal ({e})")
-            raise
-        self._results()
-        return self
+        return self._recorded(Statement(sql, parameters, many=False), sqlite3.Cursor.execute)
 
     def executemany(self, sql: str, seq_of_parameters: Iterable[Any], /) -> _Cursor:
-        params = list(seq_of_parameters)
-        self._begin(Statement(sql, params, many=True))
+        return self._recorded(Statement(sql, list(seq_of_parameters), many=True), sqlite3.Cursor.executemany)
+
+    def _recorded(self, entry: Statement, run: Callable[[sqlite3.Cursor, str, Any], Any]) -> _Cursor:
+        """Record ``entry``, run it through sqlite3's own method, record what it returned."""
+        self._begin(entry)
         try:
-            super().executemany(sql, params)
+            run(self, entry.sql, entry.params)
         except sqlite3.Error as e:
             self.recorder.refuse(f"a statement failed in the rehearsal ({e})")
             raise

@@ -120,14 +120,10 @@ def test_sqlite_row_written_after_the_rehearsal_is_migrated_live(sqlite_case: tu
     """The service writes a row between the backup (the rehearsal's copy) and the stop: the
     window's replay finds 4 rows where the rehearsal backfilled 3, steps aside before
     changing anything, and the live upgrade migrates the new row like the others."""
-    from tests.crash.test_locks_space import wait_stopped
+    from tests.crash.test_locks_space import start_apply, wait_stopped
 
     sb, bundle = sqlite_case
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "installer.cli", "--root", str(sb.root), "apply", str(bundle)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-        env={**os.environ, "JUMPKIT_FAILPOINT": "begin:stop-services=stop"},
-    )  # fmt: skip
+    proc = start_apply(sb, bundle, "begin:stop-services=stop")
     wait_stopped(proc)
     with contextlib.closing(sqlite3.connect(sb.root / "var/lib/demo-manager/manager.db")) as con, con:
         con.execute("INSERT INTO items (name) VALUES ('delta')")
