@@ -152,12 +152,7 @@ def test_a_python_data_migration_replays_only_with_the_rows_it_read(tmp_path: Pa
     warm, rec = rehearsed(scripts, db, "0002", "0003")
     assert rp.replay(warm.engine, rec, lambda rev, up: None) is None
     settle(warm)
-    with contextlib.closing(sqlite3.connect(db)) as conn:
-        assert conn.execute("SELECT name FROM items ORDER BY id").fetchall() == [
-            ("ALPHA",),
-            ("BETA",),
-            ("GAMMA",),
-        ]
+    assert names(db) == ["ALPHA", "BETA", "GAMMA"]
 
     scripts, db = demo_db(tmp_path, "changed")
     migration(scripts, ROW_BY_ROW)
@@ -167,12 +162,7 @@ def test_a_python_data_migration_replays_only_with_the_rows_it_read(tmp_path: Pa
     assert diff is not None and "returned other rows" in diff
     upgrade(scripts, f"sqlite:///{db}", "0003", None, warm)
     settle(warm)
-    with contextlib.closing(sqlite3.connect(db)) as conn:
-        assert conn.execute("SELECT name FROM items ORDER BY id").fetchall() == [
-            ("ALPHA",),
-            ("ZETA",),
-            ("GAMMA",),
-        ]
+    assert names(db) == ["ALPHA", "ZETA", "GAMMA"]
 
 
 @pytest.mark.parametrize(
