@@ -295,3 +295,98 @@ def test_running_binary_replaced_by_rename(tmp_path: Path, keys: dict[str, Path]
     finally:
         old.kill()
         old.wait()
+
+
+SLOW_STOP = """\
+import signal, sys, time
+def term(*_):
+    time.sleep(0.3)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, term)
+open(sys.argv[1], "w").close()
+while True:
+    time.sleep(60)
+"""
+
+
+def test_supervisord_stop_waits_on_the_exit_not_on_polling() -> None:
+    """A service that takes 0.3 s to exit: the stop returns once supervisord has reaped it,
+    woken by the process's pidfd, with a handful of state queries (one each 20 ms slice at
+    most). Polling supervisord every 2 ms, as before, made ~120 of them and noticed the exit
+    up to a poll late, inside the outage window."""
+    import sys
+    import time
+
+    from installer.format import Service
+    from installer.services import Supervisord
+    from tests.helpers import short_tmp, terminate
+
+    d = short_tmp("jk-sv-")
+    (d / "slow.py").write_text(SLOW_STOP)
+    (d / "supervisord.conf").write_text(
+        textwrap.dedent(f"""\
+        [unix_http_server]
+        file={d}/s.sock
+        [supervisord]
+        pidfile={d}/s.pid
+        logfile={d}/s.log
+        [rpcinterface:supervisor]
+        supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+        [program:slow]
+        command={sys.executable} {d}/slow.py {d}/ready
+        startsecs=0
+        stopwaitsecs=10
+        """)
+    )
+    subprocess.run(
+        [str(Path(sys.executable).parent / "supervisord"), "-c", str(d / "supervisord.conf")], check=True
+    )
+    try:
+        sm = Supervisord(d / "s.sock")
+        svc = Service(name="slow", stop_timeout=10)
+        for _ in range(500):
+            if (d / "ready").exists():  # its TERM handler is in place
+                break
+            time.sleep(0.02)
+        calls: list[str] = []
+        real = sm._call
+
+        def counted(what: str, name: str, *args: object) -> object:
+            calls.append(what)
+            return real(what, name, *args)
+
+        sm._call = counted  # type: ignore[method-assign]
+        t = time.monotonic()
+        sm.stop(svc)
+        took = time.monotonic() - t
+        assert not sm.is_running(svc)
+        assert took >= 0.3
+        queries = calls.count("getProcessInfo")
+        assert queries <= took / 0.02 + 4, (queries, took)
+        sm.start(svc)
+        assert sm.is_running(svc)
+    finally:
+        terminate(int((d / "s.pid").read_text()))
+
+
+def test_exit_watch(tmp_path: Path) -> None:
+    """A pidfd watch wakes when its process exits; no watch for a pid that is gone or none."""
+    import sys
+    import time
+
+    from installer.services import ExitWatch
+
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.2)"])
+    w = ExitWatch.of(p.pid)
+    assert w is not None
+    try:
+        assert not w.wait(0)
+        t = time.monotonic()
+        assert w.wait(5)
+        assert time.monotonic() - t < 2
+        assert w.wait(0)  # stays exited
+    finally:
+        w.close()
+        p.wait()
+    assert ExitWatch.of(p.pid) is None  # reaped: no such process
+    assert ExitWatch.of(0) is None and ExitWatch.of(None) is None and ExitWatch.of("12") is None
