@@ -328,6 +328,13 @@ class Migrate:
                 restore(url, backups.get(db.name, {"kind": "none", "reason": "no backup was taken"}))
 
 
+def idle(step: Step, ctx: Context) -> bool:
+    """Whether ``step`` has nothing to do for ``ctx``'s jump, known before it runs: a hooks
+    step of a phase the jump has no hook for. Its run and failpoints still come (they are
+    empty); only its journal records ride with the next step's (see the transaction)."""
+    return isinstance(step, Hooks) and not any(h.when == step.when for h in ctx.manifest.hooks)
+
+
 def apply_steps() -> list[Step]:
     """The transaction, in order. Everything before it (verify, stage, plan) is outside
     the outage window."""

