@@ -96,25 +96,26 @@ def test_a_row_written_since_the_backup_makes_it_migrate_live(tmp_path: Path) ->
     assert dump(db) == live(tmp_path, lambda d: write(d, "INSERT INTO items (name) VALUES ('delta')"))
 
 
-def test_a_schema_changed_since_the_backup_keeps_the_revisions_already_replayed(tmp_path: Path) -> None:
-    """An index added after the backup shows in 0004's reflection: 0003 stays committed,
-    0004 is rolled back, and the live upgrade goes on from 0003 (keeping the index)."""
+def test_a_schema_changed_since_the_backup_rolls_the_replay_back(tmp_path: Path) -> None:
+    """An index added after the backup shows in 0004's reflection: the replay (one
+    transaction for both revisions) is rolled back whole, and the live upgrade goes on from
+    0002 (keeping the index)."""
     scripts, db = demo_db(tmp_path, "replay")
     warm, rec = rehearsed(scripts, db, "0002", "0004")
     write(db, "CREATE INDEX ix_legacy ON items (legacy_flag)")
     seen: list[str] = []
     diff = rp.replay(warm.engine, rec, lambda rev, up: seen.append(rev))
     assert diff is not None and "returned other rows" in diff, diff
-    assert seen == ["0003", "0004"] or seen == ["0003"], seen
-    assert current_revision(f"sqlite:///{db}") == "0003"
+    assert seen == ["0003"], seen
+    assert current_revision(f"sqlite:///{db}") == "0002"
     upgrade(scripts, f"sqlite:///{db}", "0004", None, warm)
     settle(warm)
     assert dump(db) == live(tmp_path, lambda d: write(d, "CREATE INDEX ix_legacy ON items (legacy_flag)"))
 
 
-def test_an_error_from_reached_rolls_that_revision_back(tmp_path: Path) -> None:
-    """A failpoint or a signal at a revision: as in a live upgrade, that revision's
-    transaction is rolled back and the error goes up; no lock is left on the database."""
+def test_an_error_from_reached_rolls_the_replay_back(tmp_path: Path) -> None:
+    """A failpoint or a signal at a revision: the open transaction (both revisions) is
+    rolled back and the error goes up; no lock is left on the database."""
     scripts, db = demo_db(tmp_path, "replay")
     warm, rec = rehearsed(scripts, db, "0002", "0004")
 
@@ -125,7 +126,7 @@ def test_an_error_from_reached_rolls_that_revision_back(tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt):
         rp.replay(warm.engine, rec, reached)
     settle(warm)
-    assert current_revision(f"sqlite:///{db}") == "0003"
+    assert current_revision(f"sqlite:///{db}") == "0002"
     write(db, "INSERT INTO settings (key, value) VALUES ('k', 'v')")  # not locked
 
 
@@ -163,6 +164,68 @@ def test_a_python_data_migration_replays_only_with_the_rows_it_read(tmp_path: Pa
     upgrade(scripts, f"sqlite:///{db}", "0003", None, warm)
     settle(warm)
     assert names(db) == ["ALPHA", "ZETA", "GAMMA"]
+
+
+def test_the_revisions_replay_in_one_transaction(tmp_path: Path) -> None:
+    """The demo's two revisions: one BEGIN and one COMMIT around both, the same end as a
+    live upgrade (test_a_replay_ends_where_a_live_upgrade_ends), each revision still
+    reached in order."""
+    scripts, db = demo_db(tmp_path, "one")
+    warm, rec = rehearsed(scripts, db, "0002", "0004")
+    revisions = [i for i, e in enumerate(rec.entries) if isinstance(e, rp.Reached)]
+    assert len(revisions) == 2
+    between = rec.entries[revisions[0] : revisions[1]]
+    assert not any(isinstance(e, rp.Commit) for e in between)
+    assert not any(isinstance(e, rp.Statement) and e.sql.strip().upper() == "BEGIN" for e in between)
+    assert isinstance(rec.entries[revisions[1] + 1], rp.Commit)
+    settle(warm)
+
+
+@pytest.mark.parametrize("statement", ["PRAGMA foreign_keys=OFF", "PRAGMA main.user_version(7)"])
+def test_a_statement_that_acts_otherwise_in_a_transaction_keeps_one_per_revision(
+    tmp_path: Path, statement: str
+) -> None:
+    """A revision that sets a PRAGMA: not joined to the one before it, so it
+    runs as alembic ran it, and the replay ends where a live upgrade ends."""
+    scripts, db = demo_db(tmp_path, "apart")
+    (scripts / "versions" / "0005_apart.py").write_text(
+        "from alembic import op\n\nrevision = '0005'\ndown_revision = '0004'\n"
+        "branch_labels = None\ndepends_on = None\n\n\n"
+        f"def upgrade():\n    op.execute({statement!r})\n\n\ndef downgrade():\n    pass\n"
+    )
+    warm, rec = rehearsed(scripts, db, "0002", "0005")
+    assert sum(isinstance(e, rp.Commit) for e in rec.entries) == 3
+    assert rp.replay(warm.engine, rec, lambda rev, up: None) is None
+    settle(warm)
+    assert current_revision(f"sqlite:///{db}") == "0005"
+
+
+def test_one_transaction_leaves_what_it_cannot_join() -> None:
+    begin, sel = rp.Statement("BEGIN", (), False), rp.Statement("SELECT 1", (), False)
+    joined = [begin, sel, rp.Reached("1"), rp.Commit(), begin, sel, rp.Reached("2"), rp.Commit()]
+    assert rp.one_transaction(joined) == [begin, sel, rp.Reached("1"), sel, rp.Reached("2"), rp.Commit()]
+    for entries in (
+        [sel, rp.Commit(), begin, sel, rp.Commit()],  # nothing opened the first transaction
+        [begin, sel, rp.Commit(), begin, sel],  # the last one never ends
+        [begin, sel, rp.Commit(), begin, sel, rp.Rollback()],  # the joined one rolls back
+        [begin, rp.Statement("DETACH db2", (), False), rp.Commit(), begin, sel, rp.Commit()],
+        [
+            begin,
+            sel,
+            rp.Commit(),
+            begin,
+            rp.Statement("pragma main.journal_mode=wal", (), False),
+            rp.Commit(),
+        ],
+    ):
+        assert rp.one_transaction(entries) == entries
+    reflect = rp.Statement('PRAGMA main.table_info("items")', (), False)
+    assert rp.one_transaction([begin, sel, rp.Commit(), begin, reflect, rp.Commit()]) == [
+        begin,
+        sel,
+        reflect,
+        rp.Commit(),
+    ]
 
 
 @pytest.mark.parametrize(
