@@ -35,6 +35,15 @@ _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
 
+def _forget_pool() -> None:
+    """In a forked child the pool's threads do not exist: a submit would wait forever."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
 def sync_threads() -> ThreadPoolExecutor:
     """The threads that fsync a swap's directories together, all started on the first
     call (~0.1 ms a thread: the transaction calls this before the services stop)."""

@@ -76,6 +76,18 @@ def test_commit_is_committed_and_outage_measured() -> None:
     assert v.outage("stop-services", "health") == round(done_health - begin_stop, 3)
 
 
+def test_phases_of_the_window_to_a_tenth_of_a_millisecond() -> None:
+    """A step of the window takes 1-3 ms: whole milliseconds would hide a regression of
+    half of one."""
+    evs = [Start(bundle="b", steps=("stop-services", "swap-files", "health"))]
+    t = 100.0
+    for step, secs in (("stop-services", 0.01234), ("swap-files", 0.00149), ("health", 0.05)):
+        evs += [Begin(step, ts=t), Done(step, ts=t + secs)]
+        t += secs + 0.0002
+    phases = JournalView.of(roundtrip(evs)).phases("stop-services", "health")
+    assert phases == {"stop-services": 0.0123, "swap-files": 0.0015, "health": 0.05}
+
+
 @pytest.mark.parametrize("undone", range(4))
 def test_signal_then_rollback_states(undone: int) -> None:
     """A signal during swap-files: rollback-start, then undo records one by one."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 from pathlib import Path
 
@@ -63,3 +64,19 @@ def test_the_sync_threads_are_all_started_by_the_first_call() -> None:
     fsync_all([Path("/")] * swap.SYNC_THREADS * 2, [])
     after = {t.name for t in threading.enumerate() if t.name.startswith("jumpkit-fsync")}
     assert after == before and sync_threads() is pool
+
+
+def test_a_forked_child_starts_its_own_sync_threads(tmp_path: Path) -> None:
+    """The parent's pool threads do not exist in a forked child: its fsyncs must not wait
+    on them forever."""
+    sync_threads()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        signal.alarm(10)  # a hung child fails the test instead of stalling it
+        try:
+            fsync_all([tmp_path], [])
+            os._exit(0)
+        finally:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
