@@ -130,6 +130,15 @@ def measure(action, root: Path, port: int, interval: float) -> tuple[float, floa
     return poller.outage(), poller.slowest()
 
 
+def between(root: Path, done: str, begin: str) -> float:
+    """Seconds from ``done``'s done record to ``begin``'s begin record in the journal of the
+    apply just run: the part of the outage that is jumpkit's own, apart from the stop and
+    the service's start (which a bare restart has too)."""
+    events = [json.loads(line) for line in next(root.rglob("journal.jsonl")).read_text().splitlines()]
+    t0 = max(e["ts"] for e in events if e["event"] == "done" and e.get("step") == done)
+    return max(e["ts"] for e in events if e["event"] == "begin" and e.get("step") == begin) - t0
+
+
 def bare_restart(root: Path) -> None:
     proxy = xmlrpc.client.ServerProxy(
         "http://127.0.0.1",
@@ -181,6 +190,7 @@ def main() -> int:
         results: dict[str, list[float]] = {"bare": [], "1mib": [], "big": [], "noschema": []}
         slowest: dict[str, list[float]] = {k: [] for k in results}
         phases: dict[str, list[float]] = {}
+        inside: dict[str, list[float]] = {k: [] for k in results if k != "bare"}
         for _ in range(args.repeat):
             for label in results:
                 specs, bundle = bundles["1mib" if label == "bare" else label]
@@ -199,6 +209,7 @@ def main() -> int:
                         )
                         for step, secs in status.get("outage_phases", {}).items():
                             phases.setdefault(f"{label}: {step}", []).append(secs)
+                        inside[label].append(between(root, "stop-services", "start-services"))
                     results[label].append(outage)
                     slowest[label].append(slow)
                 finally:
@@ -217,6 +228,7 @@ def main() -> int:
             "spread": {k: [round(min(v), 3), round(max(v), 3)] for k, v in results.items()},
             "slowest_answer_median_s": {k: round(statistics.median(v), 3) for k, v in slowest.items()},
             "phases_median_s": {k: round(statistics.median(v), 4) for k, v in phases.items()},
+            "stopped_to_start_median_s": {k: round(statistics.median(v), 4) for k, v in inside.items()},
         }
     if args.json:
         print(json.dumps(res))
@@ -235,6 +247,10 @@ def main() -> int:
         )
         print(f"spread (min, max): {res['spread']}")
         print(f"slowest answer while it ran, no failure (median): {res['slowest_answer_median_s']}")
+        print(
+            "jumpkit's own share, from 'stopped' to 'start' (journal, median): "
+            + ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in res["stopped_to_start_median_s"].items())  # type: ignore[attr-defined]
+        )
         print("window by phase (installer's journal, median):")
         for k, v in res["phases_median_s"].items():  # type: ignore[attr-defined]
             print(f"  {k:<28} {v * 1000:7.1f} ms")
