@@ -468,3 +468,60 @@ def test_migrations_loaded_before_the_outage_upgrade_the_same_and_create_nothing
             schemas[mode] = sorted(conn.execute("SELECT type, name, sql FROM sqlite_master").fetchall())
     assert schemas["cold"] == schemas["warm"]
     assert prepare(tmp_path / "nowhere", f"sqlite:///{tmp_path}/y.db") is None  # the upgrade reports it
+
+
+def test_a_jump_that_keeps_the_schema_touches_no_database_in_the_window(
+    sandbox: Callable[..., Sandbox], keys: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The demo jump with 4.0.1's migrations on both sides (0002 -> 0002): the database is
+    backed up before the stop but not loaded, rehearsed or read in the window, and the
+    migrate step's records ride with the next step's write (no fsync of their own)."""
+    from installer import migrate
+    from installer.engine import Engine
+    from installer.options import Options
+    from installer.state import StateDir
+
+    specs = tmp_path / "specs"
+    shutil.copytree(SPECS, specs, symlinks=True)
+    mig = specs / "demo-manager/releases"
+    shutil.rmtree(mig / "4.1.1/migrations")
+    shutil.copytree(mig / "4.0.1/migrations", mig / "4.1.1/migrations")
+    out = tmp_path / "dist"
+    p = build(
+        "--specs",
+        specs,
+        "--from",
+        "4.0.1",
+        "--to",
+        "4.1.1",
+        "--key",
+        keys["key"],
+        "--out",
+        out,
+        "--no-installer",
+    )
+    assert p.returncode == 0, p.stderr
+    sb = sandbox(specs=specs)
+    before = db_state(sqlite_url(sb.root))
+    writes: list[list[str]] = []
+    real = StateDir.journal_append
+
+    def spy(self: StateDir, *events: Any, durable: bool = True) -> None:
+        if durable:
+            writes.append([f"{type(e).__name__}:{getattr(e, 'step', '')}" for e in events])
+        real(self, *events, durable=durable)
+
+    def no_read(*a: Any, **k: Any) -> None:
+        raise AssertionError("the revision was read in the window")
+
+    monkeypatch.setattr(StateDir, "journal_append", spy)
+    logged: list[str] = []
+    engine = Engine(Options(root=sb.root), log=logged.append)
+    monkeypatch.setattr("installer.steps.current_revision", no_read)
+    monkeypatch.setattr(migrate, "prepare", no_read)
+    doc = engine.apply([out / "demo-manager-4.0.1-to-4.1.1.zip"])
+    assert doc.status == "finished"
+    assert "database main: stays at 0002, no revision to run" in logged, logged
+    assert not any("rehears" in line for line in logged)
+    assert db_state(sqlite_url(sb.root)) == before
+    assert ["Done:swap-files", "Begin:migrate", "Done:migrate", "Begin:swap-configs"] in writes, writes
