@@ -15,6 +15,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 SPECS = REPO / "specs"
@@ -240,3 +241,20 @@ def make_sandbox(
     if supervise:
         sb.start_supervisord()
     return sb
+
+
+def journal_writes(monkeypatch: Any) -> list[list[str]]:
+    """Record each durable journal write of an in-process apply, as ``Type:step`` of its
+    records (one list per write, that is per fsync)."""
+    from installer.state import StateDir
+
+    writes: list[list[str]] = []
+    real = StateDir.journal_append
+
+    def spy(self: StateDir, *events: Any, durable: bool = True) -> None:
+        if durable:
+            writes.append([f"{type(e).__name__}:{getattr(e, 'step', '')}" for e in events])
+        real(self, *events, durable=durable)
+
+    monkeypatch.setattr(StateDir, "journal_append", spy)
+    return writes

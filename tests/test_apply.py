@@ -261,17 +261,10 @@ def test_a_step_with_nothing_to_do_writes_no_record_of_its_own(
     swap-configs and start-services), not six."""
     from installer.engine import Engine
     from installer.options import Options
-    from installer.state import StateDir
+    from tests.helpers import journal_writes
 
-    writes: list[list[str]] = []
-    real = StateDir.journal_append
+    writes = journal_writes(monkeypatch)
 
-    def spy(self: StateDir, *events: Any, durable: bool = True) -> None:
-        if durable:
-            writes.append([f"{type(e).__name__}:{getattr(e, 'step', '')}" for e in events])
-        real(self, *events, durable=durable)
-
-    monkeypatch.setattr(StateDir, "journal_append", spy)
     sb = sandbox()
     doc = Engine(Options(root=sb.root)).apply([bundle])
     assert doc.status == "finished"

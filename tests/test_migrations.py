@@ -479,7 +479,7 @@ def test_a_jump_that_keeps_the_schema_touches_no_database_in_the_window(
     from installer import migrate
     from installer.engine import Engine
     from installer.options import Options
-    from installer.state import StateDir
+    from tests.helpers import journal_writes
 
     specs = tmp_path / "specs"
     shutil.copytree(SPECS, specs, symlinks=True)
@@ -503,18 +503,11 @@ def test_a_jump_that_keeps_the_schema_touches_no_database_in_the_window(
     assert p.returncode == 0, p.stderr
     sb = sandbox(specs=specs)
     before = db_state(sqlite_url(sb.root))
-    writes: list[list[str]] = []
-    real = StateDir.journal_append
-
-    def spy(self: StateDir, *events: Any, durable: bool = True) -> None:
-        if durable:
-            writes.append([f"{type(e).__name__}:{getattr(e, 'step', '')}" for e in events])
-        real(self, *events, durable=durable)
+    writes = journal_writes(monkeypatch)
 
     def no_read(*a: Any, **k: Any) -> None:
         raise AssertionError("the revision was read in the window")
 
-    monkeypatch.setattr(StateDir, "journal_append", spy)
     logged: list[str] = []
     engine = Engine(Options(root=sb.root), log=logged.append)
     monkeypatch.setattr("installer.steps.current_revision", no_read)
