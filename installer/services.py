@@ -132,9 +132,11 @@ class Supervisord:
                 if not self.is_running(service):
                     self._seen_stopped.add(service.name)
                     return
-                # reaped within a loop of supervisord's after the exit; a watch that did not
-                # fire within its slice (a pid of another namespace) falls back to polling
-                time.sleep(0.0005 if exited else 0.002 if watch is None else 0)
+                if watch is None:
+                    time.sleep(0.002)  # no pidfd: poll supervisord
+                elif exited:
+                    time.sleep(0.0005)  # exited: supervisord reaps it within one of its loops
+                # else: the watch's slice passed (a pid of another namespace?): look again
         finally:
             if watch is not None:
                 watch.close()

@@ -343,8 +343,8 @@ class Migrate:
 def idle(step: Step, ctx: Context) -> bool:
     """Whether ``step`` has nothing to do for ``ctx``'s jump, known before it runs: a hooks
     step of a phase the jump has no hook for, a migrate step of a jump whose databases all
-    stay at their revision. Its run and failpoints still come (they are
-    empty); only its journal records ride with the next step's (see the transaction)."""
+    stay at their revision. Its run and failpoints still come (they are empty); only its
+    journal records ride with the next step's (see the transaction)."""
     if isinstance(step, Migrate):
         return all(unchanged(db) for db in ctx.manifest.databases)
     return isinstance(step, Hooks) and not any(h.when == step.when for h in ctx.manifest.hooks)
