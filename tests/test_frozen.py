@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import tarfile
+import threading
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -214,6 +215,44 @@ def _fake_installer(path: Path, formats: str, note: str = "") -> Path:
 def _runs(path: Path) -> int:
     runs = path.with_name(path.name + ".runs")
     return len(runs.read_text().splitlines()) if runs.exists() else 0
+
+
+def test_publishing_the_installer_never_leaves_it_missing(frozen: Path, tmp_path: Path) -> None:
+    """Every pytest worker runs scripts/freeze-installer while the other may be building a
+    bundle from dist/bundle-install: the same bytes stay untouched (same inode), and new bytes
+    come in by a rename, so a reader never finds the path missing or half-written."""
+    out = tmp_path / "bundle-install"
+    freeze = [str(REPO / "scripts/freeze-installer"), "--out", str(out)]
+    subprocess.run(freeze, check=True, capture_output=True, cwd=REPO, timeout=300)
+    first = out.stat()
+    subprocess.run(freeze, check=True, capture_output=True, cwd=REPO, timeout=300)
+    assert out.stat().st_ino == first.st_ino, "the same bytes were copied again"
+    with out.open("r+b") as f:
+        f.seek(100)
+        f.write(b"x")
+    seen: list[str] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            try:
+                size = out.stat().st_size
+            except FileNotFoundError:
+                seen.append("missing")
+                continue
+            if size != first.st_size:
+                seen.append(f"size {size}")
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        subprocess.run(freeze, check=True, capture_output=True, cwd=REPO, timeout=300)
+    finally:
+        stop.set()
+        watcher.join()
+    assert seen == []
+    assert out.stat().st_ino != first.st_ino
+    assert out.read_bytes() == frozen.read_bytes()
 
 
 def test_installer_probe_is_cached_by_content(tmp_path: Path) -> None:
