@@ -10,6 +10,7 @@ readable from the filesystem itself: run() and undo() are idempotent and resume 
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import threading
 from collections.abc import Callable
@@ -71,17 +72,45 @@ def fsync_all(dirs: list[Path], fds: list[int]) -> None:
         raise errors[0]
 
 
-def syncfs(path: Path) -> bool:
-    """syncfs(2) the filesystem holding ``path``; False where libc lacks it."""
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            return int(libc.syncfs(fd)) == 0
-        finally:
-            os.close(fd)
-    except (OSError, AttributeError):
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+def _syncfs(fd: int) -> bool:
+    """syncfs(2) of the filesystem holding ``fd``; False where it failed or libc lacks it."""
+    libc = _libc()
+    try:
+        return libc is not None and int(libc.syncfs(fd)) == 0
+    except AttributeError:
         return False
+
+
+def syncfs_each(dirs: list[Path], fds: list[int]) -> bool:
+    """One syncfs(2) per filesystem holding one of ``dirs`` or ``fds`` (a root may have
+    mounts beneath it); False when one failed (the caller then fsyncs each directory)."""
+    by_dev: dict[int, int | Path] = {}
+    ok = True
+    try:
+        for fd in fds:
+            by_dev.setdefault(os.fstat(fd).st_dev, fd)
+        for d in dirs:
+            by_dev.setdefault(os.stat(d).st_dev, d)
+        for target in by_dev.values():
+            if isinstance(target, int):
+                ok = _syncfs(target) and ok
+                continue
+            fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                ok = _syncfs(fd) and ok
+            finally:
+                os.close(fd)
+    except OSError:
+        return False  # the fsyncs that follow report it
+    return ok
 
 
 class Swapper:
@@ -120,11 +149,9 @@ class Swapper:
         self._dirty_fds.add(fd)
 
     def _sync(self) -> None:
-        dirs = [d for d in sorted(self._dirty) if d.is_dir()]
-        if len(dirs) + len(self._dirty_fds) > SYNCFS_ABOVE and syncfs(self.root):
-            pass  # one syncfs of the root's filesystem covers every directory
-        else:
-            fsync_all(dirs, sorted(self._dirty_fds))
+        dirs, fds = [d for d in sorted(self._dirty) if d.is_dir()], sorted(self._dirty_fds)
+        if len(dirs) + len(fds) <= SYNCFS_ABOVE or not syncfs_each(dirs, fds):
+            fsync_all(dirs, fds)
         self._dirty.clear()
         self._dirty_fds.clear()
 

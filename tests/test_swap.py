@@ -49,6 +49,52 @@ def test_every_touched_directory_is_fsynced_from_the_sync_threads(
     assert all(t.startswith("jumpkit-fsync") for _, t in synced), synced
 
 
+def test_a_swap_of_many_directories_syncs_each_filesystem_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above SYNCFS_ABOVE directories one syncfs per filesystem replaces the fsyncs: of
+    every filesystem the directories are on, not only the root's (a root may have mounts
+    beneath it, a state dir may be on another)."""
+    root, staged, backup = tmp_path / "root", tmp_path / "staged", tmp_path / "backup"
+    ops = []
+    for i in range(swap.SYNCFS_ABOVE):
+        rel = f"opt/d{i}/f"
+        (root / rel).parent.mkdir(parents=True)
+        (root / rel).write_text("old")
+        (staged / rel).parent.mkdir(parents=True)
+        (staged / rel).write_text("new")
+        ops.append(SwapOp(path=rel, action="place", group="files", target=rel))
+    synced: list[int] = []
+    real = swap._syncfs
+
+    def spy(fd: int) -> bool:
+        synced.append(os.fstat(fd).st_dev)
+        return real(fd)
+
+    monkeypatch.setattr(swap, "_syncfs", spy)
+    monkeypatch.setattr(swap, "fsync_all", lambda *a: pytest.fail("fsynced each directory"))
+    Swapper(root, staged, backup, label="files").run(ops, [])
+    assert (root / "opt/d7/f").read_text() == "new"
+    assert synced == [root.stat().st_dev]
+    synced.clear()
+    other = Path("/dev/shm")
+    assert swap.syncfs_each([tmp_path, other, tmp_path / "root"], [])
+    assert sorted(synced) == sorted({tmp_path.stat().st_dev, other.stat().st_dev})
+
+
+def test_a_failed_syncfs_falls_back_to_an_fsync_of_each_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, staged, backup, ops = _tree(tmp_path)
+    monkeypatch.setattr(swap, "SYNCFS_ABOVE", 0)
+    monkeypatch.setattr(swap, "_syncfs", lambda fd: False)
+    fsynced: list[list[Path]] = []
+    real = swap.fsync_all
+    monkeypatch.setattr(swap, "fsync_all", lambda d, f: (fsynced.append(d), real(d, f))[1])
+    Swapper(root, staged, backup, label="files").run(ops, [])
+    assert len(fsynced) == 1 and len(fsynced[0]) == 8  # 4 staging and 4 backup directories
+
+
 def test_fsync_all_reports_a_failure_after_all_have_ended(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     with pytest.raises(FileNotFoundError):
