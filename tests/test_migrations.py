@@ -247,6 +247,27 @@ def test_plan_shows_revisions(sandbox: Callable[..., Sandbox], bundle: Path) -> 
     assert report["databases"][0]["rehearsal_seconds"] == 0.5
 
 
+def test_rehearsal_time_leaves_out_waits_of_the_build_host(tmp_path: Path) -> None:
+    """The rehearsal's figure is signed into the manifest: a wait (a slow disk, a loaded
+    machine; here a migration that sleeps 0.7 s) must not move it to another bucket."""
+    from builder.migrations import estimate_bucket
+
+    scripts = tmp_path / "scripts"
+    shutil.copytree(SPECS / "demo-manager/releases/4.1.1/migrations/main", scripts)
+    (scripts / "versions/0005_wait.py").write_text(
+        "import time\n\nrevision = '0005'\ndown_revision = '0004'\nbranch_labels = None\n"
+        "depends_on = None\n\n\ndef upgrade():\n    time.sleep(0.7)\n\n\n"
+        "def downgrade():\n    pass\n"
+    )
+    p = subprocess.run(
+        [sys.executable, "-m", "builder.rehearse", str(scripts), "0002", "0005"],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )  # fmt: skip
+    result = json.loads(p.stdout.strip().splitlines()[-1])
+    assert result["ok"], result
+    assert estimate_bucket(result["seconds"]) == 0.5, result  # wall time would say 1.0
+
+
 def test_rehearsal_time_is_bucketed_for_reproducible_builds() -> None:
     from builder.migrations import estimate_bucket
 
