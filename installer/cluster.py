@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, get_args
 
+from installer import child
 from installer.archive import Bundle, iter_verified
 from installer.errors import JumpkitError, UsageError
 from installer.failpoints import failpoint
@@ -45,10 +46,10 @@ def _env(manifest: Manifest, root: Path, host: str | None, action: str) -> dict[
 
 def _run(argv: list[str], root: Path, env: dict[str, str], what: str, timeout: float) -> str:
     try:
-        p = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+        p = child.run(argv, cwd=root, env=env, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as e:
         raise ClusterError(f"{what} could not run: {e}") from e
-    out = (p.stdout + p.stderr).strip()
+    out = p.output.strip()
     if p.returncode != 0:
         tail = out.splitlines()[-1] if out else "no output"
         raise ClusterError(f"{what} exited {p.returncode}: {tail}")

@@ -13,6 +13,7 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
+from installer import child
 from installer.errors import HealthCheckError, PreconditionError
 from installer.format import HealthCheck, Lookup
 from installer.paths import MAX_LOOKUP_FILE, read_beneath
@@ -100,10 +101,10 @@ def probe(check: HealthCheck, variables: Mapping[str, str], root: Path) -> tuple
             return False, f"{check.host}:{port}: {e}"
     argv = [expand(a, variables) for a in check.command]
     try:
-        p = subprocess.run(argv, cwd=root, capture_output=True, timeout=check.timeout, text=True)
+        p = child.run(argv, cwd=root, timeout=check.timeout)
     except (OSError, subprocess.TimeoutExpired) as e:
         return False, str(e)
-    out = (p.stdout + p.stderr).strip()[-200:]
+    out = p.output.strip()[-200:]
     return p.returncode == 0, out
 
 

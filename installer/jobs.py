@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from installer import child
 from installer.errors import JumpkitError, UsageError
 from installer.format import Job, Manifest
 
@@ -75,10 +76,8 @@ def run_job(
             "JUMPKIT_JOB_ATTEMPT": str(attempt),
         }
         try:
-            p = subprocess.run(
-                [str(script)], cwd=root, env=env, capture_output=True, text=True, timeout=job.timeout
-            )
-            out = (p.stdout + p.stderr).strip()
+            p = child.run([str(script)], cwd=root, env=env, timeout=job.timeout)
+            out = p.output.strip()
             last = (out.splitlines() or ["no output"])[-1]
             error = None if p.returncode == 0 else f"exited {p.returncode}: {last}"
         except (OSError, subprocess.TimeoutExpired) as e:

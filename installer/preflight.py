@@ -10,6 +10,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+from installer import child
 from installer.beneath import resolve
 from installer.errors import JumpkitError, PreconditionError, SpaceError, VersionError
 from installer.format import Manifest
@@ -202,15 +203,9 @@ def check(
             msg = f"{label}: {'writable' if ok else 'not writable'}"
         else:
             try:
-                p = subprocess.run(
-                    list(check.command),
-                    cwd=root,
-                    capture_output=True,
-                    text=True,
-                    timeout=check.timeout,
-                )
+                p = child.run(check.command, cwd=root, timeout=check.timeout)
                 ok = p.returncode == 0
-                msg = f"{label}: exit {p.returncode} {(p.stdout + p.stderr).strip()[-200:]}"
+                msg = f"{label}: exit {p.returncode} {p.output.strip()[-200:]}"
             except (OSError, subprocess.TimeoutExpired) as e:
                 ok, msg = False, f"{label}: {e}"
         (passed if ok else problems).append(msg)

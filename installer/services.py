@@ -7,17 +7,16 @@ Backends: ``supervisord`` (XML-RPC over its unix socket), ``systemd`` (systemctl
 
 from __future__ import annotations
 
-import contextlib
 import http.client
-import os
-import select
 import subprocess
 import time
 import xmlrpc.client
 from pathlib import Path
 from typing import Protocol
 
+from installer import child
 from installer.beneath import resolve
+from installer.child import ExitWatch
 from installer.errors import ServiceError
 from installer.format import Service, Services
 
@@ -168,42 +167,6 @@ class Supervisord:
         return out
 
 
-class ExitWatch:
-    """A pidfd of a process (Linux 5.3+): readable once the process has exited, whoever
-    its parent is. A pid that is gone already, a pid of no process, a system without
-    pidfds: no watch (the caller polls)."""
-
-    SLICE = 0.02
-    """The longest wait before the caller looks at supervisord's view again: a pid from
-    another pid namespace may name a process of ours that never exits."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self._exited = False
-
-    @classmethod
-    def of(cls, pid: object) -> ExitWatch | None:
-        """A watch of ``pid``, or None where none can be had."""
-        if not isinstance(pid, int) or pid <= 0 or not hasattr(os, "pidfd_open"):
-            return None
-        try:
-            return cls(os.pidfd_open(pid))
-        except OSError:  # ESRCH: exited already; ENOSYS, EPERM: no pidfds here
-            return None
-
-    def wait(self, timeout: float) -> bool:
-        """Whether the process has exited, waiting up to ``timeout`` seconds for it."""
-        if not self._exited:
-            readable, _, _ = select.select([self.fd], [], [], max(timeout, 0))
-            self._exited = bool(readable)
-        return self._exited
-
-    def close(self) -> None:
-        """Release the descriptor."""
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
-
-
 class Commands:
     """Start/stop/status commands named in the spec (argv lists, no shell)."""
 
@@ -214,7 +177,7 @@ class Commands:
         if not argv:
             raise ServiceError(f"no {what} command in the spec")
         try:
-            return subprocess.run(list(argv), cwd=self.root, timeout=timeout, capture_output=True).returncode
+            return child.run(argv, cwd=self.root, timeout=timeout).returncode
         except (OSError, subprocess.TimeoutExpired) as e:
             raise ServiceError(f"{what} command {argv[0]} failed: {e}") from e
 

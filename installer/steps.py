@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from installer import child
 from installer.errors import JumpkitError, StepError
 from installer.failpoints import failpoint
 from installer.format import Database, Manifest
@@ -199,12 +200,10 @@ class Hooks:
         }
         ctx.log(f"hook {name}")
         try:
-            p = subprocess.run(
-                [str(script)], cwd=ctx.root, env=env, timeout=timeout, capture_output=True, text=True
-            )
+            p = child.run([str(script)], cwd=ctx.root, env=env, timeout=timeout)
         except (OSError, subprocess.TimeoutExpired) as e:
             raise StepError(f"hook {name} could not run: {e}", step=self.name) from e
-        for line in (p.stdout + p.stderr).splitlines()[-20:]:
+        for line in p.output.splitlines()[-20:]:
             ctx.log(f"  {name}: {line}")
         if p.returncode != 0:
             raise StepError(f"hook {name} exited {p.returncode}", step=self.name)

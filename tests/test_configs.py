@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import build, install, tree_hash
+from tests.helpers import alive, build, install, tree_hash
 
 
 def product(tmp: Path) -> Path:
@@ -172,6 +175,52 @@ def test_hooks_run_in_order_and_undo(tmp_path: Path, keys: dict[str, Path]) -> N
     p = install("--root", root, "apply", bundle)
     assert p.returncode == 0, p.stderr
     assert log.read_text().split() == ["pre-1.0.0-1.1.0", "post"]
+
+
+def test_a_hook_that_leaves_a_child_or_hangs(tmp_path: Path, keys: dict[str, Path]) -> None:
+    """pre leaves ``sleep 60 &`` running with its output open and exits 0: the apply goes
+    on at once (with pipes it waited for the hook's whole timeout and called it timed out).
+    post, told to hang, is killed at its 3 s timeout with the child it started; the apply
+    rolls back."""
+    specs = product(tmp_path)
+    jump = specs / "cfg/jumps/1.0.0-1.1.0.yaml"
+    (jump.parent / "pre.sh").write_text(
+        '#!/bin/sh\nsleep 60 &\necho $! > "$JUMPKIT_ROOT/var/bg.pid"\necho pre\n'
+    )
+    (jump.parent / "post.sh").write_text(
+        '#!/bin/sh\n[ -z "$HANG" ] && exit 0\nsleep 60 &\necho $! > "$JUMPKIT_ROOT/var/hang.pid"\nsleep 60\n'
+    )
+    for name in ("pre.sh", "post.sh"):
+        (jump.parent / name).chmod(0o755)
+    jump.write_text(
+        jump.read_text()
+        + "hooks:\n  - {name: pre, when: pre, script: pre.sh, timeout: 30}\n"
+        + "  - {name: post, when: post, script: post.sh, timeout: 3}\n"
+    )
+    root, bundle, _ = built(specs, tmp_path, keys)
+    (root / "var").mkdir(exist_ok=True)
+    pids = []
+    try:
+        t = time.monotonic()
+        p = install("--root", root, "apply", bundle, env={"HANG": "1"})
+        took = time.monotonic() - t
+        pids += [int((root / "var" / f).read_text()) for f in ("bg.pid", "hang.pid")]
+        assert (
+            p.returncode == 5 and "hook post could not run" in p.stderr and "timed out after 3" in p.stderr
+        ), p.stderr
+        assert (root / "app/VERSION").read_text() == "1.0.0\n"
+        assert 3 <= took < 20, took
+        assert not alive(pids[1]), "the hanging hook's child outlived its timeout"
+        t = time.monotonic()
+        p = install("--root", root, "apply", bundle)
+        took = time.monotonic() - t
+        pids.append(int((root / "var/bg.pid").read_text()))
+        assert p.returncode == 0, p.stderr
+        assert took < 15, took  # not pre's 30 s timeout
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
 
 
 def _headed(specs: Path) -> None:

@@ -374,7 +374,7 @@ def test_exit_watch(tmp_path: Path) -> None:
     import sys
     import time
 
-    from installer.services import ExitWatch
+    from installer.child import ExitWatch
 
     p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.2)"])
     w = ExitWatch.of(p.pid)
