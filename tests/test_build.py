@@ -21,6 +21,23 @@ def sha(p: Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
+def differing(a: Path, b: Path) -> list[str]:
+    """Entries of two bundles whose stored bytes or headers differ (for a failure message:
+    which entry, and whether its content or only its encoding)."""
+    with zipfile.ZipFile(a) as za, zipfile.ZipFile(b) as zb:
+        out = []
+        for x, y in zip(za.infolist(), zb.infolist(), strict=False):
+            if (x.filename, x.compress_type, x.compress_size, x.CRC) != (
+                y.filename,
+                y.compress_type,
+                y.compress_size,
+                y.CRC,
+            ):
+                same = za.read(x.filename) == zb.read(y.filename) if x.filename == y.filename else False
+                out.append(f"{x.filename} ({'same content, other encoding' if same else 'other content'})")
+        return out or [f"{len(za.infolist())} vs {len(zb.infolist())} entries"]
+
+
 def test_build_twice_is_byte_identical(tmp_path: Path, keys: dict[str, Path]) -> None:
     outs = []
     for i in range(2):
@@ -30,7 +47,8 @@ def test_build_twice_is_byte_identical(tmp_path: Path, keys: dict[str, Path]) ->
         doc = json.loads(p.stdout)
         assert doc["sha256"] == sha(Path(doc["bundle"]))
         outs.append(doc["sha256"])
-    assert outs[0] == outs[1]
+    bundles = [next((tmp_path / f"d{i}").glob("*.zip")) for i in range(2)]
+    assert outs[0] == outs[1], differing(*bundles)
 
 
 def test_build_independent_of_checkout_mtimes_and_umask(tmp_path: Path, keys: dict[str, Path]) -> None:
@@ -52,7 +70,9 @@ def test_build_independent_of_checkout_mtimes_and_umask(tmp_path: Path, keys: di
     )
     assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
     name = "demo-manager-4.0.1-to-4.1.1.zip"
-    assert sha(tmp_path / "a" / name) == sha(tmp_path / "b" / name)
+    assert sha(tmp_path / "a" / name) == sha(tmp_path / "b" / name), differing(
+        tmp_path / "a" / name, tmp_path / "b" / name
+    )
 
 
 def test_source_date_epoch_sets_timestamps(tmp_path: Path, keys: dict[str, Path]) -> None:
