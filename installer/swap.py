@@ -9,6 +9,7 @@ readable from the filesystem itself: run() and undo() are idempotent and resume 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
@@ -113,6 +114,29 @@ def syncfs_each(dirs: list[Path], fds: list[int]) -> bool:
     return ok
 
 
+def backup_skeleton(backup: Path, ops: list[SwapOp]) -> None:
+    """Make, before the stop, every directory of ``backup`` that the swap moves an old
+    file into, and make them durable. In the window each old file is then one rename: a
+    jump of 980 files in ~900 directories (botocore 1.44.5 -> 1.44.8) spent 76 ms of its
+    245 ms swap in ``mkdir`` (one per op, most of them EEXIST). A directory that is gone
+    when the swap runs (a resume after a power loss) is made there again.
+
+    Raises:
+        OSError: a directory could not be made or synced.
+    """
+    made: set[Path] = set()
+    for op in ops:
+        parent = (backup / op.path).parent
+        while parent not in made and parent != backup:
+            made.add(parent)
+            parent = parent.parent
+    backup.mkdir(parents=True, exist_ok=True)
+    for d in sorted(made):  # parents first
+        with contextlib.suppress(FileExistsError):
+            d.mkdir()
+    fsync_all(sorted({d.parent for d in made} | {backup}), [])
+
+
 class Swapper:
     """Runs and undoes the rename ops of one plan group. The root side of every rename is
     the op's canonical path, reached from a descriptor of the root without following any
@@ -142,16 +166,24 @@ class Swapper:
 
     def _from_root(self, dirs: Dirs, rel: str, dst: Path) -> None:
         fd, name = dirs.parent(rel)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(name, dst, src_dir_fd=fd)
+        try:  # its directory was made before the stop (:func:`backup_skeleton`)
+            os.replace(name, dst, src_dir_fd=fd)
+        except FileNotFoundError:
+            if dst.parent.is_dir():
+                raise
+            dst.parent.mkdir(parents=True, exist_ok=True)  # a plan from before the skeleton
+            os.replace(name, dst, src_dir_fd=fd)
         dirs.forget(rel)
         self._dirty.add(dst.parent)
         self._dirty_fds.add(fd)
 
     def _sync(self) -> None:
-        dirs, fds = [d for d in sorted(self._dirty) if d.is_dir()], sorted(self._dirty_fds)
-        if len(dirs) + len(fds) <= SYNCFS_ABOVE or not syncfs_each(dirs, fds):
-            fsync_all(dirs, fds)
+        # Every rename had one side in staging or backup, and a rename cannot cross mounts:
+        # a syncfs of their filesystems covers every directory it touched (980 files in ~900
+        # directories: no stat of each one, 20 ms of the swap).
+        many = len(self._dirty) + len(self._dirty_fds) > SYNCFS_ABOVE
+        if not many or not syncfs_each([d for d in (self.staged, self.backup) if d.is_dir()], []):
+            fsync_all([d for d in sorted(self._dirty) if d.is_dir()], sorted(self._dirty_fds))
         self._dirty.clear()
         self._dirty_fds.clear()
 

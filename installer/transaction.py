@@ -49,7 +49,7 @@ from installer.plan import Plan
 from installer.stage import load_staged
 from installer.state import StateDir, StatusDoc
 from installer.steps import Context, Health, StopServices, idle
-from installer.swap import sync_threads
+from installer.swap import backup_skeleton, sync_threads
 
 Log = Callable[[str], None]
 Contexts = Callable[[StateDir, list[Manifest], list[Plan], dict[str, dict[str, Any]]], list[Context]]
@@ -145,8 +145,9 @@ class Transaction:
         empty backup dir per jump, a fresh journal, a ``working`` status to record."""
         for old in state.backup.iterdir():
             state.remove_tree(old)
-        for m in manifests:
+        for m, plan in zip(manifests, plans, strict=True):
             state.backup_dir(m.bundle_id).mkdir(parents=True)
+            backup_skeleton(state.backup_dir(m.bundle_id) / "files", plan.ops)
         state.journal_reset()
         state.keep_last_run([state.staging_dir(m.bundle_id) / MANIFEST_NAME for m in manifests])
         head, tail = manifests[0], manifests[-1]

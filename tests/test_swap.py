@@ -95,6 +95,32 @@ def test_a_failed_syncfs_falls_back_to_an_fsync_of_each_directory(
     assert len(fsynced) == 1 and len(fsynced[0]) == 8  # 4 staging and 4 backup directories
 
 
+def test_the_backup_directories_are_made_before_the_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """backup_skeleton (run before the stop) makes every directory an old file moves into;
+    the swap itself then makes none. Without it (a resume after a power loss took them)
+    the swap makes them where a rename finds none."""
+    root, staged, backup, ops = _tree(tmp_path)
+    swap.backup_skeleton(backup, ops)
+    assert sorted(str(p.relative_to(backup)) for p in backup.rglob("*")) == [
+        "etc", "etc/c", "opt", "opt/a", "opt/b", "var", "var/d"
+    ]  # fmt: skip
+    made: list[str] = []
+    real = os.mkdir
+
+    def spy(path: str | Path, *a: object, **k: object) -> None:
+        made.append(str(path))
+        real(path, *a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "mkdir", spy)
+    Swapper(root, staged, backup, label="files").run(ops, [])
+    assert made == [] and (backup / "opt/a/x").read_text() == "old 0"
+    root2, staged2, backup2, ops2 = _tree(tmp_path / "again")
+    Swapper(root2, staged2, backup2, label="files").run(ops2, [])
+    assert (backup2 / "var/d/w").read_text() == "old 3" and made
+
+
 def test_fsync_all_reports_a_failure_after_all_have_ended(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     with pytest.raises(FileNotFoundError):
