@@ -214,12 +214,28 @@ class SwapOp:
 
 
 @dataclass
+class EmptiedDir:
+    """A directory of the from-version that the jump's removals leave empty (a package's
+    old ``*.dist-info``, a module directory a release dropped): removed after them, made
+    again with its mode and owner by undo. Left behind, an empty ``foo-1.0.dist-info`` next
+    to ``foo-1.1.dist-info`` is a second installed version to ``importlib.metadata``."""
+
+    path: str
+    """Canonical path beneath the root."""
+    mode: int
+    uid: int
+    gid: int
+
+
+@dataclass
 class Plan:
     """Everything the swap steps do, in order."""
 
     bundle_id: str
     ops: list[SwapOp] = field(default_factory=list)
     new_dirs: list[str] = field(default_factory=list)
+    emptied_dirs: list[EmptiedDir] = field(default_factory=list)
+    """Deepest first."""
     drift: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -243,6 +259,9 @@ class Plan:
         except (OSError, json.JSONDecodeError) as e:
             raise StateError(f"no readable plan in {staging}: {e}") from e
         d["ops"] = [SwapOp(**op) for op in d["ops"]]
+        d["emptied_dirs"] = [
+            EmptiedDir(**e) for e in d.get("emptied_dirs", [])
+        ]  # none before 0.1.x plans had it
         return cls(**d)
 
 
@@ -469,9 +488,37 @@ def compute_plan(
     for op in plan.ops:
         op.target = confined.target(op.path)
     plan.new_dirs = [confined.target(d) for d in plan.new_dirs]
+    plan.emptied_dirs = _emptied_dirs(root, plan, view)
+    plan.notes += [f"{e.path}/: removed, as the jump leaves it empty" for e in plan.emptied_dirs]
     if plan.drift and not accept_drift:
         raise drift_error(manifest, plan.drift)
     return plan
+
+
+def _ancestors(rel: str) -> list[str]:
+    parts = rel.split("/")[:-1]
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def _emptied_dirs(root: Path, plan: Plan, view: View) -> list[EmptiedDir]:
+    """The directories above the jump's removals that hold nothing else on this manager
+    (nothing the jump places below them, no file of the operator's), deepest first."""
+    removed = {op.where for op in plan.ops if op.action == "remove"}
+    kept = set(view.dirs)  # what an earlier jump of a chain places into
+    for op in plan.ops:
+        if op.action == "place":
+            kept.update(_ancestors(op.where))
+    candidates = {d for rel in removed for d in _ancestors(rel)} - kept
+    emptied: dict[str, EmptiedDir] = {}
+    for d in sorted(candidates, key=lambda p: -p.count("/")):
+        try:
+            st = os.lstat(root / d)
+            names = os.listdir(root / d) if stat.S_ISDIR(st.st_mode) else None
+        except OSError:
+            continue
+        if names is not None and all(f"{d}/{n}" in removed or f"{d}/{n}" in emptied for n in names):
+            emptied[d] = EmptiedDir(d, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
+    return list(emptied.values())
 
 
 def _collapse_new_subtrees(plan: Plan, new_dirs: set[str]) -> None:

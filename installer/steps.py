@@ -28,7 +28,7 @@ from installer.migrate import (
     settle,
     upgrade,
 )
-from installer.plan import Plan
+from installer.plan import EmptiedDir, Plan
 from installer.replay import NotReplayable, Recording, rehearse, replay
 from installer.services import ServiceManager
 from installer.state import StateDir
@@ -173,11 +173,14 @@ class SwapGroup:
         """See :class:`Step`."""
         ops = ctx.plan.group(self.group)
         ctx.log(f"swapping {len(ops)} {self.group}")
-        self._swapper(ctx).run(ops, ctx.plan.new_dirs)
+        self._swapper(ctx).run(ops, ctx.plan.new_dirs, emptied=self._emptied(ctx))
 
     def undo(self, ctx: Context) -> None:
         """See :class:`Step`."""
-        self._swapper(ctx).undo(ctx.plan.group(self.group), ctx.plan.new_dirs)
+        self._swapper(ctx).undo(ctx.plan.group(self.group), ctx.plan.new_dirs, self._emptied(ctx))
+
+    def _emptied(self, ctx: Context) -> list[EmptiedDir]:
+        return ctx.plan.emptied_dirs if self.group == "files" else []  # removals are files
 
 
 class Hooks:

@@ -14,7 +14,7 @@ import ctypes
 import functools
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,7 +22,7 @@ from installer.beneath import Dirs
 from installer.errors import StateError, UnsafePathError
 from installer.failpoints import failpoint
 from installer.paths import fsync_dir
-from installer.plan import SwapOp
+from installer.plan import EmptiedDir, SwapOp
 
 SYNCFS_ABOVE = 32  # touched directories above which one syncfs beats an fsync each
 SYNC_THREADS = 8
@@ -173,7 +173,7 @@ class Swapper:
                 raise
             dst.parent.mkdir(parents=True, exist_ok=True)  # a plan from before the skeleton
             os.replace(name, dst, src_dir_fd=fd)
-        dirs.forget(rel)
+        self._dirty_fds.difference_update(dirs.forget(rel))
         self._dirty.add(dst.parent)
         self._dirty_fds.add(fd)
 
@@ -188,7 +188,11 @@ class Swapper:
         self._dirty_fds.clear()
 
     def run(
-        self, ops: list[SwapOp], new_dirs: list[str], progress: Callable[[int], None] | None = None
+        self,
+        ops: list[SwapOp],
+        new_dirs: list[str],
+        progress: Callable[[int], None] | None = None,
+        emptied: Sequence[EmptiedDir] = (),
     ) -> None:
         """Apply every op; safe to call again after a crash at any point.
 
@@ -219,14 +223,39 @@ class Swapper:
                     self._to_root(dirs, staged, op.where)
                 if progress is not None:
                     progress(i + 1)
+            for e in emptied:  # deepest first, now that their files are in the backup
+                head, _, name = e.path.rpartition("/")
+                try:
+                    fd = dirs.dir(head)
+                    self._dirty_fds.difference_update(dirs.forget(e.path))
+                    os.rmdir(name, dir_fd=fd)
+                    self._dirty_fds.add(fd)
+                except (FileNotFoundError, UnsafePathError):
+                    pass  # gone already: a resumed run
+                except OSError:
+                    pass  # not empty: something came to live there since the plan; it stays
             self._sync()
         finally:
             dirs.close()
 
-    def undo(self, ops: list[SwapOp], new_dirs: list[str]) -> None:
-        """Put every old file back (new ones return to staging); idempotent."""
+    def undo(self, ops: list[SwapOp], new_dirs: list[str], emptied: Sequence[EmptiedDir] = ()) -> None:
+        """Put every old file back (new ones return to staging), and every directory the
+        swap removed as emptied, with its mode and owner; idempotent."""
         dirs = Dirs(self.root)
         try:
+            for e in reversed(emptied):  # shallowest first, before their files come back
+                head, _, name = e.path.rpartition("/")
+                try:
+                    fd = dirs.dir(head, create=True)
+                except UnsafePathError:
+                    continue
+                if self._there(fd, name):
+                    continue
+                os.mkdir(name, 0o700, dir_fd=fd)
+                with contextlib.suppress(PermissionError):  # not root: it was ours anyway
+                    os.chown(name, e.uid, e.gid, dir_fd=fd, follow_symlinks=False)
+                os.chmod(name, e.mode, dir_fd=fd)
+                self._dirty_fds.add(fd)
             for op in reversed(ops):
                 staged, backup = self.staged / op.path, self.backup / op.path
                 staged_there, backup_there = self._there(None, staged), self._there(None, backup)
@@ -246,7 +275,7 @@ class Swapper:
                 head, _, name = d.rpartition("/")
                 try:
                     fd = dirs.dir(head)
-                    dirs.forget(d)
+                    self._dirty_fds.difference_update(dirs.forget(d))
                     os.rmdir(name, dir_fd=fd)
                     self._dirty_fds.add(fd)
                 except (FileNotFoundError, UnsafePathError):
