@@ -138,6 +138,20 @@ def build_demo(
     return build("--specs", SPECS, "--from", frm, "--to", to, "--key", key, "--out", out, *extra)
 
 
+def laid_out(
+    specs: Path, product: str, frm: str, to: str, tmp: Path, keys: dict[str, Path]
+) -> tuple[Path, Path]:
+    """Build ``product`` ``frm`` -> ``to`` from ``specs`` into ``tmp``/dist and lay out
+    ``frm`` at ``tmp``/root: (root, bundle)."""
+    out = tmp / "dist"
+    p = build("--specs", specs, "--from", frm, "--to", to, "--key", keys["key"], "--out", out)
+    assert p.returncode == 0, p.stderr
+    root = tmp / "root"
+    p = build("sandbox", "--specs", specs, "--version", frm, "--root", root, "--trust", keys["pub"])
+    assert p.returncode == 0, p.stderr
+    return root, out / f"{product}-{frm}-to-{to}.zip"
+
+
 def get(url: str, timeout: float = 2) -> str | None:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import alive, build, install, tree_hash
+from tests.helpers import alive, build, install, laid_out, tree_hash
 
 
 def product(tmp: Path) -> Path:
@@ -51,13 +51,8 @@ def product(tmp: Path) -> Path:
 
 def built(specs: Path, tmp_path: Path, keys: dict[str, Path]) -> tuple[Path, Path, Path]:
     """Build cfg 1.0.0 -> 1.1.0 from ``specs`` and lay out 1.0.0: (root, bundle, specs)."""
-    out = tmp_path / "dist"
-    p = build("--specs", specs, "--from", "1.0.0", "--to", "1.1.0", "--key", keys["key"], "--out", out)
-    assert p.returncode == 0, p.stderr
-    root = tmp_path / "root"
-    p = build("sandbox", "--specs", specs, "--version", "1.0.0", "--root", root, "--trust", keys["pub"])
-    assert p.returncode == 0, p.stderr
-    return root, out / "cfg-1.0.0-to-1.1.0.zip", specs
+    root, bundle = laid_out(specs, "cfg", "1.0.0", "1.1.0", tmp_path, keys)
+    return root, bundle, specs
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import build, install
+from tests.helpers import install, laid_out
 
 OLD = {
     "opt/pk/VERSION": "1.0.0\n",
@@ -44,14 +44,7 @@ def _specs(tmp: Path) -> Path:
 
 
 def _laid_out(tmp: Path, keys: dict[str, Path]) -> tuple[Path, Path]:
-    specs = _specs(tmp)
-    out = tmp / "dist"
-    p = build("--specs", specs, "--from", "1.0.0", "--to", "1.1.0", "--key", keys["key"], "--out", out)
-    assert p.returncode == 0, p.stderr
-    root = tmp / "root"
-    p = build("sandbox", "--specs", specs, "--version", "1.0.0", "--root", root, "--trust", keys["pub"])
-    assert p.returncode == 0, p.stderr
-    return root, out / "pk-1.0.0-to-1.1.0.zip"
+    return laid_out(_specs(tmp), "pk", "1.0.0", "1.1.0", tmp, keys)
 
 
 def _tree(root: Path) -> dict[str, tuple[str, int]]:
