@@ -9,7 +9,7 @@ import hashlib
 import os
 import re
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -188,6 +188,30 @@ def _pair_added(out: Collected, old: Mapping[str, TreeFile]) -> None:
         by_path[path].old_path, by_path[path].base = old[base].path, base
 
 
+def _dirs_of(paths: Iterable[str]) -> set[str]:
+    return {"/".join(parts[:i]) for p in paths for parts in [p.split("/")] for i in range(1, len(parts))}
+
+
+def _refuse_type_changes(old: Mapping[str, TreeFile], new: Mapping[str, TreeFile], frm: str, to: str) -> None:
+    """A path that is a directory in one release and a file or symlink in the other cannot be
+    swapped by renames of files (the installer refuses such a bundle on every manager: a
+    removal below a placed entry, or a placed entry below a file). Said here, at build
+    time, instead of in a signed bundle no manager takes.
+
+    Raises:
+        SpecError: the first such path (and how many there are).
+    """
+    changed = sorted((set(new) & _dirs_of(old)) | (set(old) & _dirs_of(new)))
+    if changed:
+        first = changed[0]
+        was, now = ("a directory", "a file") if first in new else ("a file", "a directory")
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        raise SpecError(
+            f"{first} is {was} in {frm} and {now} in {to}{more}: jumpkit cannot swap a path "
+            "whose type changes (not supported yet; the release must keep its type)"
+        )
+
+
 def collect(
     product: Product,
     jump: JumpSpec,
@@ -209,6 +233,7 @@ def collect(
     fs = jump.files
     old = {p: f for p, f in trees[0].items() if _matches(p, fs.include) and not _matches(p, fs.exclude)}
     new = {p: f for p, f in trees[1].items() if _matches(p, fs.include) and not _matches(p, fs.exclude)}
+    _refuse_type_changes(old, new, frm, to)
     out = Collected()
     for path, entry in new.items():
         before = old.get(path)

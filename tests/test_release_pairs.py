@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import install, laid_out
+from tests.helpers import build, install, laid_out
 
 OLD = {
     "opt/pk/VERSION": "1.0.0\n",
@@ -114,3 +114,25 @@ def test_a_crash_in_the_swap_that_empties_directories_resumes_or_rolls_back_exac
     assert p.returncode == 0, p.stderr
     assert sorted(os.listdir(other / "opt/pk/lib")) == ["pk", "pk-1.1.0.dist-info"]
     assert not (other / "opt/pk/lib/pk/old").exists()
+
+
+@pytest.mark.parametrize(("old", "new"), [("plugins/p1", "plugins"), ("conf", "conf/main.conf")])
+def test_a_path_whose_type_changes_is_refused_at_build_time(
+    old: str, new: str, tmp_path: Path, keys: dict[str, Path]
+) -> None:
+    """A directory that becomes a file, or a file that becomes a directory: the installer
+    refuses such a bundle on every manager (exit 3), so the build says so first (exit 2,
+    one line naming the path, no bundle written)."""
+    specs = _specs(tmp_path)
+    for version, rel in (("1.0.0", old), ("1.1.0", new)):
+        p = specs / f"pk/releases/{version}/root/opt/pk/{rel}"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(version)
+    out = tmp_path / "dist"
+    p = build("--specs", specs, "--from", "1.0.0", "--to", "1.1.0", "--key", keys["key"], "--out", out)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1, p.stderr
+    kinds = ("a directory", "a file") if old.startswith(new) else ("a file", "a directory")
+    name = new if old.startswith(new) else old
+    assert f"opt/pk/{name} is {kinds[0]} in 1.0.0 and {kinds[1]} in 1.1.0" in lines[0], lines[0]
+    assert not out.exists()
