@@ -26,7 +26,7 @@ from typing import Any
 
 from installer import interrupts, selfupdate
 from installer.chain import Unit, chain_id, transaction_units
-from installer.errors import ApplyError, JumpkitError, RollbackError, StateError
+from installer.errors import ApplyError, JumpkitError, RollbackError, StateError, StepError
 from installer.failpoints import failpoint
 from installer.format import INSTALLER_MEMBER, MANIFEST_NAME, Manifest
 from installer.health import wait_healthy
@@ -247,6 +247,9 @@ class Transaction:
                 self._stop_if_signalled(unit.name, done)
                 try:
                     failpoint(f"begin:{unit.name}")
+                except StepError as e:  # JUMPKIT_FAILPOINT=begin:<step>=fail: rolls back
+                    self._flush(done)
+                    self._fail(unit.name, f"{unit.name} failed: {describe(e)}", e)
                 except BaseException:
                     self._flush(done)
                     raise
@@ -274,7 +277,11 @@ class Transaction:
                 except Exception as e:  # a library's own error too: whatever fails, roll back
                     self._flush(done)
                     self._fail(unit.name, f"{unit.name} failed: {describe(e)}", e)
-                failpoint(f"done:{unit.name}")
+                try:
+                    failpoint(f"done:{unit.name}")
+                except StepError as e:  # =fail at done:<step>: the step ran; undone with the rest
+                    self._flush(done)
+                    self._fail(unit.name, f"{unit.name} failed: {describe(e)}", e)
                 done.append(Done(unit.name, ts=round(time.time(), 6)))
             try:
                 failpoint("commit")

@@ -59,16 +59,20 @@ def _tree(root: Path) -> dict[str, tuple[str, int]]:
     return out
 
 
-def test_directories_the_jump_empties_go_and_come_back(tmp_path: Path, keys: dict[str, Path]) -> None:
+@pytest.mark.parametrize("point", ["run:migrate", "done:swap-files", "begin:hooks-post"])
+def test_directories_the_jump_empties_go_and_come_back(
+    point: str, tmp_path: Path, keys: dict[str, Path]
+) -> None:
     """The old dist-info and the dropped subpackage (a directory below a directory) are
     gone after the apply, as in 1.1.0: an empty pk-1.0.0.dist-info beside the new one is
-    a second installed version to importlib.metadata. A rollback makes them again, with
-    the 0750 the old dist-info had."""
+    a second installed version to importlib.metadata. A rollback (a failpoint's ``fail``
+    in the swap's step, at its end or at a later step's begin) makes them again, with the
+    0750 the old dist-info had."""
     root, bundle = _laid_out(tmp_path, keys)
     (root / "opt/pk/lib/pk-1.0.0.dist-info").chmod(0o750)
     before = _tree(root)
-    p = install("--root", root, "apply", bundle, env={"JUMPKIT_FAILPOINT": "run:migrate=fail"})
-    assert p.returncode == 5, p.stderr
+    p = install("--root", root, "apply", bundle, env={"JUMPKIT_FAILPOINT": f"{point}=fail"})
+    assert p.returncode == 5 and "rolled back to 1.0.0" in p.stderr, p.stderr  # also at begin:/done:
     assert _tree(root) == before
     p = install("--root", root, "apply", bundle)
     assert p.returncode == 0, p.stderr
