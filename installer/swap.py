@@ -90,21 +90,16 @@ def _syncfs(fd: int) -> bool:
         return False
 
 
-def syncfs_each(dirs: list[Path], fds: list[int]) -> bool:
-    """One syncfs(2) per filesystem holding one of ``dirs`` or ``fds`` (a root may have
-    mounts beneath it); False when one failed (the caller then fsyncs each directory)."""
-    by_dev: dict[int, int | Path] = {}
+def syncfs_each(dirs: list[Path]) -> bool:
+    """One syncfs(2) per filesystem holding one of ``dirs``; False when one failed (the
+    caller then fsyncs each directory)."""
+    by_dev: dict[int, Path] = {}
     ok = True
     try:
-        for fd in fds:
-            by_dev.setdefault(os.fstat(fd).st_dev, fd)
         for d in dirs:
             by_dev.setdefault(os.stat(d).st_dev, d)
-        for target in by_dev.values():
-            if isinstance(target, int):
-                ok = _syncfs(target) and ok
-                continue
-            fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
+        for d in by_dev.values():
+            fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 ok = _syncfs(fd) and ok
             finally:
@@ -182,7 +177,7 @@ class Swapper:
         # a syncfs of their filesystems covers every directory it touched (980 files in ~900
         # directories: no stat of each one, 20 ms of the swap).
         many = len(self._dirty) + len(self._dirty_fds) > SYNCFS_ABOVE
-        if not many or not syncfs_each([d for d in (self.staged, self.backup) if d.is_dir()], []):
+        if not many or not syncfs_each([d for d in (self.staged, self.backup) if d.is_dir()]):
             fsync_all([d for d in sorted(self._dirty) if d.is_dir()], sorted(self._dirty_fds))
         self._dirty.clear()
         self._dirty_fds.clear()

@@ -78,7 +78,7 @@ def test_a_swap_of_many_directories_syncs_each_filesystem_once(
     assert synced == [root.stat().st_dev]
     synced.clear()
     other = Path("/dev/shm")
-    assert swap.syncfs_each([tmp_path, other, tmp_path / "root"], [])
+    assert swap.syncfs_each([tmp_path, other, tmp_path / "root"])
     assert sorted(synced) == sorted({tmp_path.stat().st_dev, other.stat().st_dev})
 
 
