@@ -107,8 +107,7 @@ class View:
                 self.digests[path] = hashlib.sha256(b"symlink:" + entry.link_target.encode()).hexdigest()
             else:
                 self.digests[path] = entry.sha256
-            parts = path.split("/")[:-1]
-            self.dirs.update("/".join(parts[: i + 1]) for i in range(len(parts)))
+            self.dirs.update(_ancestors(path))
         for removed in manifest.removed:
             self.files[removed.path] = None
             self.digests[removed.path] = None
@@ -121,9 +120,8 @@ def _placed(manifest: Manifest, canonical: dict[str, str]) -> dict[str, tuple[Ki
     for entry in manifest.files:
         kind: Kind = "symlink" if entry.kind == "symlink" else "file"
         out[canonical[entry.path]] = (kind, entry.link_target, "bundle")
-        parts = canonical[entry.path].split("/")[:-1]
-        for i in range(1, len(parts) + 1):
-            out.setdefault("/".join(parts[:i]), ("dir", None, "bundle"))
+        for d in _ancestors(canonical[entry.path]):
+            out.setdefault(d, ("dir", None, "bundle"))
     for removed in manifest.removed:
         out[canonical[removed.path]] = ("missing", None, "bundle")
     return out
@@ -453,11 +451,7 @@ def compute_plan(
     new_dirs: set[str] = set()
 
     def note_dirs(rel: str) -> None:
-        parts = rel.split("/")[:-1]
-        for i in range(1, len(parts) + 1):
-            d = "/".join(parts[:i])
-            if not view.is_dir(d):
-                new_dirs.add(d)
+        new_dirs.update(d for d in _ancestors(rel) if not view.is_dir(d))
 
     for entry in manifest.files:
         current = view.digest(entry.path)
@@ -496,6 +490,7 @@ def compute_plan(
 
 
 def _ancestors(rel: str) -> list[str]:
+    """The directories above ``rel``, outermost first (``a/b/c`` -> ``a``, ``a/b``)."""
     parts = rel.split("/")[:-1]
     return ["/".join(parts[: i + 1]) for i in range(len(parts))]
 
