@@ -153,6 +153,8 @@ class ZipBundle:
         # one pread for the local header, the name and the first chunk of data (all of a
         # small member's when there is no extra field, as in our bundles): half the reads
         # of three separate ones, for 24k mostly small members
+        if info.header_offset < 0 or info.compress_size < 0:  # a corrupt central directory
+            raise BundleRejectedError("member offset or size is out of range", entry=name)
         name_guess = len(info.orig_filename.encode("utf-8", "replace"))
         head = os.pread(self._fd, 30 + name_guess + min(info.compress_size, CHUNK), info.header_offset)
         if len(head) < 30 or head[:4] != b"PK\x03\x04":
