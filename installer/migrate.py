@@ -325,6 +325,19 @@ def rehearsal_warm(warm: Warm, url: str, engine: Any) -> Warm:
     return Warm(cfg, warm.script, engine)
 
 
+def connect_ahead(warm: Warm | None) -> None:
+    """Open, before the outage, the connection the window migrates over, and leave it in
+    ``warm``'s pool: SQLAlchemy's first connect (the dialect's set-up with it) took 0.38 ms
+    of the window and its close 0.37 ms (medians of 8 demo applies), now before the stop
+    and after the start (:func:`settle`). Only for a database that exists before the jump
+    (a SQLite file must not appear before the jump creates it). An idle connection holds
+    no lock. Any error is left to the window's own connect, which reports it."""
+    if warm is None:
+        return
+    with contextlib.suppress(Exception):
+        warm.engine.raw_connection().close()
+
+
 def settle(warm: Warm | None) -> None:
     """Close the connection ``warm``'s engine keeps (after the upgrade, or when a step
     fails): the migrated database must be left to the services alone."""

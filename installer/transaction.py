@@ -48,7 +48,7 @@ from installer.journal import (
 from installer.plan import Plan
 from installer.stage import load_staged
 from installer.state import StateDir, StatusDoc
-from installer.steps import Context, Health, StopServices, idle
+from installer.steps import Context, Health, StartServices, StopServices, idle
 from installer.swap import backup_skeleton, sync_threads
 
 Log = Callable[[str], None]
@@ -277,6 +277,9 @@ class Transaction:
                 except Exception as e:  # a library's own error too: whatever fails, roll back
                     self._flush(done)
                     self._fail(unit.name, f"{unit.name} failed: {describe(e)}", e)
+                if unit.name == StartServices.name:  # the window is over for the clients
+                    for c in self.ctxs:
+                        c.settle_databases()
                 try:
                     failpoint(f"done:{unit.name}")
                 except StepError as e:  # =fail at done:<step>: the step ran; undone with the rest

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from installer import replay as rp
-from installer.migrate import Warm, current_revision, prepare, settle, upgrade
+from installer.migrate import Warm, connect_ahead, current_revision, prepare, settle, upgrade
 from tests.helpers import SPECS
 
 DEMO = SPECS / "demo-manager/releases/4.1.1/migrations/main"
@@ -94,6 +94,26 @@ def test_a_row_written_since_the_backup_makes_it_migrate_live(tmp_path: Path) ->
     upgrade(scripts, f"sqlite:///{db}", "0004", None, warm)
     settle(warm)
     assert dump(db) == live(tmp_path, lambda d: write(d, "INSERT INTO items (name) VALUES ('delta')"))
+
+
+def test_the_connection_opened_before_the_stop_serves_the_window(tmp_path: Path) -> None:
+    """:func:`connect_ahead` opens the window's connection before the stop: the replay
+    opens none of its own, yet sees what the service wrote after it was opened (a SQLite
+    connection keeps no data between transactions), and :func:`settle` closes it."""
+    from sqlalchemy import event
+
+    scripts, db = demo_db(tmp_path, "ahead")
+    warm, rec = rehearsed(scripts, db, "0002", "0004")
+    connect_ahead(warm)
+    assert warm.engine.pool.checkedin() == 1
+    opened: list[object] = []
+    event.listen(warm.engine, "connect", lambda *a: opened.append(a))
+    write(db, "INSERT INTO items (name) VALUES ('delta')")  # the service, after the connect
+    diff = rp.replay(warm.engine, rec, lambda rev, up: None)
+    assert diff is not None and "changed 4 row(s), not 3" in diff, diff
+    assert opened == [], "the window opened a connection of its own"
+    settle(warm)
+    assert warm.engine.pool.checkedin() == 0
 
 
 def test_a_schema_changed_since_the_backup_rolls_the_replay_back(tmp_path: Path) -> None:
