@@ -13,7 +13,7 @@ import struct
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from isal import isal_zlib
@@ -29,7 +29,7 @@ from installer.format import (
     parse_manifest,
     verify_signature,
 )
-from installer.paths import check_relpath
+from installer.paths import check_relpath, open_regular
 
 DEFAULT_MAX_BUNDLE_BYTES = 64 * 1024**3
 META_NAMES = (MANIFEST_NAME, SIGNATURE_NAME)
@@ -69,16 +69,29 @@ class ZipBundle:
     """A ZIP bundle. Rejects container-level tricks (duplicates, non-regular entries,
     unsafe names) on open, before the signature is even looked at."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, file: BinaryIO | None = None) -> None:
+        """``file``: ``path`` opened already (:func:`open_bundle`); else it is opened here.
+        Everything is read through that one descriptor: the central directory and the
+        members come from the same file, even if ``path`` is replaced meanwhile."""
         self.path = path
+        self._file = file if file is not None else _open(path)
         try:
-            self._zip = zipfile.ZipFile(path)
+            self._zip = zipfile.ZipFile(self._file)
             infos = self._zip.infolist()
-        except FileNotFoundError as e:
-            raise BundleRejectedError(f"no such bundle: {path}") from e
         except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, struct.error) as e:
             # NotImplementedError: zipfile's answer to a "version needed" it does not know
+            self._file.close()
             raise BundleRejectedError(f"not a readable ZIP bundle ({e})") from e
+        try:
+            self._check(infos)
+        except BaseException:
+            self.close()
+            raise
+        self._fd = self._file.fileno()
+        self._size = os.fstat(self._fd).st_size
+
+    def _check(self, infos: list[zipfile.ZipInfo]) -> None:
+        """Refuse container-level tricks; index the members by name."""
         self._infos: dict[str, zipfile.ZipInfo] = {}
         folded: set[str] = set()
         for info in infos:
@@ -112,8 +125,6 @@ class ZipBundle:
                 raise UnsafePathError(
                     f"member's data overlaps {name}'s (shared or overlapping records)", entry=nxt
                 )
-        self._fd = os.open(path, os.O_RDONLY)
-        self._size = os.fstat(self._fd).st_size
 
     def has_member(self, name: str) -> bool:
         """See :class:`Bundle`."""
@@ -206,7 +217,21 @@ class ZipBundle:
     def close(self) -> None:
         """See :class:`Bundle`."""
         self._zip.close()
-        os.close(self._fd)
+        self._file.close()
+
+
+def _open(path: Path) -> BinaryIO:
+    """The bundle file, opened (:func:`installer.paths.open_regular`).
+
+    Raises:
+        BundleRejectedError: missing, unreadable, or not a regular file.
+    """
+    try:
+        return open_regular(path)
+    except FileNotFoundError as e:
+        raise BundleRejectedError(f"no such bundle: {path}") from e
+    except OSError as e:
+        raise BundleRejectedError(f"cannot read bundle {path}: {e.strerror}") from e
 
 
 def open_bundle(path: Path) -> Bundle:
@@ -215,13 +240,16 @@ def open_bundle(path: Path) -> Bundle:
     Raises:
         BundleRejectedError: the file is not a bundle this installer reads.
     """
+    f = _open(path)
     try:
-        with open(path, "rb") as f:
-            head = f.read(4)
+        head = f.read(4)
+        f.seek(0)
     except OSError as e:
+        f.close()
         raise BundleRejectedError(f"cannot read bundle {path}: {e.strerror}") from e
     if head.startswith(b"PK"):
-        return ZipBundle(path)
+        return ZipBundle(path, f)
+    f.close()
     if head == b"\xed\xab\xee\xdb":
         raise BundleRejectedError(
             f"{path} is a bundle RPM: install it with dnf, yum or rpm (its %posttrans applies it); "

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from installer.errors import BundleRejectedError, PreconditionError, UsageError
 from installer.graph import Graph, NoPath, Policy, plan_chain
+from installer.paths import read_beneath
 from installer.state import StateDir
 from installer.store import NotFoundError, Store, StoreError, open_store, resuming
 from installer.tufclient import FetcherInterface, Updater, UpdaterConfig
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 Progress = Callable[[str, int], Callable[[int], None]]
 PINNED_ROOT = "etc/jumpkit/tuf/root.json"
+MAX_ROOT_BYTES = 512_000
 
 
 class StoreFetcher(FetcherInterface):
@@ -73,12 +75,12 @@ class Client:
 
     def __init__(self, root: Path, url: str, progress: Callable[[int], None] | None = None) -> None:
         pinned = root / PINNED_ROOT
-        try:
-            bootstrap = pinned.read_bytes()
-        except FileNotFoundError as e:
+        # beneath the root, a regular file, bounded as python-tuf bounds a root (512,000 bytes)
+        bootstrap = read_beneath(root, PINNED_ROOT, MAX_ROOT_BYTES)
+        if bootstrap is None:
             raise PreconditionError(
                 f"no trusted TUF root at {pinned}: install the repository's root.json there first"
-            ) from e
+            )
         self.store = open_store(url)
         self.meta_dir = root / "var/lib/jumpkit/tuf" / hashlib.sha256(url.encode()).hexdigest()[:16]
         self.meta_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -37,7 +37,7 @@ from installer import READABLE_FORMATS
 from installer.delta import MAX_PATCHED_BYTES
 from installer.errors import BundleRejectedError, ManifestError, SignatureError, UnsafePathError, VersionError
 from installer.graph import Graph
-from installer.paths import check_link_target, check_relpath
+from installer.paths import check_link_target, check_relpath, open_regular
 from installer.version import Version
 
 FORMAT_VERSION = 1
@@ -815,6 +815,10 @@ def key_id(public: Ed25519PublicKey) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
+MAX_PUBLIC_KEY_BYTES = 64 * 1024
+"""A PEM ed25519 public key is 113 bytes; a trust-store file above this is not one."""
+
+
 def load_public_key(path: Path) -> Ed25519PublicKey:
     """Read a PEM ed25519 public key.
 
@@ -822,8 +826,15 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
         SignatureError: the file is not an ed25519 public key.
     """
     try:
-        key = serialization.load_pem_public_key(path.read_bytes())
-    except (OSError, ValueError) as e:
+        with open_regular(path) as f:  # a FIFO in the trust store must not hang the run
+            data = f.read(MAX_PUBLIC_KEY_BYTES + 1)
+    except OSError as e:
+        raise SignatureError(f"cannot read public key {path}: {e.strerror or e}") from e
+    if len(data) > MAX_PUBLIC_KEY_BYTES:
+        raise SignatureError(f"cannot read public key {path}: larger than {MAX_PUBLIC_KEY_BYTES} bytes")
+    try:
+        key = serialization.load_pem_public_key(data)
+    except ValueError as e:
         raise SignatureError(f"cannot read public key {path}: {e}") from e
     if not isinstance(key, Ed25519PublicKey):
         raise SignatureError(f"{path} is not an ed25519 public key")

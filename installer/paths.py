@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 import stat
 import unicodedata
 from pathlib import Path
+from typing import BinaryIO
 
 from installer.errors import UnsafePathError
 
@@ -164,6 +166,31 @@ def read_beneath(root: Path, rel: str, limit: int) -> bytes | None:
         raise PreconditionError(f"{rel}: cannot be read on this manager ({e.strerror})") from e
     finally:
         os.close(fd)
+
+
+class NotAFileError(OSError):
+    """:func:`open_regular` met a FIFO, a device, a socket or a directory."""
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """``path`` opened for reading, if it is a regular file (symlinks followed: an
+    operator's path). Non-blocking open: a FIFO given as a bundle does not wait for a
+    writer (it hung until killed), a device is not read.
+
+    Raises:
+        NotAFileError: not a regular file (its ``strerror`` says what it is).
+        OSError: it cannot be opened.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotAFileError(errno.EINVAL, f"is {kind_of(mode)}, not a file", str(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def kind_of(mode: int) -> str:

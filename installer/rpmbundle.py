@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from installer.errors import BundleRejectedError, SignatureError, UnsafePathError
-from installer.paths import check_relpath
+from installer.paths import check_relpath, open_regular
 
 RPM_MAGIC = b"\xed\xab\xee\xdb"
 BUNDLES_PREFIX = "var/lib/jumpkit/bundles/"
@@ -25,9 +25,9 @@ SIGNATURE_TAGS = ("rsaheader", "dsaheader", "rsa", "gpg", "pgp", "openpgp")
 def is_rpm(path: Path) -> bool:
     """True when ``path`` starts with the RPM lead magic."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             return f.read(4) == RPM_MAGIC
-    except OSError:
+    except OSError:  # not a file: open_bundle says so
         return False
 
 

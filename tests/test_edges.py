@@ -139,6 +139,57 @@ def test_device_in_place_of_a_small_file_is_bounded(
     one_line(p)
 
 
+@pytest.mark.parametrize("kind", ["fifo", "chardev"])
+def test_a_bundle_that_is_no_file_is_refused_at_once(
+    kind: str, sandbox: Callable[..., Sandbox], bundle: Path, tmp_path: Path
+) -> None:
+    """A FIFO given as the bundle hung every command until killed (``open`` waits for a
+    writer); a device was read as a bundle. Both are exit 3 in one line now, in seconds,
+    and the manager is untouched."""
+    sb = sandbox()
+    path = tmp_path / "b.zip"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        os.mknod(path, 0o20644, os.makedev(1, 5))  # /dev/zero's numbers
+    before = dir_hash(sb.root)
+    for cmd in ("verify", "stage", "apply", "plan"):
+        t0 = time.monotonic()
+        p = install("--root", sb.root, cmd, path)
+        assert time.monotonic() - t0 < MAX_SECONDS
+        assert p.returncode == 3, (cmd, p.stderr)
+        assert "not a file" in one_line(p), p.stderr
+    assert dir_hash(sb.root) == before
+
+
+def test_a_trust_store_entry_or_tuf_root_that_is_no_file(
+    sandbox: Callable[..., Sandbox], bundle: Path, tmp_path: Path
+) -> None:
+    """A FIFO among the trusted keys, or in place of the pinned TUF root, hung the run; a
+    pinned root that is a link out of the root was followed. One line each now."""
+    sb = sandbox()
+    trust = tmp_path / "trust"
+    trust.mkdir()
+    os.mkfifo(trust / "stuck.pub")
+    p = install("--root", sb.root, "--trust", trust, "verify", bundle)
+    assert p.returncode == 3, p.stderr
+    assert "is a FIFO, not a file" in one_line(p)
+    pinned = sb.root / "etc/jumpkit/tuf/root.json"
+    pinned.parent.mkdir(parents=True, exist_ok=True)
+    for make, phrase in (
+        (lambda: os.mkfifo(pinned), "a FIFO"),
+        (lambda: pinned.symlink_to(tmp_path / "elsewhere.json"), "out of the root"),
+    ):
+        pinned.unlink(missing_ok=True)
+        make()
+        (tmp_path / "elsewhere.json").write_text("{}")
+        t0 = time.monotonic()
+        p = install("--root", sb.root, "fetch", "--repo", f"file://{tmp_path}/repo", "--to", "4.1.1")
+        assert time.monotonic() - t0 < MAX_SECONDS
+        assert p.returncode == 4, p.stderr
+        assert phrase in one_line(p), p.stderr
+
+
 def test_removal_of_a_directory(sandbox: Callable[..., Sandbox], bundle: Path) -> None:
     """The jump removes a file that is a directory on this manager: drift, one line; with
     --accept-drift it moves into the backup by rename and rollback puts it back."""
