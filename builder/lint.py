@@ -8,7 +8,8 @@ do not exist, configs with no template in the to-release, an ``include`` pattern
 matches nothing in the to-release (the bundle would carry no files: caught before at
 apply, by the health check, after the outage began), and files that changed between the
 two releases but that no include pattern carries and no exclude leaves out on purpose
-(rpmbuild's "installed but unpackaged files"). Warnings: ``rewrite`` with no rules, and
+(rpmbuild's "installed but unpackaged files"), and a version file the jump would not leave
+saying its to-version (missing, another version, or not carried). Warnings: ``rewrite`` with no rules, and
 ``exclude``, ``modes`` and ``remove`` entries that match nothing.
 """
 
@@ -98,7 +99,28 @@ def lint_jump(product: Product, path: Path, trees: Trees | None = None) -> list[
             trees = release_trees(product, jump)
         except SpecError as e:
             return [*out, doc.problem(("to",), str(e))]
-    return out + _trees(jump, doc, trees)
+    return out + _trees(jump, doc, trees) + _version_file(product, jump, doc, trees)
+
+
+def _version_file(product: Product, jump: JumpSpec, doc: Located, trees: Trees) -> list[Problem]:
+    """The jump must leave the version file saying its to-version: pre-flight reads it for
+    the next jump, ``status`` and ``report`` show it. A to-release whose file says
+    another version, or a jump that does not carry it, built a bundle that "upgraded" a
+    manager which still said the old version (the installer refuses such a bundle too)."""
+    rel, to = product.spec.version_file, jump.to_version
+    where = f"version_file {rel}"
+    entry = trees[1].get(rel)
+    if entry is None or entry.is_link:
+        return [doc.problem(("to",), f"{where}: not a file in release {to}")]
+    with open(entry.path, "rb") as f:
+        said = f.read(4097).strip()
+    if said != to.encode():
+        shown = said[:40].decode(errors="replace")
+        return [doc.problem(("to",), f"{where} says {shown!r} in release {to}, not {to!r}")]
+    fs = jump.files
+    if not _matches(rel, fs.include) or _matches(rel, fs.exclude):
+        return [doc.problem(("files",), f"{where}: the jump does not carry it (files.include/exclude)")]
+    return []
 
 
 def _configs(product: Product, jump: JumpSpec, doc: Located) -> list[Problem]:

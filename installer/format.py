@@ -587,6 +587,13 @@ class Manifest(_Model):
                 check_not_reserved(f.delta.base)  # the installer's own files are no release's
         if self.installer is not None and INSTALLER_MEMBER not in names:
             raise ValueError(f"installer recorded but {INSTALLER_MEMBER} is not an extra member")
+        # the jump leaves the version file saying its to-version (its content is checked
+        # when staged): without it the manager would still say the from-version afterwards
+        if not any(f.path == self.version_file and f.kind == "file" for f in self.files):
+            raise ValueError(
+                f"the jump does not replace its version file {self.version_file} with a file "
+                f"(the manager would still say {self.from_version} after it)"
+            )
         return self
 
     @property

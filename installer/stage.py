@@ -145,6 +145,24 @@ def _write_new(path: str, data: bytes, mode: int) -> None:
         os.close(fd)
 
 
+def _says_to_version(manifest: Manifest, files_dir: str) -> None:
+    """The staged version file (its bytes matched the signed sha256) says the jump's
+    to-version: the signature proves who built the bundle, not that its release tree was
+    right. Pre-flight of the next jump reads this file.
+
+    Raises:
+        BundleRejectedError: it says something else.
+    """
+    with open(os.path.join(files_dir, manifest.version_file), "rb") as f:
+        said = f.read(4097).strip()
+    if said != manifest.to_version.encode():
+        shown = said[:40].decode(errors="replace")
+        raise BundleRejectedError(
+            f"its version file {manifest.version_file} says {shown!r}, not {manifest.to_version}: "
+            "the manager would report the wrong version after the jump"
+        )
+
+
 def stage_bundle(
     bundle: Bundle,
     manifest: Manifest,
@@ -231,6 +249,7 @@ def stage_bundle(
         # archive order: neighbours in a directory are created together, as unzip does
         jobs: list[str | FileEntry] = [*deltas, *(n for n in promised if n in targets)]
         run_each(job, jobs, threads=workers)
+        _says_to_version(manifest, files_dir)
         for f in manifest.files:
             if f.kind == "symlink":
                 link = partial / "files" / f.path

@@ -101,6 +101,84 @@ def test_signed_but_wrong_manifest_exits_3(
     assert not list(root.iterdir())
 
 
+def _resigned(bundle: Path, key: Path, out: Path, version_file: bytes | None) -> Path:
+    """``bundle`` with its version file's content replaced (None: its entry and member
+    dropped), the manifest signed again: valid for its origin, wrong in content."""
+    import hashlib
+
+    from builder.keys import load_private_key
+    from installer.format import canonical_json, sign_manifest
+
+    members = read(bundle)
+    manifest = json.loads(members["manifest.json"])
+    vf = manifest["version_file"]
+    entry = next(f for f in manifest["files"] if f["path"] == vf)
+    assert entry["kind"] == "file" and entry.get("delta") is None, entry
+    if version_file is None:
+        manifest["files"] = [f for f in manifest["files"] if f["path"] != vf]
+        del members[f"payload/{vf}"]
+    else:
+        members[f"payload/{vf}"] = version_file
+        entry["sha256"], entry["size"] = hashlib.sha256(version_file).hexdigest(), len(version_file)
+    data = canonical_json(manifest)
+    return write(
+        out, {**members, "manifest.json": data, "manifest.sig": sign_manifest(data, load_private_key(key))}
+    )
+
+
+def test_a_signed_bundle_that_leaves_the_wrong_version_is_refused(
+    sandbox: Callable[..., Sandbox], bundle: Path, keys: dict[str, Path], tmp_path: Path
+) -> None:
+    """A jump whose version file says another version, or that does not replace it,
+    "upgraded" the manager while its version file said the old version (or a third one):
+    the next jump's pre-flight then refused it. Exit 3 now, before anything stops."""
+    sb = sandbox()
+    before = dir_hash(sb.root)
+    for label, content, phrase in (
+        ("missing", None, "does not replace its version file opt/demo-manager/VERSION"),
+        ("other", b"4.1.0\n", "version file opt/demo-manager/VERSION says '4.1.0', not 4.1.1"),
+    ):
+        bad = _resigned(bundle, keys["key"], tmp_path / f"{label}.zip", content)
+        for command in ("verify", "stage", "apply") if content is None else ("stage", "apply"):
+            p = install("--root", sb.root, command, bad)
+            assert p.returncode == 3, f"{label} {command}: rc {p.returncode}: {p.stderr}"
+            assert phrase in one_line(p), p.stderr
+            assert "stopping" not in p.stderr
+        assert dir_hash(sb.root) == before, label
+    assert sb.version() == "4.0.1"
+
+
+@pytest.mark.parametrize(
+    ("edit", "phrase"),
+    [
+        (
+            lambda d: (d / "releases/4.1.1/root/opt/demo-manager/VERSION").write_text("4.1.0\n"),
+            "says '4.1.0'",
+        ),
+        (
+            lambda d: (d / "jumps/4.0.1-4.1.1.yaml").write_text(
+                (d / "jumps/4.0.1-4.1.1.yaml")
+                .read_text()
+                .replace("files:\n", "files:\n  exclude: [opt/demo-manager/VERSION]\n", 1)
+            ),
+            "the jump does not carry it",
+        ),
+    ],
+)
+def test_a_release_that_leaves_the_wrong_version_is_not_built(
+    edit: Callable[[Path], None], phrase: str, keys: dict[str, Path], tmp_path: Path
+) -> None:
+    specs = tmp_path / "specs"
+    shutil.copytree(SPECS, specs, symlinks=True)
+    edit(specs / "demo-manager")
+    p = build(
+        "--specs", specs, "--from", "4.0.1", "--to", "4.1.1", "--key", keys["key"], "--out", tmp_path / "out"
+    )
+    assert p.returncode == 2, p.stderr
+    assert phrase in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
 # --- the manager's tree differs from the vendor's picture: exit 4, one line ------------
 def test_lookup_missing_is_one_line_and_json(sandbox: Callable[..., Sandbox], bundle: Path) -> None:
     sb = sandbox()
