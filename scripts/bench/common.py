@@ -139,17 +139,21 @@ def tree_stats(tree: Path) -> tuple[int, int]:
 
 
 def make_product(tree: Path, work: Path) -> Path:
-    """specs/bench/ with an empty 1.0.0 and 1.1.0 = the tree; returns the specs dir."""
+    """specs/bench/ with 1.0.0 = a VERSION file and 1.1.0 = the tree (plus its VERSION);
+    returns the specs dir."""
     specs = work / "specs"
     d = specs / "bench"
     (d / "jumps").mkdir(parents=True, exist_ok=True)
     (d / "product.yaml").write_text("product: bench\nversion_file: VERSION\n")
     (d / "jumps/1.0.0-1.1.0.yaml").write_text("from: 1.0.0\nto: 1.1.0\nfiles:\n  exclude: ['.done']\n")
     (d / "releases/1.0.0/root").mkdir(parents=True, exist_ok=True)
+    (d / "releases/1.0.0/root/VERSION").write_text("1.0.0\n")
     (d / "releases/1.1.0").mkdir(parents=True, exist_ok=True)
     link = d / "releases/1.1.0/root"
     if not link.exists():
         link.symlink_to(tree)
+    if not (tree / "VERSION").exists():  # a jump leaves its version file saying its to-version
+        (tree / "VERSION").write_text("1.1.0\n")
     return specs
 
 
