@@ -16,6 +16,11 @@ MAX_PATH_BYTES = 1024
 MAX_NAME_BYTES = 255  # NAME_MAX of every Linux filesystem: a longer component is ENAMETOOLONG
 
 
+READ_NO_WAIT = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+"""Flags to open a file only to look at it: a FIFO does not wait for a writer, a terminal
+does not become the controlling one; the caller checks the kind before reading."""
+
+
 def check_relpath(path: str, *, what: str = "path") -> str:
     """Return ``path`` if it is a clean, relative POSIX path inside its root.
 
@@ -149,7 +154,7 @@ def read_beneath(root: Path, rel: str, limit: int) -> bytes | None:
 
     canonical, _ = resolve(root, check_relpath(rel), follow_last=True)
     try:
-        fd = os.open(root / canonical, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_NOFOLLOW)
+        fd = os.open(root / canonical, READ_NO_WAIT | os.O_NOFOLLOW)
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as e:
@@ -181,7 +186,7 @@ def open_regular(path: Path) -> BinaryIO:
         NotAFileError: not a regular file (its ``strerror`` says what it is).
         OSError: it cannot be opened.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    fd = os.open(path, READ_NO_WAIT)
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):

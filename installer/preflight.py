@@ -21,7 +21,7 @@ from installer.graph import NoPath, plan_chain
 from installer.health import lookup_variables, resolve_lookup, wait_healthy
 from installer.migrate import backup_size, current_revision, database_url, safe_url
 from installer.mounts import Mounts
-from installer.paths import read_small
+from installer.paths import READ_NO_WAIT, read_small
 from installer.plan import Confined, Digests, View, check_drift, delta_drift, drift_error
 from installer.services import ServiceManager
 from installer.state import StateDir
@@ -118,7 +118,7 @@ def _pinned(path: str, directory: bool) -> str | None:
     """What keeps ``path`` (a regular file or directory, not followed if a link) from
     being renamed, or its entries changed; None when nothing does or it cannot be told
     (a filesystem without attributes answers ENOTTY or EOPNOTSUPP)."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    flags = READ_NO_WAIT | os.O_NOFOLLOW
     try:
         fd = os.open(path, flags | (os.O_DIRECTORY if directory else 0))
     except OSError:
