@@ -54,7 +54,9 @@ class Engine:
         self.root = opts.root
         self._log = log
         self._progress = progress
-        self._services = services or (lambda m, r: service_manager(m.services, r))
+        self._services = services or (
+            lambda m, r: service_manager(m.services, r, self.state_for(m).path / "holds")
+        )
         self._rec: Recorder | None = None
 
     # --- plumbing -----------------------------------------------------------------

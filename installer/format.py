@@ -352,6 +352,13 @@ class Service(_Model):
     """The jump adds this service: it is started after the swap although it never ran."""
     depends_on: tuple[str, ...] = ()
     """Services this one needs: they start before it and stop after it."""
+    socket: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:@-]{1,121}\.socket$")
+    """systemd: the ``.socket`` unit that listens for this service. It stays up while the
+    service restarts, so clients wait in its backlog instead of being refused; a jump that
+    changes the socket unit itself restarts it too (and refuses connections meanwhile)."""
+    removed: bool = False
+    """The jump removes this service: stopped and disabled before the swap, never started
+    again; a rollback enables and starts it again as it was."""
 
 
 class Services(_Model):
@@ -363,6 +370,10 @@ class Services(_Model):
     """supervisord: unix socket path relative to the root (resolved beneath it)."""
     services: tuple[Service, ...] = ()
     health: tuple[HealthCheck, ...] = ()
+    settle: float = Field(default=0.0, ge=0, le=600)
+    """Seconds every started service must keep running after the health checks pass, as
+    its backend sees it (no exit, no restart), before the apply commits: a service that
+    answers once and then crash-loops under ``Restart=always`` fails health."""
 
     @field_validator("socket")
     @classmethod

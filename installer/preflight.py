@@ -25,6 +25,7 @@ from installer.paths import READ_NO_WAIT, read_small
 from installer.plan import Confined, Digests, View, check_drift, delta_drift, drift_error
 from installer.services import ServiceManager
 from installer.state import StateDir
+from installer.units import restart_lines
 
 SPACE_MARGIN = 1.05
 SPACE_SLACK = 16 * 1024 * 1024
@@ -315,6 +316,7 @@ def _services_ready(
     except JumpkitError as e:
         return [f"services: {e.message}"]
     passed.append(f"services: {len(running)}/{len(svcs)} running ({manifest.services.backend})")
+    passed += restart_lines(manifest, mgr)
     if not running or not manifest.services.health or force:
         return []
     once = tuple(c.model_copy(update={"retries": 1}) for c in manifest.services.health)

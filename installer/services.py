@@ -7,7 +7,9 @@ Backends: ``supervisord`` (XML-RPC over its unix socket), ``systemd`` (systemctl
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import os
 import subprocess
 import time
 import xmlrpc.client
@@ -49,8 +51,72 @@ class ServiceManager(Protocol):
         support report; never raises: a log that cannot be read is one line saying why)."""
         ...
 
+    def hold(self, service: Service) -> None:
+        """Before the stop: keep anything but this run from starting the service again until
+        :meth:`start` (systemd: a socket, a dependency, a timer would start it on a
+        half-swapped tree). Survives a crash of the installer; :meth:`finish` ends it."""
+        ...
 
-class NoServices:
+    def reload(self) -> None:
+        """Make the backend read service definitions as they are on disk now (systemd:
+        ``daemon-reload`` after unit files or drop-ins changed, before any start)."""
+        ...
+
+    def is_enabled(self, service: Service) -> bool:
+        """Whether the service starts at boot (systemd's ``is-enabled``)."""
+        ...
+
+    def enable(self, service: Service, on: bool) -> None:
+        """Enable (``on``) or disable the service for boot; idempotent.
+
+        Raises:
+            ServiceError: the backend refused.
+        """
+        ...
+
+    def unhealthy(self, service: Service) -> str | None:
+        """Why the backend's own view says the started service is not healthy (it exited,
+        it restarted since the start), or None."""
+        ...
+
+    def drop_ins(self, service: Service) -> list[str]:
+        """Operator drop-ins the backend applies to the service (kept by every jump)."""
+        ...
+
+    def finish(self) -> None:
+        """End every :meth:`hold` still in place (the transaction is over); idempotent."""
+        ...
+
+
+class _Plain:
+    """What a backend without units, holds or an own view of health does: nothing."""
+
+    def hold(self, service: Service) -> None:
+        """See :class:`ServiceManager`."""
+
+    def reload(self) -> None:
+        """See :class:`ServiceManager`."""
+
+    def is_enabled(self, service: Service) -> bool:
+        """See :class:`ServiceManager`."""
+        return True
+
+    def enable(self, service: Service, on: bool) -> None:
+        """See :class:`ServiceManager`."""
+
+    def unhealthy(self, service: Service) -> str | None:
+        """See :class:`ServiceManager`."""
+        return None
+
+    def drop_ins(self, service: Service) -> list[str]:
+        """See :class:`ServiceManager`."""
+        return []
+
+    def finish(self) -> None:
+        """See :class:`ServiceManager`."""
+
+
+class NoServices(_Plain):
     """For managers whose services jumpkit does not control."""
 
     def is_running(self, service: Service) -> bool:
@@ -68,7 +134,7 @@ class NoServices:
         return ["(jumpkit controls no services here: no log to read)"]
 
 
-class Supervisord:
+class Supervisord(_Plain):
     """supervisord through XML-RPC on its unix socket."""
 
     def __init__(self, socket: Path) -> None:
@@ -155,6 +221,18 @@ class Supervisord:
         self._seen_stopped.discard(service.name)
         self._call("startProcess", service.name, True)
 
+    def unhealthy(self, service: Service) -> str | None:
+        """See :class:`ServiceManager`: supervisord's state of the program."""
+        try:
+            info = self._call("getProcessInfo", service.name)
+        except ServiceError as e:
+            return e.message
+        if not isinstance(info, dict) or info.get("statename") == "RUNNING":
+            return None
+        state, why = info.get("statename"), info.get("spawnerr") or info.get("description") or ""
+        exited = f", exit status {info['exitstatus']}" if state in ("EXITED", "BACKOFF", "FATAL") else ""
+        return f"supervisord: {service.name} is {state}{exited}" + (f" ({why})" if why else "")
+
     def log_tail(self, service: Service, lines: int) -> list[str]:
         """See :class:`ServiceManager`: stdout and stderr, as supervisord's tail gives them."""
         out = []
@@ -167,7 +245,7 @@ class Supervisord:
         return out
 
 
-class Commands:
+class Commands(_Plain):
     """Start/stop/status commands named in the spec (argv lists, no shell)."""
 
     def __init__(self, root: Path) -> None:
@@ -200,53 +278,245 @@ class Commands:
         return ["(the command backend keeps no log jumpkit can read)"]
 
 
+UNIT_SUFFIXES = (".service", ".socket", ".target", ".timer", ".path", ".mount")
+
+
+def unit_name(name: str) -> str:
+    """The systemd unit of a service name: ``demo`` is ``demo.service``."""
+    return name if name.endswith(UNIT_SUFFIXES) else f"{name}.service"
+
+
+HEALTH_PROPS = (
+    "ActiveState",
+    "SubState",
+    "Result",
+    "NRestarts",
+    "ExecMainCode",
+    "ExecMainStatus",
+    "ExecMainStartTimestampMonotonic",
+    "ExecMainExitTimestampMonotonic",
+)
+
+
 class Systemd:
-    """systemd through ``systemctl`` (found on PATH). A daemon-reload runs once before the
-    first start, so unit files the swap placed are seen."""
+    """systemd through ``systemctl`` (found on PATH), which must be the systemd whose ``/``
+    is the root (``--root /`` on a manager).
 
-    def __init__(self, systemctl: str = "systemctl") -> None:
+    Holds: a stopped unit can be started again by others than this run: its ``.socket``
+    on the next connection, a unit that wants it, a timer. Before the stop, :meth:`hold`
+    starts a transient ``jumpkit-hold-<unit>`` unit (``Type=oneshot``, ``Before=`` the
+    unit) that waits on a FIFO in the state dir; a start job of the unit, whoever queues
+    it, waits behind the hold's until :meth:`start` opens the FIFO (0.05 ms, no systemctl
+    call in the window). A connection meanwhile waits in the socket's backlog and is
+    answered by the new version. After a crash the hold stays until resume or rollback
+    starts the service; a reboot ends it (``/run``)."""
+
+    def __init__(self, root: Path, holds: Path | None = None, systemctl: str = "systemctl") -> None:
+        self.root = root
+        self.holds = holds
         self.systemctl = systemctl
-        self._reloaded = False
+        self._clean: set[str] = set()
+        """Units this object stopped: inactive, not failed; their start needs no look first."""
 
-    def _run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def _run(
+        self, *args: str, timeout: float = 60, tool: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        argv = [tool or self.systemctl, *args]
         try:
-            return subprocess.run([self.systemctl, *args], capture_output=True, text=True, timeout=timeout)
+            return subprocess.run(
+                argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+            )
         except subprocess.TimeoutExpired as e:
-            raise ServiceError(f"systemctl {' '.join(args)} did not return within {timeout:g}s") from e
+            raise ServiceError(f"{' '.join(argv[:3])} did not return within {timeout:g}s") from e
         except OSError as e:
-            raise ServiceError(f"cannot run {self.systemctl}: {e.strerror}") from e
+            raise ServiceError(f"cannot run {argv[0]}: {e.strerror}") from e
+
+    def _show(self, unit: str, *props: str) -> dict[str, str]:
+        p = self._run("show", unit, *(f"--property={x}" for x in props))
+        return dict(line.split("=", 1) for line in p.stdout.splitlines() if "=" in line)
+
+    @staticmethod
+    def _why(p: subprocess.CompletedProcess[str]) -> str:
+        return " ".join((p.stderr or p.stdout).split())[-300:]
 
     def is_running(self, service: Service) -> bool:
         """See :class:`ServiceManager`."""
-        return self._run("is-active", "--quiet", service.name).returncode == 0
+        return self._run("is-active", "--quiet", unit_name(service.name)).returncode == 0
 
-    def stop(self, service: Service) -> None:
+    # --- holds ------------------------------------------------------------------------
+    def _fifo(self, unit: str) -> Path | None:
+        return None if self.holds is None else self.holds / unit
+
+    def hold(self, service: Service) -> None:
         """See :class:`ServiceManager`."""
-        p = self._run("stop", service.name, timeout=service.stop_timeout)
+        unit = unit_name(service.name)
+        fifo = self._fifo(unit)
+        if fifo is None or not unit.endswith(".service"):
+            return
+        hold = "jumpkit-hold-" + unit.replace("@", "_")
+        state = self._show(hold, "ActiveState", "Job")
+        if state.get("Job") or state.get("ActiveState") in ("active", "activating"):
+            if fifo.exists():
+                return  # in place: a crashed run's, or this run's before a rollback's stop
+            self._run("stop", hold)  # its FIFO is gone (the state dir was): nothing could end it
+        elif state.get("ActiveState") == "failed":
+            self._run("reset-failed", hold)  # a failed hold keeps its name taken
+        fifo.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            fifo.unlink()
+        os.mkfifo(fifo, 0o600)
+        try:  # the path systemd sees: its / is the root
+            inside = "/" + fifo.resolve().relative_to(self.root.resolve()).as_posix()
+        except ValueError:  # a --state-dir outside the root
+            inside = str(fifo.resolve())
+        p = self._run(
+            "--no-block",
+            "--quiet",
+            f"--unit={hold}",
+            "--description=jumpkit: hold " + unit,
+            "--property=Type=oneshot",
+            f"--property=Before={unit}",
+            "--property=DefaultDependencies=no",
+            "--property=CollectMode=inactive-or-failed",
+            "cat",
+            inside,
+            tool="systemd-run",
+        )
         if p.returncode != 0:
-            raise ServiceError(f"systemctl stop {service.name} failed: {p.stderr.strip()[-200:]}")
+            fifo.unlink()
+            raise ServiceError(f"cannot hold {unit} through the stop: {self._why(p)}")
+
+    def _release(self, unit: str) -> None:
+        fifo = self._fifo(unit)
+        if fifo is None or not fifo.exists():
+            return
+        try:
+            fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:  # ENXIO: no hold reads it (it ended, or a reboot did)
+            pass
+        else:
+            os.close(fd)  # the hold reads EOF, exits 0; the unit's start job goes on
+        fifo.unlink()
+
+    def finish(self) -> None:
+        """See :class:`ServiceManager`."""
+        if self.holds is not None and self.holds.is_dir():
+            for fifo in sorted(self.holds.iterdir()):
+                self._release(fifo.name)
+
+    # --- stop and start --------------------------------------------------------------
+    def stop(self, service: Service) -> None:
+        """See :class:`ServiceManager`. ``systemctl stop`` waits for the unit's own stop
+        (ExecStop, then its KillSignal, SIGKILL after its TimeoutStopSec); we wait at most
+        ``stop_timeout``: a unit still stopping then fails the step, before any file moved."""
+        unit = unit_name(service.name)
+        self._clean.discard(unit)
+        try:
+            p = self._run("stop", unit, timeout=service.stop_timeout)
+        except ServiceError as e:
+            if "did not return" in e.message:
+                raise ServiceError(f"{service.name} did not stop within {service.stop_timeout:g}s") from e
+            raise
+        if p.returncode != 0:
+            raise ServiceError(f"systemctl stop {unit} failed: {self._why(p)}")
+        self._clean.add(unit)
 
     def start(self, service: Service) -> None:
-        """See :class:`ServiceManager`."""
-        if not self._reloaded:
-            self._run("daemon-reload")
-            self._reloaded = True
-        p = self._run("start", service.name, timeout=service.start_timeout)
+        """See :class:`ServiceManager`. A unit that is ``failed`` (a crash loop's start
+        limit, a failed stop) is reset first, or systemd would refuse the start. The start
+        waits for ``Type=notify``'s READY=1 and the like, at most ``start_timeout``."""
+        unit = unit_name(service.name)
+        self._release(unit)
+        if unit not in self._clean:
+            state = self._show(unit, "ActiveState", "SubState")
+            if state.get("ActiveState") == "failed":
+                self._run("reset-failed", unit)
+            elif state.get("ActiveState") == "deactivating":  # a stop that timed out: let it end
+                deadline = time.monotonic() + service.start_timeout
+                while (
+                    time.monotonic() < deadline
+                    and self._show(unit, "ActiveState").get("ActiveState") == "deactivating"
+                ):
+                    time.sleep(0.05)
+        self._clean.discard(unit)
+        deadline = time.monotonic() + service.start_timeout
+        p = self._run("start", unit, timeout=service.start_timeout)
+        if p.returncode != 0 and self._show(unit, "Result").get("Result") == "start-limit-hit":
+            # systemd's StartLimitBurst= (5 starts in 10 s by default) counts deliberate
+            # starts too: an apply soon after a rollback would be refused for no fault
+            self._run("reset-failed", unit)
+            p = self._run("start", unit, timeout=max(1.0, deadline - time.monotonic()))
         if p.returncode != 0:
-            raise ServiceError(f"systemctl start {service.name} failed: {p.stderr.strip()[-200:]}")
+            why = self.unhealthy(service) or self._why(p)
+            raise ServiceError(f"systemctl start {unit} failed: {why}")
+
+    # --- units ------------------------------------------------------------------------
+    def reload(self) -> None:
+        """See :class:`ServiceManager`."""
+        p = self._run("daemon-reload")
+        if p.returncode != 0:
+            raise ServiceError(f"systemctl daemon-reload failed: {self._why(p)}")
+
+    def is_enabled(self, service: Service) -> bool:
+        """See :class:`ServiceManager`."""
+        return self._run("is-enabled", "--quiet", unit_name(service.name)).returncode == 0
+
+    def enable(self, service: Service, on: bool) -> None:
+        """See :class:`ServiceManager`. A unit whose file is gone is already disabled."""
+        unit = unit_name(service.name)
+        p = self._run("enable" if on else "disable", "--quiet", unit)
+        if p.returncode != 0 and (on or "does not exist" not in p.stderr):
+            raise ServiceError(f"systemctl {'enable' if on else 'disable'} {unit} failed: {self._why(p)}")
+
+    def drop_ins(self, service: Service) -> list[str]:
+        """See :class:`ServiceManager`: systemd's ``DropInPaths``."""
+        try:
+            return self._show(unit_name(service.name), "DropInPaths").get("DropInPaths", "").split()
+        except ServiceError:
+            return []
+
+    def unhealthy(self, service: Service) -> str | None:
+        """See :class:`ServiceManager`: ``NRestarts`` (systemd counts the restarts it made
+        since the last start it was asked for), ``ActiveState`` and the main process's exit."""
+        unit = unit_name(service.name)
+        try:
+            s = self._show(unit, *HEALTH_PROPS)
+        except ServiceError as e:
+            return e.message
+        exited = ""
+        if s.get("ExecMainExitTimestampMonotonic", "0") not in ("", "0"):
+            took = (
+                int(s["ExecMainExitTimestampMonotonic"]) - int(s.get("ExecMainStartTimestampMonotonic") or 0)
+            ) / 1e6
+            how = (
+                "was killed by signal"
+                if s.get("ExecMainCode") in ("2", "3", "killed", "dumped")
+                else "exited"
+            )
+            exited = f"; its main process {how} {s.get('ExecMainStatus', '?')} after {took:.1f}s"
+        log = f" (journalctl -u {unit})"
+        restarts = int(s.get("NRestarts") or 0)
+        if restarts:
+            return f"systemd: {unit} restarted {restarts} time(s) since its start{exited}{log}"
+        if s.get("ActiveState") != "active":
+            state = f"{s.get('ActiveState')} ({s.get('SubState')}, {s.get('Result')})"
+            return f"systemd: {unit} is {state}{exited}{log}"
+        return None
 
     def log_tail(self, service: Service, lines: int) -> list[str]:
         """See :class:`ServiceManager`: journald's, through journalctl."""
         try:
-            argv = ["journalctl", "-u", service.name, "-n", str(lines), "--no-pager"]
-            p = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            return [f"(cannot run journalctl: {e})"]
+            p = self._run(
+                "-u", unit_name(service.name), "-n", str(lines), "--no-pager", timeout=30, tool="journalctl"
+            )
+        except ServiceError as e:
+            return [f"(cannot run journalctl: {e.message})"]
         return ["-- journald:", *(p.stdout or p.stderr).splitlines()]
 
 
-def service_manager(spec: Services, root: Path) -> ServiceManager:
-    """The backend the manifest names.
+def service_manager(spec: Services, root: Path, holds: Path | None = None) -> ServiceManager:
+    """The backend the manifest names; ``holds`` is where a systemd backend keeps the
+    FIFOs of its holds (the state dir's; None: no holds, for read-only commands).
 
     Raises:
         ServiceError: the backend is not available on this installer.
@@ -260,4 +530,4 @@ def service_manager(spec: Services, root: Path) -> ServiceManager:
         return Supervisord(root / canonical)
     if spec.backend == "command":
         return Commands(root)
-    return Systemd()
+    return Systemd(root, holds)

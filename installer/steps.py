@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from installer import child
-from installer.errors import JumpkitError, StepError
+from installer.errors import HealthCheckError, JumpkitError, StepError
 from installer.failpoints import failpoint
-from installer.format import Database, Manifest
+from installer.format import Database, Manifest, Service
 from installer.health import lookup_variables, wait_healthy
 from installer.journal import Note
 from installer.migrate import (
@@ -34,6 +35,7 @@ from installer.replay import NotReplayable, Recording, rehearse, replay
 from installer.services import ServiceManager
 from installer.state import StateDir
 from installer.swap import Swapper
+from installer.units import socket_of
 
 
 @dataclass
@@ -56,6 +58,9 @@ class Context:
     rehearsals: dict[str, Recording] = field(default_factory=dict)
     """Per SQLite database, its upgrade rehearsed on a copy before the outage, for the
     window to replay (:mod:`installer.replay`; memory only, used once)."""
+    units_changed: frozenset[str] = frozenset()
+    """systemd units (and ``*.wants`` dirs) whose file or drop-in the transaction places or
+    removes, over every jump of a chain (:func:`unit_changes`; set by the transaction)."""
 
     def note(self, step: str, data: dict[str, Any]) -> None:
         """Persist ``data`` for ``step`` in the journal before acting on it."""
@@ -88,8 +93,16 @@ class Step(Protocol):
         ...
 
 
+def restarts_socket(s: Service, ctx: Context) -> bool:
+    """Whether the jump restarts the service's socket too (refusing connections meanwhile):
+    the socket unit changes, or comes or goes with the service."""
+    return s.socket is not None and (s.added or s.removed or s.socket in ctx.units_changed)
+
+
 class StopServices:
-    """Stop the services that run now (reverse start order); undo starts them again."""
+    """Hold, then stop the services that run now (reverse start order); a service the jump
+    removes is also disabled, and a socket the jump changes stopped. Undo reloads the units
+    (the swap back changed them), enables and starts everything again as it was."""
 
     name = "stop-services"
     outage = True
@@ -98,39 +111,93 @@ class StopServices:
         """See :class:`Step`."""
         svcs = ctx.manifest.services.services
         if self.name not in ctx.notes:
-            ctx.note(self.name, {"running": [s.name for s in svcs if ctx.services.is_running(s)]})
+            ctx.note(
+                self.name,
+                {
+                    "running": [s.name for s in svcs if ctx.services.is_running(s)],
+                    "enabled": [s.name for s in svcs if s.removed and ctx.services.is_enabled(s)],
+                    "sockets": [
+                        sock.name
+                        for s in svcs
+                        if (sock := socket_of(s))
+                        and restarts_socket(s, ctx)
+                        and ctx.services.is_running(sock)
+                    ],
+                },
+            )
         running = set(ctx.notes[self.name]["running"])
+        for s in svcs:  # before the first stop, while every service still answers
+            ctx.services.hold(s)
         for s in reversed(svcs):
             if s.name in running:
                 ctx.log(f"stopping {s.name}")
                 ctx.services.stop(s)
                 failpoint(f"service:stopped:{s.name}")
+            sock = socket_of(s)
+            if sock and restarts_socket(s, ctx):
+                ctx.log(f"stopping {sock.name}: it changes, connections are refused until it starts")
+                ctx.services.stop(sock)
+            if s.removed:
+                for unit in (s, sock):
+                    if unit is not None:
+                        ctx.services.enable(unit, False)
 
     def undo(self, ctx: Context) -> None:
         """See :class:`Step`."""
-        running = set(ctx.notes.get(self.name, {}).get("running", []))
+        note = ctx.notes.get(self.name, {})
+        running, enabled = set(note.get("running", [])), set(note.get("enabled", []))
+        sockets = set(note.get("sockets", []))
+        if ctx.units_changed:
+            ctx.services.reload()
         for s in ctx.manifest.services.services:
+            sock = socket_of(s)
+            if s.name in enabled:
+                for unit in (sock, s):
+                    if unit is not None:
+                        ctx.services.enable(unit, True)
+            if sock and sock.name in sockets:
+                ctx.services.start(sock)
             if s.name in running:
                 ctx.log(f"starting {s.name} again")
                 ctx.services.start(s)
 
 
 class StartServices:
-    """Start the services that were running before the stop (start order)."""
+    """Start the services that were running before the stop and those the jump adds
+    (start order), after a reload when units changed; added ones are enabled first."""
 
     name = "start-services"
     outage = True
 
     def _names(self, ctx: Context) -> set[str]:
+        svcs = ctx.manifest.services.services
         note = ctx.notes.get(StopServices.name)
         if note is None:
-            return {s.name for s in ctx.manifest.services.services}
-        return set(note["running"]) | {s.name for s in ctx.manifest.services.services if s.added}
+            return {s.name for s in svcs if not s.removed}
+        return (set(note["running"]) | {s.name for s in svcs if s.added}) - {
+            s.name for s in svcs if s.removed
+        }
+
+    def _sockets(self, ctx: Context) -> set[str]:
+        """Sockets to start: those stopped because they change, and those of added services."""
+        svcs = ctx.manifest.services.services
+        was = set(ctx.notes.get(StopServices.name, {}).get("sockets", []))
+        return {s.socket for s in svcs if s.socket and not s.removed and (s.added or s.socket in was)}
 
     def run(self, ctx: Context) -> None:
         """See :class:`Step`."""
-        names = self._names(ctx)
+        names, sockets = self._names(ctx), self._sockets(ctx)
+        if ctx.units_changed:
+            ctx.log("units changed: daemon-reload")
+            ctx.services.reload()
         for s in ctx.manifest.services.services:
+            sock = socket_of(s)
+            if s.added:
+                for unit in (sock, s):
+                    if unit is not None:
+                        ctx.services.enable(unit, True)
+            if sock and sock.name in sockets:
+                ctx.services.start(sock)
             if s.name in names:
                 ctx.log(f"starting {s.name}")
                 ctx.services.start(s)
@@ -138,27 +205,57 @@ class StartServices:
 
     def undo(self, ctx: Context) -> None:
         """See :class:`Step`."""
-        names = self._names(ctx)
-        for s in reversed(ctx.manifest.services.services):
+        names, sockets = self._names(ctx), self._sockets(ctx)
+        svcs = ctx.manifest.services.services
+        for s in svcs:
+            if s.name in names:
+                ctx.services.hold(s)
+        for s in reversed(svcs):
             if s.name in names:
                 ctx.services.stop(s)
+            sock = socket_of(s)
+            if sock and sock.name in sockets:
+                ctx.services.stop(sock)
+            if s.added:
+                for unit in (s, sock):
+                    if unit is not None:
+                        ctx.services.enable(unit, False)
 
 
 class Health:
-    """Wait for every health check of the new version (RAUC's mark-good gate)."""
+    """Wait for every health check of the new version (RAUC's mark-good gate), then for the
+    backend's own view: a service that exited or restarted since its start (systemd's
+    ``Restart=always`` hides a crash from a check that polls) is not healthy."""
 
     name = "health"
     outage = True
 
     def run(self, ctx: Context) -> None:
         """See :class:`Step`."""
-        if not ctx.manifest.services.health:
+        spec = ctx.manifest.services
+        if not spec.health:
             return
         if not ctx.notes.get(StopServices.name, {}).get("running", True):
             ctx.log("no service was running before the apply; health checks skipped")
             return
-        took = wait_healthy(ctx.manifest.services.health, ctx.variables(ctx.manifest.to_version), ctx.root)
-        ctx.log(f"healthy after {took:.2f}s")
+        started = [s for s in spec.services if s.name in StartServices()._names(ctx)]
+        try:
+            took = wait_healthy(spec.health, ctx.variables(ctx.manifest.to_version), ctx.root)
+        except HealthCheckError as e:
+            seen = [w for s in started if (w := ctx.services.unhealthy(s))]
+            if not seen:
+                raise
+            raise HealthCheckError(
+                f"{e.message}; {'; '.join(seen)}", check=e.check, last_output=e.last_output
+            ) from e
+        if spec.settle:
+            time.sleep(spec.settle)
+        seen = [w for s in started if (w := ctx.services.unhealthy(s))]
+        if seen:
+            raise HealthCheckError(
+                f"the checks passed, but {'; '.join(seen)}", check="backend", last_output=seen[0]
+            )
+        ctx.log(f"healthy after {took:.2f}s" + (f", stable for {spec.settle:g}s" if spec.settle else ""))
 
     def undo(self, ctx: Context) -> None:
         """See :class:`Step`."""

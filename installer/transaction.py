@@ -50,6 +50,7 @@ from installer.stage import load_staged
 from installer.state import StateDir, StatusDoc
 from installer.steps import Context, Health, StartServices, StopServices, idle
 from installer.swap import backup_skeleton, sync_threads
+from installer.units import unit_changes
 
 Log = Callable[[str], None]
 Contexts = Callable[[StateDir, list[Manifest], list[Plan], dict[str, dict[str, Any]]], list[Context]]
@@ -131,6 +132,9 @@ class Transaction:
     def __init__(self, ctxs: list[Context], rec: Recorder, log: Log) -> None:
         self.ctxs = ctxs
         self.units: list[Unit] = transaction_units(ctxs)
+        changed = frozenset().union(*(unit_changes(op.path for op in c.plan.ops) for c in ctxs))
+        for c in ctxs:  # the stop is the first jump's step, the start the last's
+            c.units_changed = changed
         self.rec = rec
         self.log = log
         self.state = ctxs[0].state
@@ -351,7 +355,17 @@ class Transaction:
                 outage_phases=phases,
             )
             self.state.append_history({"result": "finished", "bundle": self.bundle, "outage_seconds": outage})
+            self._end_holds()
             return self.rec.doc
+
+    def _end_holds(self) -> None:
+        """The services stay as the transaction left them: end the holds of those it did
+        not start (a removed one, an added one rolled back, one stopped before)."""
+        for c in self.ctxs:
+            try:
+                c.services.finish()
+            except JumpkitError as e:
+                self.log(f"could not end a hold on the services: {e.message}")
 
     # --- rollback ----------------------------------------------------------------------
     def rollback(self, reason: str) -> None:
@@ -423,6 +437,7 @@ class Transaction:
             summary=f"rolled back to {self.head.from_version}: {reason}",
         )
         self.state.append_history({"result": "rolled-back", "bundle": self.bundle, "reason": reason})
+        self._end_holds()
         for c in self.ctxs:  # after the record: a crash before this leaves only a stale staging
             self.state.remove_tree(c.staging)
 
