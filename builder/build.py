@@ -6,6 +6,7 @@ import calendar
 import contextlib
 import gc
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -39,6 +40,8 @@ from installer.format import (
     Job,
     Manifest,
     Member,
+    RemovedEntry,
+    Service,
     Services,
     manifest_bytes,
     sha256_file,
@@ -229,6 +232,44 @@ def _patch(collected: Collected, workers: int, bsdiff_max: int) -> int:
     return sum(c.whole_deflated for c in choices.values())
 
 
+UNIT_FILE = re.compile(r"^(?:etc|usr/lib|lib)/systemd/system/([^/]+)\.service$")
+
+
+def service_changes(
+    services: tuple[Service, ...], jump: JumpSpec, files: list[FileEntry], removed: list[RemovedEntry]
+) -> tuple[Service, ...]:
+    """The manifest's services: each marked ``added`` when the jump renders its unit
+    (``units:``) or ships a unit file the from-release lacks, with the ``.socket`` it
+    renders; then a unit file the to-release adds that no service names, as ``added``; and,
+    stopped first, a service whose unit file the jump removes, as ``removed`` (with its
+    socket when that goes too). Added units are enabled and started, removed ones stopped
+    and disabled; a rollback reverses both."""
+    added_files = {m.group(1) for f in files if f.from_sha256 is None and (m := UNIT_FILE.match(f.path))}
+    gone = {r.path for r in removed}
+    out = []
+    for s in services:
+        unit = jump.units.get(s.name)
+        update: dict[str, object] = {"added": s.name in jump.units or s.name in added_files}
+        if unit is not None and unit.socket is not None:
+            update["socket"] = f"{s.name}.socket"
+        out.append(s.model_copy(update=update))
+    names = {s.name for s in services}
+    placed = {f.path for f in files if f.from_sha256 is None}
+    for path in sorted(placed):  # a unit the release adds that the spec lists no service for
+        m = UNIT_FILE.match(path)
+        if m and m.group(1) not in names:
+            name = m.group(1)
+            sock = f"{name}.socket" if path.removesuffix(".service") + ".socket" in placed else None
+            out.append(Service(name=name, added=True, socket=sock))
+    for path in sorted(gone):
+        m = UNIT_FILE.match(path)
+        if m and m.group(1) not in names:
+            name = m.group(1)
+            sock = f"{name}.socket" if path.removesuffix(".service") + ".socket" in gone else None
+            out.append(Service(name=name, removed=True, socket=sock))
+    return tuple(out)
+
+
 def _manifest(
     product: Product,
     frm: str,
@@ -302,11 +343,11 @@ def _manifest(
             services=Services(
                 backend=svc.backend,
                 socket=svc.socket,
-                services=tuple(
-                    s.model_copy(update={"added": s.name in jump.units})
-                    for s in start_order(svc.services, f"{product.name} services")
+                services=service_changes(
+                    start_order(svc.services, f"{product.name} services"), jump, files, collected.removed
                 ),
                 health=svc.health,
+                settle=svc.settle,
             ),
             checks=product.spec.checks + jump.checks,
             hooks=tuple(hooks),

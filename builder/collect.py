@@ -149,8 +149,10 @@ def render_configs(product: Product, version: str, variables: dict[str, Any]) ->
     return out
 
 
-def render_unit(product: str, version: str, name: str, unit: UnitSpec, stop_timeout: float) -> bytes:
-    """Render templates/systemd/service.j2 for one service."""
+def render_unit(
+    product: str, version: str, name: str, unit: UnitSpec, stop_timeout: float, kind: str = "service"
+) -> bytes:
+    """Render templates/systemd/<kind>.j2 (``service`` or ``socket``) for one service."""
     from builder import __version__
 
     env = jinja2.Environment(
@@ -160,7 +162,7 @@ def render_unit(product: str, version: str, name: str, unit: UnitSpec, stop_time
         autoescape=False,
     )
     return (
-        env.get_template("systemd/service.j2")
+        env.get_template(f"systemd/{kind}.j2")
         .render(
             name=name,
             unit=unit,
@@ -301,12 +303,17 @@ def collect(
         out.removed.append(RemovedEntry(path=path, from_sha256=from_sha))
     _pair_added(out, old)
     for name, unit in sorted(jump.units.items()):
-        path = f"etc/systemd/system/{name}.service"
-        if path in {f.path for f in out.files}:
-            raise SpecError(f"units: {name}: {path} is also shipped as a file")
         svc = next((s for s in (jump.services or product.spec.services).services if s.name == name), None)
-        data = render_unit(product.name, jump.to_version, name, unit, svc.stop_timeout if svc else 30.0)
-        out.files.append(Pending(path, "file", 0o644, None, Source(PAYLOAD_PREFIX + path, 0o644, data=data)))
+        for kind in ("service", "socket") if unit.socket else ("service",):
+            path = f"etc/systemd/system/{name}.{kind}"
+            if path in {f.path for f in out.files}:
+                raise SpecError(f"units: {name}: {path} is also shipped as a file")
+            data = render_unit(
+                product.name, jump.to_version, name, unit, svc.stop_timeout if svc else 30.0, kind
+            )
+            out.files.append(
+                Pending(path, "file", 0o644, None, Source(PAYLOAD_PREFIX + path, 0o644, data=data))
+            )
     scripts: list[tuple[str, str, str]] = []
     for hook in jump.hooks:
         scripts.append(("hooks", hook.name, hook.script))

@@ -7,7 +7,7 @@ import datetime as dt
 import graphlib
 import re
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -27,6 +27,25 @@ class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+UnitName = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]*)?\.(service|socket|target|mount|timer|path|slice|scope)$"
+    ),
+]
+"""A systemd unit name with its suffix (``network-online.target``, ``db.service``)."""
+
+
+class SocketSpec(_Spec):
+    """The ``.socket`` unit the builder renders beside a service's unit."""
+
+    listen_stream: tuple[str, ...] = Field(min_length=1)
+    """ListenStream= addresses (``127.0.0.1:8080``, ``/run/app.sock``); the service takes
+    them as inherited descriptors (``LISTEN_FDS``, from fd 3)."""
+    backlog: int | None = Field(default=None, ge=1, le=65535)
+    """Backlog= (connections that wait while the service restarts; systemd's default: 4096)."""
+
+
 class UnitSpec(_Spec):
     """A systemd unit the builder renders (templates/systemd/service.j2) when a jump adds
     a service; it ships as ``etc/systemd/system/<name>.service``."""
@@ -43,14 +62,30 @@ class UnitSpec(_Spec):
     """WorkingDirectory=."""
     environment: dict[str, str] = Field(default_factory=dict)
     """Environment= variables, by name."""
-    after: tuple[str, ...] = ("network.target",)
+    after: tuple[UnitName, ...] = ("network.target",)
     """After= units."""
-    requires: tuple[str, ...] = ()
+    requires: tuple[UnitName, ...] = ()
     """Requires= units."""
+    wants: tuple[UnitName, ...] = ()
+    """Wants= units."""
     restart: Literal["no", "on-failure", "always"] = "on-failure"
     """Restart=."""
-    wanted_by: str = "multi-user.target"
+    restart_sec: float | None = Field(default=None, ge=0)
+    """RestartSec= in seconds (systemd's default: 0.1)."""
+    exec_reload: tuple[str, ...] = ()
+    """ExecReload= argv (``systemctl reload``), e.g. ``["/bin/kill", "-HUP", "$MAINPID"]``."""
+    wanted_by: UnitName = "multi-user.target"
     """WantedBy= of the [Install] section."""
+    socket: SocketSpec | None = None
+    """Render ``<name>.socket`` too and restart the service behind it: the socket stays
+    while the service is stopped, swapped and started, so no connection is refused."""
+
+    @field_validator("exec_start", "exec_reload")
+    @classmethod
+    def _absolute(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if v and not v[0].startswith("/"):
+            raise ValueError(f"the command must be an absolute path (systemd runs no shell): {v[0]!r}")
+        return v
 
 
 def start_order(services: tuple[Service, ...], where: str) -> tuple[Service, ...]:
@@ -95,6 +130,9 @@ class ServicesSpec(_Spec):
     in reverse."""
     health: tuple[HealthCheck, ...] = ()
     """Checks that must pass after the start before the apply commits."""
+    settle: float = Field(default=0.0, ge=0, le=600)
+    """Seconds the started services must then keep running, as their backend sees them (no
+    exit, no restart: systemd's ``NRestarts``), before the apply commits."""
 
 
 class DatabaseSpec(_Spec):
