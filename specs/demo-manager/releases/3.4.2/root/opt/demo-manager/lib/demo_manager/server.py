@@ -5,6 +5,7 @@ import configparser
 import json
 import os
 import signal
+import socket
 import sqlite3
 import sys
 import threading
@@ -28,6 +29,17 @@ def query(db, sql):
         return con.execute(sql).fetchall()
     finally:
         con.close()
+
+
+def listening(port, handler):
+    """The server on the socket systemd passes (socket activation: LISTEN_FDS, from fd 3),
+    so that a restart queues clients in the socket's backlog; else on 127.0.0.1:port."""
+    if os.environ.get("LISTEN_PID") == str(os.getpid()) and os.environ.get("LISTEN_FDS", "0") != "0":
+        server = ThreadingHTTPServer(("127.0.0.1", port), handler, bind_and_activate=False)
+        server.socket.close()
+        server.socket = socket.socket(fileno=3)
+        return server
+    return ThreadingHTTPServer(("127.0.0.1", port), handler)
 
 
 def main(argv):
@@ -66,7 +78,7 @@ def main(argv):
         def log_message(self, fmt, *a):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server = listening(port, Handler)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     print(f"demo-manager {VERSION} listening on 127.0.0.1:{port}", flush=True)
     server.serve_forever(poll_interval=0.05)

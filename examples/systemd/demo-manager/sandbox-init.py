@@ -1,0 +1,1 @@
+../../../specs/demo-manager/sandbox-init.py
