@@ -1,5 +1,6 @@
-"""Service backends: systemd (units rendered by the builder, systemctl driven through a
-fake on PATH), command, and a supervised service that will not stop."""
+"""Service backends: systemd units rendered by the builder (the backend itself is tested
+against a real systemd in test_systemd.py), command, and a supervised service that will
+not stop."""
 
 from __future__ import annotations
 
@@ -12,21 +13,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from tests.helpers import REPO, SPECS, Sandbox, build, install, tree_hash
-
-FAKE_SYSTEMCTL = """#!/bin/sh
-# Fake systemctl: logs every call, keeps unit state as files in $FAKE_SYSTEMD_STATE.
-echo "$*" >> "$FAKE_SYSTEMD_STATE/calls"
-case "$1" in
-  is-active) [ -f "$FAKE_SYSTEMD_STATE/$3.active" ]; exit $? ;;
-  stop) rm -f "$FAKE_SYSTEMD_STATE/$2.active" ;;
-  start) touch "$FAKE_SYSTEMD_STATE/$2.active" ;;
-  daemon-reload) ;;
-  *) echo "fake systemctl: unknown $1" >&2; exit 1 ;;
-esac
-"""
 
 
 def svc_product(tmp: Path, backend: str, services_yaml: str, jump_extra: str = "") -> Path:
@@ -63,23 +50,15 @@ SYSTEMD_SERVICES = """services:
 SYSTEMD_JUMP = """units:
   worker:
     exec_start: ["/bin/sleep", "infinity"]
+    exec_reload: ["/bin/kill", "-HUP", "$MAINPID"]
     description: svc background worker
     user: svc
     environment: {LANG: C.UTF-8}
+    wants: [network-online.target]
+    restart: always
+    restart_sec: 0.5
+    socket: {listen_stream: ["127.0.0.1:7001"], backlog: 512}
 """
-
-
-@pytest.fixture
-def fake_systemctl(tmp_path: Path) -> dict[str, str]:
-    bindir = tmp_path / "fakebin"
-    bindir.mkdir()
-    script = bindir / "systemctl"
-    script.write_text(FAKE_SYSTEMCTL)
-    script.chmod(0o755)
-    state = tmp_path / "systemd-state"
-    state.mkdir()
-    (state / "api.active").touch()
-    return {"PATH": f"{bindir}:{os.environ['PATH']}", "FAKE_SYSTEMD_STATE": str(state)}
 
 
 def test_rendered_unit_passes_systemd_analyze(tmp_path: Path, keys: dict[str, Path]) -> None:
@@ -87,33 +66,42 @@ def test_rendered_unit_passes_systemd_analyze(tmp_path: Path, keys: dict[str, Pa
     _, bundle = build_and_sandbox(specs, keys, tmp_path)
     with zipfile.ZipFile(bundle) as z:
         unit = z.read("payload/etc/systemd/system/worker.service").decode()
+        sock = z.read("payload/etc/systemd/system/worker.socket").decode()
         manifest = json.loads(z.read("manifest.json"))
     assert "ExecStart=/bin/sleep infinity" in unit and "TimeoutStopSec=30" in unit
+    assert "ExecReload=/bin/kill -HUP $MAINPID" in unit and "RestartSec=0.5" in unit
+    assert "Wants=network-online.target" in unit and "Requires=worker.socket" in unit
+    assert "ListenStream=127.0.0.1:7001" in sock and "Backlog=512" in sock
+    worker = manifest["services"]["services"][1]
     assert [s["added"] for s in manifest["services"]["services"]] == [False, True]
-    path = tmp_path / "worker.service"
-    path.write_text(unit)
-    p = subprocess.run(["systemd-analyze", "verify", "--man=no", str(path)], capture_output=True, text=True)
+    assert worker["socket"] == "worker.socket"
+    for name, text in (("worker.service", unit), ("worker.socket", sock)):
+        (tmp_path / name).write_text(text)
+    p = subprocess.run(
+        [
+            "systemd-analyze",
+            "verify",
+            "--man=no",
+            str(tmp_path / "worker.service"),
+            str(tmp_path / "worker.socket"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 0 and p.stderr.strip() == "", p.stderr
 
 
-def test_systemd_backend_command_sequence(
-    tmp_path: Path, keys: dict[str, Path], fake_systemctl: dict[str, str]
-) -> None:
-    specs = svc_product(tmp_path, "systemd", SYSTEMD_SERVICES, SYSTEMD_JUMP)
-    root, bundle = build_and_sandbox(specs, keys, tmp_path)
-    p = install("--root", root, "apply", bundle, env=fake_systemctl)
-    assert p.returncode == 0, p.stderr
-    calls = (Path(fake_systemctl["FAKE_SYSTEMD_STATE"]) / "calls").read_text().splitlines()
-    # pre-flight probes, stop what ran (api), reload units, start api and the added worker
-    transaction = calls[calls.index("stop api") :]
-    assert transaction == ["stop api", "daemon-reload", "start api", "start worker"]
-    assert (root / "etc/systemd/system/worker.service").exists()
-    (Path(fake_systemctl["FAKE_SYSTEMD_STATE"]) / "calls").write_text("")
-    p = install("--root", root, "rollback", env=fake_systemctl)
-    assert p.returncode == 0, p.stderr
-    calls = (Path(fake_systemctl["FAKE_SYSTEMD_STATE"]) / "calls").read_text().splitlines()
-    assert calls == ["stop worker", "stop api", "daemon-reload", "start api"]
-    assert not (root / "etc/systemd/system/worker.service").exists()
+def test_units_spec_refuses_what_systemd_would(tmp_path: Path, keys: dict[str, Path]) -> None:
+    """A relative ExecStart (systemd runs no shell), a dependency without its unit suffix:
+    refused at build and by lint, naming the field."""
+    bad = SYSTEMD_JUMP.replace('["/bin/sleep", "infinity"]', '["sleep", "infinity"]').replace(
+        "network-online.target", "network-online"
+    )
+    specs = svc_product(tmp_path, "systemd", SYSTEMD_SERVICES, bad)
+    p = build("lint", "--specs", specs)
+    assert p.returncode != 0
+    assert "units.worker.exec_start" in p.stdout + p.stderr and "absolute path" in p.stdout + p.stderr
+    assert "units.worker.wants" in p.stdout + p.stderr
 
 
 def test_command_backend(tmp_path: Path, keys: dict[str, Path]) -> None:
@@ -220,29 +208,6 @@ DEPENDENT_SERVICES = """services:
     depends_on: [db]
   - name: db
 """
-
-
-def test_dependencies_order_start_and_stop(
-    tmp_path: Path, keys: dict[str, Path], fake_systemctl: dict[str, str]
-) -> None:
-    specs = svc_product(tmp_path, "systemd", DEPENDENT_SERVICES)
-    root, bundle = build_and_sandbox(specs, keys, tmp_path)
-    state = Path(fake_systemctl["FAKE_SYSTEMD_STATE"])
-    for name in ("web", "db"):
-        (state / f"{name}.active").touch()
-    p = install("--root", root, "apply", bundle, env=fake_systemctl)
-    assert p.returncode == 0, p.stderr
-    calls = (state / "calls").read_text().splitlines()
-    transaction = calls[calls.index("stop web") :]
-    assert transaction == [
-        "stop web",
-        "stop api",
-        "stop db",
-        "daemon-reload",
-        "start db",
-        "start api",
-        "start web",
-    ]
 
 
 def test_dependency_cycle_refused(tmp_path: Path, keys: dict[str, Path]) -> None:

@@ -1,0 +1,503 @@
+"""The systemd backend against a real systemd (PID 1 of its own namespaces, the sandbox
+manager as its ``/``): socket-activated restarts that refuse no connection, the crash and
+signal matrices ending exactly old or new with systemd's loaded state agreeing, units that
+change, come and go, a crash-looping new version, operator drop-ins, a stop timeout."""
+
+from __future__ import annotations
+
+import subprocess
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.counts import count
+from tests.crash.test_points import CRASH_POINTS
+from tests.helpers import HARNESS, build, db_state, free_port, sqlite_url, tree_diff, tree_hash, tree_listing
+from tests.systemd import SYSTEMD_SPECS, Client, SystemdSandbox, make_systemd_sandbox, why_not
+
+pytestmark = [
+    pytest.mark.systemd,
+    pytest.mark.skipif(why_not() is not None, reason=f"no systemd machine here: {why_not()}"),
+]
+
+# the machine's id is made per boot of a fresh sandbox: not the manager's
+SD_HARNESS = (*HARNESS, "etc/machine-id")
+
+
+def sd_tree(root: Path) -> str:
+    return tree_hash(root, SD_HARNESS)
+
+
+@pytest.fixture(scope="module")
+def sd_bundle(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Path]) -> Path:
+    out = tmp_path_factory.mktemp("sd-dist")
+    p = build(
+        "--specs", SYSTEMD_SPECS, "--from", "4.0.1", "--to", "4.1.1", "--key", keys["key"], "--out", out
+    )
+    assert p.returncode == 0, p.stderr
+    return out / "demo-manager-4.0.1-to-4.1.1.zip"
+
+
+@pytest.fixture
+def sd_sandbox(keys: dict[str, Path], port: int) -> Iterator[Callable[..., SystemdSandbox]]:
+    made: list[SystemdSandbox] = []
+
+    def factory(version: str = "4.0.1", **kw: object) -> SystemdSandbox:
+        sb = make_systemd_sandbox(version, keys["pub"], port, **kw)  # type: ignore[arg-type]
+        made.append(sb)
+        return sb
+
+    yield factory
+    for sb in made:
+        sb.destroy()
+
+
+@pytest.fixture(scope="module")
+def sd_expected(keys: dict[str, Path], port: int, sd_bundle: Path) -> dict[str, object]:
+    """Tree, database and systemd's view of a clean 4.0.1 and of a clean apply to 4.1.1."""
+    sb = make_systemd_sandbox("4.0.1", keys["pub"], port)
+    try:
+        old = (sd_tree(sb.root), tree_listing(sb.root, SD_HARNESS), db_state(sqlite_url(sb.root)), sb.units())
+        p = sb.install("apply", sd_bundle)
+        assert p.returncode == 0, p.stderr  # type: ignore[attr-defined]
+        new = (sd_tree(sb.root), tree_listing(sb.root, SD_HARNESS), db_state(sqlite_url(sb.root)), sb.units())
+        return {"old": old, "new": new}
+    finally:
+        sb.destroy()
+
+
+def assert_exactly_sd(
+    sb: SystemdSandbox, expected: dict[str, object], which: str, version: str, what: str
+) -> None:
+    """Files, database, the service answering ``version``, and systemd's loaded view of the
+    units (file, state, enablement, drop-ins) as after a clean run."""
+    tree, files, db, units = expected[which]  # type: ignore[misc]
+    if sd_tree(sb.root) != tree:
+        raise AssertionError(
+            f"{what}: tree is not exactly {version}:\n{tree_diff(files, tree_listing(sb.root, SD_HARNESS))}"
+        )
+    assert db_state(sqlite_url(sb.root)) == db, f"{what}: database is not exactly {version}"
+    assert sb.wait_version(version) == version, f"{what}: the service answers {sb.version()}"
+    assert sb.units() == units, f"{what}: systemd sees {sb.units()}"
+
+
+def test_socket_activated_apply_and_rollback_refuse_no_connection(
+    sd_sandbox: Callable[..., SystemdSandbox], sd_bundle: Path, sd_expected: dict[str, object]
+) -> None:
+    """A client sends a request every 5 ms through the apply and through the rollback: the
+    socket stays while the service stops, the files swap and the schema migrates, so not one
+    connection is refused or reset; it is answered by 4.0.1 before and 4.1.1 after."""
+    sb = sd_sandbox()
+    with Client(sb.url) as c:
+        time.sleep(0.2)
+        p = sb.install("apply", sd_bundle)
+        time.sleep(0.2)
+    assert p.returncode == 0, p.stderr  # type: ignore[attr-defined]
+    assert (c.refused, c.reset, c.other) == (0, 0, 0), (c.refused, c.reset, c.other)
+    assert set(c.answers) == {"4.0.1", "4.1.1"} and c.answers[-1] == "4.1.1"
+    assert c.longest < 5, c.longest
+    assert_exactly_sd(sb, sd_expected, "new", "4.1.1", "apply")
+    with Client(sb.url) as c:
+        time.sleep(0.2)
+        p = sb.install("rollback")
+        time.sleep(0.2)
+    assert p.returncode == 0, p.stderr  # type: ignore[attr-defined]
+    assert (c.refused, c.reset, c.other) == (0, 0, 0), (c.refused, c.reset, c.other)
+    assert c.answers[-1] == "4.0.1"
+    assert_exactly_sd(sb, sd_expected, "old", "4.0.1", "rollback")
+    # nothing of the run stays in systemd: the hold units are gone
+    left = sb.machine.systemctl("list-units", "--all", "--plain", "--no-legend", "jumpkit-hold-*").stdout
+    assert left.strip() == "", left
+
+
+def test_plan_says_the_restart_refuses_no_connection(
+    sd_sandbox: Callable[..., SystemdSandbox], sd_bundle: Path
+) -> None:
+    sb = sd_sandbox()
+    p = sb.install("plan", sd_bundle)
+    assert p.returncode == 0, p.stderr  # type: ignore[attr-defined]
+    out = p.stdout  # type: ignore[attr-defined]
+    assert "demo-manager: restarts behind demo-manager.socket: no connection is refused" in out, out
+    assert "operator drop-ins kept: /etc/systemd/system/demo-manager.socket.d/port.conf" in out, out
+
+
+def _crash(sb: SystemdSandbox, bundle: Path, point: str) -> None:
+    p = sb.install("apply", bundle, env={"JUMPKIT_FAILPOINT": point})
+    assert p.returncode == -9, f"failpoint {point} did not fire: rc={p.returncode} {p.stderr}"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("recover", ["resume", "rollback"])
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_crash_then_recover_on_systemd(
+    point: str,
+    recover: str,
+    sd_sandbox: Callable[..., SystemdSandbox],
+    sd_bundle: Path,
+    sd_expected: dict[str, object],
+) -> None:
+    """SIGKILL at the failpoint, then ``resume`` to exactly 4.1.1 or ``rollback`` to exactly
+    4.0.1: files, database, the service answering, systemd's loaded units and links."""
+    sb = sd_sandbox()
+    p = sb.install("apply", sd_bundle, env={"JUMPKIT_FAILPOINT": point})
+    assert p.returncode == -9, f"failpoint {point} did not fire: rc={p.returncode} {p.stderr}"  # type: ignore[attr-defined]
+    p = sb.install(recover)
+    if p.returncode != 0:  # type: ignore[attr-defined]
+        assert "nothing to" in p.stderr or "no jumpkit state" in p.stderr, p.stderr  # type: ignore[attr-defined]
+        if recover == "resume" and sd_tree(sb.root) != sd_expected["new"][0]:  # type: ignore[index]
+            p = sb.install("apply", sd_bundle)  # killed before the journal's first record
+            assert p.returncode == 0, p.stderr  # type: ignore[attr-defined]
+    which, version = ("new", "4.1.1") if recover == "resume" else ("old", "4.0.1")
+    assert_exactly_sd(sb, sd_expected, which, version, f"kill at {point}, {recover}")
+    count(f"systemd crash matrix: kill at a failpoint, then {recover} (exactly {which}, systemd agreeing)")
+
+
+@pytest.mark.parametrize("action", ["int", "term"])
+def test_signal_at_every_failpoint_on_systemd(
+    action: str, sd_sandbox: Callable[..., SystemdSandbox], sd_bundle: Path, sd_expected: dict[str, object]
+) -> None:
+    """SIGINT at every failpoint (SIGTERM at every other one) on one sandbox: before the
+    commit record the run rolls back to exactly 4.0.1 (exit 5), after it it finishes."""
+    sb = sd_sandbox()
+    for point in CRASH_POINTS[:: 1 if action == "int" else 2]:
+        spec = f"{point}={action}"
+        p = sb.install("apply", sd_bundle, env={"JUMPKIT_FAILPOINT": spec})
+        rc = p.returncode  # type: ignore[attr-defined]
+        if rc == 0:
+            assert point == "committed" or point.startswith("stage:"), f"{spec}: finished"
+            assert_exactly_sd(sb, sd_expected, "new", "4.1.1", spec)
+            q = sb.install("rollback")
+            assert q.returncode == 0, q.stderr  # type: ignore[attr-defined]
+        else:
+            assert rc == 5, f"{spec}: rc {rc}: {p.stderr[-600:]}"  # type: ignore[attr-defined]
+        assert_exactly_sd(sb, sd_expected, "old", "4.0.1", spec)
+        count(f"systemd signal matrix: SIG{action.upper()} at a failpoint (exactly old or new)")
+
+
+# --- a small product whose units change --------------------------------------------------
+
+APP = """\
+import os, socket, sys, time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+ANSWER = open("/opt/svc/VERSION").read().strip() + " " + os.environ.get("FLAVOUR", "-")
+if os.environ.get("CRASH_AFTER"):
+    import threading
+    threading.Timer(float(os.environ["CRASH_AFTER"]), lambda: os._exit(1)).start()
+if os.environ.get("IGNORE_TERM"):
+    import signal
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        b = (ANSWER + "\\n").encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(b))); self.end_headers()
+        self.wfile.write(b)
+    def log_message(self, *a): pass
+s = HTTPServer(("127.0.0.1", 0), H, bind_and_activate=False)
+s.socket.close(); s.socket = socket.socket(fileno=3)
+s.serve_forever()
+"""
+
+UNIT = """\
+[Unit]
+Requires=svc.socket
+After=svc.socket
+[Service]
+Environment=PYTHONDONTWRITEBYTECODE=1
+Environment=FLAVOUR={flavour}
+{extra}ExecStart=/usr/bin/python3 /opt/svc/app.py
+TimeoutStopSec=30
+[Install]
+WantedBy=multi-user.target
+"""
+SOCKET = "[Socket]\nListenStream=127.0.0.1:9\n[Install]\nWantedBy=sockets.target\n"
+SIDE = "[Service]\nExecStart=/usr/bin/sleep infinity\n[Install]\nWantedBy=multi-user.target\n"
+
+
+def unit_product(tmp: Path, new_unit: dict[str, str], *, old_side: bool = False, new_side: bool = False,
+                 stop_timeout: float = 10, settle: float = 0) -> Path:  # fmt: skip
+    """Product svc 1.0.0 -> 1.1.0 under systemd: an HTTP app behind svc.socket whose unit
+    1.1.0 may change (``new_unit``: flavour, extra [Service] lines); a side service
+    ``side.service`` in 1.0.0 only (``old_side``, the jump removes it) or 1.1.0 only
+    (``new_side``, the jump adds it)."""
+    specs = tmp / "specs"
+    d = specs / "svc"
+    (d / "jumps").mkdir(parents=True)
+    (d / "product.yaml").write_text(
+        textwrap.dedent(f"""\
+        product: svc
+        version_file: opt/svc/VERSION
+        lookups:
+          port: {{file: etc/svc/svc.ini, key: server.port}}
+        services:
+          backend: systemd
+          settle: {settle}
+          services:
+            - name: svc
+              socket: svc.socket
+              stop_timeout: {stop_timeout}
+          health:
+            - {{name: answers, kind: http, url: "http://127.0.0.1:{{port}}/", expect_body: "{{version}}",
+                timeout: 1, interval: 0.02, retries: 150}}
+        """)
+    )
+    for v, unit, side in (("1.0.0", {"flavour": "old"}, old_side), ("1.1.0", new_unit, new_side)):
+        r = d / f"releases/{v}"
+        (r / "root/opt/svc").mkdir(parents=True)
+        (r / "root/opt/svc/VERSION").write_text(v + "\n")
+        (r / "root/opt/svc/app.py").write_text(APP)
+        units = r / "root/etc/systemd/system"
+        units.mkdir(parents=True)
+        (units / "svc.service").write_text(UNIT.format(flavour=unit["flavour"], extra=unit.get("extra", "")))
+        (units / "svc.socket").write_text(SOCKET)
+        if side:
+            (units / "side.service").write_text(SIDE)
+        (r / "config/etc/svc").mkdir(parents=True)
+        (r / "config/etc/svc/svc.ini.j2").write_text("[server]\nport = 8080\n")
+    (d / "jumps/1.0.0-1.1.0.yaml").write_text("from: 1.0.0\nto: 1.1.0\ndate: 2026-12-01\n")
+    return specs
+
+
+def unit_sandbox(
+    specs: Path, keys: dict[str, Path], tmp: Path, *, side: bool = False
+) -> tuple[SystemdSandbox, Path]:
+    p = build(
+        "--specs", specs, "--from", "1.0.0", "--to", "1.1.0", "--key", keys["key"], "--out", tmp / "dist"
+    )
+    assert p.returncode == 0, p.stderr
+    port = free_port()
+    root = tmp / "m" / "r"
+    p = build("sandbox", "--specs", specs, "--version", "1.0.0", "--root", root, "--trust", keys["pub"],
+              "--set", f"server.port={port}")  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    drop = root / "etc/systemd/system/svc.socket.d/port.conf"
+    drop.parent.mkdir(parents=True)
+    drop.write_text(f"[Socket]\nListenStream=\nListenStream=127.0.0.1:{port}\n")
+    from builder.machine import Machine
+
+    sb = SystemdSandbox(root, port, Machine(root))
+    sb.machine.boot()
+    for unit in ("svc.socket", "svc.service", *(("side.service",) if side else ())):
+        r = sb.machine.systemctl("enable", "--now", unit)
+        assert r.returncode == 0, r.stderr
+    assert sb.wait_version() == "1.0.0 old"
+    return sb, tmp / "dist/svc-1.0.0-to-1.1.0.zip"
+
+
+@pytest.fixture
+def units_made() -> Iterator[list[SystemdSandbox]]:
+    made: list[SystemdSandbox] = []
+    yield made
+    for sb in made:
+        sb.machine.stop()
+
+
+def test_rollback_starts_the_old_unit_definition(
+    tmp_path: Path, keys: dict[str, Path], units_made: list[SystemdSandbox]
+) -> None:
+    """The jump changes svc.service: the start after the swap runs the new definition
+    (daemon-reload first), and the rollback's start the old one (a reload after the swap
+    back); the socket is not restarted, so no client is refused either way."""
+    specs = unit_product(tmp_path, {"flavour": "new"})
+    sb, bundle = unit_sandbox(specs, keys, tmp_path)
+    units_made.append(sb)
+    before = tree_listing(sb.root, SD_HARNESS)
+    with Client(sb.url) as c:
+        p = sb.install("apply", bundle)
+    assert p.returncode == 0, p.stderr  # type: ignore[attr-defined]
+    assert "units changed: daemon-reload" in p.stderr  # type: ignore[attr-defined]
+    assert sb.wait_version("1.1.0 new") == "1.1.0 new"
+    assert c.refused == 0 and c.reset == 0, (c.refused, c.reset)
+    with Client(sb.url) as c:
+        p = sb.install("rollback")
+    assert p.returncode == 0, p.stderr  # type: ignore[attr-defined]
+    assert sb.wait_version() == "1.0.0 old"
+    assert c.refused == 0 and c.reset == 0, (c.refused, c.reset)
+    assert sb.machine.show("svc.service", "NeedDaemonReload")["NeedDaemonReload"] == "no"
+    assert tree_listing(sb.root, SD_HARNESS) == before
+
+
+def test_units_the_jump_adds_and_removes(
+    tmp_path: Path, keys: dict[str, Path], units_made: list[SystemdSandbox]
+) -> None:
+    """1.1.0 drops side.service (running and enabled in 1.0.0) and a second jump's release
+    adds it: a removed unit is stopped and disabled before its file goes, an added one
+    enabled and started; rollbacks reverse both, the enablement links included."""
+    specs = unit_product(tmp_path, {"flavour": "old"}, old_side=True)
+    sb, bundle = unit_sandbox(specs, keys, tmp_path, side=True)
+    units_made.append(sb)
+    before = tree_listing(sb.root, SD_HARNESS)
+    assert "etc/systemd/system/multi-user.target.wants/side.service" in before
+    p = sb.install("apply", bundle)
+    assert p.returncode == 0, p.stderr  # type: ignore[attr-defined]
+    side = sb.machine.show("side.service", "ActiveState", "LoadState", "UnitFileState")
+    assert side["ActiveState"] == "inactive" and side["LoadState"] == "not-found", side
+    assert not (sb.root / "etc/systemd/system/multi-user.target.wants/side.service").is_symlink()
+    p = sb.install("rollback")
+    assert p.returncode == 0, p.stderr  # type: ignore[attr-defined]
+    side = sb.machine.show("side.service", "ActiveState", "UnitFileState")
+    assert side == {"ActiveState": "active", "UnitFileState": "enabled"}, side
+    assert tree_listing(sb.root, SD_HARNESS) == before
+    sb.machine.stop()
+
+    add = tmp_path / "add"
+    specs = unit_product(add, {"flavour": "old"}, new_side=True)
+    sb, bundle = unit_sandbox(specs, keys, add)
+    units_made.append(sb)
+    before = tree_listing(sb.root, SD_HARNESS)
+    p = sb.install("apply", bundle)
+    assert p.returncode == 0, p.stderr  # type: ignore[attr-defined]
+    side = sb.machine.show("side.service", "ActiveState", "UnitFileState")
+    assert side == {"ActiveState": "active", "UnitFileState": "enabled"}, side
+    p = sb.install("rollback")
+    assert p.returncode == 0, p.stderr  # type: ignore[attr-defined]
+    side = sb.machine.show("side.service", "ActiveState", "LoadState")
+    assert side["ActiveState"] == "inactive" and side["LoadState"] == "not-found", side
+    assert tree_listing(sb.root, SD_HARNESS) == before
+
+
+def test_a_crash_looping_new_version_fails_health(
+    tmp_path: Path, keys: dict[str, Path], units_made: list[SystemdSandbox]
+) -> None:
+    """1.1.0 answers its health check at once, then exits 1 after 0.3 s and systemd
+    restarts it (Restart=always): polling the check alone would call it healthy. The
+    backend's view (NRestarts) during the settle time fails health; the old version runs."""
+    new = {"flavour": "new", "extra": "Environment=CRASH_AFTER=0.3\nRestart=always\nRestartSec=0.05\n"}
+    specs = unit_product(tmp_path, new, settle=1.0)
+    sb, bundle = unit_sandbox(specs, keys, tmp_path)
+    units_made.append(sb)
+    before = tree_listing(sb.root, SD_HARNESS)
+    p = sb.install("apply", bundle)
+    assert p.returncode == 5, p.stderr  # type: ignore[attr-defined]
+    line = p.stderr.strip().splitlines()[-1]  # type: ignore[attr-defined]
+    assert "the checks passed, but systemd: svc.service restarted" in line, line
+    assert "journalctl -u svc.service" in line, line
+    assert sb.wait_version() == "1.0.0 old"
+    assert tree_listing(sb.root, SD_HARNESS) == before
+
+
+def test_a_new_version_that_fails_is_reset_for_the_rollback(
+    tmp_path: Path, keys: dict[str, Path], units_made: list[SystemdSandbox]
+) -> None:
+    """1.1.0 exits at once; with Restart=always it hits its start limit and is ``failed``:
+    health names the exit, and the rollback's start of the old definition resets the
+    failed unit first (systemd refuses to start it otherwise)."""
+    new = {
+        "flavour": "new",
+        "extra": "Environment=CRASH_AFTER=0\nRestart=always\nRestartSec=0\n"
+        "StartLimitBurst=3\nStartLimitIntervalSec=60\n",
+    }
+    specs = unit_product(tmp_path, new)
+    (specs / "svc/product.yaml").write_text(
+        (specs / "svc/product.yaml").read_text().replace("retries: 150", "retries: 40")
+    )
+    sb, bundle = unit_sandbox(specs, keys, tmp_path)
+    units_made.append(sb)
+    p = sb.install("apply", bundle)
+    assert p.returncode == 5, p.stderr  # type: ignore[attr-defined]
+    assert "systemd: svc.service" in p.stderr and "exited 1" in p.stderr, p.stderr  # type: ignore[attr-defined]
+    assert sb.wait_version() == "1.0.0 old"
+    assert sb.machine.show("svc.service", "ActiveState")["ActiveState"] == "active"
+
+
+def test_operator_drop_in_kept_and_reported(
+    tmp_path: Path, keys: dict[str, Path], units_made: list[SystemdSandbox]
+) -> None:
+    specs = unit_product(tmp_path, {"flavour": "new"})
+    sb, bundle = unit_sandbox(specs, keys, tmp_path)
+    units_made.append(sb)
+    drop = sb.root / "etc/systemd/system/svc.service.d/operator.conf"
+    drop.parent.mkdir()
+    drop.write_text("[Service]\nEnvironment=FLAVOUR=operator\n")
+    assert sb.machine.systemctl("daemon-reload").returncode == 0  # as systemctl edit does
+    p = sb.install("plan", bundle)
+    assert "svc: operator drop-ins kept: /etc/systemd/system/svc.service.d/operator.conf" in p.stdout, (
+        p.stdout
+    )  # type: ignore[attr-defined]
+    p = sb.install("apply", bundle)
+    assert p.returncode == 0, p.stderr  # type: ignore[attr-defined]
+    assert sb.wait_version("1.1.0 operator") == "1.1.0 operator"  # the drop-in still wins
+    assert drop.read_text() == "[Service]\nEnvironment=FLAVOUR=operator\n"
+
+
+def test_a_unit_that_does_not_stop_in_time_aborts_before_any_file(
+    tmp_path: Path, keys: dict[str, Path], units_made: list[SystemdSandbox]
+) -> None:
+    """1.0.0 ignores SIGTERM (its unit waits 30 s before SIGKILL); stop_timeout is 1 s:
+    the apply gives up before any file moved, exit 5, and 1.0.0 serves again."""
+    specs = unit_product(tmp_path, {"flavour": "new"}, stop_timeout=1)
+    for v in ("1.0.0",):
+        u = specs / f"svc/releases/{v}/root/etc/systemd/system/svc.service"
+        u.write_text(
+            u.read_text().replace(
+                "Environment=FLAVOUR=old\n", "Environment=FLAVOUR=old\nEnvironment=IGNORE_TERM=1\n"
+            )
+        )
+    sb, bundle = unit_sandbox(specs, keys, tmp_path)
+    units_made.append(sb)
+    before = tree_listing(sb.root, SD_HARNESS)
+    t = time.monotonic()
+    p = sb.install("apply", bundle)
+    assert p.returncode == 5, p.stderr  # type: ignore[attr-defined]
+    assert "did not stop within 1s" in p.stderr, p.stderr  # type: ignore[attr-defined]
+    journal = (sb.root / "var/lib/jumpkit/svc/journal.jsonl").read_text()
+    assert '"step":"swap-files"' not in journal
+    assert tree_listing(sb.root, SD_HARNESS) == before
+    assert sb.wait_version("1.0.0 old", tries=2000) == "1.0.0 old"
+    assert time.monotonic() - t < 60
+
+
+def test_machine_leaves_no_cgroup_or_process(tmp_path: Path) -> None:
+    from builder.machine import Machine
+
+    root = tmp_path / "r"
+    root.mkdir()
+    m = Machine(root).boot()
+    pid, cgroup = m.pid, m.cgroup
+    assert m.systemctl("is-system-running").stdout.strip() == "running"
+    m.stop()
+    assert not cgroup.exists()
+    assert subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode != 0
+
+
+def test_dependencies_order_start_and_stop_on_systemd(tmp_path: Path, keys: dict[str, Path]) -> None:
+    """web needs api, api needs db: the apply stops web, api, db in that order and starts
+    db, api, web (systemd's own timestamps of each unit say when)."""
+    from builder.machine import Machine
+
+    specs = tmp_path / "specs"
+    d = specs / "dep"
+    (d / "jumps").mkdir(parents=True)
+    (d / "product.yaml").write_text(
+        "product: dep\nversion_file: opt/dep/VERSION\nservices:\n  backend: systemd\n  services:\n"
+        "    - {name: web, depends_on: [api]}\n    - {name: api, depends_on: [db]}\n    - {name: db}\n"
+    )
+    for v in ("1.0.0", "1.1.0"):
+        r = d / f"releases/{v}/root"
+        (r / "opt/dep").mkdir(parents=True)
+        (r / "opt/dep/VERSION").write_text(v + "\n")
+        (r / "etc/systemd/system").mkdir(parents=True)
+        for name in ("web", "api", "db"):
+            (r / f"etc/systemd/system/{name}.service").write_text(SIDE)
+    (d / "jumps/1.0.0-1.1.0.yaml").write_text("from: 1.0.0\nto: 1.1.0\ndate: 2026-12-01\n")
+    p = build(
+        "--specs", specs, "--from", "1.0.0", "--to", "1.1.0", "--key", keys["key"], "--out", tmp_path / "o"
+    )
+    assert p.returncode == 0, p.stderr
+    root = tmp_path / "m/r"
+    p = build("sandbox", "--specs", specs, "--version", "1.0.0", "--root", root, "--trust", keys["pub"])
+    assert p.returncode == 0, p.stderr
+    with Machine(root) as m:
+        for name in ("db", "api", "web"):
+            assert m.systemctl("start", f"{name}.service").returncode == 0
+        sb = SystemdSandbox(root, 0, m)
+        p = sb.install("apply", tmp_path / "o/dep-1.0.0-to-1.1.0.zip")  # type: ignore[assignment]
+        assert p.returncode == 0, p.stderr
+        when = {
+            n: m.show(f"{n}.service", "InactiveEnterTimestampMonotonic", "ExecMainStartTimestampMonotonic")
+            for n in ("web", "api", "db")
+        }
+        stopped = sorted(when, key=lambda n: int(when[n]["InactiveEnterTimestampMonotonic"]))
+        started = sorted(when, key=lambda n: int(when[n]["ExecMainStartTimestampMonotonic"]))
+        assert stopped == ["web", "api", "db"] and started == ["db", "api", "web"], when
