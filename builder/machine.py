@@ -146,8 +146,9 @@ class Machine:
         self._bin: Path | None = None
 
     # --- life -----------------------------------------------------------------------
-    def boot(self, timeout: float = 30) -> Machine:
-        """Boot and wait until systemd says ``running`` (or ``degraded``).
+    def boot(self, timeout: float = 30, log: Path | None = None) -> Machine:
+        """Boot and wait until systemd says ``running`` (or ``degraded``); ``log`` gets the
+        init's own errors (a machine that outlives this process needs one: no pipe).
 
         Raises:
             BuildError: a tool is missing, or systemd did not come up in ``timeout``.
@@ -181,20 +182,27 @@ class Machine:
             TARGET,
             " ".join(KEEP),
         ]
-        self._unshare = subprocess.Popen(
-            argv,
-            preexec_fn=enter_cgroup,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
+        err = open(log, "ab") if log is not None else None  # noqa: SIM115 - handed to the child
+        try:
+            self._unshare = subprocess.Popen(
+                argv,
+                preexec_fn=enter_cgroup,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err if err is not None else subprocess.PIPE,
+                start_new_session=True,
+            )
+        finally:
+            if err is not None:
+                err.close()
         deadline = time.monotonic() + timeout
         try:
             while time.monotonic() < deadline:
                 if self._unshare.poll() is not None:
-                    err = self._unshare.stderr.read().decode(errors="replace") if self._unshare.stderr else ""
-                    raise BuildError(f"systemd did not boot: {err.strip()[-400:] or 'its init exited'}")
+                    said = (
+                        self._unshare.stderr.read().decode(errors="replace") if self._unshare.stderr else ""
+                    )
+                    raise BuildError(f"systemd did not boot: {said.strip()[-400:] or 'its init exited'}")
                 if not self.pid:
                     self.pid = self._child_of(self._unshare.pid)
                 if self.pid and self._exe_is_systemd():
@@ -288,18 +296,21 @@ class Machine:
         p = self.systemctl("show", unit, *(f"-p{x}" for x in props))
         return dict(line.split("=", 1) for line in p.stdout.splitlines() if "=" in line)
 
-    def bin(self) -> Path:
-        """A directory with ``systemctl``, ``journalctl`` and ``systemd-run`` that run the
-        real commands inside this machine: put it first on PATH of the installer."""
-        if self._bin is None:
-            self._bin = Path(
-                subprocess.check_output(["mktemp", "-d", "/tmp/jk-machine-bin.XXXXXX"], text=True).strip()
-            )
-            for tool in ("systemctl", "journalctl", "systemd-run"):
-                w = self._bin / tool
-                w.write_text(f'#!/bin/sh\nexec nsenter -t {self.pid} -a {tool} "$@"\n')
-                w.chmod(0o755)
-        return self._bin
+    def bin(self, where: Path | None = None) -> Path:
+        """A directory (``where``, else a temporary one of this machine's) with
+        ``systemctl``, ``journalctl`` and ``systemd-run`` that run the real commands inside
+        this machine: put it first on the installer's PATH."""
+        if where is None:
+            if self._bin is None:
+                made = subprocess.check_output(["mktemp", "-d", "/tmp/jk-machine-bin.XXXXXX"], text=True)
+                self._bin = self.bin(Path(made.strip()))
+            return self._bin
+        where.mkdir(parents=True, exist_ok=True)
+        for tool in ("systemctl", "journalctl", "systemd-run"):
+            w = where / tool
+            w.write_text(f'#!/bin/sh\nexec nsenter -t {self.pid} -a {tool} "$@"\n')
+            w.chmod(0o755)
+        return where
 
     def env(self) -> dict[str, str]:
         """An environment whose PATH reaches this machine's systemd first."""
@@ -314,3 +325,44 @@ def booted(root: Path) -> Iterator[Machine]:
         yield m.boot()
     finally:
         m.stop()
+
+
+def _cli(argv: list[str] | None = None) -> int:
+    """``python -m builder.machine boot ROOT --state DIR`` boots a machine that outlives the
+    command (``DIR``: its pid, cgroup, log and the ``bin/`` wrappers); ``stop --state DIR``
+    ends it. For ``scripts/demo --systemd``."""
+    import argparse
+    import json
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m builder.machine", description=_cli.__doc__)
+    ap.add_argument("action", choices=["boot", "stop"])
+    ap.add_argument("root", nargs="?", type=Path)
+    ap.add_argument("--state", type=Path, required=True, help="where the machine's pid, log and bin/ go")
+    a = ap.parse_args(argv)
+    info = a.state / "machine.json"
+    try:
+        if a.action == "boot":
+            if a.root is None:
+                ap.error("boot needs ROOT")
+            a.state.mkdir(parents=True, exist_ok=True)
+            m = Machine(a.root).boot(log=a.state / "machine.log")
+            m._unshare = None  # it outlives this process; stop goes by pid
+            info.write_text(json.dumps({"pid": m.pid, "cgroup": str(m.cgroup), "root": str(m.root)}))
+            print(f"systemd is PID 1 of a machine whose / is {m.root} (host pid {m.pid}); "
+                  f"its systemctl: {m.bin(a.state / 'bin')}/systemctl")  # fmt: skip
+        elif info.exists():
+            d = json.loads(info.read_text())
+            m = Machine(Path(d["root"]), name=Path(d["cgroup"]).name)
+            m.pid = int(d["pid"])
+            m.stop()
+            info.unlink()
+            shutil.rmtree(a.state / "bin", ignore_errors=True)
+    except BuildError as e:
+        print(f"machine: {e.message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_cli())
