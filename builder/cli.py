@@ -30,7 +30,7 @@ from builder.rpm import build_rpm
 from builder.sandbox import lay_out
 from builder.spec import load_product
 from installer import guard
-from installer.errors import JumpkitError
+from installer.errors import JumpkitError, UsageError
 from installer.graph import NoPath, plan_chain
 
 app = typer.Typer(
@@ -355,6 +355,15 @@ def test_jumps_cmd(
             "sandbox (needs root, rpm, unshare and busybox; a chain is its RPMs one after another).",
         ),
     ] = "zip",
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            "--backend",
+            help="supervisord or systemd (default: the product's). systemd boots a real systemd "
+            "per case (PID 1 of its own namespaces, the sandbox as its /; needs root, unshare, "
+            "nsenter) and compares its units' state after the rollback too.",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Prove every supported jump before a release ships: for each jump (with --all also
@@ -383,6 +392,8 @@ def test_jumps_cmd(
         raise typer.Exit(2)
     try:
         prod = load_product(specs, product)
+        if (why := tj.backend_problem(prod, backend, fmt)) is not None:
+            raise UsageError(why)
         todo = tj.cases(prod, frm, to, everything, fmt)
         frozen = _installer(installer_path, False, True)
         if frozen is None:

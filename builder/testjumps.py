@@ -55,12 +55,14 @@ from builder.build import build_bundle
 from builder.errors import BuildError
 from builder.frozen import FrozenInstaller
 from builder.keys import keygen
+from builder.machine import Machine, missing_tools
 from builder.rpm import build_rpm, rpm_names
 from builder.sandbox import SUPERVISOR_CONF, lay_out
 from builder.spec import Product
 from installer.errors import JumpkitError
 from installer.format import INSTALLER_MEMBER, MANIFEST_NAME, Manifest, parse_manifest
 from installer.graph import plan_chain
+from installer.services import unit_name
 from installer.version import Version
 
 CELLS = ("build", "apply", "health", "version", "schema", "rollback", "exact")
@@ -71,6 +73,22 @@ PACKAGER_STATE = ("proc", "var/lib/rpm", "var/cache/ldconfig", "var/tmp", "tmp")
 FORMATS = ("zip", "rpm")
 RPM_TOOLS = ("rpm", "rpmbuild", "unshare", "mount", "busybox")
 TIMEOUT = 600
+
+
+def backend_problem(product: Product, backend: str | None, fmt: str) -> str | None:
+    """Why the cases cannot run with ``backend`` (None: the product's own) here, or None.
+    A product under systemd runs under a real systemd (:mod:`builder.machine`)."""
+    own = product.spec.services.backend
+    if backend not in (None, "supervisord", "systemd"):
+        return f"--backend {backend!r}: supervisord or systemd"
+    if backend not in (None, own):
+        return f"--backend {backend}: {product.name}'s services run under {own}"
+    if own != "systemd":
+        return None
+    if fmt != "zip":
+        return "--backend systemd runs --format zip cases (rpm's sandboxes are not booted)"
+    lacking = missing_tools()
+    return f"--backend systemd needs {', '.join(lacking)}" if lacking else None
 
 
 def rpm_problem() -> str | None:
@@ -230,6 +248,9 @@ class Runner:
         t0 = time.monotonic()
         root = Path(tempfile.mkdtemp(prefix="jk-tj-", dir=_short_tmp())) / "r"
         supervisord: int | None = None
+        machine: Machine | None = None
+        env = dict(os.environ)
+        units: list[str] = []
         try:
             self._cell(
                 case,
@@ -243,9 +264,14 @@ class Runner:
             overrides = {lk.key: str(_free_port()) for n, lk in self.product.spec.lookups.items()
                          if lk.file and lk.key and n.endswith("port")}  # fmt: skip
             lay_out(self.product, frm, root, overrides=overrides, trust=[self.pub])
-            supervisord = _start_supervisord(self.product, root)
             manifests = [self._manifest(s) for s in case.steps]
-            if supervisord is not None and (problem := _health(manifests[0], root, frm)) is not None:
+            if self.product.spec.services.backend == "systemd":
+                machine = _boot_systemd(manifests[0], root, next(iter(overrides.values()), None))
+                env["PATH"] = f"{machine.bin()}:{env['PATH']}"
+                units = [unit_name(s.name) for s in manifests[0].services.services if not s.added]
+            supervisord = _start_supervisord(self.product, root)
+            running = supervisord is not None or machine is not None
+            if running and (problem := _health(manifests[0], root, frm)) is not None:
                 raise BuildError(f"the fresh {frm} sandbox never became healthy: {problem}")
             skip = _database_files(manifests[0], root)  # compared by revision and rows, not bytes
             if self.fmt == "rpm":
@@ -254,9 +280,13 @@ class Runner:
             installer = self._installer(case.steps[-1])
             bundles = [str(self.bundles[s]) for s in case.steps]
             if self.fmt == "zip":
-                before, dbs_before = snapshot(root, skip), db_state(manifests[0], root)
+                before = snapshot(root, skip) | systemd_view(machine, units)
+                dbs_before = db_state(manifests[0], root)
                 self._cell(
-                    case, changed, "apply", lambda: _ok(_run([installer, "--root", root, "apply", *bundles]))
+                    case,
+                    changed,
+                    "apply",
+                    lambda: _ok(_run([installer, "--root", root, "apply", *bundles], env)),
                 )
                 first = manifests[0]
             else:  # one RPM after another; the tree before the last is what rollback reaches
@@ -280,11 +310,12 @@ class Runner:
             undo = (
                 (lambda: _rollback(installer, root) or _rpm_erase(root, tail))
                 if self.fmt == "rpm"
-                else (lambda: _rollback(installer, root))
+                else (lambda: _rollback(installer, root, env))
             )  # rpm: then rpm -e, which must leave the manager as it is
             self._cell(case, changed, "rollback", undo)
-            self._cell(case, changed, "exact", lambda: _exact(before, snapshot(root, skip), dbs_before,
-                                                              db_state(first, root)))  # fmt: skip
+            self._cell(case, changed, "exact", lambda: _exact(
+                before, snapshot(root, skip) | systemd_view(machine, units), dbs_before, db_state(first, root)
+            ))  # fmt: skip
         except _Skip:
             for c in CELLS:
                 case.cells.setdefault(c, "skip")
@@ -295,6 +326,8 @@ class Runner:
         finally:
             if supervisord is not None:
                 _stop(supervisord)
+            if machine is not None:
+                machine.stop()
             shutil.rmtree(root.parent, ignore_errors=True)
             case.seconds = time.monotonic() - t0
             changed(case)
@@ -365,9 +398,42 @@ def junit(cases_: list[Case], seconds: float) -> str:
 # --- the checks: None when it passes, else why ------------------------------------------
 
 
-def _run(argv: list[str | Path]) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "JUMPKIT_NO_REEXEC": "1", "PYINSTALLER_RESET_ENVIRONMENT": "1"}
+def _run(argv: list[str | Path], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**(env or os.environ), "JUMPKIT_NO_REEXEC": "1", "PYINSTALLER_RESET_ENVIRONMENT": "1"}
     return subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=TIMEOUT, env=env)
+
+
+def _boot_systemd(m: Manifest, root: Path, port: str | None) -> Machine:
+    """A real systemd whose / is the sandbox, each service's socket listening on the case's
+    port (an operator's drop-in, so cases run side by side), the from-release's sockets and
+    services enabled and running."""
+    for s in m.services.services:
+        if s.socket is not None and port is not None and not s.added:
+            drop = root / f"etc/systemd/system/{s.socket}.d/jumpkit-test-jumps.conf"
+            drop.parent.mkdir(parents=True, exist_ok=True)
+            drop.write_text(f"[Socket]\nListenStream=\nListenStream=127.0.0.1:{port}\n")
+    machine = Machine(root).boot()
+    for s in m.services.services:
+        for unit in ([s.socket] if s.socket else []) + [unit_name(s.name)]:
+            if s.added or (s.removed and unit.endswith(".socket")):
+                continue
+            p = machine.systemctl("enable", "--now", unit)
+            if p.returncode != 0:
+                machine.stop()
+                raise BuildError(f"systemctl enable --now {unit} failed: {p.stderr.strip()[-300:]}")
+    return machine
+
+
+def systemd_view(machine: Machine | None, units: list[str]) -> dict[str, str]:
+    """systemd's loaded view of each unit, as snapshot entries: a rollback must leave each
+    unit's file, state and enablement as they were."""
+    if machine is None:
+        return {}
+    props = ("FragmentPath", "ActiveState", "UnitFileState", "DropInPaths")
+    return {
+        f"systemd:{u}": " ".join(f"{k}={v}" for k, v in sorted(machine.show(u, *props).items()))
+        for u in units
+    }
 
 
 def _ok(p: subprocess.CompletedProcess[str]) -> str | None:
@@ -405,11 +471,11 @@ def _schema(m: Manifest, root: Path) -> str | None:
     return None
 
 
-def _rollback(installer: Path, root: Path) -> str | None:
-    p = _run([installer, "--root", root, "rollback"])
+def _rollback(installer: Path, root: Path, env: dict[str, str] | None = None) -> str | None:
+    p = _run([installer, "--root", root, "rollback"], env)
     if (problem := _ok(p)) is not None:
         return problem
-    status = json.loads(_run([installer, "--root", root, "status", "--json"]).stdout or "{}")
+    status = json.loads(_run([installer, "--root", root, "status", "--json"], env).stdout or "{}")
     broken = [line for line in status.get("log", []) if "downgrade failed" in line]
     return f"a downgrade failed (jumpkit restored the backup): {broken[0]}" if broken else None
 

@@ -5,6 +5,7 @@ change, come and go, a crash-looping new version, operator drop-ins, a stop time
 
 from __future__ import annotations
 
+import json
 import subprocess
 import textwrap
 import time
@@ -501,3 +502,21 @@ def test_dependencies_order_start_and_stop_on_systemd(tmp_path: Path, keys: dict
         stopped = sorted(when, key=lambda n: int(when[n]["InactiveEnterTimestampMonotonic"]))
         started = sorted(when, key=lambda n: int(when[n]["ExecMainStartTimestampMonotonic"]))
         assert stopped == ["web", "api", "db"] and started == ["db", "api", "web"], when
+
+
+def test_test_jumps_runs_its_cells_under_systemd(frozen: Path, tmp_path: Path) -> None:
+    """``test-jumps`` of the systemd product boots a real systemd per case; every cell of
+    every jump and of the chain passes, the frozen installer driving systemd; a broken
+    combination is refused in one line."""
+    junit = tmp_path / "junit.xml"
+    p = build("test-jumps", "--specs", SYSTEMD_SPECS, "--all", "--backend", "systemd", "--installer", frozen,
+              "--junit", junit, "--json")  # fmt: skip
+    assert p.returncode == 0, p.stdout + p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["ok"] and len(doc["cases"]) == 4, doc
+    for c in doc["cases"]:
+        assert set(c["cells"].values()) == {"pass"}, c
+    p = build("test-jumps", "--specs", SYSTEMD_SPECS, "--backend", "supervisord", "--installer", frozen)
+    assert p.returncode == 2 and "demo-manager's services run under systemd" in p.stderr, p.stderr
+    p = build("test-jumps", "--backend", "systemd", "--installer", frozen)
+    assert p.returncode == 2 and "services run under supervisord" in p.stderr, p.stderr
