@@ -520,3 +520,58 @@ def test_test_jumps_runs_its_cells_under_systemd(frozen: Path, tmp_path: Path) -
     assert p.returncode == 2 and "demo-manager's services run under systemd" in p.stderr, p.stderr
     p = build("test-jumps", "--backend", "systemd", "--installer", frozen)
     assert p.returncode == 2 and "services run under supervisord" in p.stderr, p.stderr
+
+
+NOTIFY_APP = APP.replace(
+    "s.serve_forever()",
+    "time.sleep(0.6)\n"
+    "n = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+    "n.sendto(b'READY=1', os.environ['NOTIFY_SOCKET'])\n"
+    "s.serve_forever()",
+)
+
+
+def test_a_notify_unit_is_started_when_it_says_ready(
+    tmp_path: Path, keys: dict[str, Path], units_made: list[SystemdSandbox]
+) -> None:
+    """1.1.0 is Type=notify and says READY=1 0.6 s after its start: the start waits for it,
+    so the first health probe already passes (a simple unit's start returns at once)."""
+    specs = unit_product(tmp_path, {"flavour": "new", "extra": "Type=notify\n"})
+    app = specs / "svc/releases/1.1.0/root/opt/svc/app.py"
+    app.write_text(NOTIFY_APP)
+    sb, bundle = unit_sandbox(specs, keys, tmp_path)
+    units_made.append(sb)
+    p = sb.install("apply", bundle)
+    assert p.returncode == 0, p.stderr  # type: ignore[attr-defined]
+    status = json.loads(sb.install("status", "--json").stdout)  # type: ignore[attr-defined]
+    phases = status["outage_phases"]
+    start = next(v for k, v in phases.items() if "start" in k)
+    assert start >= 0.6, phases  # the start returned once the service said it was ready
+    assert phases["health"] < 0.3, phases  # its first probe passed
+
+
+def test_report_holds_journald_lines_of_a_failed_start(
+    tmp_path: Path, keys: dict[str, Path], units_made: list[SystemdSandbox]
+) -> None:
+    """A new version that fails: the support report's services.txt holds what the unit
+    wrote to journald (read through the manager's journalctl)."""
+    import tarfile
+
+    new = {
+        "flavour": "new",
+        "extra": "ExecStartPre=/bin/echo svc-1.1.0-says-hello\nEnvironment=CRASH_AFTER=0\n",
+    }
+    specs = unit_product(tmp_path, new)
+    (specs / "svc/product.yaml").write_text(
+        (specs / "svc/product.yaml").read_text().replace("retries: 150", "retries: 20")
+    )
+    sb, bundle = unit_sandbox(specs, keys, tmp_path)
+    units_made.append(sb)
+    assert sb.install("apply", bundle).returncode == 5  # type: ignore[attr-defined]
+    out = tmp_path / "report.tar.gz"
+    p = sb.install("report", "--out", out)
+    assert p.returncode == 0, p.stderr  # type: ignore[attr-defined]
+    with tarfile.open(out) as t:
+        member = next(m for m in t.getmembers() if m.name.endswith("services.txt"))
+        text = t.extractfile(member).read().decode()  # type: ignore[union-attr]
+    assert "-- journald:" in text and "svc-1.1.0-says-hello" in text, text
