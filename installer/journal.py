@@ -341,9 +341,12 @@ class JournalView:
         return out
 
     def outage(self, stop_step: str, health_step: str) -> float | None:
-        """Seconds from the begin of ``stop_step`` to the done of ``health_step``."""
+        """Seconds from the begin of ``stop_step`` to the moment ``health_step``'s checks
+        passed (its ``passed`` note; a settle time watched after it is no outage), else to
+        its done."""
         t0 = next((e.ts for e in self.events if isinstance(e, Begin) and e.step == stop_step), None)
-        t1 = next(
-            (e.ts for e in reversed(self.events) if isinstance(e, Done) and e.step == health_step), None
-        )
+        notes = [e for e in self.events if isinstance(e, Note) and e.step == health_step]
+        passed = [float(e.data["passed"]) for e in notes if "passed" in e.data]
+        done = [e.ts for e in self.events if isinstance(e, Done) and e.step == health_step]
+        t1 = (passed or done)[-1] if passed or done else None
         return round(t1 - t0, 3) if t0 is not None and t1 is not None else None

@@ -248,7 +248,8 @@ class Health:
             raise HealthCheckError(
                 f"{e.message}; {'; '.join(seen)}", check=e.check, last_output=e.last_output
             ) from e
-        if spec.settle:
+        if spec.settle:  # the checks pass: the outage is over, whatever the watch finds
+            ctx.state.journal_append(Note(self.name, {"passed": round(time.time(), 6)}), durable=False)
             time.sleep(spec.settle)
         seen = [w for s in started if (w := ctx.services.unhealthy(s))]
         if seen:

@@ -214,3 +214,15 @@ def test_done_records_are_written_with_the_next_record(tmp_path: Path) -> None:
     assert [type(e).__name__ for e in state.journal()] == ["Begin", "Done", "Begin"]
     torn = (encode(Done("b")) + encode(Begin("c")))[:-5]
     assert [type(e).__name__ for e in decode(encode(Begin("b")) + torn)] == ["Begin", "Done"]
+
+
+def test_outage_ends_when_the_checks_pass_not_after_the_settle_watch() -> None:
+    """A settle time watched after the health checks passed is no outage: the window ends at
+    the health step's ``passed`` note when it has one, else at its done."""
+    from installer.journal import Begin, Done, JournalView, Note
+
+    base = [Begin("stop-services", ts=10.0), Done("stop-services", ts=10.1), Begin("health", ts=10.2)]
+    plain = JournalView([*base, Done("health", ts=10.3)])
+    watched = JournalView([*base, Note("health", {"passed": 10.25}, ts=10.25), Done("health", ts=10.8)])
+    assert plain.outage("stop-services", "health") == 0.3
+    assert watched.outage("stop-services", "health") == 0.25
