@@ -575,3 +575,31 @@ def test_report_holds_journald_lines_of_a_failed_start(
         member = next(m for m in t.getmembers() if m.name.endswith("services.txt"))
         text = t.extractfile(member).read().decode()  # type: ignore[union-attr]
     assert "-- journald:" in text and "svc-1.1.0-says-hello" in text, text
+
+
+def test_a_jump_that_changes_the_socket_restarts_it_and_says_so(
+    tmp_path: Path, keys: dict[str, Path], units_made: list[SystemdSandbox]
+) -> None:
+    """1.1.0 changes svc.socket itself: plan says its connections are refused for the
+    restart; the apply restarts the socket with its new definition, the rollback with the
+    old one, and both end with the socket listening."""
+    specs = unit_product(tmp_path, {"flavour": "new"})
+    sock = specs / "svc/releases/1.1.0/root/etc/systemd/system/svc.socket"
+    sock.write_text(sock.read_text().replace("[Socket]\n", "[Socket]\nBacklog=77\n"))
+    sb, bundle = unit_sandbox(specs, keys, tmp_path)
+    units_made.append(sb)
+    p = sb.install("plan", bundle)
+    assert "svc: socket svc.socket changes: connections are refused for the restart" in p.stdout, p.stdout  # type: ignore[attr-defined]
+    p = sb.install("apply", bundle)
+    assert p.returncode == 0, p.stderr  # type: ignore[attr-defined]
+    assert "stopping svc.socket: it changes" in p.stderr  # type: ignore[attr-defined]
+    assert sb.machine.show("svc.socket", "Backlog", "ActiveState") == {
+        "Backlog": "77",
+        "ActiveState": "active",
+    }
+    assert sb.wait_version("1.1.0 new") == "1.1.0 new"
+    p = sb.install("rollback")
+    assert p.returncode == 0, p.stderr  # type: ignore[attr-defined]
+    after = sb.machine.show("svc.socket", "Backlog", "ActiveState")
+    assert after["Backlog"] != "77" and after["ActiveState"] == "active", after  # the old definition
+    assert sb.wait_version() == "1.0.0 old"
