@@ -101,6 +101,14 @@ def main_options(
     force: Annotated[
         bool, typer.Option("--force", help="Proceed although the services are unhealthy now.")
     ] = False,
+    no_selinux: Annotated[
+        bool,
+        typer.Option(
+            "--no-selinux",
+            help="Do not label placed files from the root's SELinux policy (they keep the staging "
+            "directory's label; plan says so).",
+        ),
+    ] = False,
     max_bundle_size: Annotated[
         str,
         typer.Option(
@@ -137,6 +145,7 @@ def main_options(
             accept_drift=accept_drift,
             force=force,
             max_bundle_bytes=_size(max_bundle_size),
+            selinux=not no_selinux,
         ),
         json_out,
         debug,

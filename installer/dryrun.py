@@ -13,7 +13,8 @@ from installer.archive import Bundle, iter_verified
 from installer.chain import chain_id, unit_layout
 from installer.errors import PreconditionError
 from installer.format import Delta, Manifest
-from installer.plan import Plan, View, compute_plan
+from installer.metadata import narrowings
+from installer.plan import Plan, View, compute_plan, placed_paths
 from installer.preflight import read_installed_version
 from installer.state import StateDir
 
@@ -57,6 +58,7 @@ def report(
                 except PreconditionError as e:
                     out["preflight"] = {"ok": False, "problems": e.details or [e.message]}
             plans.append(compute_plan(m, root, staging, accept_drift=True, view=view))
+            plans[-1].notes += narrowings(placed_paths(m, plans[-1], view))
             view.advance(m, plans[-1], staging)
     pairs = list(zip(manifests, plans, strict=True))
     out["drift"] = [d for _, plan in pairs for d in plan.drift]

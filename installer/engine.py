@@ -24,6 +24,7 @@ from installer.errors import JumpkitError, LockedError, StateError, UsageError
 from installer.failpoints import failpoint
 from installer.format import Manifest, load_trusted_keys, verify_signature
 from installer.journal import TxnState
+from installer.metadata import Labels
 from installer.migrate import bundle_sql
 from installer.options import Options
 from installer.plan import Plan, plan_jumps
@@ -114,6 +115,7 @@ class Engine:
         return preflight.check(
             manifest, state, self.root, lambda: self._services(manifest, self.root), staged=staged,
             accept_drift=self.opts.accept_drift, force=self.opts.force, more_bytes=more_bytes,
+            selinux=self.opts.selinux,
         )  # fmt: skip
 
     @contextlib.contextmanager
@@ -228,7 +230,10 @@ class Engine:
 
     def _transact(self, state: StateDir, manifests: list[Manifest]) -> StatusDoc:
         staged = [(m, state.staging_dir(m.bundle_id)) for m in manifests]
-        plans = plan_jumps(staged, self.root, accept_drift=self.opts.accept_drift, log=self._log)
+        labels = Labels.load(self.root, selinux=self.opts.selinux)
+        plans = plan_jumps(
+            staged, self.root, accept_drift=self.opts.accept_drift, log=self._log, labels=labels
+        )
         txn = Transaction.begin(state, manifests, plans, self._contexts, self.log)
         self._rec = txn.rec
         txn.rec.echo = self._log

@@ -69,6 +69,8 @@ CHUNK = 1024 * 1024
 
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Mode = Annotated[int, Field(ge=0, le=0o7777)]
+Account = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$")]
+"""A user or group name (resolved on the manager)."""
 
 
 class _Model(BaseModel):
@@ -194,6 +196,17 @@ class FileEntry(_Model):
     required: bool = False
     """Format 2, a ``keep-local`` or ``rewrite`` config: placed even when the operator
     deleted it (otherwise a deleted config stays deleted, the new default beside it)."""
+    owner: Account | None = None
+    """The user that owns it on the manager, by name (the spec's ``owner``; resolved in the
+    manager's etc/passwd at pre-flight). None: the owner of the file it replaces, else root."""
+    group: Account | None = None
+    """Its group, by name (etc/group), likewise."""
+    mode_explicit: bool = False
+    """The spec sets ``mode``: placed as it is. Otherwise a read or write bit the replaced
+    file lacks is not added (a manager's narrower mode wins)."""
+    caps: str | None = Field(default=None, pattern=r"^(?:[0-9a-f]{2}){4,64}$")
+    """File capabilities: the ``security.capability`` value (hex) the release's file has,
+    allowed for this exact path by the product spec (``capabilities``)."""
 
     @field_validator("path")
     @classmethod
@@ -330,6 +343,21 @@ class HealthCheck(_Model):
     """Seconds between tries."""
     retries: int = Field(default=50, ge=1, le=10000)
     """Tries before the check fails (the apply then rolls back)."""
+
+
+class DirEntry(_Model):
+    """A directory the to-release adds whose owner, group or mode the spec sets (others get
+    root and 0755 when the swap creates them)."""
+
+    path: str
+    mode: Mode | None = None
+    owner: Account | None = None
+    group: Account | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _path_ok(cls, v: str) -> str:
+        return check_relpath(v)
 
 
 class Service(_Model):
@@ -516,6 +544,12 @@ class Manifest(_Model):
     """The exact paths of file entries that carry setuid, setgid or sticky bits because
     the product spec allows them there (``modes: {PATH: {mode: "4755", allow_setuid:
     true}}``); every other entry, config, hook or extra with such a bit is refused."""
+    capabilities: tuple[str, ...] = ()
+    """The exact paths of file entries that carry file capabilities because the product
+    spec allows them there (``modes: {PATH: {allow_caps: true}}``); a ``caps`` anywhere
+    else is refused, as loudly as setuid."""
+    dirs: tuple[DirEntry, ...] = ()
+    """New directories with the spec's owner, group or mode."""
     builder_version: str
     created: int = Field(ge=0)
 
@@ -570,6 +604,14 @@ class Manifest(_Model):
                 )
         if allowed - {f.path for f in self.files if f.kind == "file" and f.mode & 0o7000}:
             raise ValueError("special_modes names a path that is no file entry with such a bit")
+        capable = set(self.capabilities)
+        for f in self.files:
+            if f.caps is not None and not (f.kind == "file" and f.path in capable):
+                raise UnsafePathError(
+                    "file capabilities need the product spec's allow_caps for this exact path", entry=f.path
+                )
+        if capable - {f.path for f in self.files if f.caps is not None}:
+            raise ValueError("capabilities names a path that is no file entry with capabilities")
         for x in self.extras:
             if x.mode & 0o7000:
                 raise UnsafePathError(

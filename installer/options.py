@@ -19,6 +19,8 @@ class Options:
     accept_drift: bool = False
     force: bool = False
     max_bundle_bytes: int = DEFAULT_MAX_BUNDLE_BYTES
+    selinux: bool = True
+    """Label placed files from the root's SELinux policy (``--no-selinux``: do not)."""
     detach_components: bool = False
     """Install component RPMs from a detached process that waits for rpm's lock (%posttrans)."""
     detach_jobs: bool = True

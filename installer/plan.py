@@ -12,12 +12,13 @@ import stat
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from installer.beneath import Kind, resolve
 from installer.confmerge import merge
 from installer.errors import BundleRejectedError, DriftError, PreconditionError, StateError, UnsafePathError
 from installer.format import FileEntry, Manifest, check_not_reserved, compile_rule, sha256_file
+from installer.metadata import Labels, Placed, dir_wanted, prepare
 from installer.paths import Targets, kind_of, read_beneath
 from installer.state import write_atomic
 
@@ -236,6 +237,9 @@ class Plan:
     """Deepest first."""
     drift: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    dir_attrs: list[dict[str, Any]] = field(default_factory=list)
+    """Owner, group, mode and label of each directory the swap creates
+    (:func:`installer.metadata.dir_wanted`)."""
 
     def group(self, name: str) -> list[SwapOp]:
         """The ops of one swap step."""
@@ -554,20 +558,46 @@ def drift_error(manifest: Manifest, drift: list[str]) -> DriftError:
     )
 
 
+def placed_paths(manifest: Manifest, plan: Plan, view: View) -> list[Placed]:
+    """What :func:`installer.metadata.prepare` needs of each path ``plan`` places: its
+    entry, whether it is the operator's config (kept, merged, or its new default set
+    beside it: the operator's owner and mode), and where the file it replaces is now."""
+    entries = {f.path: f for f in manifest.files}
+    out = []
+    for op in plan.ops:
+        if op.action != "place":
+            continue
+        own = op.path.removesuffix(NEW_SUFFIX)
+        entry = entries.get(op.path) or entries.get(own)
+        kept = entry is not None and entry.kind == "config" and entry.policy != "replace"
+        out.append(Placed(op.path, op.target, entry, kept, view.where(own if kept else op.path)))
+    return out
+
+
 def plan_jumps(
-    jumps: list[tuple[Manifest, Path]], root: Path, *, accept_drift: bool, log: Callable[[str], None]
+    jumps: list[tuple[Manifest, Path]],
+    root: Path,
+    *,
+    accept_drift: bool,
+    log: Callable[[str], None],
+    labels: Labels | None = None,
 ) -> list[Plan]:
     """Every jump's plan (manifest, staging dir), before anything stops: each against the
     root as the jumps before it leave it (drift between the bundles of a chain is refused
-    here); each saved into its staging dir.
+    here), its staged paths given their owner, mode, capabilities and label
+    (:mod:`installer.metadata`, with ``labels``); each saved into its staging dir.
 
     Raises:
         DriftError, UnsafePathError, BundleRejectedError: as :func:`compute_plan`.
+        PreconditionError: an attribute could not be set.
     """
     view = View(root)
     plans = []
     for m, staging in jumps:
         plan = compute_plan(m, root, staging, accept_drift=accept_drift, view=view)
+        if labels is not None:
+            plan.notes += prepare(placed_paths(m, plan, view), m, root, staging, labels)
+            plan.dir_attrs = dir_wanted(m, plan.new_dirs, root, labels)
         for note in plan.notes[:MAX_NOTES_LOGGED]:
             log(note)
         if len(plan.notes) > MAX_NOTES_LOGGED:  # a summary, not a line per entry (plan.json has all)

@@ -14,11 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from installer import child
+from installer.attrs import describe_caps
 from installer.beneath import resolve
 from installer.errors import JumpkitError, PreconditionError, SpaceError, VersionError
 from installer.format import Manifest
 from installer.graph import NoPath, plan_chain
 from installer.health import lookup_variables, resolve_lookup, wait_healthy
+from installer.metadata import Labels, unknown_owners
 from installer.migrate import backup_size, current_revision, database_url, safe_url
 from installer.mounts import Mounts
 from installer.paths import READ_NO_WAIT, read_small
@@ -222,6 +224,7 @@ def check(
     more_bytes: int = 0,
     accept_drift: bool,
     force: bool,
+    selinux: bool = True,
 ) -> list[str]:
     """Every precondition, collected; returns the lines that passed.
 
@@ -271,6 +274,7 @@ def check(
         (passed if ok else problems).append(msg)
     for lookup in [*manifest.lookups.values(), *(db.url for db in manifest.databases)]:
         resolve_lookup(lookup, root)  # a lookup file that is a link out or a device: exit 4, named
+    problems += _metadata_ready(manifest, root, passed, selinux=selinux)
     problems += _services_ready(manifest, root, services, passed, force=force)
     problems += _databases_ready(manifest, root, passed)
     Confined(manifest, View(root))  # where every path lands: no link out of the root (exit 3 or 4)
@@ -300,6 +304,25 @@ def existing_dir(path: Path) -> Path:
     while not path.exists() and path != path.parent:
         path = path.parent
     return path
+
+
+def _metadata_ready(manifest: Manifest, root: Path, passed: list[str], *, selinux: bool) -> list[str]:
+    """The root's SELinux policy readable (or none), every owner and group the jump names
+    known to this manager, and what the jump sets that an operator must know of."""
+    try:
+        labels = Labels.load(root, selinux=selinux)
+    except PreconditionError as e:
+        return [e.message + " (--no-selinux places files without labels)"]
+    if not selinux:
+        passed.append("SELinux: --no-selinux: placed files are NOT labelled (they keep the staging label)")
+    elif labels.policy is not None:
+        passed.append(f"SELinux: placed files get the labels of {labels.policy.source}")
+    for f in manifest.files:
+        if f.caps is not None:
+            passed.append(
+                f"FILE CAPABILITIES {f.path}: {describe_caps(f.caps)} (allowed by the product spec)"
+            )
+    return unknown_owners(manifest, labels.ids)
 
 
 def _services_ready(

@@ -278,7 +278,9 @@ class SwapGroup:
         """See :class:`Step`."""
         ops = ctx.plan.group(self.group)
         ctx.log(f"swapping {len(ops)} {self.group}")
-        self._swapper(ctx).run(ops, ctx.plan.new_dirs, emptied=self._emptied(ctx))
+        self._swapper(ctx).run(
+            ops, ctx.plan.new_dirs, emptied=self._emptied(ctx), dir_attrs=ctx.plan.dir_attrs
+        )
 
     def undo(self, ctx: Context) -> None:
         """See :class:`Step`."""

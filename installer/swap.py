@@ -17,7 +17,9 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
+from installer.attrs import SELINUX_XATTR
 from installer.beneath import Dirs
 from installer.errors import StateError, UnsafePathError
 from installer.failpoints import failpoint
@@ -188,17 +190,26 @@ class Swapper:
         new_dirs: list[str],
         progress: Callable[[int], None] | None = None,
         emptied: Sequence[EmptiedDir] = (),
+        dir_attrs: Sequence[dict[str, Any]] = (),
     ) -> None:
-        """Apply every op; safe to call again after a crash at any point.
+        """Apply every op; safe to call again after a crash at any point. A new directory
+        gets its owner, mode and label from ``dir_attrs`` (through its descriptor).
 
         Raises:
             StateError: the filesystem is in a state no op sequence could produce.
             UnsafePathError: a parent directory in the root became a symlink since the plan.
         """
         dirs = Dirs(self.root)
+        wanted = {a["path"]: a for a in dir_attrs}
         try:
             for d in new_dirs:
-                dirs.dir(d, create=True)
+                fd = dirs.dir(d, create=True)
+                if d in wanted:
+                    a = wanted[d]
+                    os.fchown(fd, a["uid"], a["gid"])
+                    os.fchmod(fd, a["mode"])
+                    if a.get("label"):
+                        os.setxattr(fd, SELINUX_XATTR, a["label"].encode() + b"\0")
             for i, op in enumerate(ops):
                 failpoint(f"swap:{self.label}")
                 staged, backup = self.staged / op.path, self.backup / op.path
