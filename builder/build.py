@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder import __version__
-from builder.collect import Collected, collect
+from builder.collect import Collected, attrs_of, collect, normalized_mode
 from builder.delta import BSDIFF_MAX, PatchJob, choose_all
 from builder.errors import BuildError
 from builder.frozen import FrozenInstaller, cache_dir
@@ -34,6 +34,7 @@ from installer.format import (
     ConfigBase,
     Database,
     Delta,
+    DirEntry,
     FileEntry,
     Hook,
     InstallerInfo,
@@ -232,6 +233,25 @@ def _patch(collected: Collected, workers: int, bsdiff_max: int) -> int:
     return sum(c.whole_deflated for c in choices.values())
 
 
+def new_dirs(files: list[FileEntry], jump: JumpSpec) -> tuple[DirEntry, ...]:
+    """The directories above the jump's new files that a ``modes`` pattern gives an owner,
+    group or mode (a directory the manager lacks is made with them; one it has stays as it is)."""
+    out = []
+    for d in sorted(
+        {
+            f.path.rsplit("/", i)[0]
+            for f in files
+            if f.from_sha256 is None
+            for i in range(1, f.path.count("/") + 1)
+        }
+    ):
+        attrs = attrs_of(d, jump.files.modes)
+        mode = normalized_mode(d, 0o755, jump.files.modes) if attrs.mode_explicit else None
+        if attrs.owner or attrs.group or mode is not None:
+            out.append(DirEntry(path=d, mode=mode, owner=attrs.owner, group=attrs.group))
+    return tuple(out)
+
+
 UNIT_FILE = re.compile(r"^(?:etc|usr/lib|lib)/systemd/system/([^/]+)\.service$")
 
 
@@ -318,6 +338,10 @@ def _manifest(
                 delta=patch,
                 base=ConfigBase(sha256=base[0], size=base[1]) if base is not None else None,
                 required=p.required,
+                owner=p.attrs.owner,
+                group=p.attrs.group,
+                mode_explicit=p.attrs.mode_explicit,
+                caps=p.caps,
             )
         )
     extras = [
@@ -365,6 +389,8 @@ def _manifest(
             components=tuple(sorted(s.name for s in collected.extras if s.name.startswith("components/"))),
             graph=product.graph(),
             special_modes=tuple(sorted(f.path for f in files if f.kind == "file" and f.mode & 0o7000)),
+            capabilities=tuple(sorted(f.path for f in files if f.caps is not None)),
+            dirs=new_dirs(files, jump),
             builder_version=__version__,
             created=epoch,
         )

@@ -21,9 +21,20 @@ from builder.errors import SpecError
 from builder.resources import templates
 from builder.spec import JumpSpec, ModeSpec, Product, UnitSpec
 from builder.zipwriter import Source
+from installer.attrs import describe_caps
 from installer.format import BASE_PREFIX, PAYLOAD_PREFIX, RemovedEntry, RewriteRule
 from installer.paths import check_link_target, check_relpath
 from installer.plan import current_digest
+
+
+@dataclass(frozen=True)
+class Attrs:
+    """What the spec's ``modes`` say of one path besides its mode."""
+
+    owner: str | None = None
+    group: str | None = None
+    mode_explicit: bool = False
+    allow_caps: bool = False
 
 
 @dataclass(slots=True)
@@ -48,6 +59,8 @@ class Pending:
     base_source: Source | None = None
     """A rewrite config: the from-version default, the merge base (member ``base/<path>``)."""
     required: bool = False
+    attrs: Attrs = Attrs()
+    caps: str | None = None
 
 
 @dataclass
@@ -119,9 +132,34 @@ def normalized_mode(path: str, st_mode: int, modes: Mapping[str, str | ModeSpec]
     (special bits only where the spec allowed them for that exact path)."""
     mode = 0o755 if st_mode & 0o111 else 0o644
     for pat, m in modes.items():
-        if fnmatch.fnmatchcase(path, pat):
-            mode = int(m if isinstance(m, str) else m.mode, 8)
+        given = m if isinstance(m, str) else m.mode
+        if given is not None and fnmatch.fnmatchcase(path, pat):
+            mode = int(given, 8)
     return mode
+
+
+def attrs_of(path: str, modes: Mapping[str, str | ModeSpec]) -> Attrs:
+    """The owner, group (the last pattern that names one wins), whether a pattern sets the
+    mode, and whether capabilities are allowed for exactly ``path``."""
+    owner = group = None
+    explicit = caps = False
+    for pat, m in modes.items():
+        if not fnmatch.fnmatchcase(path, pat):
+            continue
+        if isinstance(m, str) or m.mode is not None:
+            explicit = True
+        if isinstance(m, ModeSpec):
+            owner, group = m.owner or owner, m.group or group
+            caps = caps or (m.allow_caps and pat == path)
+    return Attrs(owner, group, explicit, caps)
+
+
+def file_caps(path: str) -> str | None:
+    """The ``security.capability`` of a release tree's file (hex), or None."""
+    try:
+        return os.getxattr(path, "security.capability", follow_symlinks=False).hex()
+    except OSError:
+        return None
 
 
 def render_configs(product: Product, version: str, variables: dict[str, Any]) -> dict[str, bytes]:
@@ -248,17 +286,26 @@ def collect(
             out.files.append(Pending(path, "symlink", 0o777, from_sha, link_target=target))
             continue
         mode = normalized_mode(path, entry.mode, fs.modes)
+        attrs, caps = attrs_of(path, fs.modes), file_caps(entry.path)
+        if caps is not None and not attrs.allow_caps:
+            raise SpecError(
+                f"{path} has file capabilities in release {to} ({describe_caps(caps)}): allow them for "
+                f"this exact path in files.modes: {{{path!r}: {{allow_caps: true}}}}"
+            )
         if (
             before is not None
             and not before.is_link
             and before.size == entry.size
             and normalized_mode(path, before.mode, fs.modes) == mode
+            and file_caps(before.path) == caps
             and from_sha == current_digest(Path(entry.path))
         ):
             continue
         source = Source(PAYLOAD_PREFIX + path, mode, path=entry.path, size=entry.size)
         old_path = before.path if before is not None and not before.is_link else None
-        out.files.append(Pending(path, "file", mode, from_sha, source, old_path=old_path))
+        out.files.append(
+            Pending(path, "file", mode, from_sha, source, old_path=old_path, attrs=attrs, caps=caps)
+        )
     removed = set(old) - set(new)
     for path in fs.remove:
         check_relpath(path)
@@ -275,13 +322,15 @@ def collect(
         from_sha = None if before_cfg is None else hashlib.sha256(before_cfg).hexdigest()
         if before_cfg == data:
             continue
+        cfg_mode = normalized_mode(path, 0o644, fs.modes) & 0o777  # a config is never setuid
         out.files.append(
             Pending(
                 path,
                 "config",
-                0o644,
+                cfg_mode,
                 from_sha,
-                Source(PAYLOAD_PREFIX + path, 0o644, data=data),
+                Source(PAYLOAD_PREFIX + path, cfg_mode, data=data),
+                attrs=attrs_of(path, fs.modes),
                 policy=spec.policy if spec else "replace",
                 rules=spec.rules if spec else (),
                 base_source=(

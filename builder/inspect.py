@@ -9,6 +9,7 @@ from typing import Any
 
 from installer import rpmbundle
 from installer.archive import open_bundle
+from installer.attrs import describe_caps
 from installer.errors import SignatureError
 from installer.format import (
     MANIFEST_NAME,
@@ -125,6 +126,9 @@ def describe(info: dict[str, Any]) -> list[str]:
     modes = {f["path"]: f["mode"] for f in m["files"]}
     for path in m.get("special_modes", []):
         lines.append(f"  SETUID/SETGID/STICKY {path} mode {modes[path]:04o} (allowed by the product spec)")
+    caps = {f["path"]: f["caps"] for f in m.get("files", []) if f.get("caps")}
+    for path in m.get("capabilities", []):
+        lines.append(f"  FILE CAPABILITIES {path}: {describe_caps(caps[path])} (allowed by the product spec)")
     for r in m["removed"][:20]:
         lines.append(f"  remove {r['path']}")
     svc = m["services"]

@@ -229,12 +229,23 @@ class ProductSpec(_Spec):
 
 
 class ModeSpec(_Spec):
-    """A mode with setuid, setgid or sticky bits, allowed explicitly for one path."""
+    """What a pattern's files (and new directories) get on the manager, like rpm's
+    ``%attr``: a mode, an owner and group by name, and for one exact path the permission
+    to carry setuid/setgid/sticky bits or file capabilities."""
 
-    mode: str
-    """Octal mode, e.g. ``4755``."""
+    mode: str | None = None
+    """Octal mode, e.g. ``0640`` (``4755`` with ``allow_setuid``). Placed as it is; without
+    it a file keeps any read or write bit its manager's copy lacks narrowed away."""
+    owner: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$")
+    """User name on the manager (pre-flight refuses one its etc/passwd lacks); default:
+    the replaced file's owner, else root."""
+    group: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$")
+    """Group name on the manager (etc/group), likewise."""
     allow_setuid: bool = False
     """Required for setuid, setgid or sticky bits, for this exact path only."""
+    allow_caps: bool = False
+    """Required for file capabilities (the release file's ``security.capability``, as
+    ``setcap`` left it), for this exact path only."""
 
 
 class FilesSpec(_Spec):
@@ -256,6 +267,10 @@ class FilesSpec(_Spec):
     def _modes(cls, v: dict[str, str | ModeSpec]) -> dict[str, str | ModeSpec]:
         for pat, spec in v.items():
             mode, allow = (spec, False) if isinstance(spec, str) else (spec.mode, spec.allow_setuid)
+            if isinstance(spec, ModeSpec) and spec.allow_caps and any(c in pat for c in "*?["):
+                raise ValueError(f"allow_caps is for one exact path, not the pattern {pat!r}")
+            if mode is None:
+                continue
             try:
                 m = int(str(mode), 8)
             except ValueError as e:

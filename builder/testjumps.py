@@ -33,6 +33,7 @@ rpm's own state (``var/lib/rpm``, ``tmp``, ...) and ``/proc`` are never compared
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -59,6 +60,7 @@ from builder.machine import Machine, missing_tools
 from builder.rpm import build_rpm, rpm_names
 from builder.sandbox import SUPERVISOR_CONF, lay_out
 from builder.spec import Product
+from installer.attrs import CAPS_XATTR, SELINUX_XATTR
 from installer.errors import JumpkitError
 from installer.format import INSTALLER_MEMBER, MANIFEST_NAME, Manifest, parse_manifest
 from installer.graph import plan_chain
@@ -145,7 +147,7 @@ def cases(
 
 def snapshot(root: Path, skip: frozenset[str] = frozenset()) -> dict[str, str]:
     """Every path under ``root`` but the harness's and ``skip`` (a path and all beneath
-    it): kind, mode, link target or sha256."""
+    it): kind, mode, owner and group, SELinux label and capabilities, link target or sha256."""
     out = {}
     left_out = (*HARNESS, *skip)
     for dirpath, dirs, files in os.walk(root):
@@ -156,9 +158,9 @@ def snapshot(root: Path, skip: frozenset[str] = frozenset()) -> dict[str, str]:
                 continue
             p = os.path.join(dirpath, name)
             st = os.lstat(p)
-            mode = f"{stat.S_IMODE(st.st_mode):04o}"
+            mode = f"{stat.S_IMODE(st.st_mode):04o} {st.st_uid}:{st.st_gid}{_security(p)}"
             if stat.S_ISLNK(st.st_mode):
-                out[rel] = f"link {os.readlink(p)}"
+                out[rel] = f"link {os.readlink(p)} {st.st_uid}:{st.st_gid}{_security(p)}"
             elif stat.S_ISDIR(st.st_mode):
                 out[rel] = f"dir {mode}"
             elif stat.S_ISREG(st.st_mode):
@@ -166,6 +168,17 @@ def snapshot(root: Path, skip: frozenset[str] = frozenset()) -> dict[str, str]:
                     out[rel] = f"file {mode} {hashlib.file_digest(f, 'sha256').hexdigest()}"
             else:
                 out[rel] = f"special {stat.S_IFMT(st.st_mode):o}"
+    return out
+
+
+def _security(path: str) -> str:
+    """The SELinux label and capabilities of ``path`` (never a link's target), compared like
+    owner and mode: a rollback restores them exactly."""
+    out = ""
+    for name, short in ((SELINUX_XATTR, "label"), (CAPS_XATTR, "caps")):
+        with contextlib.suppress(OSError):
+            value = os.getxattr(path, name, follow_symlinks=False)
+            out += f" {short}={value.hex()}"
     return out
 
 
