@@ -47,8 +47,19 @@ def short_tmp(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
 
 
+def security_xattrs(path: Path) -> str:
+    """The SELinux label and file capabilities of ``path`` (its own, not a link's target),
+    as a listing shows them: what a rollback must restore exactly, like owner and mode."""
+    out = []
+    for name in ("security.selinux", "security.capability"):
+        with contextlib.suppress(OSError):
+            out.append(f"{name}={os.getxattr(path, name, follow_symlinks=False).hex()}")
+    return ",".join(out)
+
+
 def tree_listing(root: Path, exclude: tuple[str, ...] = HARNESS) -> dict[str, str]:
-    """Every path under root (harness files aside) -> "mode:link target or content sha256"."""
+    """Every path under root (harness files aside) -> "mode:owner:group:security xattrs:link
+    target or content sha256"."""
     out: dict[str, str] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
@@ -64,7 +75,7 @@ def tree_listing(root: Path, exclude: tuple[str, ...] = HARNESS) -> dict[str, st
                 what = "-> " + os.readlink(full)
             elif full.is_file():
                 what = hashlib.sha256(full.read_bytes()).hexdigest()
-            out[rel] = f"{st.st_mode:o}:{what}"
+            out[rel] = f"{st.st_mode:o}:{st.st_uid}:{st.st_gid}:{security_xattrs(full)}:{what}"
         dirnames[:] = [d for d in dirnames if not (base / d).is_symlink()]
     return out
 

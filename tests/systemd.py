@@ -11,18 +11,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder.machine import Machine, missing_tools
+from builder.machine import Machine
 from tests.helpers import REPO, build, get, install, short_tmp
 
 SYSTEMD_SPECS = REPO / "examples/systemd"
 UNITS = ("demo-manager.service", "demo-manager.socket")
 PORT_DROP_IN = "etc/systemd/system/demo-manager.socket.d/port.conf"
-
-
-def why_not() -> str | None:
-    """Why a systemd machine cannot boot here, or None."""
-    lacking = missing_tools()
-    return f"missing {', '.join(lacking)}" if lacking else None
 
 
 @dataclass
