@@ -76,6 +76,18 @@ EXAMPLES: dict[str, Any] = {
     "UnitSpec.requires": ["app.service"],
     "UnitSpec.restart": "always",
     "UnitSpec.wanted_by": "multi-user.target",
+    "UnitSpec.wants": ["app-db.service"],
+    "UnitSpec.restart_sec": 0.5,
+    "UnitSpec.exec_reload": ["/bin/kill", "-HUP", "$MAINPID"],
+    "UnitSpec.socket": {"listen_stream": ["127.0.0.1:8080"]},
+    "SocketSpec.listen_stream": ["127.0.0.1:8080", "/run/app/app.sock"],
+    "SocketSpec.backlog": 1024,
+    "Service.socket": "app.socket",
+    "Service.removed": True,
+    "ServicesSpec.settle": 2.0,
+    "ModeSpec.owner": "app",
+    "ModeSpec.group": "app",
+    "ModeSpec.allow_caps": True,
 }
 
 
