@@ -132,6 +132,8 @@ class StopServices:
             if s.name in running:
                 ctx.log(f"stopping {s.name}")
                 ctx.services.stop(s)
+                if not s.removed:
+                    ctx.services.prestart(s)
                 failpoint(f"service:stopped:{s.name}")
             sock = socket_of(s)
             if sock and restarts_socket(s, ctx):
