@@ -24,6 +24,7 @@ import os
 import platform
 import re
 import shutil
+import stat
 import subprocess
 import tarfile
 import time
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from installer import __version__
+from installer.attrs import get_label, load_policy
 from installer.errors import JumpkitError, UsageError
 from installer.format import MANIFEST_NAME, Manifest, parse_manifest
 from installer.paths import Targets, read_beneath
@@ -249,7 +251,32 @@ def _drift(root: Path, m: Manifest, status: StatusDoc) -> str:
             lines.append(f"{f.path}: {'missing' if current is None else 'differs'} (want {want}'s)")
     head = f"{differ} of {len(m.files)} file(s) of {m.bundle_id} differ from {want}"
     head += " (configs the operator owns are not counted)"
-    return "\n".join([head, *lines]) + "\n"
+    return "\n".join([head, *lines, *_label_drift(root, m)]) + "\n"
+
+
+def _label_drift(root: Path, m: Manifest) -> list[str]:
+    """Each file of the jump whose SELinux label is not the one the root's policy gives its
+    path (``restorecon -n`` would change it), with owner and mode for context."""
+    try:
+        policy = load_policy(root)
+    except JumpkitError as e:
+        return ["", f"SELinux labels: not compared ({e.message})"]
+    if policy is None:
+        return []
+    target = Targets(root)
+    out = []
+    for f in m.files:
+        path = target(f.path)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        matched, want = policy.lookup("/" + f.path, st.st_mode)
+        have = get_label(str(path))
+        if matched and have != want:
+            out.append(f"{f.path}: label {have or 'none'}, the policy says {want or 'none'}"
+                       f" (owner {st.st_uid}:{st.st_gid}, mode {stat.S_IMODE(st.st_mode):04o})")  # fmt: skip
+    return ["", f"SELinux labels ({policy.source}): {len(out)} file(s) differ from the policy", *out]
 
 
 def _configs(root: Path, m: Manifest, rep: Report) -> None:

@@ -332,3 +332,22 @@ def test_file_capabilities_travel_with_the_file(tmp_path: Path, keys: dict[str, 
     assert "cap_net_bind_service=ep" in got, got
     assert install("--root", root, "rollback").returncode == 0
     assert tree_listing(root) == before
+
+
+def test_report_drift_names_files_whose_label_differs_from_the_policy(
+    sandbox: Callable[..., Sandbox], bundle: Path, tmp_path: Path
+) -> None:
+    """A file relabelled by hand (chcon) after the apply: the support report's drift.txt
+    names it with the label the policy gives it."""
+    import tarfile
+
+    sb, _ = labelled(sandbox)
+    assert install("--root", sb.root, "apply", bundle).returncode == 0
+    os.setxattr(sb.root / "opt/demo-manager/VERSION", XATTR, b"system_u:object_r:tmp_t:s0\0")
+    out = tmp_path / "r.tar.gz"
+    assert install("--root", sb.root, "report", "--out", out).returncode == 0
+    with tarfile.open(out) as t:
+        m = next(x for x in t.getmembers() if x.name.endswith("drift.txt"))
+        text = t.extractfile(m).read().decode()  # type: ignore[union-attr]
+    assert "1 file(s) differ from the policy" in text, text
+    assert "opt/demo-manager/VERSION: label system_u:object_r:tmp_t:s0, the policy says " in text, text
