@@ -250,7 +250,7 @@ class Engine:
         """One context per jump; they share the notes (one journal, one transaction)."""
         return [
             Context(self.root, state, m, plan, state.staging_dir(m.bundle_id), state.backup_dir(m.bundle_id),
-                    self._services(m, self.root), self.log, notes)
+                    self._services(m, self.root), self.log, notes, selinux=self.opts.selinux)
             for m, plan in zip(manifests, plans, strict=True)
         ]  # fmt: skip
 

@@ -27,13 +27,14 @@ files as this pass left them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from installer.attrs import FileContexts, Wanted, get_label, load_policy, narrowed, set_attrs
+from installer.attrs import SELINUX_XATTR, FileContexts, Wanted, get_label, load_policy, narrowed, set_attrs
 from installer.errors import PreconditionError
 from installer.format import FileEntry, Manifest
 from installer.paths import read_beneath
@@ -233,3 +234,21 @@ def dir_wanted(
         )
         out.append({"path": d, "uid": uid, "gid": gid, "mode": mode, "label": label})
     return out
+
+
+def label_in_place(root: Path, rel: str, labels: Labels) -> None:
+    """Label ``rel`` and everything below it as the policy says, where it matches: for what
+    the installer writes in place rather than renames from staging (the kept installer and
+    its unpacked tree), which a kernel would label by its directory alone. Never raises: a
+    label it cannot set is the kernel's default."""
+    if labels.policy is None:
+        return
+    top = root / rel
+    if not os.path.lexists(top):
+        return
+    for path in _walk(top):
+        with contextlib.suppress(OSError):
+            st = os.lstat(path)
+            matched, context = labels.policy.lookup("/" + path.relative_to(root).as_posix(), st.st_mode)
+            if matched and context is not None and get_label(str(path)) != context:
+                os.setxattr(path, SELINUX_XATTR, context.encode() + b"\0", follow_symlinks=False)

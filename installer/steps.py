@@ -58,6 +58,8 @@ class Context:
     rehearsals: dict[str, Recording] = field(default_factory=dict)
     """Per SQLite database, its upgrade rehearsed on a copy before the outage, for the
     window to replay (:mod:`installer.replay`; memory only, used once)."""
+    selinux: bool = True
+    """Label what the installer places from the root's policy (False: ``--no-selinux``)."""
     units_changed: frozenset[str] = frozenset()
     """systemd units (and ``*.wants`` dirs) whose file or drop-in the transaction places or
     removes, over every jump of a chain (:func:`unit_changes`; set by the transaction)."""

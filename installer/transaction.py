@@ -45,6 +45,7 @@ from installer.journal import (
     UndoBegin,
     UndoDone,
 )
+from installer.metadata import Labels, label_in_place
 from installer.plan import Plan
 from installer.stage import load_staged
 from installer.state import StateDir, StatusDoc
@@ -346,6 +347,11 @@ class Transaction:
                 staged = tail.staging / "bundle" / INSTALLER_MEMBER
                 if selfupdate.install(tail.root, staged, info):
                     self.log(f"bundle-install {info.version} is now the manager's installer")
+                    with contextlib.suppress(JumpkitError):  # labels are the kernel's default then
+                        where = selfupdate.installed_path(tail.root).parent.relative_to(tail.root)
+                        label_in_place(
+                            tail.root, where.as_posix(), Labels.load(tail.root, selinux=tail.selinux)
+                        )
             self.rec.set(
                 status="finished",
                 step=None,

@@ -351,3 +351,17 @@ def test_report_drift_names_files_whose_label_differs_from_the_policy(
         text = t.extractfile(m).read().decode()  # type: ignore[union-attr]
     assert "1 file(s) differ from the policy" in text, text
     assert "opt/demo-manager/VERSION: label system_u:object_r:tmp_t:s0, the policy says " in text, text
+
+
+def test_the_kept_installer_gets_the_policy_label(
+    sandbox: Callable[..., Sandbox], release_bundle: Path
+) -> None:
+    """The bundle's frozen installer becomes the manager's, written in place under
+    var/lib/jumpkit/bin (not renamed from staging): it and its unpacked tree get the label
+    the policy gives that path too."""
+    sb, lib = labelled(sandbox)
+    assert install("--root", sb.root, "apply", release_bundle).returncode == 0
+    kept = sb.root / "var/lib/jumpkit/bin"
+    files = [p for p in kept.rglob("*") if not p.is_symlink()][:50] + [kept / "bundle-install"]
+    for p in files:
+        assert label(p) == lib.lookup("/" + p.relative_to(sb.root).as_posix(), os.lstat(p).st_mode), p
