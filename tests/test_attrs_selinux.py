@@ -362,6 +362,6 @@ def test_the_kept_installer_gets_the_policy_label(
     sb, lib = labelled(sandbox)
     assert install("--root", sb.root, "apply", release_bundle).returncode == 0
     kept = sb.root / "var/lib/jumpkit/bin"
-    files = [p for p in kept.rglob("*") if not p.is_symlink()][:50] + [kept / "bundle-install"]
+    files = [*[p for p in kept.rglob("*") if not p.is_symlink()][:50], kept / "bundle-install"]
     for p in files:
         assert label(p) == lib.lookup("/" + p.relative_to(sb.root).as_posix(), os.lstat(p).st_mode), p
