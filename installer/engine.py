@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from installer import cluster, dryrun, preflight, rpmbundle
+from installer import cluster, dryrun, interrupts, preflight, rpmbundle
 from installer.aftercommit import AfterCommit
 from installer.archive import Bundle, Opened, opened_bundles, verify_members
 from installer.chain import check_chain
@@ -242,6 +242,9 @@ class Engine:
         self._after_commit(txn).start(
             detach_components=self.opts.detach_components, detach_jobs=self.opts.detach_jobs
         )
+        late = interrupts.take()  # one that came while the installer was placed, or later
+        if late is not None:
+            self.log(f"{late} received after the commit; finishing it")
         return doc
 
     def _contexts(

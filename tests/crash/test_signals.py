@@ -114,6 +114,8 @@ def test_a_signal_after_the_commit_finishes_and_exits_0(
     for point in ("committed", "finished"):
         spec = f"{point}={action}"
         p = install("--root", single.root, "apply", bundle, env={"JUMPKIT_FAILPOINT": spec})
+        if action != "hup":  # a hung-up run's terminal is gone; its status keeps the line
+            assert f"{SIGNALS[action]} received after the commit; finishing it" in p.stderr, (spec, p.stderr)
         assert settle(single, p, expected, "4.0.1", "4.1.1", spec, SIGNALS[action]) == "new", spec
     # and the operator's rollback, signalled once it has returned: done, exit 0
     assert install("--root", single.root, "apply", bundle).returncode == 0
