@@ -533,6 +533,12 @@ def load_product(specs_dir: Path, product: str | None) -> Product:
             raise SpecError(f"{specs_dir} holds {len(found)} products ({', '.join(found)}); pass --product")
         product = found[0]
     path = specs_dir / product / "product.yaml"
+    if not path.is_file() and not path.parent.is_dir():
+        found = sorted(p.parent.name for p in specs_dir.glob("*/product.yaml"))
+        raise SpecError(
+            f"no product {product!r} in {specs_dir}"
+            + (f": it holds {', '.join(found)}" if found else " (it holds no */product.yaml)")
+        )
     spec = _validate(ProductSpec, path)
     if spec.product != product:
         raise SpecError(f"{path}: product: {spec.product!r} does not match its directory {product!r}")

@@ -81,7 +81,7 @@ class ZipBundle:
         except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, struct.error) as e:
             # NotImplementedError: zipfile's answer to a "version needed" it does not know
             self._file.close()
-            raise BundleRejectedError(f"not a readable ZIP bundle ({e})") from e
+            raise BundleRejectedError(f"{path}: not a readable ZIP bundle ({e})") from e
         try:
             self._check(infos)
         except BaseException:

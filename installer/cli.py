@@ -134,6 +134,8 @@ def main_options(
     from installer.engine import Options
 
     if not root.is_dir():  # a refused run creates nothing: never the root itself
+        if root.exists():
+            raise UsageError(f"--root {root}: not a directory (the root of a manager's tree is one)")
         raise UsageError(f"--root {root}: no such directory (bundle-install never creates the root)")
     global G
     G = Globals(

@@ -388,3 +388,20 @@ def test_guard_folds_every_message_to_one_line(tmp_path: Path) -> None:
         p = subprocess.run([sys.executable, "-c", code, arg], capture_output=True, text=True, cwd=REPO)
         assert p.returncode == rc
         assert phrase in one_line(p)
+
+
+def test_new_user_messages_name_what_is_wrong(tmp_path: Path) -> None:
+    """#35 item 15: --root naming a file, a truncated ZIP, an unknown --product: each one
+    line that names the thing and, for the product, the ones there are."""
+    from tests.helpers import build, install
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    p = install("--root", afile, "status")
+    assert p.returncode == 2 and f"--root {afile}: not a directory" in p.stderr, p.stderr
+    trunc = tmp_path / "cut.zip"
+    trunc.write_bytes(b"PK\x03\x04" + b"\0" * 40)
+    p = install("--root", tmp_path, "verify", trunc)
+    assert p.returncode == 3 and f"{trunc}: not a readable ZIP bundle" in p.stderr, p.stderr
+    p = build("plan", "--product", "nope", "--from", "4.0.1", "--to", "4.1.1")
+    assert p.returncode == 2 and "no product 'nope' in specs: it holds demo-manager" in p.stderr, p.stderr
