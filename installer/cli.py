@@ -137,6 +137,11 @@ def main_options(
         if root.exists():
             raise UsageError(f"--root {root}: not a directory (the root of a manager's tree is one)")
         raise UsageError(f"--root {root}: no such directory (bundle-install never creates the root)")
+    for given in trust or []:  # named by the operator: a typo must not read as "no keys"
+        if not given.exists():
+            raise UsageError(
+                f"--trust {given}: no such file or directory (a public key file or a directory of them)"
+            )
     global G
     G = Globals(
         Options(

@@ -391,8 +391,9 @@ def test_guard_folds_every_message_to_one_line(tmp_path: Path) -> None:
 
 
 def test_new_user_messages_name_what_is_wrong(tmp_path: Path) -> None:
-    """#35 item 15: --root naming a file, a truncated ZIP, an unknown --product: each one
-    line that names the thing and, for the product, the ones there are."""
+    """#35 items 12 and 15: --root naming a file, a truncated ZIP, a --trust file that does
+    not exist, an unknown --product: each one line that names the thing and, for the
+    product, the ones there are."""
     from tests.helpers import build, install
 
     afile = tmp_path / "afile"
@@ -403,5 +404,7 @@ def test_new_user_messages_name_what_is_wrong(tmp_path: Path) -> None:
     trunc.write_bytes(b"PK\x03\x04" + b"\0" * 40)
     p = install("--root", tmp_path, "verify", trunc)
     assert p.returncode == 3 and f"{trunc}: not a readable ZIP bundle" in p.stderr, p.stderr
+    p = install("--root", tmp_path, "--trust", tmp_path / "missing.pub", "verify", trunc)
+    assert p.returncode == 2 and f"--trust {tmp_path / 'missing.pub'}: no such file" in p.stderr, p.stderr
     p = build("plan", "--product", "nope", "--from", "4.0.1", "--to", "4.1.1")
     assert p.returncode == 2 and "no product 'nope' in specs: it holds demo-manager" in p.stderr, p.stderr
