@@ -268,9 +268,10 @@ def _build_one(
         "whole_deflated_bytes": result.delta_whole_bytes,
         "whole_bytes": sum(f.size for f in m.deltas()),
     }
+    zip_left = fmt != "rpm"  # --format rpm: the ZIP travels inside the RPM only
     doc = {
         "ok": True,
-        "bundle": str(result.path),
+        "bundle": str(result.path) if zip_left else None,
         "sha256": result.sha256,
         "size": result.size,
         "files": len(m.files),
@@ -292,7 +293,13 @@ def _build_one(
         },
     }
     if not json_out:
-        print(f"{result.path}  {result.size} bytes" + (f"  sha256 {result.sha256}" if result.sha256 else ""))
+        if zip_left:
+            print(
+                f"{result.path}  {result.size} bytes" + (f"  sha256 {result.sha256}" if result.sha256 else "")
+            )
+        elif rpm is not None:
+            size = rpm.path.stat().st_size
+            print(f"{rpm.path}  {size} bytes (it carries {result.path.name}; no ZIP is left in {out})")
         print(
             f"  {len(m.files)} files, {len(m.removed)} removed, {'signed' if not unsigned else 'UNSIGNED'}, "
             + (f"installer {m.installer.version}, " if m.installer else "DEVELOPMENT bundle (no installer), ")
@@ -306,7 +313,8 @@ def _build_one(
             )
         if rpm is not None:
             print(
-                f"{rpm.path}  {'GPG-signed' if rpm.signed else 'unsigned (pass --rpm-sign-key for gpgcheck)'}"
+                f"{rpm.path if zip_left else '  RPM:'}  "
+                f"{'GPG-signed' if rpm.signed else 'unsigned (pass --rpm-sign-key for gpgcheck)'}"
             )
     return doc
 

@@ -104,6 +104,8 @@ def test_xz_payload_for_old_rpm(tmp_path: Path, keys: dict[str, Path], frozen: P
     assert p.returncode == 0, p.stderr
     assert query(tmp_path / RPM, "%{PAYLOADCOMPRESSOR}") == "xz"
     assert not list(tmp_path.glob("*.zip")), "--format rpm leaves only the RPM"
+    first = p.stdout.splitlines()[0]  # the file it leaves, not the ZIP it does not
+    assert first.startswith(f"{tmp_path / RPM}  ") and "no ZIP is left" in first, p.stdout
 
 
 def test_rpm_of_a_development_bundle_is_refused(tmp_path: Path, keys: dict[str, Path]) -> None:
