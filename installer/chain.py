@@ -83,3 +83,13 @@ def check_chain(manifests: Sequence[Manifest]) -> None:
                 f"bundles do not form a chain: {prev.bundle_id} is followed by {nxt.bundle_id} "
                 f"(give them in order, each starting where the previous one ends)"
             )
+
+
+def failpoint_names(jumps: int) -> set[str]:
+    """Every failpoint an apply of ``jumps`` jumps passes (:mod:`installer.failpoints`), but
+    those named after a service or a cluster action."""
+    out = {"commit", "committed", "finished", "stage:member", "stage:patch", "migrate:revision"}
+    out |= {"swap:files", "swap:configs"}
+    for name, _, _ in unit_layout(jumps):
+        out |= {f"{where}:{name}" for where in ("begin", "run", "done", "undo", "after-undo")}
+    return out

@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from installer import cluster, dryrun, interrupts, preflight, rpmbundle
+from installer import cluster, dryrun, failpoints, interrupts, preflight, rpmbundle
 from installer.aftercommit import AfterCommit
 from installer.archive import Bundle, Opened, opened_bundles, verify_members
-from installer.chain import check_chain
+from installer.chain import check_chain, failpoint_names
 from installer.components import DEFAULT_WAIT
 from installer.errors import JumpkitError, LockedError, StateError, UsageError
 from installer.failpoints import failpoint
@@ -193,6 +193,7 @@ class Engine:
         with self._opened(bundle_paths) as opened:
             manifests = [o[1] for o in opened]
             check_chain(manifests)
+            failpoints.refuse_unknown(failpoint_names(len(manifests)))
             head, tail = manifests[0], manifests[-1]
             state = self.state_for(head)
             state.refuse_busy()

@@ -41,19 +41,55 @@ ACTIONS = {
 }
 
 
+_BAD: list[str] = []
+"""What the variable says that no failpoint could act on (a count or action misspelled)."""
+
+
 def _parse(raw: str | None) -> dict[str, tuple[int, signal.Signals | None]]:
     armed: dict[str, tuple[int, signal.Signals | None]] = {}
     for one in (raw or "").split(","):
         if not one.strip():
             continue
         spec, _, action = one.strip().partition("=")
-        name, _, count = spec.partition("@")
+        name, at, count = spec.partition("@")
+        if (at and not count.isdigit()) or (action and action not in ACTIONS):
+            _BAD.append(one.strip())
         armed[name] = (int(count) if count.isdigit() else 1, ACTIONS.get(action, signal.SIGKILL))
     return armed
 
 
 _ARMED = _parse(os.environ.get(_ENV))
 _hits: dict[str, int] = {}
+ANY_NAME = ("service:stopped:", "service:started:", "cluster:")
+"""Failpoints named after a service or a cluster action: any name after the prefix."""
+
+
+def refuse_unknown(known: set[str]) -> None:
+    """Refuse a failpoint this run cannot pass (``run:migrate`` in a chain, whose steps are
+    ``migrate#<n>``; a typo), a count that is no number, an action that is none of
+    :data:`ACTIONS`: a rehearsal that silently never fires proves nothing.
+
+    Raises:
+        UsageError: naming the first, and the names this run passes that are nearest.
+    """
+    from installer.errors import UsageError
+
+    if _BAD:
+        raise UsageError(f"{_ENV}: {_BAD[0]!r} is not NAME[@N][=ACTION] (actions: {', '.join(ACTIONS)})")
+    unknown = [n for n in _ARMED if n not in known and not n.startswith(ANY_NAME)]
+    if unknown:
+        import difflib
+
+        name = unknown[0]
+        near = sorted(k for k in known if k.startswith(name + "#")) or difflib.get_close_matches(
+            name, known, 6, 0.6
+        )
+        hint = (
+            f"; did you mean {', '.join(near)}?"
+            if near
+            else f" (it passes {len(known)}; see the module's list)"
+        )
+        raise UsageError(f"{_ENV}: this run passes no failpoint {name!r}{hint}")
 
 
 def failpoint(name: str) -> None:

@@ -408,3 +408,25 @@ def test_new_user_messages_name_what_is_wrong(tmp_path: Path) -> None:
     assert p.returncode == 2 and f"--trust {tmp_path / 'missing.pub'}: no such file" in p.stderr, p.stderr
     p = build("plan", "--product", "nope", "--from", "4.0.1", "--to", "4.1.1")
     assert p.returncode == 2 and "no product 'nope' in specs: it holds demo-manager" in p.stderr, p.stderr
+
+
+def test_a_failpoint_the_run_never_passes_is_refused(
+    sandbox: Callable[..., Sandbox], bundle: Path, chain_bundles: list[Path]
+) -> None:
+    """#35 item 8: ``run:migrate@2`` on a chain (its steps are ``migrate#<n>``), a typo,
+    a bad count or action: refused in one line before anything is made, not ignored."""
+    sb = sandbox()
+    before = tree_hash(sb.root)
+    for spec, want in (
+        ("run:migrat", "passes no failpoint 'run:migrat'"),
+        ("run:migrate@x", "is not NAME[@N][=ACTION]"),
+        ("run:migrate=explode", "is not NAME[@N][=ACTION]"),
+    ):
+        p = install("--root", sb.root, "apply", bundle, env={"JUMPKIT_FAILPOINT": spec})
+        assert p.returncode == 2 and want in p.stderr, (spec, p.stderr)
+        assert p.stderr.count("\n") == 1, p.stderr
+    p = install("--root", sb.root, "apply", *chain_bundles, env={"JUMPKIT_FAILPOINT": "run:migrate@2"})
+    assert (
+        p.returncode == 2 and "passes no failpoint 'run:migrate'" in p.stderr and "run:migrate#2" in p.stderr
+    )
+    assert tree_hash(sb.root) == before and not (sb.root / "var/lib/jumpkit/demo-manager").exists()

@@ -454,3 +454,24 @@ def test_hostile_rpm_payload_with_dotdot_is_refused(
         extract_bundle(evil, dest)
     assert not list(dest.iterdir()) and not Path("/tmp/jk-esc").exists()
     count("hostile bundles refused by verify, stage and apply")
+
+
+def test_rpm_install_labels_placed_files_from_the_root_policy(
+    sandbox: Callable[..., Sandbox], rpm_file: Path
+) -> None:
+    """The bundle RPM's %posttrans runs the frozen installer chrooted in the root: a root
+    with an SELinux policy gets every placed file labelled as the policy says there too."""
+    from tests.test_attrs_selinux import LibSelinux, label, write_policy
+
+    sb = sandbox()
+    lib = LibSelinux(write_policy(sb.root))
+    lib.restorecon(sb.root)
+    as_manager(sb.root)
+    p = rpm_in(sb.root, "-i", rpm_file)
+    assert p.returncode == 0 and "status:  finished" in p.stdout, p.stdout + p.stderr
+    [manifest] = (sb.root / "var/lib/jumpkit/bundles").glob("*/manifest.json")
+    placed = [f["path"] for f in json.loads(manifest.read_text())["files"]]
+    assert "etc/demo-manager/manager.ini" in placed
+    for rel in placed:
+        path = sb.root / rel
+        assert label(path) == lib.lookup("/" + rel, os.lstat(path).st_mode), rel
