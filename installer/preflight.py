@@ -275,12 +275,14 @@ def check(
     for lookup in [*manifest.lookups.values(), *(db.url for db in manifest.databases)]:
         resolve_lookup(lookup, root)  # a lookup file that is a link out or a device: exit 4, named
     problems += _metadata_ready(manifest, root, passed, selinux=selinux)
-    problems += _services_ready(manifest, root, services, passed, force=force)
+    problems += _services_ready(manifest, root, services, passed, force=force, installed=installed)
     problems += _databases_ready(manifest, root, passed)
     Confined(manifest, View(root))  # where every path lands: no link out of the root (exit 3 or 4)
     seen: Digests = {}
     if (patched := delta_drift(manifest, root, seen)) is not None:
-        raise patched
+        if not problems:
+            raise patched
+        problems.append(patched.message)  # after the cause (a manager at another version)
     drift = check_drift(manifest, root, seen)
     if drift and not accept_drift and not problems:
         raise drift_error(manifest, drift)
@@ -326,10 +328,18 @@ def _metadata_ready(manifest: Manifest, root: Path, passed: list[str], *, selinu
 
 
 def _services_ready(
-    manifest: Manifest, root: Path, services: Callable[[], ServiceManager], passed: list[str], *, force: bool
+    manifest: Manifest,
+    root: Path,
+    services: Callable[[], ServiceManager],
+    passed: list[str],
+    *,
+    force: bool,
+    installed: str | None = None,
 ) -> list[str]:
     """Services reachable, and healthy now (unless --force): an already broken manager
-    is not upgraded, because a rollback could not prove anything."""
+    is not upgraded, because a rollback could not prove anything. Health is checked
+    against the version installed (a manager at another version than the jump's is
+    refused for that, not called unhealthy)."""
     svcs = manifest.services.services
     if not svcs:
         return []
@@ -344,7 +354,7 @@ def _services_ready(
         return []
     once = tuple(c.model_copy(update={"retries": 1}) for c in manifest.services.health)
     try:
-        wait_healthy(once, lookup_variables(manifest.lookups, root, manifest.from_version), root)
+        wait_healthy(once, lookup_variables(manifest.lookups, root, installed or manifest.from_version), root)
     except JumpkitError as e:
         return [f"the manager is unhealthy now ({e.message}); --force proceeds anyway"]
     passed.append("health checks pass on the installed version")

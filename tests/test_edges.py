@@ -430,3 +430,15 @@ def test_a_failpoint_the_run_never_passes_is_refused(
         p.returncode == 2 and "passes no failpoint 'run:migrate'" in p.stderr and "run:migrate#2" in p.stderr
     )
     assert tree_hash(sb.root) == before and not (sb.root / "var/lib/jumpkit/demo-manager").exists()
+
+
+def test_a_manager_at_another_version_is_not_also_called_unhealthy(
+    sandbox: Callable[..., Sandbox], bundle: Path
+) -> None:
+    """#35 item 13: a 4.1.1 bundle on a healthy 4.2.0 manager is refused for its version,
+    and its health is checked against 4.2.0 (it answers 4.2.0: healthy), not 4.0.1."""
+    sb = sandbox("4.2.0")
+    p = install("--root", sb.root, "plan", bundle, "--json")
+    problems = json.loads(p.stdout)["preflight"].get("problems", [])
+    assert any("4.2.0" in x for x in problems), problems
+    assert not any("unhealthy" in x for x in problems), problems
