@@ -4,9 +4,12 @@ rehearsal, and the script files that ship in ``migrations/<name>/versions/``."""
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import subprocess
 import sys
+import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 from builder.errors import BuildError, SpecError
@@ -14,7 +17,7 @@ from builder.spec import DatabaseSpec, JumpSpec, Product
 from builder.zipwriter import Source
 from installer.errors import JumpkitError
 from installer.format import Database
-from installer.migrate import revision_path
+from installer.migrate import MIGRATION_MODULES, revision_path
 
 
 def estimate_bucket(seconds: float) -> float:
@@ -74,6 +77,27 @@ def check_graph(script_dir: Path) -> None:
                 raise SpecError(f"{f}: down_revision {d!r} is not a revision in {script_dir / 'versions'}")
 
 
+@contextlib.contextmanager
+def _loading(what: str) -> Iterator[None]:
+    """Alembic loads every revision file as a module, in the builder's own process: a
+    migration importing a module that is not installed is the spec's mistake, named with its
+    file, not an internal error."""
+    try:
+        yield
+    except ImportError as e:
+        files = [
+            f.filename
+            for f in traceback.extract_tb(e.__traceback__)
+            if Path(f.filename).parent.name == "versions"
+        ]
+        where = Path(files[-1]).name if files else "a revision"
+        raise SpecError(
+            f"{what}: migration {where} imports {e.name or str(e)!r}, which is not installed here; "
+            f"migrations may import only {', '.join(sorted(MIGRATION_MODULES))} "
+            "(what the frozen installer ships)"
+        ) from e
+
+
 def _head(script_dir: Path) -> str | None:
     from alembic.script import ScriptDirectory
 
@@ -99,14 +123,15 @@ def plan_database(
     from_dir = product.release_dir(jump.from_version) / spec.script_dir
     if not (to_dir / "versions").is_dir():
         raise SpecError(f"databases: {spec.name}: {to_dir}/versions does not exist")
-    from_rev = _head(from_dir)
-    to_rev = jump.revisions.get(spec.name) or _head(to_dir)
-    if to_rev is None:
-        raise SpecError(f"databases: {spec.name}: {to_dir} has no revisions")
-    try:
-        revisions = revision_path(to_dir, from_rev, to_rev)
-    except JumpkitError as e:
-        raise SpecError(f"databases: {spec.name}: {e.message}") from e
+    with _loading(f"databases: {spec.name}"):
+        from_rev = _head(from_dir)
+        to_rev = jump.revisions.get(spec.name) or _head(to_dir)
+        if to_rev is None:
+            raise SpecError(f"databases: {spec.name}: {to_dir} has no revisions")
+        try:
+            revisions = revision_path(to_dir, from_rev, to_rev)
+        except JumpkitError as e:
+            raise SpecError(f"databases: {spec.name}: {e.message}") from e
     seconds = 0.0
     if rehearse and revisions:
         p = subprocess.run(

@@ -312,6 +312,25 @@ def test_rehearsal_refuses_imports_the_installer_lacks(tmp_path: Path, keys: dic
     assert "imports 'yaml'" in p.stderr and "rehearsal of main" in p.stderr
 
 
+def test_a_migration_importing_what_is_not_installed_names_its_file(
+    tmp_path: Path, keys: dict[str, Path]
+) -> None:
+    """#35 item 10: alembic loads revisions in the builder's own process; a module that is
+    not installed was 'internal error: ModuleNotFoundError' (exit 1)."""
+    specs = fixture_specs(tmp_path)
+    m = specs / "demo-manager/releases/4.1.1/migrations/main/versions/0004_items_title.py"
+    m.write_text("import jumpkit_no_such_module  # not installed anywhere\n" + m.read_text())
+    p = build(
+        "--specs", specs, "--from", "4.0.1", "--to", "4.1.1", "--key", keys["key"], "--out", tmp_path / "o"
+    )
+    assert p.returncode == 2, p.stderr
+    line = p.stderr.strip().splitlines()[-1]
+    assert "migration 0004_items_title.py imports 'jumpkit_no_such_module'" in line and "alembic" in line, (
+        line
+    )
+    assert "internal error" not in p.stderr
+
+
 def test_rehearsal_catches_a_broken_downgrade(tmp_path: Path, keys: dict[str, Path]) -> None:
     specs = fixture_specs(tmp_path)
     m = specs / "demo-manager/releases/4.1.1/migrations/main/versions/0003_items_owner.py"
