@@ -119,7 +119,10 @@ def gather(root: Path, state: StateDir, services: Callable[[Manifest], ServiceMa
             rep.attempt(name, _adder(rep, name, functools.partial(_read_tail, path)))
     manifests = _staged_manifests(state, rep)
     last = manifests.get(status.bundle_id or "") or next(reversed(manifests.values()), None)
-    rep.attempt("versions.json", lambda: rep.add("versions.json", _versions(root, status, manifests)))
+    rep.attempt(
+        "versions.json",
+        lambda: rep.add("versions.json", _versions(root, status, manifests, _staged_ids(state))),
+    )
     for bundle_id, (_, data) in manifests.items():
         rep.add(f"manifests/{bundle_id}.json", data.decode("utf-8", "replace"))
     if last is not None:
@@ -212,7 +215,16 @@ def _staged_manifests(state: StateDir, rep: Report) -> dict[str, tuple[Manifest,
     return out
 
 
-def _versions(root: Path, status: StatusDoc, manifests: dict[str, tuple[Manifest, bytes]]) -> str:
+def _staged_ids(state: StateDir) -> set[str]:
+    """Bundles staged now (a rolled-back apply's staging is gone; its manifest is kept)."""
+    if not state.staging.is_dir():
+        return set()
+    return {d.name for d in state.staging.iterdir() if (d / MANIFEST_NAME).is_file()}
+
+
+def _versions(
+    root: Path, status: StatusDoc, manifests: dict[str, tuple[Manifest, bytes]], staged: set[str]
+) -> str:
     from installer import kept
     from installer.preflight import read_version_file
     from installer.selfupdate import installed_info, installed_path
@@ -229,7 +241,8 @@ def _versions(root: Path, status: StatusDoc, manifests: dict[str, tuple[Manifest
                      "from": status.from_version, "to": status.to_version, "step": status.step},
         "staged": [{"bundle": b, "from": m.from_version, "to": m.to_version, "format": m.format,
                     "installer": m.installer.version if m.installer else None}
-                   for b, (m, _) in manifests.items()],
+                   for b, (m, _) in manifests.items() if b in staged],
+        "last_run_bundles": [b for b in manifests if b not in staged],
     }  # fmt: skip
     return json.dumps(doc, indent=2) + "\n"
 

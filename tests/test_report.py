@@ -88,7 +88,10 @@ def test_report_after_a_failed_and_rolled_back_apply(
     status = json.loads(files["status.json"])
     assert status["status"] == "rolled-back", status
     assert any("failpoint" in line for line in status["log"])
-    assert json.loads(files["versions.json"])["installed_version"] == "4.0.1"
+    versions = json.loads(files["versions.json"])
+    assert versions["installed_version"] == "4.0.1"
+    # the rollback dropped the staging: nothing is staged, the run's bundle is the last run's
+    assert versions["staged"] == [] and versions["last_run_bundles"] == ["demo-manager-4.0.1-to-4.1.1"], versions
 
 
 def test_report_of_an_interrupted_apply_reads_only(
