@@ -91,7 +91,9 @@ def test_report_after_a_failed_and_rolled_back_apply(
     versions = json.loads(files["versions.json"])
     assert versions["installed_version"] == "4.0.1"
     # the rollback dropped the staging: nothing is staged, the run's bundle is the last run's
-    assert versions["staged"] == [] and versions["last_run_bundles"] == ["demo-manager-4.0.1-to-4.1.1"], versions
+    assert versions["staged"] == [] and versions["last_run_bundles"] == ["demo-manager-4.0.1-to-4.1.1"], (
+        versions
+    )
 
 
 def test_report_of_an_interrupted_apply_reads_only(
