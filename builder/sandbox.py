@@ -41,7 +41,32 @@ def lay_out(
     release = product.release_dir(version)
     if not release.is_dir():
         raise BuildError(f"no release {version} in {release.parent}")
+    made = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
+    try:
+        _lay_out(product, version, release, root, overrides, trust, python)
+    except BaseException:
+        # a half-made root would refuse the rerun ("is not empty"): what this run made goes
+        if made:
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            for child in root.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+        raise
+
+
+def _lay_out(
+    product: Product,
+    version: str,
+    release: Path,
+    root: Path,
+    overrides: dict[str, str] | None,
+    trust: list[Path] | None,
+    python: str,
+) -> None:
     for rel, src in walk_tree(release / "root").items():
         dest = root / rel
         dest.parent.mkdir(parents=True, exist_ok=True)

@@ -442,3 +442,21 @@ def test_a_manager_at_another_version_is_not_also_called_unhealthy(
     problems = json.loads(p.stdout)["preflight"].get("problems", [])
     assert any("4.2.0" in x for x in problems), problems
     assert not any("unhealthy" in x for x in problems), problems
+
+
+def test_a_failed_sandbox_leaves_no_half_made_root(tmp_path: Path) -> None:
+    """#35 item 6: the init script fails; the root is gone again, so the rerun says why it
+    fails, not that the root is not empty."""
+    specs = tmp_path / "specs"
+    d = specs / "svc"
+    (d / "releases/1.0.0/root/opt/svc").mkdir(parents=True)
+    (d / "releases/1.0.0/root/opt/svc/VERSION").write_text("1.0.0\n")
+    (d / "init.py").write_text("import sys\nsys.exit('no database server here')\n")
+    (d / "product.yaml").write_text(
+        "product: svc\nversion_file: opt/svc/VERSION\nsandbox:\n  init: init.py\n"
+    )
+    root = tmp_path / "root"
+    for _ in range(2):
+        p = build("sandbox", "--specs", specs, "--version", "1.0.0", "--root", root)
+        assert p.returncode != 0 and "no database server here" in p.stderr, p.stderr
+        assert not root.exists()
