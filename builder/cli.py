@@ -27,7 +27,7 @@ from builder.present import fail as _fail
 from builder.resources import foreign_installer, packaged_installer
 from builder.rollout_cli import rollout_app
 from builder.rpm import build_rpm
-from builder.sandbox import lay_out
+from builder.sandbox import lay_out, start_hint
 from builder.spec import load_product
 from installer import guard
 from installer.errors import JumpkitError, UsageError
@@ -779,10 +779,13 @@ def sandbox(
             raise typer.Exit(2)
         overrides[k] = v
     try:
-        lay_out(load_product(specs, product), version, root, overrides=overrides, trust=list(trust or []))
+        prod = load_product(specs, product)
+        lay_out(prod, version, root, overrides=overrides, trust=list(trust or []))
     except JumpkitError as e:
         _fail(e, False, False)
     print(f"{root}: {version} laid out")
+    if (hint := start_hint(prod, root)) is not None:
+        print(f"start its services: {hint}")
 
 
 def main() -> None:

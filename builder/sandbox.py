@@ -162,3 +162,16 @@ def write_supervisor_conf(product: Product, root: Path, python: str) -> Path:
     conf.parent.mkdir(parents=True, exist_ok=True)
     conf.write_text("\n".join(lines))
     return conf
+
+
+def start_hint(product: Product, root: Path) -> str | None:
+    """The command that starts the laid-out sandbox's services, for its user to run: its
+    supervisord (from this tool's own environment, where it is installed), or a systemd
+    booted with the sandbox as its ``/``."""
+    backend = product.spec.services.backend
+    if backend == "supervisord":
+        exe = Path(sys.executable).parent / "supervisord"
+        return f"{exe if exe.exists() else 'supervisord'} -c {root.resolve() / SUPERVISOR_CONF}"
+    if backend == "systemd":
+        return f"{sys.executable} -m builder.machine boot {root.resolve()} --state {root.resolve()}.machine"
+    return None

@@ -460,3 +460,25 @@ def test_a_failed_sandbox_leaves_no_half_made_root(tmp_path: Path) -> None:
         p = build("sandbox", "--specs", specs, "--version", "1.0.0", "--root", root)
         assert p.returncode != 0 and "no database server here" in p.stderr, p.stderr
         assert not root.exists()
+
+
+def test_sandbox_says_how_to_start_its_services(tmp_path: Path) -> None:
+    """#35 item 18: supervisord is inside the tool's environment, not on PATH: the line
+    names the exact command, and that command starts the demo."""
+    root = tmp_path / "r"
+    p = build("sandbox", "--version", "4.0.1", "--root", root)
+    assert p.returncode == 0, p.stderr
+    line = p.stdout.strip().splitlines()[-1]
+    assert line.startswith("start its services: ") and str(root / "etc/supervisord.conf") in line, line
+    q = subprocess.run(line.removeprefix("start its services: ").split(), capture_output=True, text=True)
+    try:
+        assert q.returncode == 0, q.stderr
+    finally:
+        pid = root / "var/run/supervisord.pid"
+        for _ in range(100):
+            if pid.exists() and pid.read_text().strip():
+                break
+            time.sleep(0.02)
+        from tests.helpers import terminate
+
+        terminate(int(pid.read_text()))
