@@ -143,6 +143,17 @@ class NoServices(_Plain):
         return ["(jumpkit controls no services here: no log to read)"]
 
 
+def _alive(pid: object) -> bool:
+    """Whether process ``pid`` runs (a zombie does not)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+
+
 class Supervisord(_Plain):
     """supervisord through XML-RPC on its unix socket."""
 
@@ -234,13 +245,32 @@ class Supervisord(_Plain):
         """See :class:`ServiceManager`: supervisord's state of the program."""
         try:
             info = self._call("getProcessInfo", service.name)
+            # supervisord reaps an exited child in its own loop: until then it says RUNNING for
+            # a process that is gone (seen after a health check's 0.8 s of refused connections)
+            deadline = time.monotonic() + 2.0
+            while (
+                isinstance(info, dict)
+                and info.get("statename") == "RUNNING"
+                and not _alive(info.get("pid"))
+                and time.monotonic() < deadline
+            ):
+                time.sleep(0.05)
+                info = self._call("getProcessInfo", service.name)
         except ServiceError as e:
             return e.message
         if not isinstance(info, dict) or info.get("statename") == "RUNNING":
             return None
-        state, why = info.get("statename"), info.get("spawnerr") or info.get("description") or ""
-        exited = f", exit status {info['exitstatus']}" if state in ("EXITED", "BACKOFF", "FATAL") else ""
-        return f"supervisord: {service.name} is {state}{exited}" + (f" ({why})" if why else "")
+        state, spawnerr = info.get("statename"), info.get("spawnerr") or ""
+        exited = ""
+        if state in ("EXITED", "BACKOFF", "FATAL"):
+            ran = float(info.get("stop") or 0) - float(info.get("start") or 0)
+            exited = f": exited {info.get('exitstatus')}" + (f" after {ran:.1f}s" if 0 <= ran < 86400 else "")
+        log = info.get("stdout_logfile") or ""
+        return (
+            f"supervisord: {service.name} is {state}{exited}"
+            + (f" ({spawnerr})" if spawnerr else "")
+            + (f"; its log: {log}" if log else "")
+        )
 
     def log_tail(self, service: Service, lines: int) -> list[str]:
         """See :class:`ServiceManager`: stdout and stderr, as supervisord's tail gives them."""

@@ -355,3 +355,30 @@ def test_exit_watch(tmp_path: Path) -> None:
         p.wait()
     assert ExitWatch.of(p.pid) is None  # reaped: no such process
     assert ExitWatch.of(0) is None and ExitWatch.of(None) is None and ExitWatch.of("12") is None
+
+
+def test_a_failed_health_check_says_the_service_exited(
+    sandbox: Callable[..., Sandbox], keys: dict[str, Path], tmp_path: Path
+) -> None:
+    """#35 item 16: the new version exits 1 at once; health fails and the line says what
+    supervisord saw (exited 1 after ...s) and where its log is, not only 'connection refused'."""
+    import shutil
+
+    specs = tmp_path / "specs"
+    shutil.copytree(SPECS, specs, symlinks=True)
+    prod = specs / "demo-manager/product.yaml"
+    prod.write_text(prod.read_text().replace("retries: 500", "retries: 40"))
+    server = specs / "demo-manager/releases/4.1.1/root/opt/demo-manager/lib/demo_manager/server.py"
+    server.write_text(
+        server.read_text().replace("def main(argv):", "def main(argv):\n    raise SystemExit(1)", 1)
+    )
+    out = tmp_path / "dist"
+    p = build("--specs", specs, "--from", "4.0.1", "--to", "4.1.1", "--key", keys["key"], "--out", out)
+    assert p.returncode == 0, p.stderr
+    sb = sandbox(specs=specs)
+    p = install("--root", sb.root, "apply", out / "demo-manager-4.0.1-to-4.1.1.zip")
+    assert p.returncode == 5, p.stderr
+    line = p.stderr.strip().splitlines()[-1]
+    assert "supervisord: demo-manager is EXITED: exited 1 after " in line, line
+    assert f"its log: {sb.root.resolve()}/var/log/demo-manager.log" in line, line
+    assert sb.wait_version("4.0.1") == "4.0.1"
