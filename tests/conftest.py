@@ -5,6 +5,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +23,7 @@ from tests.helpers import (
     tree_hash,
     tree_listing,
 )
+from tests.systemd import SD_HARNESS, SYSTEMD_SPECS, SystemdSandbox, make_systemd_sandbox, sd_tree
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -160,6 +162,63 @@ def expected(
         }
     finally:
         sb.destroy()
+
+
+# --- sandboxes under a real systemd (tests/systemd.py) ----------------------------------
+
+
+@pytest.fixture(scope="session")
+def sd_bundle(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Path]) -> Path:
+    out = tmp_path_factory.mktemp("sd-dist")
+    p = build(
+        "--specs", SYSTEMD_SPECS, "--from", "4.0.1", "--to", "4.1.1", "--key", keys["key"], "--out", out
+    )
+    assert p.returncode == 0, p.stderr
+    return out / "demo-manager-4.0.1-to-4.1.1.zip"
+
+
+@pytest.fixture
+def sd_sandbox(keys: dict[str, Path], port: int) -> Iterator[Callable[..., SystemdSandbox]]:
+    made: list[SystemdSandbox] = []
+
+    def factory(version: str = "4.0.1", **kw: object) -> SystemdSandbox:
+        sb = make_systemd_sandbox(version, keys["pub"], port, **kw)  # type: ignore[arg-type]
+        made.append(sb)
+        return sb
+
+    yield factory
+    for sb in made:
+        sb.destroy()
+
+
+@pytest.fixture(scope="session")
+def sd_expected(keys: dict[str, Path], port: int, sd_bundle: Path) -> dict[str, object]:
+    """Tree, database and systemd's view of a clean 4.0.1 and of a clean apply to 4.1.1."""
+    sb = make_systemd_sandbox("4.0.1", keys["pub"], port)
+    try:
+        old = (sd_tree(sb.root), tree_listing(sb.root, SD_HARNESS), db_state(sqlite_url(sb.root)), sb.units())
+        p = sb.install("apply", sd_bundle)
+        assert p.returncode == 0, p.stderr  # type: ignore[attr-defined]
+        new = (sd_tree(sb.root), tree_listing(sb.root, SD_HARNESS), db_state(sqlite_url(sb.root)), sb.units())
+        return {"old": old, "new": new}
+    finally:
+        sb.destroy()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """An xdist worker hands its counts to the controller, whose summary prints them."""
+    from tests.counts import COUNTS
+
+    out = getattr(session.config, "workeroutput", None)
+    if out is not None:
+        out["jumpkit_counts"] = dict(COUNTS)
+
+
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """xdist's hook on the controller: add a finished worker's counts."""
+    from tests.counts import COUNTS
+
+    COUNTS.update(getattr(node, "workeroutput", {}).get("jumpkit_counts", {}))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -12,7 +12,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from builder.machine import Machine
-from tests.helpers import REPO, build, get, install, short_tmp
+from tests.helpers import (
+    HARNESS,
+    REPO,
+    build,
+    db_state,
+    get,
+    install,
+    short_tmp,
+    sqlite_url,
+    tree_diff,
+    tree_hash,
+    tree_listing,
+)
 
 SYSTEMD_SPECS = REPO / "examples/systemd"
 UNITS = ("demo-manager.service", "demo-manager.socket")
@@ -148,3 +160,26 @@ class Client:
     @property
     def failures(self) -> int:
         return self.refused + self.reset + self.other
+
+
+# the machine's id is made per boot of a fresh sandbox: not the manager's
+SD_HARNESS = (*HARNESS, "etc/machine-id")
+
+
+def sd_tree(root: Path) -> str:
+    return tree_hash(root, SD_HARNESS)
+
+
+def assert_exactly_sd(
+    sb: SystemdSandbox, expected: dict[str, object], which: str, version: str, what: str
+) -> None:
+    """Files, database, the service answering ``version``, and systemd's loaded view of the
+    units (file, state, enablement, drop-ins) as after a clean run."""
+    tree, files, db, units = expected[which]  # type: ignore[misc]
+    if sd_tree(sb.root) != tree:
+        raise AssertionError(
+            f"{what}: tree is not exactly {version}:\n{tree_diff(files, tree_listing(sb.root, SD_HARNESS))}"
+        )
+    assert db_state(sqlite_url(sb.root)) == db, f"{what}: database is not exactly {version}"
+    assert sb.wait_version(version) == version, f"{what}: the service answers {sb.version()}"
+    assert sb.units() == units, f"{what}: systemd sees {sb.units()}"

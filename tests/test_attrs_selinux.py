@@ -6,8 +6,6 @@ a RHEL install is (restorecon, through libselinux itself)."""
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import os
 import stat
@@ -15,89 +13,9 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from installer.attrs import FileContexts, load_policy
-from tests.counts import count
-from tests.crash.test_points import CRASH_POINTS
-from tests.helpers import Sandbox, build, db_state, install, laid_out, sqlite_url, tree_diff, tree_listing
-
-FILE_CONTEXTS = r"""
-# a targeted-style policy for the demo manager: generic rules first, specific ones later
-/.*                                        system_u:object_r:default_t:s0
-/opt(/.*)?                                 system_u:object_r:usr_t:s0
-/opt/demo-manager/bin(/.*)?                system_u:object_r:bin_t:s0
-/opt/demo-manager/lib(/.*)?                system_u:object_r:lib_t:s0
-/opt/demo-manager/lib/.*\.py       --      system_u:object_r:demo_exec_t:s0
-/opt/demo-manager/share/doc(/.*)?          <<none>>
-/opt/demo-manager/VERSION          --      system_u:object_r:demo_version_t:s0
-/etc(/.*)?                                 system_u:object_r:etc_t:s0
-/etc/demo-manager(/.*)?                    system_u:object_r:demo_conf_t:s0
-/etc/demo-manager/manager\.ini     --      system_u:object_r:demo_secret_t:s0
-/etc/systemd/system(/.*)?                  system_u:object_r:systemd_unit_file_t:s0
-/var/lib(/.*)?                             system_u:object_r:var_lib_t:s0
-/var/lib/demo-manager(/.*)?                system_u:object_r:demo_var_t:s0
-"""
-SUBS = "/srv/old /opt\n"
-XATTR = "security.selinux"
-
-
-def write_policy(root: Path) -> Path:
-    (root / "etc/selinux/targeted/contexts/files").mkdir(parents=True, exist_ok=True)
-    (root / "etc/selinux/config").write_text("# as RHEL ships it\nSELINUX=enforcing\nSELINUXTYPE=targeted\n")
-    fc = root / "etc/selinux/targeted/contexts/files/file_contexts"
-    fc.write_text(FILE_CONTEXTS)
-    (fc.parent / "file_contexts.subs").write_text(SUBS)
-    return fc
-
-
-class LibSelinux:
-    """libselinux's own file-context lookup (selabel_lookup_raw), through ctypes."""
-
-    def __init__(self, file_contexts: Path) -> None:
-        name = ctypes.util.find_library("selinux") or "libselinux.so.1"
-        self.lib = ctypes.CDLL(name, use_errno=True)
-        self.lib.selabel_open.restype = ctypes.c_void_p
-
-        class Opt(ctypes.Structure):
-            _fields_ = [("type", ctypes.c_int), ("value", ctypes.c_char_p)]
-
-        opts = (Opt * 1)(Opt(3, str(file_contexts).encode()))  # SELABEL_OPT_PATH
-        self.handle = self.lib.selabel_open(0, opts, 1)  # SELABEL_CTX_FILE
-        assert self.handle, f"selabel_open failed: errno {ctypes.get_errno()}"
-
-    def lookup(self, path: str, mode: int) -> str | None:
-        con = ctypes.c_char_p()
-        rc = self.lib.selabel_lookup_raw(ctypes.c_void_p(self.handle), ctypes.byref(con), path.encode(), mode)
-        if rc != 0:
-            return None
-        value = con.value.decode() if con.value else None
-        self.lib.freecon(con)
-        return None if value == "<<none>>" else value
-
-    def restorecon(self, root: Path) -> None:
-        """Label every path under ``root`` as the policy says (as a RHEL install is)."""
-        for dirpath, dirnames, filenames in os.walk(root):
-            for name in [*dirnames, *filenames, ""]:
-                p = Path(dirpath) / name if name else Path(dirpath)
-                rel = "/" + p.relative_to(root).as_posix() if p != root else "/"
-                con = self.lookup(rel.replace("//", "/"), os.lstat(p).st_mode)
-                if con is not None:
-                    os.setxattr(p, XATTR, con.encode() + b"\0", follow_symlinks=False)
-
-
-def label(path: Path) -> str | None:
-    try:
-        return os.getxattr(path, XATTR, follow_symlinks=False).rstrip(b"\0").decode()
-    except OSError:
-        return None
-
-
-def labelled(sandbox: Callable[..., Sandbox]) -> tuple[Sandbox, LibSelinux]:
-    sb = sandbox()
-    lib = LibSelinux(write_policy(sb.root))
-    lib.restorecon(sb.root)
-    return sb, lib
+from tests.helpers import Sandbox, build, install, laid_out, tree_diff, tree_listing
+from tests.selinux import XATTR, LibSelinux, label, labelled, write_policy
 
 
 def test_lookups_match_libselinux(tmp_path: Path) -> None:
@@ -152,46 +70,6 @@ def test_apply_labels_every_placed_path_and_rollback_restores_them(
     assert p.returncode == 0, p.stderr
     after = tree_listing(sb.root)
     assert after == before, tree_diff(before, after)
-
-
-@pytest.fixture(scope="module")
-def labelled_expected(keys: dict[str, Path], port: int, bundle: Path) -> dict[str, object]:
-    from tests.helpers import make_sandbox
-
-    sb = make_sandbox("4.0.1", keys["pub"], port)
-    try:
-        LibSelinux(write_policy(sb.root)).restorecon(sb.root)
-        old = tree_listing(sb.root), db_state(sqlite_url(sb.root))
-        assert install("--root", sb.root, "apply", bundle).returncode == 0
-        return {"old": old, "new": (tree_listing(sb.root), db_state(sqlite_url(sb.root)))}
-    finally:
-        sb.destroy()
-
-
-@pytest.mark.parametrize("recover", ["resume", "rollback"])
-@pytest.mark.parametrize("point", CRASH_POINTS)
-def test_crash_matrix_on_a_labelled_root(
-    point: str,
-    recover: str,
-    sandbox: Callable[..., Sandbox],
-    bundle: Path,
-    labelled_expected: dict[str, object],
-) -> None:
-    """SIGKILL at every failpoint of an apply to a labelled root, then resume or rollback:
-    every label (and owner, mode, content) exactly as after a clean apply, or as before."""
-    sb, _ = labelled(sandbox)
-    p = install("--root", sb.root, "apply", bundle, env={"JUMPKIT_FAILPOINT": point})
-    assert p.returncode == -9, p.stderr
-    p = install("--root", sb.root, recover)
-    if p.returncode != 0:
-        assert "nothing to" in p.stderr or "no jumpkit state" in p.stderr, p.stderr
-        if recover == "resume" and tree_listing(sb.root) != labelled_expected["new"][0]:  # type: ignore[index]
-            assert install("--root", sb.root, "apply", bundle).returncode == 0
-    files, db = labelled_expected["new" if recover == "resume" else "old"]  # type: ignore[misc]
-    now = tree_listing(sb.root)
-    assert now == files, f"kill at {point}, {recover}:\n{tree_diff(files, now)}"
-    assert db_state(sqlite_url(sb.root)) == db
-    count(f"labelled-root crash matrix: kill at a failpoint, then {recover} (labels exact)")
 
 
 def test_unreadable_policy_refused_before_anything_changes(

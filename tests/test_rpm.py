@@ -461,7 +461,7 @@ def test_rpm_install_labels_placed_files_from_the_root_policy(
 ) -> None:
     """The bundle RPM's %posttrans runs the frozen installer chrooted in the root: a root
     with an SELinux policy gets every placed file labelled as the policy says there too."""
-    from tests.test_attrs_selinux import LibSelinux, label, write_policy
+    from tests.selinux import LibSelinux, label, write_policy
 
     sb = sandbox()
     lib = LibSelinux(write_policy(sb.root))
