@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,18 @@ def terminate(pid: int | None) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
+def wait_answer(version: Callable[[], str | None], want: str | None, tries: int) -> str | None:
+    """What ``version()`` answers once it answers ``want`` (any answer when None), polling
+    every 20 ms at most ``tries`` times; the last answer otherwise."""
+    v = None
+    for _ in range(tries):
+        v = version()
+        if v is not None and (want is None or v == want):
+            return v
+        time.sleep(0.02)
+    return v
+
+
 @dataclass
 class Sandbox:
     root: Path
@@ -219,13 +232,7 @@ class Sandbox:
         self.wait_version()
 
     def wait_version(self, want: str | None = None, tries: int = 200) -> str | None:
-        v = None
-        for _ in range(tries):
-            v = self.version()
-            if v is not None and (want is None or v == want):
-                return v
-            time.sleep(0.02)
-        return v
+        return wait_answer(self.version, want, tries)
 
     def stop(self) -> None:
         terminate(self.supervisord_pid)

@@ -24,6 +24,7 @@ from tests.helpers import (
     tree_diff,
     tree_hash,
     tree_listing,
+    wait_answer,
 )
 
 SYSTEMD_SPECS = REPO / "examples/systemd"
@@ -45,13 +46,7 @@ class SystemdSandbox:
         return get(self.url + "/version")
 
     def wait_version(self, want: str | None = None, tries: int = 250) -> str | None:
-        v = None
-        for _ in range(tries):
-            v = self.version()
-            if v is not None and (want is None or v == want):
-                return v
-            time.sleep(0.02)
-        return v
+        return wait_answer(self.version, want, tries)
 
     def env(self) -> dict[str, str]:
         """For :func:`tests.helpers.install`: ``systemctl`` is this machine's."""
