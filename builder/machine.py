@@ -32,6 +32,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -302,8 +303,7 @@ class Machine:
         this machine: put it first on the installer's PATH."""
         if where is None:
             if self._bin is None:
-                made = subprocess.check_output(["mktemp", "-d", "/tmp/jk-machine-bin.XXXXXX"], text=True)
-                self._bin = self.bin(Path(made.strip()))
+                self._bin = self.bin(Path(tempfile.mkdtemp(prefix="jk-machine-bin.", dir="/tmp")))
             return self._bin
         where.mkdir(parents=True, exist_ok=True)
         for tool in ("systemctl", "journalctl", "systemd-run"):

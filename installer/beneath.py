@@ -16,9 +16,10 @@ entry (of the same jump or of a later jump of a chain) lands. Two layers:
   directory from a descriptor of the root with ``O_NOFOLLOW``, one component at a time:
   a symlink planted between the plan and the swap (by anyone) is refused, not followed.
   This walk is the portable form of ``openat2(RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS)``
-  (kernel 5.6+, FIELD-NOTES): RHEL 8's 4.18 has no openat2, and canonical paths have no
-  link to follow, so one walk serves every kernel. Descriptors are cached per directory:
-  a swap of 24k files opens each of its few hundred directories once.
+  (kernel 5.6+; it refuses ``link -> /etc`` and ``up -> ..`` with EXDEV): RHEL 8's 4.18
+  has no openat2, and canonical paths have no link to follow, so one walk serves every
+  kernel. Descriptors are cached per directory: a swap of 24k files opens each of its few
+  hundred directories once.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Delta members (bundle format 2): the new file built from the manager's old one and a
 patch, in memory, with every size bounded before anything is allocated.
 
-Methods (issue 21; measured on a real release pair, FIELD-NOTES "deltas"):
+Methods (issue 21; measured on a real release pair, a Python app tree and two native
+binaries, 313 -> 318 MB, where xdelta3 lost on every class of file):
 
 - ``zstd-patch``: one zstd frame compressed with the old file as a raw-content
   dictionary (``zstd --patch-from``): best on text, applies in ~0.2 s.

@@ -1,4 +1,6 @@
-"""SIGINT, SIGTERM and SIGHUP are requests to stop, never a crash (DESIGN.md, "Signals").
+"""SIGINT, SIGTERM and SIGHUP are requests to stop, never a crash: before the commit record
+the run rolls back to exactly the old version and exits 5 naming the signal; after it the
+run finishes the commit. Only SIGKILL and power loss leave work for resume or rollback.
 
 A handler that raised wherever the main thread happened to be (Python's own
 ``KeyboardInterrupt``) escaped between two steps: after a step's run but before its
