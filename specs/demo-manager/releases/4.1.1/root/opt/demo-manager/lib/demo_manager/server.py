@@ -82,6 +82,9 @@ def main(argv):
             pass
 
     server = listening(port, Handler)
+    # a stop answers the requests in hand before the process ends: a connection accepted
+    # and then dropped is a reset the client sees, one left in the backlog is not
+    server.daemon_threads = False
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     print(f"demo-manager {VERSION} listening on 127.0.0.1:{port}", flush=True)
     server.serve_forever(poll_interval=0.05)
