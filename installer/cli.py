@@ -474,8 +474,11 @@ def plan(
     json_out: JsonOpt = False,
 ) -> None:
     """Dry run: every step apply would take and what it would touch (files replaced, added
-    and removed, configs and their policy, schema revisions, services), pre-flight, and an
-    outage estimate from the manifests (rehearsed migration times, service timeouts).
+    and removed, configs and their policy, schema revisions, services), pre-flight (the
+    migrations rehearsed on a copy of this manager's databases, as apply does), and an
+    outage estimate: the stop and start timings earlier applies measured here and the
+    rehearsals' statement times (an upper bound from the service timeouts when no apply
+    was measured yet).
     Changes nothing. Several bundles: the chain as one apply would run it."""
     report = _run(json_out, lambda e: e.plan(bundles))
     if json_out or _g().json:
@@ -508,7 +511,9 @@ def plan(
         )
     if len(files) > PLAN_FILES_SHOWN:
         out.print(f"    ... and {len(files) - PLAN_FILES_SHOWN} more (--json lists every one)")
-    out.print(f"estimated outage: {report['outage_estimate_seconds']}s")
+    est = report["outage_estimate"]
+    bound = "at most " if est["upper_bound"] else ""
+    out.print(f"estimated outage: {bound}{est['seconds']}s ({'; '.join(est['basis'])})", markup=False)
 
 
 @app.command()

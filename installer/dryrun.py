@@ -4,6 +4,8 @@ defaults are unpacked into a temp dir to resolve their policies)."""
 
 from __future__ import annotations
 
+import json
+import statistics
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,8 +16,10 @@ from installer.chain import chain_id, unit_layout
 from installer.errors import PreconditionError
 from installer.format import Delta, Manifest
 from installer.metadata import narrowings
+from installer.migrate import unpack_migrations
 from installer.plan import Plan, View, compute_plan, placed_paths
 from installer.preflight import read_installed_version
+from installer.rehearsal import Rehearsed, rehearse_jumps
 from installer.state import StateDir
 
 Preflight = Callable[[Manifest, int], list[str]]
@@ -51,6 +55,7 @@ def report(
                     with open(dest, "wb") as w:
                         for chunk in iter_verified(bundle, f.member, f.sha256, f.size):
                             w.write(chunk)
+            unpack_migrations(bundle, m, staging)
             if n == 0:
                 try:
                     passed = preflight(m, sum(x.total_size() for x in manifests[1:]))
@@ -60,6 +65,7 @@ def report(
             plans.append(compute_plan(m, root, staging, accept_drift=True, view=view))
             plans[-1].notes += narrowings(placed_paths(m, plans[-1], view))
             view.advance(m, plans[-1], staging)
+        rehearsed = _rehearse(manifests, root, Path(tmp), out["preflight"])
     pairs = list(zip(manifests, plans, strict=True))
     out["drift"] = [d for _, plan in pairs for d in plan.drift]
     out["notes"] = [n for _, plan in pairs for n in plan.notes]
@@ -108,16 +114,90 @@ def report(
         for m in manifests
         for db in m.databases
     ]
-    # one stop (the old version's services) and one start (the new one's), whatever
-    # the length of the chain; every migration at its rehearsed time; renames ~20 us
-    out["outage_estimate_seconds"] = round(
-        sum(min(s.stop_timeout, 2.0) for s in head.services.services)
-        + sum(min(s.start_timeout, 2.0) for s in tail.services.services)
-        + sum(db.rehearsal_seconds for m in manifests for db in m.databases)
-        + 0.00002 * sum(len(plan.ops) for _, plan in pairs),
-        2,
-    )
+    out["outage_estimate"] = estimate(pairs, rehearsed, measured_services(state))
+    out["outage_estimate_seconds"] = out["outage_estimate"]["seconds"]
     return out
+
+
+HISTORY_RUNS = 5
+"""Finished applies whose stop, start and health timings ``plan`` takes the median of."""
+
+SERVICE_STEPS = ("stop-services", "start-services", "health")
+
+
+def measured_services(state: StateDir) -> list[float]:
+    """Seconds the services' stop, start and health checks took in each of the last
+    :data:`HISTORY_RUNS` finished applies on this manager (history.jsonl), oldest first."""
+    try:
+        lines = state.history_path.read_text().splitlines()
+    except OSError:
+        return []
+    seen: list[float] = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash: the others still count
+        phases = rec.get("outage_phases") if isinstance(rec, dict) else None
+        if rec.get("result") == "finished" and isinstance(phases, dict) and phases:
+            steps = [v for k, v in phases.items() if str(k).partition("#")[0] in SERVICE_STEPS]
+            seen.append(sum(float(v) for v in steps))
+    return seen[-HISTORY_RUNS:]
+
+
+def estimate(
+    pairs: Sequence[tuple[Manifest, Plan]], rehearsed: Rehearsed, measured: list[float]
+) -> dict[str, Any]:
+    """The outage an apply of ``pairs`` should take: one stop and one start of the services
+    (the median of what earlier applies on this manager measured; else their timeouts,
+    capped at 2 s each, as an upper bound), each migration at its replay time when it was
+    rehearsed on this manager's data (else at the build's rehearsal time), ~20 us a rename."""
+    head, tail = pairs[0][0], pairs[-1][0]
+    basis: list[str] = []
+    if measured:
+        services = statistics.median(measured)
+        basis.append(
+            f"stop, start and health as measured in the last {len(measured)} apply(s) on this manager"
+        )
+    else:
+        services = sum(min(s.stop_timeout, 2.0) for s in head.services.services) + sum(
+            min(s.start_timeout, 2.0) for s in tail.services.services
+        )
+        basis.append(
+            "no apply measured on this manager yet: stop and start at their timeouts, capped at 2 s each"
+        )
+    migrations = 0.0
+    for m, _ in pairs:
+        for db in m.databases:
+            rec = rehearsed.recordings.get((m.bundle_id, db.name))
+            migrations += rec.sql_seconds if rec is not None else db.rehearsal_seconds
+    moving = sum(db.from_revision != db.to_revision for m, _ in pairs for db in m.databases)
+    if moving:
+        basis.append(
+            "migrations as rehearsed on a copy of this manager's data"
+            if len(rehearsed.recordings) == moving
+            else "migrations at the build's rehearsal time where not rehearsed here"
+        )
+    renames = 0.00002 * sum(len(plan.ops) for _, plan in pairs)
+    return {
+        "seconds": round(services + migrations + renames, 2),
+        "upper_bound": not measured,
+        "basis": basis,
+    }
+
+
+def _rehearse(manifests: Sequence[Manifest], root: Path, tmp: Path, pf: dict[str, Any]) -> Rehearsed:
+    """The migrations rehearsed on a copy of this manager's databases, as apply does before
+    its stop: a failure is a pre-flight problem, what was done a passed line."""
+    lines: list[str] = []
+    try:
+        return rehearse_jumps([(m, tmp / str(n)) for n, m in enumerate(manifests)], root, lines.append)
+    except PreconditionError as e:
+        pf["ok"] = False
+        pf.setdefault("problems", []).append(e.message)
+        return Rehearsed()
+    finally:
+        pf.setdefault("passed", []).extend(lines)
 
 
 def _patch_note(d: Delta | None) -> str:

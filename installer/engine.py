@@ -28,6 +28,7 @@ from installer.metadata import Labels
 from installer.migrate import bundle_sql
 from installer.options import Options
 from installer.plan import Plan, plan_jumps
+from installer.rehearsal import Rehearsed, rehearse_jumps
 from installer.services import ServiceManager, service_manager
 from installer.stage import OldFiles, is_staged, only_staged, stage_bundle
 from installer.state import StateDir, StatusDoc, beneath_root, first_missing
@@ -59,6 +60,7 @@ class Engine:
             lambda m, r: service_manager(m.services, r, self.state_for(m).path / "holds")
         )
         self._rec: Recorder | None = None
+        self._rehearsed = Rehearsed()  # of the apply under way (empty on resume and rollback)
 
     # --- plumbing -----------------------------------------------------------------
     def state_for(self, manifest: Manifest | None) -> StateDir:
@@ -235,6 +237,11 @@ class Engine:
         plans = plan_jumps(
             staged, self.root, accept_drift=self.opts.accept_drift, log=self._log, labels=labels
         )
+        # a migration that fails on a copy of this manager's data is refused here, before
+        # anything stops (exit 4); what ran through is replayed in the window
+        self._rehearsed = rehearse_jumps(
+            [(m, path / "bundle") for m, path in staged], self.root, self._log, work=state.path
+        )
         txn = Transaction.begin(state, manifests, plans, self._contexts, self.log)
         self._rec = txn.rec
         txn.rec.echo = self._log
@@ -252,9 +259,12 @@ class Engine:
         self, state: StateDir, manifests: list[Manifest], plans: list[Plan], notes: dict[str, dict[str, Any]]
     ) -> list[Context]:
         """One context per jump; they share the notes (one journal, one transaction)."""
+        done = self._rehearsed
         return [
             Context(self.root, state, m, plan, state.staging_dir(m.bundle_id), state.backup_dir(m.bundle_id),
-                    self._services(m, self.root), self.log, notes, selinux=self.opts.selinux)
+                    self._services(m, self.root), self.log, notes, selinux=self.opts.selinux,
+                    warm={k[1]: w for k, w in done.warm.items() if k[0] == m.bundle_id},
+                    rehearsals={k[1]: r for k, r in done.recordings.items() if k[0] == m.bundle_id})
             for m, plan in zip(manifests, plans, strict=True)
         ]  # fmt: skip
 

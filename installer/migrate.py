@@ -556,17 +556,9 @@ def bundle_sql(bundle: Bundle, manifest: Manifest, root: Path, dialect: str | No
     """
     import tempfile
 
-    from installer.archive import iter_verified
-
     out = []
     with tempfile.TemporaryDirectory(prefix="jumpkit-sql-") as tmp:
-        for m in manifest.extras:
-            if m.name.startswith("migrations/"):
-                dest = Path(tmp) / m.name
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                with open(dest, "wb") as f:
-                    for chunk in iter_verified(bundle, m.name, m.sha256, m.size):
-                        f.write(chunk)
+        unpack_migrations(bundle, manifest, Path(tmp))
         for db in manifest.databases:
             url = f"{dialect}://" if dialect else "sqlite://"
             if not dialect:
@@ -575,3 +567,21 @@ def bundle_sql(bundle: Bundle, manifest: Manifest, root: Path, dialect: str | No
             out.append(f"-- database {db.name}: {db.from_revision} -> {db.to_revision}\n")
             out.append(offline_sql(Path(tmp) / db.script_dir, url, db.from_revision, db.to_revision))
     return "".join(out)
+
+
+def unpack_migrations(bundle: Bundle, manifest: Manifest, dest: Path) -> None:
+    """Unpack a verified bundle's ``migrations/`` members into ``dest`` (each hash-checked
+    as it streams), as staging lays them out.
+
+    Raises:
+        BundleRejectedError: a member's bytes do not match.
+    """
+    from installer.archive import iter_verified
+
+    for m in manifest.extras:
+        if m.name.startswith("migrations/"):
+            path = dest / m.name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "wb") as f:
+                for chunk in iter_verified(bundle, m.name, m.sha256, m.size):
+                    f.write(chunk)

@@ -8,15 +8,17 @@ the rest is reflection, DDL compilation and alembic's bookkeeping, the same on e
 
 How:
 
-- :func:`rehearse` (before the stop) copies the database's backup and upgrades the copy
-  through the loaded scripts, over a recording DBAPI connection: each statement with its
-  parameters, each value the migration could have read from the database (result rows
-  and column names, ``rowcount`` and ``lastrowid`` when read), commits, rollbacks and each
-  revision reached, in order. An audit hook watches the rehearsal's thread: an event off
-  :data:`ALLOWED_EVENTS` (a file opened outside the code, a process, a socket, another
-  database connection, a sleep) is refused there, before it acts, and makes the
-  rehearsal not replayable, as does a statement that fails. So a migration that touches
-  anything but its database runs once, live, as before.
+- :func:`rehearse` (before the stop, :mod:`installer.rehearsal`) upgrades a copy of the
+  database (:func:`scratch_copy`) through the loaded scripts, over a recording DBAPI
+  connection: each statement with its parameters, each value the migration could have
+  read from the database (result rows and column names, ``rowcount`` and ``lastrowid``
+  when read), commits, rollbacks and each revision reached, in order. An audit hook
+  watches the rehearsal's thread: an event off :data:`ALLOWED_EVENTS` (a file opened
+  outside the code, a process, a socket, another database connection, a sleep) is refused
+  there, before it acts, and makes the rehearsal not replayable, as does a statement that
+  fails and is caught by the migration. So a migration that touches anything but its
+  database runs once, live, as before. A migration that fails on its own
+  (:class:`MigrationFails`) would fail live too: the caller refuses the apply.
 - :func:`replay` (in the window) runs the same statements in order on the live database
   and compares every value the rehearsal read with what the database returns now. Equal
   all through means the migration, a function of what it read, would have issued these
@@ -42,6 +44,7 @@ database above :data:`REHEARSE_MAX_BYTES` is not rehearsed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -93,6 +96,18 @@ class NotReplayable(Exception):
     """The rehearsal cannot stand for the live upgrade; ``str()`` says why."""
 
 
+class MigrationFails(NotReplayable):
+    """The migration itself failed on the copy of this manager's data, so it would fail the
+    same way live: ``revision`` (the one that failed), ``path`` (its file, relative to the
+    scripts' parent), ``statement`` (the last statement that failed, if one did) and
+    ``error`` (what the database or the migration said)."""
+
+    def __init__(self, revision: str, path: str, statement: str | None, error: str) -> None:
+        self.revision, self.path, self.statement, self.error = revision, path, statement, error
+        at = f" at {statement}" if statement else ""
+        super().__init__(f"revision {revision} ({path}) failed: {error}{at}")
+
+
 @dataclass
 class Statement:
     """One execution, with what the rehearsal's database answered that code could read."""
@@ -135,6 +150,9 @@ class Recording:
 
     entries: list[Entry] = field(default_factory=list)
     seconds: float = 0.0
+    """The whole rehearsal, the scripts' Python included."""
+    sql_seconds: float = 0.0
+    """Its statements alone: about what the window's replay takes."""
 
     @property
     def statements(self) -> int:
@@ -157,10 +175,20 @@ class _Recorder:
         self.recording = Recording()
         self.rows = 0
         self.refused: str | None = None
+        self.stopped = False
+        """The rehearsal was stopped by this recorder (not by the migration's own error)."""
+        self.failed: tuple[str, str] | None = None
+        """The last statement that failed, and the database's error."""
 
     def refuse(self, why: str) -> None:
         if self.refused is None:
             self.refused = why
+
+    def stop(self, why: str) -> NotReplayable:
+        """Refuse, and the error that stops the rehearsal there."""
+        self.refuse(why)
+        self.stopped = True
+        return NotReplayable(why)
 
     def add(self, entry: Entry) -> None:
         self.recording.entries.append(entry)
@@ -175,8 +203,7 @@ class _Recorder:
         if threading.get_ident() == self.thread and event not in ALLOWED_EVENTS:
             why = self._why(event, args)
             if why is not None:
-                self.refuse(why)
-                raise NotReplayable(why)  # the rehearsal stops there: nothing outside is touched
+                raise self.stop(why)  # the rehearsal stops there: nothing outside is touched
 
     def _why(self, event: str, args: tuple[Any, ...]) -> str | None:
         """Why ``event`` (not in :data:`ALLOWED_EVENTS`) makes the rehearsal unreplayable."""
@@ -208,8 +235,7 @@ def _sleep(seconds: float | SupportsIndex) -> None:
     nothing)."""
     rec = _watching
     if rec is not None and threading.get_ident() == rec.thread and float(seconds) > 0:
-        rec.refuse("the migration sleeps (time.sleep)")
-        raise NotReplayable("the migration sleeps (time.sleep)")
+        raise rec.stop("the migration sleeps (time.sleep)")
     _real_sleep(seconds)
 
 
@@ -247,11 +273,15 @@ class _Cursor(sqlite3.Cursor):
     def _recorded(self, entry: Statement, run: Callable[[sqlite3.Cursor, str, Any], Any]) -> _Cursor:
         """Record ``entry``, run it through sqlite3's own method, record what it returned."""
         self._begin(entry)
+        t0 = time.perf_counter()
         try:
             run(self, entry.sql, entry.params)
         except sqlite3.Error as e:
             self.recorder.refuse(f"a statement failed in the rehearsal ({e})")
+            self.recorder.failed = (entry.sql, str(e))
             raise
+        finally:
+            self.recorder.recording.sql_seconds += time.perf_counter() - t0
         self._results()
         return self
 
@@ -274,9 +304,7 @@ class _Cursor(sqlite3.Cursor):
                 rows += chunk
                 self.recorder.rows += len(chunk)
                 if self.recorder.rows > ROWS_MAX:  # stop there: a recording stays small
-                    why = f"the migration read more than {ROWS_MAX} rows"
-                    self.recorder.refuse(why)
-                    raise NotReplayable(why)
+                    raise self.recorder.stop(f"the migration read more than {ROWS_MAX} rows")
             entry.names = tuple(d[0] for d in self.description)
             entry.rows = rows
             self._buffer = iter(rows)
@@ -347,7 +375,8 @@ def _code_roots(script_dir: Path) -> list[str]:
     return roots
 
 
-def _remove(db: Path) -> None:
+def remove(db: Path) -> None:
+    """Remove a scratch SQLite file and what SQLite keeps beside it."""
     for suffix in ("", "-journal", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
 
@@ -404,48 +433,65 @@ def one_transaction(entries: list[Entry]) -> list[Entry]:
     return [e for i, e in enumerate(entries) if i not in joins and i - 1 not in joins]
 
 
-def rehearse(warm: Warm, script_dir: Path, backup: Path, from_rev: str | None, to_rev: str) -> Recording:
-    """Upgrade a copy of ``backup`` (a SQLite file) from ``from_rev`` to ``to_rev`` with
-    ``warm``'s loaded scripts, recording it for :func:`replay`. The copy sits beside the
-    backup and is removed before this returns.
+def scratch_copy(database: Path, copy: Path) -> None:
+    """Copy the SQLite file ``database`` to ``copy`` for a rehearsal (the online backup
+    API: consistent while the services write to it).
 
     Raises:
-        NotReplayable: the database is too large, there is no room for the copy, it is at
-            another revision, or the rehearsal did something a replay cannot stand for.
+        NotReplayable: it is larger than :data:`REHEARSE_MAX_BYTES`, there is no room for
+            the copy, or it cannot be read.
     """
-    size = backup.stat().st_size
+    size = database.stat().st_size
     if size > REHEARSE_MAX_BYTES:
         raise NotReplayable(f"it is larger than {REHEARSE_MAX_BYTES // 2**20} MiB")
-    if shutil.disk_usage(backup.parent).free < 2 * size + 2**20:
+    if shutil.disk_usage(copy.parent).free < 2 * size + 2**20:
         raise NotReplayable("there is no room for a copy")
-    copy = backup.with_name("rehearsal.db")
+    try:
+        with (
+            contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as src,
+            contextlib.closing(sqlite3.connect(copy)) as out,
+        ):
+            src.backup(out)
+    except sqlite3.Error as e:
+        remove(copy)
+        raise NotReplayable(f"it could not be copied ({e})") from e
+
+
+def rehearse(warm: Warm, script_dir: Path, copy: Path, from_rev: str | None, to_rev: str) -> Recording:
+    """Upgrade ``copy`` (a scratch SQLite file, :func:`scratch_copy`) from ``from_rev`` to
+    ``to_rev`` with ``warm``'s loaded scripts, recording it for :func:`replay`. The copy is
+    left as the upgrade left it (a chain rehearses its next jump on it).
+
+    Raises:
+        MigrationFails: a migration failed on its own (a statement the data refuses, an
+            exception of its code): the live upgrade would fail the same way.
+        NotReplayable: the copy is at another revision, or the rehearsal did something a
+            replay cannot stand for.
+    """
     from sqlalchemy import create_engine, pool
 
     t0 = time.perf_counter()
-    shutil.copyfile(backup, copy)
     rec = _Recorder(str(copy), _code_roots(script_dir))
     factory = type("_RecordingConnection", (_Connection,), {"recorder": rec})
     url = f"sqlite:///{copy}"
     engine = create_engine(url, poolclass=pool.StaticPool, connect_args={"factory": factory})
     w = rehearsal_warm(warm, url, engine)
-    reached: list[str] = []
+    _watch(rec)
     try:
-        _watch(rec)
-        try:
-            start = current_revision(url, warm=w)
-            if start != from_rev:
-                raise NotReplayable(f"it is at {start}, not {from_rev}")
-            upgrade(script_dir, url, to_rev, lambda rev, _up: rec.add(Reached(str(rev))), w)
-        except NotReplayable:
-            raise
-        except Exception as e:  # the live upgrade will fail (or not) on its own, in the window
-            raise NotReplayable(rec.refused or f"it failed in the rehearsal ({e})") from e
-        finally:
-            _watch(None)
-            engine.dispose()
-        reached = rec.recording.revisions
+        start = current_revision(url, warm=w)
+        if start != from_rev:
+            raise NotReplayable(f"it is at {start}, not {from_rev}")
+        upgrade(script_dir, url, to_rev, lambda rev, _up: rec.add(Reached(str(rev))), w)
+    except NotReplayable:
+        raise
+    except Exception as e:
+        if rec.stopped:  # our refusal, wrapped by the migration or alembic
+            raise NotReplayable(rec.refused) from e
+        raise _fails(warm, script_dir, from_rev, to_rev, rec, e) from e
     finally:
-        _remove(copy)
+        _watch(None)
+        engine.dispose()
+    reached = rec.recording.revisions
     if rec.refused is not None:
         raise NotReplayable(rec.refused)
     if not reached or reached[-1] != to_rev:
@@ -453,6 +499,30 @@ def rehearse(warm: Warm, script_dir: Path, backup: Path, from_rev: str | None, t
     rec.recording.seconds = time.perf_counter() - t0
     rec.recording.entries = one_transaction(rec.recording.entries)
     return rec.recording
+
+
+def _fails(
+    warm: Warm, script_dir: Path, from_rev: str | None, to_rev: str, rec: _Recorder, e: BaseException
+) -> MigrationFails:
+    """What failed: the first revision of the path not reached, its file, the statement."""
+    done = set(rec.recording.revisions)
+    path = [r.revision for r in reversed(list(warm.script.iterate_revisions(to_rev, from_rev or "base")))]
+    revision = next((r for r in path if r not in done), to_rev)
+    script = warm.script.get_revision(revision)
+    try:
+        where = Path(script.path).resolve().relative_to(script_dir.resolve().parent.parent).as_posix()
+    except ValueError:
+        where = Path(script.path).name
+    cause = e.__cause__ if e.__cause__ is not None else e
+    from_database = any(isinstance(x, sqlite3.Error) for x in (cause, getattr(cause, "orig", None)))
+    statement: str | None = None
+    if rec.failed is not None and from_database:  # not one the migration caught before
+        sql, error = rec.failed
+        statement = " ".join(sql.split())
+        statement = statement if len(statement) <= 200 else statement[:197] + "..."
+    else:
+        error = f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"
+    return MigrationFails(revision, where, statement, error)
 
 
 def _run(conn: sqlite3.Connection, st: Statement) -> str | None:

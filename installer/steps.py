@@ -31,7 +31,7 @@ from installer.migrate import (
     upgrade,
 )
 from installer.plan import EmptiedDir, Plan
-from installer.replay import NotReplayable, Recording, rehearse, replay
+from installer.replay import Recording, replay
 from installer.services import ServiceManager
 from installer.state import StateDir
 from installer.swap import Swapper
@@ -367,24 +367,12 @@ class BackupDatabases:
             if unchanged(db):
                 ctx.log(f"database {db.name}: stays at {db.to_revision}, no revision to run")
                 continue
-            script = ctx.staging / "bundle" / db.script_dir
-            warm = ctx.warm[db.name] = prepare(script, database_url(db, ctx.root))
+            warm = ctx.warm.get(db.name)  # loaded by the rehearsal (not after a crash)
+            if warm is None:
+                script = ctx.staging / "bundle" / db.script_dir
+                warm = ctx.warm[db.name] = prepare(script, database_url(db, ctx.root))
             if db.from_revision is not None:  # it exists: its connection is opened now
                 connect_ahead(warm)
-            if warm is not None and done.get(db.name, {}).get("kind") == "sqlite":
-                self._rehearse(ctx, db, warm, script, Path(done[db.name]["path"]))
-
-    def _rehearse(self, ctx: Context, db: Database, warm: Warm, script: Path, backup: Path) -> None:
-        try:
-            rec = rehearse(warm, script, backup, db.from_revision, db.to_revision)
-        except NotReplayable as e:
-            ctx.log(f"database {db.name}: not rehearsed, it migrates live in the outage: {e}")
-            return
-        ctx.rehearsals[db.name] = rec
-        ctx.log(
-            f"database {db.name}: rehearsed {len(rec.revisions)} revision(s) on a copy in {rec.seconds:.3f}s;"
-            f" the outage replays its {rec.statements} statement(s)"
-        )
 
     def undo(self, ctx: Context) -> None:
         """See :class:`Step`. (The backup goes with the backup dir.)"""

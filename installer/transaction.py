@@ -360,7 +360,14 @@ class Transaction:
                 outage_seconds=outage,
                 outage_phases=phases,
             )
-            self.state.append_history({"result": "finished", "bundle": self.bundle, "outage_seconds": outage})
+            self.state.append_history(  # plan estimates the next outage from these phases
+                {
+                    "result": "finished",
+                    "bundle": self.bundle,
+                    "outage_seconds": outage,
+                    "outage_phases": phases,
+                }
+            )
             self._end_holds()
             return self.rec.doc
 

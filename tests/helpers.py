@@ -234,6 +234,13 @@ class Sandbox:
     def wait_version(self, want: str | None = None, tries: int = 200) -> str | None:
         return wait_answer(self.version, want, tries)
 
+    def service_pid(self, name: str = "demo-manager") -> int:
+        """The process id supervisord gives for ``name`` (0: not running)."""
+        ctl = Path(sys.executable).parent / "supervisorctl"
+        conf = self.root / "etc/supervisord.conf"
+        p = subprocess.run([str(ctl), "-c", str(conf), "pid", name], capture_output=True, text=True)
+        return int(p.stdout.strip() or 0)
+
     def stop(self) -> None:
         terminate(self.supervisord_pid)
         self.supervisord_pid = None

@@ -25,6 +25,9 @@ FAIL_0004 = """
 import os
 if os.environ.get("DEMO_FAIL_0004"):
     def upgrade():
+        if os.environ["DEMO_FAIL_0004"] == "live":
+            import time
+            time.sleep(0.001)  # a migration that waits is not rehearsed: it fails in the window
         op.execute("UPDATE items SET owner = 'half-done'")
         raise RuntimeError("migration 0004 failed halfway (test fixture)")
 """
@@ -50,7 +53,8 @@ def downgrade():
 
 def fixture_specs(tmp: Path, *, postgres_url_env: bool = False) -> Path:
     """The demo specs with test hooks in 4.1.1's migrations: DEMO_FAIL_0004 makes 0004
-    raise after a first statement, DEMO_SLOW_0003 makes 0003 slow."""
+    raise after a first statement (``live``: only in the window, as it is not rehearsed),
+    DEMO_SLOW_0003 makes 0003 slow."""
     specs = tmp / "specs"
     shutil.copytree(SPECS, specs, symlinks=True)
     versions = specs / "demo-manager/releases/4.1.1/migrations/main/versions"
@@ -135,10 +139,35 @@ def test_sqlite_row_written_after_the_rehearsal_is_migrated_live(sqlite_case: tu
     assert rows[-1] == ("4", "delta", "0", "migrated-delta")
 
 
-def test_sqlite_migration_failing_halfway_rolls_back(sqlite_case: tuple[Sandbox, Path]) -> None:
+def test_a_migration_failing_on_this_managers_data_stops_nothing(sqlite_case: tuple[Sandbox, Path]) -> None:
+    """The rehearsal on a copy of this manager's database fails: the apply is refused before
+    the outage (exit 4) with the revision, its file and the error, the service is never
+    stopped, and ``plan`` says the same under pre-flight."""
     sb, bundle = sqlite_case
     before, before_db = tree_hash(sb.root), db_state(sqlite_url(sb.root))
+    pid = sb.service_pid()
+    why = (
+        "database main: revision 0004 (migrations/main/versions/0004_items_title.py) failed:"
+        " RuntimeError: migration 0004 failed halfway (test fixture); it fails on a copy of this"
+        " manager's data, so nothing was stopped"
+    )
+    p = install("--root", sb.root, "plan", bundle, env={"DEMO_FAIL_0004": "1"})
+    assert p.returncode == 0, p.stderr
+    assert "pre-flight: WOULD FAIL" in p.stdout and why in p.stdout, p.stdout
     p = install("--root", sb.root, "apply", bundle, env={"DEMO_FAIL_0004": "1"})
+    assert p.returncode == 4, p.stderr
+    assert why in p.stderr.splitlines()[-1], p.stderr
+    assert "stopping" not in p.stderr, p.stderr
+    assert sb.service_pid() == pid
+    assert db_state(sqlite_url(sb.root)) == before_db
+    assert tree_hash(sb.root) == before
+
+
+def test_sqlite_migration_failing_halfway_rolls_back(sqlite_case: tuple[Sandbox, Path]) -> None:
+    """A failure the rehearsal could not foresee (0004 is not rehearsed: it waits)."""
+    sb, bundle = sqlite_case
+    before, before_db = tree_hash(sb.root), db_state(sqlite_url(sb.root))
+    p = install("--root", sb.root, "apply", bundle, env={"DEMO_FAIL_0004": "live"})
     assert p.returncode == 5, p.stderr
     assert "migration 0004 failed halfway" in p.stderr
     assert db_state(sqlite_url(sb.root)) == before_db
@@ -150,7 +179,7 @@ def test_sqlite_failed_downgrade_falls_back_to_the_backup(sqlite_case: tuple[San
     sb, bundle = sqlite_case
     before, before_db = tree_hash(sb.root), db_state(sqlite_url(sb.root))
     p = install(
-        "--root", sb.root, "apply", bundle, env={"DEMO_FAIL_0004": "1", "DEMO_FAIL_DOWNGRADE_0003": "1"}
+        "--root", sb.root, "apply", bundle, env={"DEMO_FAIL_0004": "live", "DEMO_FAIL_DOWNGRADE_0003": "1"}
     )
     assert p.returncode == 5, p.stderr
     assert "downgrade failed" in p.stderr and "restoring the backup" in p.stderr, p.stderr

@@ -36,17 +36,18 @@ def demo_db(tmp: Path, name: str, rev: str = "0002") -> tuple[Path, Path]:
     return scripts, db
 
 
-def backup_of(db: Path) -> Path:
-    dest = db.parent / "backup" / "sqlite.db"
+def copy_of(db: Path) -> Path:
+    """A scratch copy of ``db`` beside it, as the pre-flight rehearsal makes one."""
+    dest = db.parent / "scratch" / "copy.db"
     dest.parent.mkdir()
-    shutil.copyfile(db, dest)
+    rp.scratch_copy(db, dest)
     return dest
 
 
 def rehearsed(scripts: Path, db: Path, from_rev: str | None, to_rev: str) -> tuple[Warm, rp.Recording]:
     warm = prepare(scripts, f"sqlite:///{db}")
     assert warm is not None
-    return warm, rp.rehearse(warm, scripts, backup_of(db), from_rev, to_rev)
+    return warm, rp.rehearse(warm, scripts, copy_of(db), from_rev, to_rev)
 
 
 def live(tmp: Path, setup: Any = None) -> list[str]:
@@ -72,8 +73,8 @@ def test_a_replay_ends_where_a_live_upgrade_ends(tmp_path: Path) -> None:
     scripts, db = demo_db(tmp_path, "replay")
     warm, rec = rehearsed(scripts, db, "0002", "0004")
     assert rec.revisions == ["0003", "0004"] and rec.statements > 10
-    assert not (db.parent / "backup" / "rehearsal.db").exists(), "the rehearsal's copy was left behind"
-    assert dump(db.parent / "backup" / "sqlite.db") == dump(db) != live(tmp_path)  # copy, not backup
+    before = dump(db)
+    assert dump(db.parent / "scratch" / "copy.db") == live(tmp_path) != before  # the copy moved, not db
     seen: list[Any] = []
     assert rp.replay(warm.engine, rec, lambda rev, up: seen.append((rev, up))) is None
     settle(warm)
@@ -264,7 +265,7 @@ def test_one_transaction_leaves_what_it_cannot_join() -> None:
             "    try:\n        op.execute('DROP INDEX no_such_index')\n    except Exception:\n        pass",
             "a statement failed",
         ),
-        ("    raise RuntimeError('broken on this data')", "failed in the rehearsal"),
+        ("    raise RuntimeError('broken on this data')", "RuntimeError: broken on this data"),
     ],
     ids=[
         "reads-a-file",
@@ -285,10 +286,11 @@ def test_a_migration_that_touches_anything_but_its_database_is_not_replayed(
     outside.write_text("data")
     scripts, db = demo_db(tmp_path, "x")
     migration(scripts, body.format(outside=str(outside)))
-    with pytest.raises(rp.NotReplayable, match=why):
+    with pytest.raises(rp.NotReplayable, match=why) as e:
         rehearsed(scripts, db, "0002", "0003")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["outside.txt", "x"]
-    assert not (db.parent / "backup" / "rehearsal.db").exists()
+    # only a migration failing on its own is one that would fail live (refused before the stop)
+    assert isinstance(e.value, rp.MigrationFails) == (why == "RuntimeError: broken on this data"), e.value
 
 
 def test_a_migration_may_read_files_beside_its_scripts(tmp_path: Path) -> None:
@@ -308,15 +310,36 @@ def test_a_migration_may_read_files_beside_its_scripts(tmp_path: Path) -> None:
         assert conn.execute("SELECT value FROM settings").fetchall() == [("from-the-bundle",)]
 
 
+def test_a_migration_failing_on_the_data_names_revision_file_and_statement(tmp_path: Path) -> None:
+    """What the pre-flight refusal says: the revision that failed, its file, the statement
+    the data refused and the database's error; the revisions before it ran through."""
+    scripts, db = demo_db(tmp_path, "x")
+    write(db, "CREATE TABLE entries (amount REAL)")
+    write(db, "INSERT INTO entries VALUES (NULL)")
+    migration(scripts, "    op.execute('UPDATE items SET name = name')", rev="0003")
+    (scripts / "versions" / "0004_cents.py").write_text(
+        "from alembic import op\n\nrevision = '0004'\ndown_revision = '0003'\n\n\ndef upgrade():\n"
+        "    op.execute('CREATE TABLE entries2 (amount_cents INTEGER NOT NULL)')\n"
+        "    op.execute('INSERT INTO entries2 SELECT amount * 100 FROM entries')\n\n\n"
+        "def downgrade():\n    pass\n"
+    )
+    with pytest.raises(rp.MigrationFails) as e:
+        rehearsed(scripts, db, "0002", "0004")
+    f = e.value
+    assert (f.revision, f.path) == ("0004", "x/m/versions/0004_cents.py"), str(f)
+    assert f.statement == "INSERT INTO entries2 SELECT amount * 100 FROM entries", f.statement
+    assert f.error == "NOT NULL constraint failed: entries2.amount_cents", f.error
+
+
 def test_what_is_not_rehearsed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     scripts, db = demo_db(tmp_path, "x")
     with pytest.raises(rp.NotReplayable, match="it is at 0002, not 0001"):
         rehearsed(scripts, db, "0001", "0004")
-    shutil.rmtree(db.parent / "backup")
+    shutil.rmtree(db.parent / "scratch")
     monkeypatch.setattr(rp, "REHEARSE_MAX_BYTES", 1024)
     with pytest.raises(rp.NotReplayable, match="larger than"):
         rehearsed(scripts, db, "0002", "0004")
-    shutil.rmtree(db.parent / "backup")
+    shutil.rmtree(db.parent / "scratch")
     monkeypatch.setattr(rp, "REHEARSE_MAX_BYTES", 2**30)
     monkeypatch.setattr(rp, "ROWS_MAX", 2)
     migration(scripts, ROW_BY_ROW)

@@ -246,7 +246,20 @@ def test_plan_of_a_chain_changes_nothing_and_estimates_one_outage(
     assert actions[("4.1.1 -> 4.2.0", "opt/demo-manager/VERSION")] == "replace"
     assert [d["to"] for d in doc["databases"]] == ["0002", "0004", "0005"]
     assert doc["preflight"]["ok"] is True and doc["drift"] == []
-    # one stop + one start (2 s caps each) + three rehearsal buckets of 0.5 s
-    assert 4.0 < doc["outage_estimate_seconds"] < 6.0
+    # no apply measured here yet: one stop + one start at their 2 s caps, an upper bound,
+    # and the migrations as the chain's rehearsals on a copy of this manager's data ran them
+    est = doc["outage_estimate"]
+    assert est["upper_bound"] is True and 4.0 <= est["seconds"] < 4.5, est
+    assert est["basis"][-1] == "migrations as rehearsed on a copy of this manager's data", est
+    rehearsed = [ln for ln in doc["preflight"]["passed"] if "rehearsed" in ln]
+    assert len(rehearsed) == 3, doc["preflight"]  # each jump on what the one before left
     text = install("--root", sb.root, "plan", *chain_bundles).stdout
-    assert "upgrades 3.4.2 -> 4.2.0 in 3 jumps, one outage" in text and "estimated outage" in text
+    assert "upgrades 3.4.2 -> 4.2.0 in 3 jumps, one outage" in text
+    assert "estimated outage: at most 4." in text, text
+    # after an apply (and its rollback) the estimate is what this manager measured
+    assert install("--root", sb.root, "apply", *chain_bundles).returncode == 0
+    measured = json.loads(install("--root", sb.root, "status", "--json").stdout)["outage_seconds"]
+    assert install("--root", sb.root, "rollback").returncode == 0
+    est = json.loads(install("--root", sb.root, "plan", *chain_bundles, "--json").stdout)["outage_estimate"]
+    assert est["upper_bound"] is False and est["seconds"] < max(1.0, 3 * measured), (est, measured)
+    assert est["basis"][0] == "stop, start and health as measured in the last 1 apply(s) on this manager"
