@@ -537,10 +537,15 @@ def _rpm_erase(root: Path, m: Manifest) -> str | None:
 def as_manager(root: Path) -> None:
     """What a manager's OS has and a sandbox lacks, for the chrooted %posttrans: a /proc
     mount point and shell tools (a static busybox with its applets in /usr/bin, where the
-    release does not put its own)."""
+    release does not put its own), and the usrmerge layout, ``/bin`` and ``/sbin`` links
+    into ``/usr``, so that a hook's ``#!/bin/sh`` finds its shell as on the manager."""
     (root / "proc").mkdir(exist_ok=True)
     bin_dir = root / "usr/bin"
     bin_dir.mkdir(parents=True, exist_ok=True)
+    (root / "usr/sbin").mkdir(exist_ok=True)
+    for link, target in (("bin", "usr/bin"), ("sbin", "usr/sbin")):
+        if not (root / link).exists() and not (root / link).is_symlink():
+            (root / link).symlink_to(target)
     busybox = shutil.which("busybox") or "/bin/busybox"
     shutil.copy(busybox, bin_dir / "busybox")
     applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True).stdout.split()

@@ -30,6 +30,48 @@ OUTPUT_LIMIT = 64 * 1024
 """Bytes of output kept (the end of it): callers show its last lines."""
 
 
+class NotRun(OSError):
+    """A command that could not be started; ``str()`` says why in the manager's terms:
+    the interpreter its ``#!`` line names is missing, it is not executable, it is not a
+    program, it does not exist."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def why_not_run(program: str, e: OSError, cwd: Path) -> str:
+    """What kept ``program`` (``argv[0]``, relative to ``cwd`` when not absolute) from
+    starting, given the error ``exec`` gave."""
+    import errno
+    import shutil
+
+    path = Path(program) if "/" in program else None
+    if path is None:
+        found = shutil.which(program)
+        if found is None:
+            return f"{program} is not on this manager (not found on PATH)"
+        path = Path(found)
+    elif not path.is_absolute():
+        path = cwd / path
+    if e.errno == errno.ENOENT and path.exists():
+        try:
+            with open(path, "rb") as f:
+                first = f.readline(256)
+        except OSError:
+            first = b""
+        if first.startswith(b"#!"):
+            words = first[2:].decode(errors="replace").split()
+            interpreter = words[0] if words else "(none)"
+            return f"its interpreter {interpreter} does not exist on this manager"
+    if e.errno == errno.ENOENT:
+        return f"{program} does not exist"
+    if e.errno == errno.EACCES:
+        return f"{program} is not executable"
+    if e.errno == errno.ENOEXEC:
+        return f"{program} is not a program this manager can run (no #! line, not a binary it knows)"
+    return f"{program}: {e.strerror or e}"
+
+
 @dataclass(frozen=True)
 class Finished:
     """A command that exited: its exit code (negative: the signal that ended it) and the
@@ -104,19 +146,22 @@ def run(argv: Sequence[str], *, cwd: Path, timeout: float, env: Mapping[str, str
     """Run ``argv`` in ``cwd`` until it exits, at most ``timeout`` seconds.
 
     Raises:
-        OSError: it could not be started (missing, not executable).
+        NotRun: it could not be started (missing, its interpreter missing, not executable).
         subprocess.TimeoutExpired: it ran longer; it and every process of its group were
             killed (``output`` holds what it wrote, as text).
     """
     with _output_file() as out:
-        proc = subprocess.Popen(
-            list(argv),
-            cwd=cwd,
-            env=None if env is None else dict(env),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        try:
+            proc = subprocess.Popen(
+                list(argv),
+                cwd=cwd,
+                env=None if env is None else dict(env),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as e:
+            raise NotRun(e.errno, why_not_run(str(argv[0]), e, cwd)) from e
         watch = ExitWatch.of(proc.pid)  # wakes at the exit: Popen.wait(timeout) polls, up to 50 ms late
         try:
             if watch is not None and not watch.wait(timeout):

@@ -315,6 +315,8 @@ class Hooks:
         ctx.log(f"hook {name}")
         try:
             p = child.run([str(script)], cwd=ctx.root, env=env, timeout=timeout)
+        except child.NotRun as e:
+            raise StepError(f"hook {name}: {e}", step=self.name) from e
         except (OSError, subprocess.TimeoutExpired) as e:
             raise StepError(f"hook {name} could not run: {e}", step=self.name) from e
         for line in p.output.splitlines()[-20:]:

@@ -69,3 +69,40 @@ def test_the_exit_is_seen_at_once(tmp_path: Path) -> None:
 def test_a_command_that_cannot_start_is_an_oserror(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         child.run([str(tmp_path / "missing")], cwd=tmp_path, timeout=5)
+
+
+@pytest.mark.parametrize(
+    ("first", "mode", "argv0", "why"),
+    [
+        (
+            "#!/nonexistent/sh\n",
+            0o755,
+            "./hook",
+            "its interpreter /nonexistent/sh does not exist on this manager",
+        ),
+        (
+            "#! /nonexistent/env python3\n",
+            0o755,
+            "hook",
+            "its interpreter /nonexistent/env does not exist on this manager",
+        ),
+        ("#!/bin/sh\n", 0o644, "./hook", "./hook is not executable"),
+        ("echo no shebang\n", 0o755, "./hook", "./hook is not a program this manager can run"),
+        (None, 0, "./missing", "./missing does not exist"),
+        (None, 0, "no-such-tool-here", "no-such-tool-here is not on this manager (not found on PATH)"),
+    ],
+    ids=["interpreter", "interpreter-env", "not-executable", "no-shebang", "missing", "not-on-path"],
+)
+def test_why_a_command_could_not_start_is_said_in_the_managers_terms(
+    tmp_path: Path, first: str | None, mode: int, argv0: str, why: str
+) -> None:
+    """Every command a bundle names (hooks, jobs, checks, cluster hooks, service commands)
+    starts through child.run: exec's bare ENOENT for a missing ``#!`` interpreter named the
+    script itself, which exists."""
+    if first is not None:
+        (tmp_path / "hook").write_text(first + "echo hi\n")
+        (tmp_path / "hook").chmod(mode)
+    argv = [str(tmp_path / "hook")] if argv0 == "hook" else [argv0]
+    with pytest.raises(child.NotRun) as e:
+        child.run(argv, cwd=tmp_path, timeout=5)
+    assert str(e.value).startswith(why), str(e.value)
