@@ -29,6 +29,9 @@ class Merged:
     """Regions of the release's changes taken into the operator's file."""
     conflicts: int
     """Regions both sides changed: none of the release's changes there were carried."""
+    dropped: int = 0
+    """With a conflict, every change of the release not carried (the whole merge gives up:
+    those that touch no edited line too)."""
 
 
 def merge(base: str, ours: str, theirs: str) -> Merged:
@@ -57,8 +60,14 @@ def merge(base: str, ours: str, theirs: str) -> Merged:
                 out += joined
                 carried += 1
     if conflicts:
-        return Merged(ours, 0, conflicts)
+        return Merged(ours, 0, conflicts, dropped=conflicts + carried)
     return Merged("".join(out), carried, 0)
+
+
+def differing_regions(a: str, b: str) -> int:
+    """How many regions of lines differ between ``a`` and ``b``."""
+    sm = difflib.SequenceMatcher(None, a.splitlines(True), b.splitlines(True), autojunk=False)
+    return sum(tag != "equal" for tag, *_ in sm.get_opcodes())
 
 
 Chunk = tuple[int, int, list[str]]

@@ -14,7 +14,7 @@ from typing import Any
 from installer.archive import Bundle, iter_verified
 from installer.chain import chain_id, unit_layout
 from installer.errors import PreconditionError
-from installer.format import Delta, Manifest
+from installer.format import BASE_PREFIX, Delta, Manifest
 from installer.metadata import narrowings
 from installer.migrate import unpack_migrations
 from installer.plan import Plan, View, compute_plan, placed_paths
@@ -47,14 +47,18 @@ def report(
         plans: list[Plan] = []
         for n, (bundle, m) in enumerate(opened):
             staging = Path(tmp) / str(n)
-            for f in m.files:
+            for f in m.files:  # each config's default, and the from-version's where shipped
                 if f.kind == "config":
-                    dest = staging / "defaults" / f.path
-                    dest.parent.mkdir(parents=True, exist_ok=True)
                     assert f.sha256 is not None
-                    with open(dest, "wb") as w:
-                        for chunk in iter_verified(bundle, f.member, f.sha256, f.size):
-                            w.write(chunk)
+                    _unpack(bundle, f.member, f.sha256, f.size, staging / "defaults" / f.path)
+                    if f.base is not None:
+                        _unpack(
+                            bundle,
+                            BASE_PREFIX + f.path,
+                            f.base.sha256,
+                            f.base.size,
+                            staging / "base" / f.path,
+                        )
             unpack_migrations(bundle, m, staging)
             if n == 0:
                 try:
@@ -184,6 +188,13 @@ def estimate(
         "upper_bound": not measured,
         "basis": basis,
     }
+
+
+def _unpack(bundle: Bundle, member: str, sha256: str, size: int, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest, "wb") as w:
+        for chunk in iter_verified(bundle, member, sha256, size):
+            w.write(chunk)
 
 
 def _rehearse(manifests: Sequence[Manifest], root: Path, tmp: Path, pf: dict[str, Any]) -> Rehearsed:

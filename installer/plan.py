@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from installer.beneath import Kind, resolve
-from installer.confmerge import merge
+from installer.confmerge import differing_regions, merge
 from installer.errors import BundleRejectedError, DriftError, PreconditionError, StateError, UnsafePathError
 from installer.format import FileEntry, Manifest, check_not_reserved, compile_rule, sha256_file
 from installer.metadata import Labels, Placed, dir_wanted, prepare
@@ -62,6 +62,10 @@ class View:
         self.overlay: dict[str, tuple[Kind, str | None, str]] = {}
         """What the jumps planned so far place, by canonical path (for :mod:`installer.beneath`)."""
         self._canonical: dict[str, str] = {}  # of the jump confined last; advance() places it
+        self.bases: dict[str, Path | None] = {}
+        """Configs an earlier jump of the chain left as the operator edited them (kept, or
+        rewritten without the release's changes): the default their text derives from,
+        which the next rewrite merges against (None: no bundle holds it)."""
 
     def confine(self, manifest: Manifest) -> Confined:
         """Resolve ``manifest``'s entries beneath the root as this view stands (see
@@ -96,19 +100,21 @@ class View:
 
     def advance(self, manifest: Manifest, plan: Plan, staging: Path) -> None:
         """Account for ``plan`` of ``manifest`` having swapped."""
-        kept = {op.path.removesuffix(NEW_SUFFIX) for op in plan.ops if op.path.endswith(NEW_SUFFIX)}
+        placed = {op.path for op in plan.ops if op.action == "place"}
         for entry in manifest.files:
-            path = entry.path + NEW_SUFFIX if entry.path in kept else entry.path
-            staged = staging / "files" / path
-            self.files[path] = staged
-            if entry.kind == "config":
-                self.digests[path] = current_digest(staged)  # rendered, maybe rewritten
-            elif entry.kind == "symlink":
-                assert entry.link_target is not None
-                self.digests[path] = hashlib.sha256(b"symlink:" + entry.link_target.encode()).hexdigest()
-            else:
-                self.digests[path] = entry.sha256
-            self.dirs.update(_ancestors(path))
+            # a config may place itself (a default, a rewrite), the new default beside it, or both
+            paths = [p for p in (entry.path, entry.path + NEW_SUFFIX) if p in placed]
+            for path in paths if entry.kind == "config" else [entry.path]:
+                staged = staging / "files" / path
+                self.files[path] = staged
+                if entry.kind == "config":
+                    self.digests[path] = current_digest(staged)  # rendered, maybe rewritten
+                elif entry.kind == "symlink":
+                    assert entry.link_target is not None
+                    self.digests[path] = hashlib.sha256(b"symlink:" + entry.link_target.encode()).hexdigest()
+                else:
+                    self.digests[path] = entry.sha256
+                self.dirs.update(_ancestors(path))
         for removed in manifest.removed:
             self.files[removed.path] = None
             self.digests[removed.path] = None
@@ -300,9 +306,13 @@ def _plan_config(
         ], f"{entry.path}: deleted on this manager, left deleted; new default written to {aside.path}"
     if entry.policy == "keep-local" and edited:
         shutil.copy2(default, beside)
+        view.bases.setdefault(entry.path, None)  # its base (the from-version's default) is in no bundle
         return [aside], f"{entry.path}: locally edited, kept; new default written to {aside.path}"
     if entry.policy == "rewrite" and edited:
-        return _plan_rewrite(entry, _operator_text(entry.path, current, view), staging, out, beside, aside)
+        return _plan_rewrite(
+            entry, _operator_text(entry.path, current, view), view, staging, out, beside, aside
+        )
+    view.bases.pop(entry.path, None)
     shutil.copy2(default, out)
     note = (
         f"{entry.path}: deleted on this manager; required by the spec: new default placed" if deleted else ""
@@ -311,25 +321,43 @@ def _plan_config(
 
 
 def _plan_rewrite(
-    entry: FileEntry, ours: str, staging: Path, out: Path, beside: Path, aside: SwapOp
+    entry: FileEntry, ours: str, view: View, staging: Path, out: Path, beside: Path, aside: SwapOp
 ) -> tuple[list[SwapOp], str]:
-    """The operator's file with the rules applied and, given the from-version default
-    (format 2), the release's own changes merged in (:mod:`installer.confmerge`)."""
+    """The operator's file with the rules applied and, given the default it derives from
+    (format 2 ships the from-version's; an earlier jump of a chain that kept the file
+    passes its own on), the release's own changes merged in (:mod:`installer.confmerge`)."""
     text, n = _rewrite(ours, entry)
     ops = [SwapOp(entry.path, "place", "configs", f"rewrote {n} value(s)")]
     note = f"{entry.path}: locally edited, {n} value(s) rewritten, edits kept"
-    base = staging / "base" / entry.path
-    if entry.base is not None and base.is_file():
-        theirs = (staging / "defaults" / entry.path).read_text()
+    chained = entry.path in view.bases  # an earlier jump of the chain left it unmerged
+    shipped = staging / "base" / entry.path
+    base = (
+        view.bases[entry.path]
+        if chained
+        else shipped
+        if entry.base is not None and shipped.is_file()
+        else None
+    )
+    theirs = (staging / "defaults" / entry.path).read_text()
+    if base is not None:
         merged = merge(_rewrite(base.read_text(), entry)[0], text, theirs)
         if merged.conflicts:
             shutil.copy2(staging / "defaults" / entry.path, beside)
             ops.append(aside)
-            note += (f"; {merged.conflicts} change(s) of the new default touch lines edited here and were "
-                     f"not carried: see {aside.path}")  # fmt: skip
+            note += (f"; {merged.dropped} change(s) of the new default were not carried ({merged.conflicts} "
+                     f"touch lines edited here): see {aside.path}")  # fmt: skip
+            view.bases[entry.path] = base
         else:
             text = merged.text
             note += f", {merged.carried} change(s) of the new default carried in" if merged.carried else ""
+            view.bases.pop(entry.path, None)
+    elif chained:  # what the release changed cannot be told from what was edited here
+        shutil.copy2(staging / "defaults" / entry.path, beside)
+        ops.append(aside)
+        differ = differing_regions(text, theirs)
+        note += (f"; none of the new default's changes were carried ({differ} region(s) differ from it): an "
+                 f"earlier jump of the chain kept this file as edited and no bundle holds the default it "
+                 f"derives from; see {aside.path}")  # fmt: skip
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(text)
     os.chmod(tmp, entry.mode)

@@ -261,7 +261,65 @@ def test_rewrite_carries_the_new_defaults_changes_into_an_edited_file(
     )
     new = root / "etc/cfg/rewritten.ini.jumpkit-new"
     assert new.read_text().startswith("# cfg 1.1.0\n")
-    assert "1 change(s) of the new default touch lines edited here and were not carried" in p.stderr
+    # the merge gives up as a whole: the key it could have carried is counted too
+    assert "2 change(s) of the new default were not carried (1 touch lines edited here)" in p.stderr
+
+
+def _chain_product(tmp: Path, first: str) -> Path:
+    """cc 1.0.0 -> 1.1.0 (``first``: keep-local or rewrite) -> 1.2.0 (rewrite) of one
+    config: 1.1.0 adds ``workers = 4``, 1.2.0 adds ``threads = 2``."""
+    specs = tmp / "specs"
+    d = specs / "cc"
+    (d / "jumps").mkdir(parents=True)
+    (d / "product.yaml").write_text("product: cc\nversion_file: app/VERSION\n")
+    lines = ["[a]\n", "port = 80\n"]
+    for v, add in (("1.0.0", ""), ("1.1.0", "workers = 4\n"), ("1.2.0", "threads = 2\n")):
+        lines.append(add)
+        (d / f"releases/{v}/root/app").mkdir(parents=True)
+        (d / f"releases/{v}/root/app/VERSION").write_text(v + "\n")
+        (d / f"releases/{v}/config/etc/cc").mkdir(parents=True)
+        (d / f"releases/{v}/config/etc/cc/cc.ini.j2").write_text("".join(lines))
+    for frm, to, policy in (("1.0.0", "1.1.0", first), ("1.1.0", "1.2.0", "rewrite")):
+        (d / f"jumps/{frm}-{to}.yaml").write_text(
+            f"from: {frm}\nto: {to}\nconfigs:\n  - {{path: etc/cc/cc.ini, policy: {policy}}}\n"
+        )
+    return specs
+
+
+@pytest.mark.parametrize("first", ["keep-local", "rewrite"])
+def test_a_chain_carries_or_counts_every_change_of_the_new_default(
+    first: str, tmp_path: Path, keys: dict[str, Path]
+) -> None:
+    """The operator set ``port = 9999`` at 1.0.0. A chain through 1.1.0 (keep-local, or
+    rewrite) to 1.2.0 (rewrite) merges against the default the operator's file derives
+    from, not 1.1.0's: with ``rewrite`` first, both keys arrive as each jump alone would
+    carry them; with ``keep-local`` first, no bundle holds 1.0.0's default, so nothing of
+    the release is carried silently: the note says so and the new default goes beside."""
+    specs = _chain_product(tmp_path, first)
+    root, first_bundle = laid_out(specs, "cc", "1.0.0", "1.1.0", tmp_path, keys)
+    p = build(
+        "--specs", specs, "--from", "1.1.0", "--to", "1.2.0", "--key", keys["key"], "--out", tmp_path / "dist"
+    )
+    assert p.returncode == 0, p.stderr
+    cfg = root / "etc/cc/cc.ini"
+    cfg.write_text("[a]\nport = 9999\n")
+    before = tree_hash(root)
+    p = install("--root", root, "apply", first_bundle, tmp_path / "dist/cc-1.1.0-to-1.2.0.zip")
+    assert p.returncode == 0, p.stderr
+    if first == "rewrite":
+        assert cfg.read_text() == "[a]\nport = 9999\nworkers = 4\nthreads = 2\n"
+        assert not (root / "etc/cc/cc.ini.jumpkit-new").exists()
+    else:
+        assert cfg.read_text() == "[a]\nport = 9999\n"
+        assert (
+            root / "etc/cc/cc.ini.jumpkit-new"
+        ).read_text() == "[a]\nport = 80\nworkers = 4\nthreads = 2\n"
+        said = ("etc/cc/cc.ini: locally edited, 0 value(s) rewritten, edits kept; none of the new default's "
+                "changes were carried (1 region(s) differ from it): an earlier jump of the chain kept this "
+                "file as edited")  # fmt: skip
+        assert said in p.stderr, p.stderr
+    assert install("--root", root, "rollback").returncode == 0
+    assert tree_hash(root) == before
 
 
 @pytest.mark.parametrize("required", [False, True])
