@@ -24,8 +24,8 @@ from typing import Literal
 
 from builder.collect import TreeFile, _matches, walk_tree
 from builder.errors import SpecError
-from builder.spec import JumpSpec, Product, ProductSpec, load_spec
-from builder.specfile import Located, Problem, closest, did_you_mean
+from builder.spec import JumpSpec, Product, ProductSpec, full_version, load_spec, parses
+from builder.specfile import Located, Problem, closest, did_you_mean, salvage
 from installer.graph import violations
 
 Trees = tuple[Mapping[str, TreeFile], Mapping[str, TreeFile]]
@@ -57,13 +57,17 @@ def lint_product(specs_dir: Path, name: str | None) -> list[Problem]:
     """
     from builder.spec import load_product
 
+    out: list[Problem] = []
     try:
         product = load_product(specs_dir, name)
     except SpecError as e:
         if not e.found:
             raise
-        return list(e.found)
-    out: list[Problem] = []
+        # product.yaml is broken: its problems, and the jumps' checked against what of it holds
+        salvaged = _salvaged_product(e.found[0].file)
+        if salvaged is None:
+            return list(e.found)
+        product, out = salvaged, list(e.found)
     path = product.dir / "product.yaml"
     _, doc, _ = load_spec(ProductSpec, path)
     assert doc is not None
@@ -79,14 +83,34 @@ def lint_product(specs_dir: Path, name: str | None) -> list[Problem]:
     return sorted(out, key=lambda p: (str(p.file), p.line or 0))
 
 
+def _salvaged_product(path: Path) -> Product | None:
+    """The product of a ``product.yaml`` that does not validate, with what fails taken out
+    (:func:`builder.specfile.salvage`; its name from its directory), or None."""
+    if path.name != "product.yaml":
+        return None
+    _, doc, _ = load_spec(ProductSpec, path)
+    if doc is None:
+        return None
+    spec = salvage(ProductSpec, doc.data, {"product": path.parent.name})
+    return None if spec is None else Product(spec, path.parent)
+
+
 def lint_jump(product: Product, path: Path, trees: Trees | None = None) -> list[Problem]:
-    """The problems of one jump file; its release trees are walked unless given."""
+    """The problems of one jump file; its release trees are walked unless given. A file
+    that does not validate is checked further with what fails taken out (its from/to from
+    its name), so one run reports every independent problem."""
     jump, doc, problems = load_spec(JumpSpec, path)
-    if jump is None or doc is None:
-        return problems
-    out: list[Problem] = []
     frm, sep, to = path.stem.partition("-")
-    if not sep or (frm, to) != (jump.from_version, jump.to_version):
+    out: list[Problem] = list(problems)
+    bad_names = [v for v in (frm, to) if sep and not parses(v)]
+    if doc is not None and (not sep or bad_names):
+        out.append(doc.problem((), _name_problem(path, bad_names)))
+    if jump is None and doc is not None:
+        fill = {"from": frm, "to": to} if sep and not bad_names else {}
+        jump = salvage(JumpSpec, _versions_quoted(doc.data), fill)
+    if jump is None or doc is None:
+        return out
+    if sep and not bad_names and (frm, to) != (jump.from_version, jump.to_version):
         out.append(doc.problem(("from",), f"from/to ({jump.from_version} -> {jump.to_version}) do not "
                                           f"match the file name {path.name} (<from>-<to>.yaml)"))  # fmt: skip
     for broken in violations(product.spec.policy, jump.from_version, jump.to_version):
@@ -100,6 +124,24 @@ def lint_jump(product: Product, path: Path, trees: Trees | None = None) -> list[
         except SpecError as e:
             return [*out, doc.problem(("to",), str(e))]
     return out + _trees(jump, doc, trees) + _version_file(product, jump, doc, trees)
+
+
+def _name_problem(path: Path, bad: list[str]) -> str:
+    if not bad:
+        return f"{path.name}: a jump file is named <from>-<to>.yaml"
+    near = [f'"{full_version(v)}"' for v in bad if full_version(v)]
+    hint = f" (did you mean {' and '.join(near)}?)" if near else ""
+    names = ", ".join(repr(v) for v in bad)
+    return f"{path.name}: {names} in the file name is not a version (want MAJOR.MINOR.PATCH){hint}"
+
+
+def _versions_quoted(data: object) -> object:
+    """``data`` with a number YAML read for from/to as the text it was (lint has said so)."""
+    if isinstance(data, dict):
+        return {
+            k: (str(v) if k in ("from", "to") and isinstance(v, int | float) else v) for k, v in data.items()
+        }
+    return data
 
 
 def _version_file(product: Product, jump: JumpSpec, doc: Located, trees: Trees) -> list[Problem]:

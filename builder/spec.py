@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from builder.errors import SpecError, UnknownJumpError
 from builder.specfile import Located, Problem, refuse, validation_problems
 from builder.specfile import load as load_located
+from installer.errors import VersionError
 from installer.format import Check, Cluster, HealthCheck, HookWhen, Lookup, RewriteRule, Service
 from installer.graph import Graph, Policy, PolicyError, violations
 from installer.paths import check_relpath
@@ -219,7 +220,7 @@ class ProductSpec(_Spec):
     @classmethod
     def _stops(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         for s in v:
-            Version.parse(s)
+            version_value(s)
         return v
 
     @field_validator("version_file")
@@ -382,8 +383,39 @@ class JumpSpec(_Spec):
     @field_validator("from_version", "to_version")
     @classmethod
     def _version(cls, v: str) -> str:
+        return version_value(v)
+
+
+def full_version(text: str) -> str | None:
+    """``text`` as the MAJOR.MINOR.PATCH it most likely means (``2.1`` -> ``2.1.0``), or
+    None when it is one already or looks like no version."""
+    parts = text.strip().split(".")
+    if 1 <= len(parts) <= 2 and all(p.isdigit() for p in parts):
+        return ".".join([*(str(int(p)) for p in parts), *["0"] * (3 - len(parts))])
+    return None
+
+
+def version_value(v: str) -> str:
+    """A spec's version value, checked (a field validator: its error gets file:line).
+
+    Raises:
+        ValueError: not MAJOR.MINOR.PATCH[-PRE] (with the full version it likely means).
+    """
+    try:
         Version.parse(v)
-        return v
+    except VersionError as e:
+        near = full_version(v) if isinstance(v, str) else None
+        raise ValueError(e.message + (f'; did you mean "{near}"?' if near else "")) from None
+    return v
+
+
+def parses(text: str) -> bool:
+    """Whether ``text`` is a version."""
+    try:
+        Version.parse(text)
+    except VersionError:
+        return False
+    return True
 
 
 class Product:
@@ -412,9 +444,12 @@ class Product:
         return out
 
     def graph(self) -> Graph:
-        """The jumps defined here, the required stops and the policy (what chains may use)."""
+        """The jumps defined here, the required stops and the policy (what chains may use);
+        a jump file whose name holds no versions is left out (lint names it), so the others
+        still plan and build."""
+        named = [j for j in self.jump_files() if parses(j[0]) and parses(j[1])]
         return Graph(
-            jumps=tuple(sorted(self.jump_files(), key=lambda j: (Version.parse(j[0]), Version.parse(j[1])))),
+            jumps=tuple(sorted(named, key=lambda j: (Version.parse(j[0]), Version.parse(j[1])))),
             required_stops=self.spec.required_stops,
             policy=self.spec.policy,
         )
@@ -460,7 +495,9 @@ def version_numbers(doc: Located) -> list[Problem]:
             field = ".".join(map(str, loc))
             out.append(
                 doc.problem(
-                    loc, f'{field}: {text} is a number to YAML (it reads {read!r}); quote it: "{text}"'
+                    loc,
+                    f"{field}: {text} is a number to YAML (it reads {read!r}); a version is "
+                    f'MAJOR.MINOR.PATCH, quoted: "{full_version(text) or text}"',
                 )
             )
     return out

@@ -9,7 +9,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from builder.errors import SpecError
 
 Loc = tuple[str | int, ...]
+M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,3 +163,63 @@ def refuse(problems: Iterable[Problem]) -> None:
         errors = [p.render() for p in found]
         more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
         raise SpecError(errors[0] + more, problems=errors, found=found)
+
+
+_DROPPED = object()
+
+
+def salvage(model: type[M], data: Any, fill: dict[str, Any] | None = None) -> M | None:
+    """``data`` validated with what fails taken out, for lint to check the rest of a file
+    in the same run (a misspelt key must not hide a hook script that does not exist): each
+    failing value is dropped, or the list item or mapping holding it when the failure is
+    a missing key; a failing top-level key named in ``fill`` takes that value instead (a
+    jump's from/to: its file name's). None when nothing valid remains."""
+    import copy
+
+    fill = fill or {}
+    data = copy.deepcopy(data) if isinstance(data, dict) else {}
+    for _ in range(16):  # each round takes out at least one value
+        try:
+            return model.model_validate(data, strict=False)
+        except ValidationError as e:
+            changed = False
+            for err in e.errors():
+                loc = tuple(err["loc"])
+                if loc and loc[0] in fill and data.get(loc[0]) != fill[loc[0]]:
+                    data[loc[0]] = fill[loc[0]]
+                    changed = True
+                elif loc and not (len(loc) == 1 and err["type"] == "missing"):
+                    changed = _drop(data, loc[:-1] if err["type"] == "missing" else loc) or changed
+            data = _compact(data)
+            if not changed:
+                return None
+        except Exception:  # a validator that raises something else: nothing to salvage
+            return None
+    return None
+
+
+def _drop(data: Any, loc: Loc) -> bool:
+    """Mark the value at ``loc`` dropped (the deepest part of ``loc`` that exists)."""
+    parent: Any = None
+    key: str | int | None = None
+    node: Any = data
+    for k in loc:
+        if isinstance(node, list) and isinstance(k, int) and k < len(node):
+            nxt = node[k]
+        elif isinstance(node, dict) and k in node:
+            nxt = node.get(k)
+        else:
+            break
+        parent, key, node = node, k, nxt
+    if parent is None or key is None:
+        return False
+    parent[key] = _DROPPED
+    return True
+
+
+def _compact(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _compact(v) for k, v in data.items() if v is not _DROPPED}
+    if isinstance(data, list):
+        return [_compact(v) for v in data if v is not _DROPPED]
+    return data

@@ -66,7 +66,7 @@ def test_a_version_yaml_reads_as_a_number_and_a_key_given_twice(tmp_path: Path) 
     assert p.returncode == 2
     line = _line_of(specs / PRODUCT, "required_stops")
     said = f"{specs / PRODUCT}:{line}: error: required_stops.0: 4.10 is a number to YAML (it reads 4.1); "
-    assert said + 'quote it: "4.10"' in p.stdout, p.stdout
+    assert said + 'a version is MAJOR.MINOR.PATCH, quoted: "4.10.0"' in p.stdout, p.stdout
     specs = _specs(tmp_path / "dup", {PRODUCT: [("summary:", "required_stops: []\nsummary:")]})
     p = build("lint", "--specs", specs)
     assert p.returncode == 2
@@ -168,3 +168,64 @@ def _as_json(value: object) -> object:
     if isinstance(value, list):
         return [_as_json(v) for v in value]
     return value.isoformat() if isinstance(value, dt.date) else value
+
+
+def test_one_run_reports_every_independent_problem(tmp_path: Path) -> None:
+    """Three seeded typos in three layers (product.yaml schema, a jump's schema, a hook file
+    that jump names) come out of one lint run, text and --json alike: a schema error no
+    longer hides what lies behind it (issue 35, item 9)."""
+    specs = _specs(
+        tmp_path,
+        {
+            PRODUCT: [("summary:", "sumary: x\nsummary:")],
+            JUMP: [
+                ("date:", "timout: 5\ndate:"),
+                ("post, script: cluster/step.sh}", "post, script: cluster/stepp.sh}"),
+            ],
+        },
+    )
+    jump = specs / JUMP
+    want = [
+        f"{specs / PRODUCT}:{_line_of(specs / PRODUCT, 'sumary')}: error: sumary: unknown key (did you mean 'summary'?)",
+        f"{jump}:{_line_of(jump, 'timout')}: error: timout: unknown key (did you mean 'timeout'?)",
+        f"{jump}:{_line_of(jump, 'stepp.sh')}: error: hooks.2.script: no such file {jump.parent}/cluster/stepp.sh",
+    ]
+    p = build("lint", "--specs", specs)
+    assert p.returncode == 2
+    for w in want:
+        assert w in p.stdout, (w, p.stdout)
+    doc = json.loads(build("lint", "--specs", specs, "--json").stdout)
+    lines = [f"{x['file']}:{x['line']}: {x['severity']}: {x['message']}" for x in doc["problems"]]
+    for w in want:
+        assert any(ln.startswith(w) for ln in lines), (w, lines)
+
+
+def test_a_two_part_version_is_advised_whole_and_blocks_no_other_jump(
+    tmp_path: Path, keys: dict[str, Path]
+) -> None:
+    """``to: 2.1`` in a jump named 4.1.1-4.2.yaml: lint advises "4.2.0" on the file's line
+    (and the name), --json has the details, and plan and build of other jumps still work
+    (issue 35, item 11)."""
+    specs = _specs(tmp_path, {})
+    bad = specs / "demo-manager/jumps/4.1.1-4.2.yaml"
+    bad.write_text("from: 4.1.1\nto: 4.2\n")
+    p = build("lint", "--specs", specs, "--json")
+    assert p.returncode == 2
+    said = {(x["line"], x["message"]) for x in json.loads(p.stdout)["problems"] if x["file"] == str(bad)}
+    assert (
+        2,
+        'to: 4.2 is a number to YAML (it reads 4.2); a version is MAJOR.MINOR.PATCH, quoted: "4.2.0"',
+    ) in said, said
+    assert any("'4.2' in the file name is not a version" in m and '"4.2.0"' in m for _, m in said), said
+    bad.write_text('from: 4.1.1\nto: "4.2"\n')
+    p = build("lint", "--specs", specs, "--json")
+    said = {(x["line"], x["message"]) for x in json.loads(p.stdout)["problems"] if x["file"] == str(bad)}
+    assert (
+        2,
+        "to: Value error, not a version (want MAJOR.MINOR.PATCH): '4.2'; did you mean \"4.2.0\"?",
+    ) in said, said
+    p = build("plan", "--specs", specs, "--from", "4.0.1", "--to", "4.2.0")
+    assert p.returncode == 0, p.stderr
+    out = tmp_path / "out"
+    p = build("--specs", specs, "--from", "4.0.1", "--to", "4.1.1", "--key", keys["key"], "--out", out)
+    assert p.returncode == 0, p.stderr
