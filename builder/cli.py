@@ -9,29 +9,25 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from builder import __version__
-from builder.build import build_bundle
 from builder.errors import BuildError, UnknownJumpError
-from builder.frozen import DEFAULT_INSTALLER, FrozenInstaller, probe_installer
-from builder.inspect import describe, inspect_bundle
-from builder.keys import keygen as make_key
-from builder.lint import lint_product
 from builder.present import JsonOpt, err
 from builder.present import fail as _fail
-from builder.resources import foreign_installer, packaged_installer
+from builder.resources import DEFAULT_INSTALLER, foreign_installer, packaged_installer
 from builder.rollout_cli import rollout_app
-from builder.rpm import build_rpm
-from builder.sandbox import lay_out, start_hint
-from builder.spec import load_product
 from installer import guard
 from installer.errors import JumpkitError, UsageError
-from installer.graph import NoPath, plan_chain
+
+if TYPE_CHECKING:
+    from builder.frozen import FrozenInstaller
+
+# The work's modules (pydantic models, the build, rpm, the graph) are imported by the
+# command that needs them: ``--version``, ``--help`` and completion then start in ~0.1 s
+# instead of 0.75 s (typer and rich are what is left).
 
 app = typer.Typer(
     pretty_exceptions_enable=False,
@@ -136,9 +132,7 @@ def build(
 ) -> None:
     """Build the bundle of one jump (when no sub-command is given)."""
     if version:
-        print(f"bundle-build {__version__}")
-        if (clash := foreign_installer()) is not None:
-            err.print(f"bundle-build: {clash}")
+        _version()
         raise typer.Exit()
     if ctx.invoked_subcommand is not None:
         return
@@ -155,6 +149,9 @@ def build(
     if key is None and not unsigned:
         err.print("bundle-build: no signing key: pass --key FILE (see 'bundle-build keygen') or --unsigned")
         raise typer.Exit(2)
+    from builder.spec import load_product
+    from installer.graph import NoPath, plan_chain
+
     try:
         prod = load_product(specs, product)
         chain = [(frm, to)]
@@ -217,6 +214,12 @@ def _build_one(
     delta: bool = True,
 ) -> dict[str, Any]:
     """Build one jump's bundle (and RPM); print the human summary; return the JSON one."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    from builder.build import build_bundle
+    from builder.rpm import build_rpm
+    from builder.spec import load_product
+
     unsigned = key is None
     frozen = installer
     show = not json_out and sys.stderr.isatty()
@@ -322,6 +325,8 @@ def _build_one(
 def _installer(path: Path | None, none: bool, quiet: bool) -> FrozenInstaller | None:
     """The installer to embed: --installer, else the one this install carries (a platform
     wheel's), else a checkout's dist/bundle-install when it exists."""
+    from builder.frozen import probe_installer
+
     if none:
         return None
     if path is None:
@@ -387,7 +392,10 @@ def test_jumps_cmd(
     import tempfile
     import time
 
+    from rich.console import Console
+
     from builder import testjumps as tj
+    from builder.spec import load_product
 
     if (frm is None) != (to is None) or (frm is not None and everything):
         err.print("bundle-build test-jumps: give --from and --to together, or --all, or neither (every jump)")
@@ -492,6 +500,8 @@ def lint_cmd(
     Warnings: rewrite with no rules; exclude, modes and remove entries that match nothing.
 
     Exit 0 with warnings only, 2 when there is an error. Builds nothing."""
+    from builder.lint import lint_product
+
     try:
         problems = lint_product(specs, product)
     except JumpkitError as e:
@@ -526,6 +536,11 @@ def plan_cmd(
     version policy and its required stops. When there is none, one line says why (a
     downgrade, no jump leaving a version, a required stop no jump reaches) and lists the
     nearest versions that can be reached. Exit 4 when there is no chain. Builds nothing."""
+    from rich.console import Console
+
+    from builder.spec import load_product
+    from installer.graph import NoPath, plan_chain
+
     try:
         prod = load_product(specs, product)
         graph = prod.graph()
@@ -691,6 +706,7 @@ def publish(
 ) -> None:
     """Upload bundles as TUF targets (custom fields: product, from, to, format, sha256,
     version file) and re-sign targets, snapshot and timestamp."""
+    from builder.inspect import inspect_bundle
     from builder.tufrepo import Keys, Repo
     from installer.format import sha256_file
     from installer.store import open_store
@@ -724,6 +740,8 @@ def keygen(
 ) -> None:
     """Write an ed25519 key pair: <name>.key (mode 0600, keep secret) and <name>.pub (install
     on managers under /etc/jumpkit/trusted-keys/)."""
+    from builder.keys import keygen as make_key
+
     try:
         priv, pub, kid = make_key(out, name, overwrite=force)
     except JumpkitError as e:
@@ -743,6 +761,8 @@ def inspect(
     json_out: JsonOpt = False,
 ) -> None:
     """Show a bundle's manifest: jump, files, configs and policies, services, checks, signature."""
+    from builder.inspect import describe, inspect_bundle
+
     try:
         info = inspect_bundle(bundle, list(trust or []))
     except JumpkitError as e:
@@ -771,6 +791,9 @@ def sandbox(
 ) -> None:
     """Lay out a release as a fresh install under a sandbox root (demo and tests): files,
     rendered configs, data, trust store and a supervisord config. Never on a real manager."""
+    from builder.sandbox import lay_out, start_hint
+    from builder.spec import load_product
+
     overrides = {}
     for item in setting or []:
         k, sep, v = item.partition("=")
@@ -792,7 +815,16 @@ def main() -> None:
     """Console-script entry point."""
     os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # clean up as on Ctrl-C
+    if sys.argv[1:] == ["--version"]:  # typer would first convert all 20 options (0.2 s)
+        guard.run("bundle-build", _version, interrupted_code=1)
+        return
     guard.run("bundle-build", app, interrupted_code=1)
+
+
+def _version() -> None:
+    print(f"bundle-build {__version__}")
+    if (clash := foreign_installer()) is not None:
+        err.print(f"bundle-build: {clash}")
 
 
 if __name__ == "__main__":

@@ -4,12 +4,9 @@ Nothing is hashed twice for new files: the writer hashes while it compresses."""
 from __future__ import annotations
 
 import fnmatch
-import functools
 import hashlib
 import os
-import re
-import stat
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +17,7 @@ from builder.delta import Choice, find_bases
 from builder.errors import SpecError
 from builder.resources import templates
 from builder.spec import JumpSpec, ModeSpec, Product, UnitSpec
+from builder.trees import TreeFile, matches, walk_tree
 from builder.zipwriter import Source
 from installer.attrs import describe_caps
 from installer.format import BASE_PREFIX, PAYLOAD_PREFIX, RemovedEntry, RewriteRule
@@ -76,54 +74,6 @@ class Collected:
         payload = [f.source for f in self.files if f.source is not None]
         payload += [f.base_source for f in self.files if f.base_source is not None]
         return sorted(self.extras, key=lambda s: s.name) + sorted(payload, key=lambda s: s.name)
-
-
-def _matches(path: str, patterns: tuple[str, ...]) -> bool:
-    """fnmatchcase against any of ``patterns`` (one compiled regex per pattern set)."""
-    return _pattern_set(patterns)(path) is not None
-
-
-@functools.cache
-def _pattern_set(patterns: tuple[str, ...]) -> Callable[[str], re.Match[str] | None]:
-    if not patterns:
-        return lambda _: None
-    return re.compile("|".join(fnmatch.translate(p) for p in patterns)).match
-
-
-@dataclass(frozen=True, slots=True)
-class TreeFile:
-    """A file or symlink found in a release tree (stat taken once, while walking)."""
-
-    path: str
-    mode: int
-    size: int
-    is_link: bool
-
-
-def walk_tree(top: Path) -> dict[str, TreeFile]:
-    """Every file and symlink under ``top`` by relative POSIX path (sorted).
-
-    Raises:
-        SpecError: a special file (device, fifo, socket) or an unsafe name.
-    """
-    out: dict[str, TreeFile] = {}
-    if not top.is_dir():
-        return out
-    stack = [("", os.fspath(top))]
-    while stack:
-        prefix, d = stack.pop()
-        with os.scandir(d) as it:
-            for e in it:
-                rel = prefix + e.name
-                if e.is_dir(follow_symlinks=False):
-                    stack.append((rel + "/", e.path))
-                    continue
-                check_relpath(rel)
-                st = e.stat(follow_symlinks=False)
-                if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
-                    raise SpecError(f"{e.path}: only regular files and symlinks can ship")
-                out[rel] = TreeFile(e.path, st.st_mode, st.st_size, stat.S_ISLNK(st.st_mode))
-    return dict(sorted(out.items()))
 
 
 def normalized_mode(path: str, st_mode: int, modes: Mapping[str, str | ModeSpec]) -> int:
@@ -271,8 +221,8 @@ def collect(
                 raise SpecError(f"release {v} has no directory {product.release_dir(v)}")
         trees = walk_tree(product.release_dir(frm) / "root"), walk_tree(product.release_dir(to) / "root")
     fs = jump.files
-    old = {p: f for p, f in trees[0].items() if _matches(p, fs.include) and not _matches(p, fs.exclude)}
-    new = {p: f for p, f in trees[1].items() if _matches(p, fs.include) and not _matches(p, fs.exclude)}
+    old = {p: f for p, f in trees[0].items() if matches(p, fs.include) and not matches(p, fs.exclude)}
+    new = {p: f for p, f in trees[1].items() if matches(p, fs.include) and not matches(p, fs.exclude)}
     _refuse_type_changes(old, new, frm, to)
     out = Collected()
     for path, entry in new.items():

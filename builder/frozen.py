@@ -20,7 +20,6 @@ from pathlib import Path
 from builder.errors import BuildError
 from installer.format import FORMAT_VERSION
 
-DEFAULT_INSTALLER = Path("dist/bundle-install")
 """Where ``scripts/freeze-installer`` leaves the binary; used when --installer is not given."""
 
 _VERSION_LINE = re.compile(r"^bundle-install (\S+) \(bundle formats ([0-9, ]+)\)$")

@@ -22,10 +22,10 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Literal
 
-from builder.collect import TreeFile, _matches, walk_tree
 from builder.errors import SpecError
 from builder.spec import JumpSpec, Product, ProductSpec, full_version, load_spec, parses
 from builder.specfile import Located, Problem, closest, did_you_mean, salvage
+from builder.trees import TreeFile, matches, walk_tree
 from installer.graph import violations
 
 Trees = tuple[Mapping[str, TreeFile], Mapping[str, TreeFile]]
@@ -160,7 +160,7 @@ def _version_file(product: Product, jump: JumpSpec, doc: Located, trees: Trees) 
         shown = said[:40].decode(errors="replace")
         return [doc.problem(("to",), f"{where} says {shown!r} in release {to}, not {to!r}")]
     fs = jump.files
-    if not _matches(rel, fs.include) or _matches(rel, fs.exclude):
+    if not matches(rel, fs.include) or matches(rel, fs.exclude):
         return [doc.problem(("files",), f"{where}: the jump does not carry it (files.include/exclude)")]
     return []
 
@@ -208,16 +208,16 @@ def _trees(jump: JumpSpec, doc: Located, trees: Trees) -> list[Problem]:
     out = []
     to, frm = jump.to_version, jump.from_version
     for i, pat in enumerate(fs.include):
-        if not any(_matches(p, (pat,)) for p in new):
+        if not any(matches(p, (pat,)) for p in new):
             said = (
                 f"files.include: {pat!r} matches nothing in release {to}: the bundle would carry none of it"
             )
             out.append(doc.problem(("files", "include", i), said + _near(pat, new)))
     for i, pat in enumerate(fs.exclude):
-        if not any(_matches(p, (pat,)) for p in (*old, *new)):
+        if not any(matches(p, (pat,)) for p in (*old, *new)):
             out.append(doc.problem(("files", "exclude", i), f"files.exclude: {pat!r} matches nothing", WARN))
     for pat in fs.modes:
-        if not any(_matches(p, (pat,)) for p in new):
+        if not any(matches(p, (pat,)) for p in new):
             out.append(doc.problem(("files", "modes", pat), f"files.modes: {pat!r} matches nothing", WARN))
     for i, rel in enumerate(fs.remove):
         if rel not in old:
@@ -226,7 +226,7 @@ def _trees(jump: JumpSpec, doc: Located, trees: Trees) -> list[Problem]:
             )
     # only what no pattern names is compared: usually nothing, so the build pays no second read
     unnamed = (
-        p for p in sorted(set(old) | set(new)) if not _matches(p, fs.include) and not _matches(p, fs.exclude)
+        p for p in sorted(set(old) | set(new)) if not matches(p, fs.include) and not matches(p, fs.exclude)
     )
     left = [p for p in unnamed if p not in old or p not in new or _differs(old[p], new[p])]
     if left:

@@ -17,6 +17,9 @@ from pathlib import Path
 from builder.errors import BuildError
 
 CHECKOUT = Path(__file__).resolve().parent.parent
+DEFAULT_INSTALLER = Path("dist/bundle-install")
+"""A checkout's frozen installer (``scripts/freeze-installer`` writes it), relative to the
+working directory."""
 FLEET_MODULES = ("ansible", "ansible_runner")
 
 

@@ -8,17 +8,18 @@ import json
 import sys
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
-from rich.console import Console
-from rich.live import Live
-from rich.table import Table
 
 from builder.present import JsonOpt, err, fail
-from builder.rollout import Order, RolloutError, RolloutReport, fleet_status, rollout
-from builder.spec import load_product
 from installer.errors import JumpkitError
+
+if TYPE_CHECKING:  # imported by the commands that run: the CLI's --help stays quick
+    from rich.live import Live
+    from rich.table import Table
+
+    from builder.rollout import RolloutReport
 
 rollout_app = typer.Typer(
     pretty_exceptions_enable=False,
@@ -53,6 +54,8 @@ class _Presenter:
         self.seen: dict[str, str] = {}
 
     def table(self, report: RolloutReport) -> Table:
+        from rich.table import Table
+
         t = Table(
             title=f"{report.bundle}  {report.from_version} -> {report.to_version}", title_justify="left"
         )
@@ -132,6 +135,10 @@ def rollout_cmd(
     if order not in ("leader-last", "leader-first"):
         err.print(f"bundle-build rollout: --order {order!r}: leader-last or leader-first")
         raise typer.Exit(2)
+    from rich.live import Live
+
+    from builder.rollout import Order, RolloutError, rollout
+
     presenter = _Presenter(quiet=json_out)
     with ExitStack() as stack:
         if not json_out and sys.stderr.isatty():
@@ -173,6 +180,12 @@ def rollout_status(
     if inventory is None:
         err.print("bundle-build rollout status: --inventory is required")
         raise typer.Exit(2)
+    from rich.console import Console
+    from rich.table import Table
+
+    from builder.rollout import fleet_status
+    from builder.spec import load_product
+
     try:
         version_file = load_product(specs, product).spec.version_file
         report = fleet_status(inventory, version_file, pattern=limit)

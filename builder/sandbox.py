@@ -11,9 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from builder.collect import normalized_mode, render_configs, walk_tree
+from builder.collect import normalized_mode, render_configs
 from builder.errors import BuildError
 from builder.spec import Product
+from builder.trees import walk_tree
 from installer.preflight import PRODUCT_MARKER
 
 SUPERVISOR_CONF = "etc/supervisord.conf"

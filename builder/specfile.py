@@ -61,6 +61,11 @@ class Located:
         return Problem(self.path, self.line(loc), message, severity)
 
 
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's safe loader where PyYAML was built with it: the demo specs parsed in 0.11 s
+with the pure-Python one (lint's largest cost), in a tenth of that with it."""
+
+
 def load(path: Path) -> Located:
     """Parse ``path`` (safe loader) keeping lines.
 
@@ -68,8 +73,8 @@ def load(path: Path) -> Located:
         OSError: unreadable. yaml.YAMLError: not YAML (its mark names the line).
     """
     text = path.read_text()
-    node = yaml.compose(text, Loader=yaml.SafeLoader)
-    data = yaml.safe_load(text)
+    node = yaml.compose(text, Loader=_LOADER)
+    data = yaml.load(text, Loader=_LOADER)  # a safe loader: libyaml's, else PyYAML's
     lines: dict[Loc, int] = {}
     raw: dict[Loc, str] = {}
     dups: list[Problem] = []

@@ -255,7 +255,7 @@ def test_include_exclude_patterns_match_as_fnmatchcase() -> None:
     fnmatch.fnmatchcase pattern by pattern (case-sensitive, '*' crosses '/')."""
     import fnmatch
 
-    from builder.collect import _matches
+    from builder.trees import matches as _matches
 
     sets = [(), ("**",), ("*",), ("opt/*",), ("*.py", "etc/*.conf"), ("a[bc]?/x*",), (".done", "*/.git/*")]
     paths = ["opt/app/x.py", "etc/a.conf", "etc/sub/a.conf", ".done", "abz/xy", "ab/x", "a/.git/h", "X.PY"]
