@@ -7,6 +7,7 @@ import contextlib
 import json
 import shlex
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -236,6 +237,9 @@ def _print_status(doc: StatusDoc, as_json: bool) -> None:
         out.print(f"step:    {doc.step}")
     if doc.outage_seconds is not None:
         out.print(f"outage:  {doc.outage_seconds:.3f}s")
+    if last := doc.extra.get("last_attempt"):
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last["at"]))
+        out.print(f"since:   a run of {last['bundle']} at {when} was {last['ended']}", markup=False)
     for name, job in doc.extra.get("jobs", {}).items():
         detail = job.get("error") if job["state"] != "succeeded" else None
         out.print(

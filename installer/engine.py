@@ -138,7 +138,13 @@ class Engine:
                 state.refuse_unfinished()
                 if made is None or state.status_path.exists() or state.journal_path.exists():
                     self.preflight(manifest, state, staged=staged(), more_bytes=more_bytes)
-                yield
+                journal = _size(state.journal_path)
+                try:
+                    yield
+                except interrupts.Interrupted as e:
+                    if made is None and _size(state.journal_path) == journal:  # it recorded nothing
+                        _note_attempt(state, manifest, e)
+                    raise
         except BaseException as e:
             # before the journal's first record nothing was applied: what this run made goes
             # (a LockedError: another run made it meanwhile, and it is theirs)
@@ -433,3 +439,23 @@ class Engine:
         """
         with self._opened([bundle_path]) as [(bundle, manifest, _, _)]:
             return bundle_sql(bundle, manifest, self.root, dialect)
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
+
+
+def _note_attempt(state: StateDir, manifest: Manifest, e: interrupts.Interrupted) -> None:
+    """status.json still describes the run before (the manager is as it left it); say
+    that a later one began and was stopped before it changed anything, so that ``status``
+    does not present the old summary as the last word. The next run's document drops it."""
+    doc = state.read_status()
+    doc.extra["last_attempt"] = {
+        "bundle": manifest.bundle_id,
+        "ended": f"interrupted by {e.signame} before it changed anything (verifying, pre-flight or staging)",
+        "at": round(time.time(), 3),
+    }
+    state.write_status(doc)

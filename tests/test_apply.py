@@ -279,3 +279,28 @@ def test_a_step_with_nothing_to_do_writes_no_record_of_its_own(
     order = [(e["event"], e.get("step")) for e in events]
     assert order.index(("begin", "hooks-pre")) < order.index(("done", "hooks-pre"))
     assert [e["ts"] for e in events] == sorted(e["ts"] for e in events)  # times in order still
+
+
+def test_status_after_a_ctrl_c_during_staging_says_the_run_changed_nothing(
+    sandbox: Callable[..., Sandbox], bundle: Path
+) -> None:
+    """status.json keeps describing the last run that changed something (the rollback);
+    a later apply stopped by Ctrl-C while it staged is named under it, not hidden, and the
+    next run's document replaces both (issue 35, item 17)."""
+    sb = sandbox()
+    assert install("--root", sb.root, "apply", bundle).returncode == 0
+    assert install("--root", sb.root, "rollback").returncode == 0
+    before = tree_hash(sb.root)
+    p = install("--root", sb.root, "apply", bundle, env={"JUMPKIT_FAILPOINT": "stage:member@2=int"})
+    assert p.returncode == 5, p.stderr
+    assert tree_hash(sb.root) == before
+    st = status(sb)
+    assert st["status"] == "rolled-back", st
+    last = st["extra"]["last_attempt"]  # type: ignore[index]
+    assert last["bundle"] == "demo-manager-4.0.1-to-4.1.1", last
+    assert last["ended"].startswith("interrupted by SIGINT before it changed anything"), last
+    text = install("--root", sb.root, "status").stdout
+    assert "since:   a run of demo-manager-4.0.1-to-4.1.1 at " in text, text
+    assert "was interrupted by SIGINT before it changed anything" in text, text
+    assert install("--root", sb.root, "apply", bundle).returncode == 0
+    assert "last_attempt" not in status(sb).get("extra", {})  # type: ignore[operator]
