@@ -92,7 +92,11 @@ def _lay_out(
         (root / d).mkdir(parents=True, exist_ok=True)
     sb = product.spec.sandbox
     if sb.init:
-        p = subprocess.run([python, str(product.dir / sb.init), str(root)], capture_output=True, text=True)
+        env = {**os.environ, "JUMPKIT_ROOT": str(root), "JUMPKIT_VERSION": version,
+               "JUMPKIT_RELEASE": str(product.release_dir(version).resolve())}  # fmt: skip
+        p = subprocess.run(
+            [python, str(product.dir / sb.init), str(root)], capture_output=True, text=True, env=env
+        )
         if p.returncode != 0:
             raise BuildError(f"sandbox init failed: {p.stderr.strip()[-300:]}")
     if product.spec.services.backend == "supervisord":

@@ -156,10 +156,21 @@ class DatabaseSpec(_Spec):
 
 
 class SandboxSpec(_Spec):
-    """How ``bundle-build sandbox`` lays out a fresh install for demos and tests."""
+    """How ``bundle-build sandbox`` lays out a fresh install for demos and tests: the
+    release's files and rendered configs, then ``init`` for what a fresh install creates
+    at run time (its database, sample data). The init script runs with the Python that
+    runs ``bundle-build`` (so it can import jumpkit), the sandbox root as its argument and
+    ``JUMPKIT_ROOT``, ``JUMPKIT_VERSION`` and ``JUMPKIT_RELEASE`` (the release's directory)
+    in its environment. The supported way to create a database at the release's schema
+    head is the installer's own migration path: ``from installer.migrate import
+    create_at_head`` then ``create_at_head(Path(os.environ["JUMPKIT_RELEASE"]) /
+    "migrations/main", f"sqlite:///{root}/var/lib/app/app.db")`` (a PostgreSQL URL works
+    too); insert sample rows after it (the demo's ``sandbox-init.py``). A non-zero exit
+    fails the sandbox, which then removes what it made."""
 
     init: str | None = None
-    """Script (relative to product.yaml) run with the sandbox root as its argument."""
+    """Script (relative to product.yaml) run after the release is laid out, with the
+    sandbox root as its argument (see above)."""
     programs: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     """supervisord program argv per service; ``{root}`` and ``{python}`` are expanded."""
 

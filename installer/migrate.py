@@ -376,6 +376,24 @@ def upgrade(
     _translated("upgrade", to_rev, url, go)
 
 
+def create_at_head(script_dir: Path, url: str) -> None:
+    """Create (or bring up) the database at ``url`` at the head of ``script_dir``'s
+    revisions, through the same alembic path an apply takes: what a product's sandbox
+    init script calls for a fresh install's database (``specs/REFERENCE.md``, SandboxSpec).
+    The scripts are read from a temp copy (alembic's env.py is written beside them), so a
+    release tree is left as it is.
+
+    Raises:
+        MigrationError: a migration failed.
+    """
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="jumpkit-init-") as tmp:
+        work = Path(tmp) / "scripts"
+        shutil.copytree(script_dir, work)
+        _run("upgrade", work, url, "heads", None)
+
+
 def downgrade(script_dir: Path, url: str, to_rev: str | None) -> None:
     """Downgrade to ``to_rev`` (None: base).
 

@@ -185,10 +185,12 @@ def test_one_run_reports_every_independent_problem(tmp_path: Path) -> None:
         },
     )
     jump = specs / JUMP
+    product = specs / PRODUCT
     want = [
-        f"{specs / PRODUCT}:{_line_of(specs / PRODUCT, 'sumary')}: error: sumary: unknown key (did you mean 'summary'?)",
+        f"{product}:{_line_of(product, 'sumary')}: error: sumary: unknown key (did you mean 'summary'?)",
         f"{jump}:{_line_of(jump, 'timout')}: error: timout: unknown key (did you mean 'timeout'?)",
-        f"{jump}:{_line_of(jump, 'stepp.sh')}: error: hooks.2.script: no such file {jump.parent}/cluster/stepp.sh",
+        f"{jump}:{_line_of(jump, 'stepp.sh')}: error: hooks.2.script: no such file {jump.parent}/cluster/"
+        "stepp.sh",
     ]
     p = build("lint", "--specs", specs)
     assert p.returncode == 2
