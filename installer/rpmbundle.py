@@ -19,7 +19,11 @@ from installer.paths import check_relpath, open_regular
 
 RPM_MAGIC = b"\xed\xab\xee\xdb"
 BUNDLES_PREFIX = "var/lib/jumpkit/bundles/"
-SIGNATURE_TAGS = ("rsaheader", "dsaheader", "rsa", "gpg", "pgp", "openpgp")
+SIGNATURE_TAGS = ("rsaheader", "signature", "dsaheader", "rsa", "gpg", "pgp", "pgp5", "openpgp")
+"""Signature-header tags that hold an OpenPGP signature, as rpmfile names them: RSA
+signatures go in RSAHEADER (268); DSA, ECDSA and EdDSA ones (modern GnuPG's default key is
+ed25519) in DSAHEADER (267), which rpmfile calls ``signature``; the legacy header+payload
+ones in PGP, GPG and PGP5 (1002, 1005, 1006). The other spellings are other readers'."""
 
 
 def is_rpm(path: Path) -> bool:

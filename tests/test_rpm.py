@@ -53,14 +53,17 @@ def installed(root: Path) -> bool:
     return rpm_in(root, "-q", "demo-manager-upgrade").returncode == 0
 
 
-def gpg_signed_rpm(tmp_path: Path, keys: dict[str, Path], frozen: Path, out: Path) -> tuple[Path, Path]:
-    """A fresh GPG key and the demo RPM signed with it by bundle-build; (rpm, public key)."""
+def gpg_signed_rpm(
+    tmp_path: Path, keys: dict[str, Path], frozen: Path, out: Path, algo: str = "rsa2048"
+) -> tuple[Path, Path]:
+    """A fresh GPG key (``algo``: rsa2048, or ed25519 as modern GnuPG makes by default) and
+    the demo RPM signed with it by bundle-build; (rpm, public key)."""
     gnupg = tmp_path / "gnupg"
     gnupg.mkdir(mode=0o700)
     env = {**os.environ, "GNUPGHOME": str(gnupg)}
     uid = "jumpkit release <release@example.com>"
     subprocess.run(
-        ["gpg", "--batch", "--passphrase", "", "--quick-gen-key", uid, "rsa2048", "sign", "never"],
+        ["gpg", "--batch", "--passphrase", "", "--quick-gen-key", uid, algo, "sign", "never"],
         env=env, check=True, capture_output=True,
     )  # fmt: skip
     pub = tmp_path / "RPM-GPG-KEY-jumpkit"
@@ -373,10 +376,13 @@ def test_bundle_rpm_installs_its_components_after_its_own_transaction(
     assert agent_installed(sb.root)
 
 
+@pytest.mark.parametrize("algo", ["rsa2048", "ed25519"])
 def test_verify_and_inspect_read_bundle_rpms_and_enforce_their_signature(
-    tmp_path: Path, keys: dict[str, Path], frozen: Path, rpm_file: Path
+    tmp_path: Path, keys: dict[str, Path], frozen: Path, rpm_file: Path, algo: str
 ) -> None:
-    signed, pub = gpg_signed_rpm(tmp_path, keys, frozen, tmp_path / "out")
+    """RSA and EdDSA signatures alike: an EdDSA one (in the DSA header tag) was called
+    unsigned by inspect and verify (issue 36, item 1)."""
+    signed, pub = gpg_signed_rpm(tmp_path, keys, frozen, tmp_path / "out", algo)
     root = tmp_path / "root"
     (root / "var/lib/rpm").mkdir(parents=True)
     subprocess.run(["rpm", "--root", str(root), "--dbpath", "/var/lib/rpm", "--import", str(pub)], check=True)
@@ -395,6 +401,7 @@ def test_verify_and_inspect_read_bundle_rpms_and_enforce_their_signature(
     bad.write_bytes(bytes(data))
     p = install("--root", root, "--trust", keys["pub"], "verify", bad)
     assert p.returncode == 3 and "GPG signature does not verify" in p.stderr, p.stderr
+    assert "unsigned" not in p.stderr, p.stderr
     doc = json.loads(build("inspect", signed, "--json").stdout)
     assert doc["rpm"]["name"] == "demo-manager-upgrade" and doc["rpm"]["gpg_signature"] is True
     assert doc["manifest"]["from_version"] == "4.0.1" and doc["development"] is False
