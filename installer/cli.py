@@ -19,15 +19,17 @@ from rich.console import Console
 from rich.markup import escape
 
 from installer import guard, interrupts, version_line
-from installer.errors import JumpkitError, UsageError
+from installer.errors import JumpkitError, PreconditionError, UsageError
 
 if TYPE_CHECKING:  # the engine (pydantic, cryptography, ...) loads when a command runs, not for --help
     from installer.engine import Engine, Options
     from installer.state import StatusDoc
 
-EXIT_CODES = """Exit codes: 0 ok (also "nothing to do": the to-version is installed already);
-1 internal error (a bug: rerun with --debug); 2 usage; 3 bundle rejected (integrity,
-signature, format, unsafe path); 4 precondition failed (nothing changed); 5 apply failed,
+EXIT_CODES = """Exit codes: 0 ok, also "nothing to do" for every command (apply, plan and verify
+of a bundle whose to-version is installed; rollback after a rollback; resume with nothing
+unfinished); 1 internal error (a bug: rerun with --debug); 2 usage; 3 bundle rejected
+(integrity, signature, format, unsafe path); 4 precondition failed, nothing changed (also
+plan when pre-flight would fail; rollback with no apply to undo); 5 apply failed,
 or SIGINT/SIGTERM/SIGHUP arrived before the commit, and it was rolled back; 6 apply
 failed and rollback failed (operator action needed; status says what); 7 another run
 holds the lock. A signal after the commit is logged and the apply finishes (0)."""
@@ -482,11 +484,19 @@ def plan(
     migrations rehearsed on a copy of this manager's databases, as apply does), and an
     outage estimate: the stop and start timings earlier applies measured here and the
     rehearsals' statement times (an upper bound from the service timeouts when no apply
-    was measured yet).
+    was measured yet). Exit 4 when pre-flight would fail (apply would refuse), so that
+    'plan && apply' stops there; exit 0 with "nothing to do" when the manager is at the
+    target already.
     Changes nothing. Several bundles: the chain as one apply would run it."""
     report = _run(json_out, lambda e: e.plan(bundles))
+    would_fail = not report.get("nothing_to_do") and not report["preflight"]["ok"]
     if json_out or _g().json:
         print(json.dumps(report, indent=2))
+        if would_fail:
+            raise typer.Exit(PreconditionError.exit_code)
+        return
+    if report.get("nothing_to_do"):
+        out.print(report["summary"], markup=False)
         return
     out.print(
         f"{report['bundle']}: installed {report['installed']}, upgrades {report['from']} -> {report['to']}"
@@ -518,6 +528,9 @@ def plan(
     est = report["outage_estimate"]
     bound = "at most " if est["upper_bound"] else ""
     out.print(f"estimated outage: {bound}{est['seconds']}s ({'; '.join(est['basis'])})", markup=False)
+    if would_fail:  # plan && apply must not go ahead: apply would refuse the same way
+        err.print("bundle-install: pre-flight would fail: apply would refuse (exit 4); see above")
+        raise typer.Exit(PreconditionError.exit_code)
 
 
 @app.command()

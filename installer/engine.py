@@ -293,6 +293,8 @@ class Engine:
         """
         state = self.state_for(None)
         with state.locked():
+            if (idle := _nothing_to(state, "resume")) is not None:
+                return idle
             txn = self._load(state, want=("applying", "rolling-back", "committed"))
             doc = txn.resume()
             self._after_commit(txn).start(
@@ -309,6 +311,8 @@ class Engine:
         """
         state = self.state_for(None)
         with state.locked():
+            if (idle := _nothing_to(state, "rollback")) is not None:
+                return idle
             committed = state.view().state == "committed"
             txn = self._load(state, want=("applying", "rolling-back", "committed"))
             if not all(c.backup.is_dir() for c in txn.ctxs):
@@ -424,6 +428,8 @@ class Engine:
         with self._opened(bundle_paths) as opened:
             manifests = [o[1] for o in opened]
             check_chain(manifests)
+            if (done := preflight.already_at(manifests[-1], self.root)) is not None:
+                return {"nothing_to_do": True, "summary": done}  # as apply would say
             state = self.state_for(manifests[0])
             return dryrun.report(
                 [(b, m) for b, m, _, _ in opened], self.root, state,
@@ -439,6 +445,24 @@ class Engine:
         """
         with self._opened([bundle_path]) as [(bundle, manifest, _, _)]:
             return bundle_sql(bundle, manifest, self.root, dialect)
+
+
+def _nothing_to(state: StateDir, command: str) -> StatusDoc | None:
+    """The answer of ``resume`` or ``rollback`` when the state already is what it asks for
+    (exit 0, as an apply of an installed version: one rule for "nothing to do"), else None.
+    A rollback with no apply in the journal is no such case: it cannot be done (exit 4)."""
+    view, doc = state.view(), state.read_status()
+    said = {
+        ("resume", "none"): "nothing to resume: no apply in the journal",
+        ("resume", "rolled-back"): "nothing to resume: the last apply was rolled back",
+        ("rollback", "rolled-back"): "nothing to do: the last apply was already rolled back",
+    }.get((command, view.state))
+    if command == "resume" and view.state == "committed" and doc.status == "finished":
+        said = "nothing to resume: the last apply finished"
+    if said is None:
+        return None
+    doc.summary, doc.extra = said, {**doc.extra, "nothing_to_do": True}
+    return doc
 
 
 def _size(path: Path) -> int | None:

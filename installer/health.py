@@ -88,9 +88,9 @@ def probe(check: HealthCheck, variables: Mapping[str, str], root: Path) -> tuple
             return False, f"{url}: {e}"
         want = expand(check.expect_body, variables) if check.expect_body else None
         if status != check.expect_status:
-            return False, f"HTTP {status} (want {check.expect_status}): {body[:200]}"
+            return False, f"HTTP {status} (want {check.expect_status}): {_quoted(body)}"
         if want is not None and want not in body:
-            return False, f"body lacks {want!r}: {body[:200]}"
+            return False, f"body lacks {want!r}: {_quoted(body)}"
         return True, body[:200]
     if check.kind == "tcp":
         port = expand(check.port or "", variables)
@@ -112,6 +112,11 @@ FIRST_POLL = 0.005
 """The first wait between two tries of a check, doubling up to the check's ``interval``:
 a service that answers 30 ms after its start is seen then, not at the next 200 ms tick
 (the outage window ends when health passes; issue 23)."""
+
+
+def _quoted(body: str) -> str:
+    """A response body in a message: quoted, so that it stays on one line whatever it holds."""
+    return repr(body if len(body) <= 200 else body[:200] + "...")
 
 
 def poll_delay(check: HealthCheck, attempt: int) -> float:

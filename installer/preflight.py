@@ -90,8 +90,9 @@ def wrong_version(manifest: Manifest, installed: str) -> str:
 
 def fits_target(manifest: Manifest, root: Path) -> str | None:
     """When ``root`` holds a manager (a product marker or a readable version file): refuse a
-    bundle that is not for it; returns what matched, or None when there is no manager here
-    (a verify on a build host).
+    bundle that is not for it; returns what matched ("nothing to do: ..." when the manager
+    is at the bundle's to-version already, as apply says), or None when there is no
+    manager here (a verify on a build host).
 
     Raises:
         PreconditionError: another product, or the installed version is not the from-version.
@@ -103,6 +104,8 @@ def fits_target(manifest: Manifest, root: Path) -> str | None:
             f"this manager is {product!r} ({PRODUCT_MARKER}); the bundle is for {manifest.product!r}"
         )
     installed = read_installed_version(root, manifest)
+    if installed is not None and installed == manifest.to_version != manifest.from_version:
+        return f"nothing to do: {manifest.product} is already at {manifest.to_version}"  # as apply says
     if installed is not None and installed != manifest.from_version:
         raise PreconditionError(wrong_version(manifest, installed))
     if installed is None and product is None:

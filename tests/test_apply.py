@@ -304,3 +304,45 @@ def test_status_after_a_ctrl_c_during_staging_says_the_run_changed_nothing(
     assert "was interrupted by SIGINT before it changed anything" in text, text
     assert install("--root", sb.root, "apply", bundle).returncode == 0
     assert "last_attempt" not in status(sb).get("extra", {})  # type: ignore[operator]
+
+
+def test_nothing_to_do_is_exit_0_for_every_command(sandbox: Callable[..., Sandbox], bundle: Path) -> None:
+    """One rule (issue 36, item 5): apply, plan and verify of a bundle whose to-version is
+    installed, rollback after a rollback, resume with nothing unfinished: one line, exit 0."""
+    sb = sandbox()
+    assert install("--root", sb.root, "apply", bundle).returncode == 0
+    for argv, said in (
+        (["apply", bundle], "nothing to do: demo-manager is already at 4.1.1"),
+        (["plan", bundle], "nothing to do: demo-manager is already at 4.1.1"),
+        (["resume"], "nothing to resume: the last apply finished"),
+    ):
+        p = install("--root", sb.root, *argv)
+        assert (p.returncode, p.stdout.strip()) == (0, said), (argv, p.stdout, p.stderr)
+    p = install("--root", sb.root, "verify", bundle)
+    assert p.returncode == 0 and "nothing to do: demo-manager is already at 4.1.1" in p.stderr, p.stderr
+    assert install("--root", sb.root, "rollback").returncode == 0
+    for argv, said in (
+        (["rollback"], "nothing to do: the last apply was already rolled back"),
+        (["resume"], "nothing to resume: the last apply was rolled back"),
+    ):
+        p = install("--root", sb.root, *argv)
+        assert (p.returncode, p.stdout.strip()) == (0, said), (argv, p.stdout, p.stderr)
+    doc = json.loads(install("--root", sb.root, "rollback", "--json").stdout)
+    assert doc["extra"]["nothing_to_do"] is True
+
+
+def test_plan_exits_4_when_pre_flight_would_fail(sandbox: Callable[..., Sandbox], bundle: Path) -> None:
+    """``plan && apply`` must stop where apply would refuse (issue 36, item 3); the failed
+    health check's body stays on its one line (item 11)."""
+    sb = sandbox()
+    sb.stop()  # the service is down: pre-flight finds the manager unhealthy
+    p = install("--root", sb.root, "plan", bundle)
+    assert p.returncode == 4, p.stdout + p.stderr
+    assert "pre-flight: WOULD FAIL" in p.stdout and "apply would refuse (exit 4)" in p.stderr
+    p = install("--root", sb.root, "plan", bundle, "--json")
+    assert p.returncode == 4 and json.loads(p.stdout)["preflight"]["ok"] is False
+    sb.start_supervisord()
+    (sb.root / "opt/demo-manager/VERSION").write_text("4.0.1\nand more\n")  # a body that is not the version
+    p = install("--root", sb.root, "plan", bundle)
+    lines = [ln for ln in p.stdout.splitlines() if "body lacks" in ln]
+    assert len(lines) == 1 and lines[0].rstrip().endswith("--force proceeds anyway"), p.stdout
