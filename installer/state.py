@@ -79,6 +79,21 @@ def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
         fsync_dir(path.parent)
 
 
+LAUNCHER_PID = "JUMPKIT_LAUNCHER_PID"
+"""Set by the frozen installer's launcher (scripts/freeze/launcher.c) to its own pid before
+it forks the unpacked installer: the process the operator started and sees in ``ps``."""
+
+
+def operator_pid() -> int:
+    """The pid to name as this run: the launcher's when it started this process (an
+    unpacked frozen installer is its child), else this process's own."""
+    try:
+        launcher = int(os.environ.get(LAUNCHER_PID, ""))
+    except ValueError:
+        return os.getpid()
+    return launcher if launcher == os.getppid() else os.getpid()
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -209,10 +224,10 @@ class StateDir:
                     raise self._locked_error(_read_pid(fd)) from e
             prev = _read_pid(fd)
             note = None
-            if prev and prev != os.getpid() and not _pid_alive(prev):
+            if prev and prev not in (os.getpid(), operator_pid()) and not _pid_alive(prev):
                 note = f"the previous run (pid {prev}) died holding the lock (the kernel released it)"
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            os.pwrite(fd, f"{operator_pid()}\n".encode(), 0)
             os.fsync(fd)
             self._lock_fd = fd
             try:

@@ -413,3 +413,38 @@ def test_the_bundles_installer_becomes_the_managers_and_the_next_run_uses_it(
     assert p.returncode == 0, p.stderr
     assert sb.wait_version("4.0.1") == "4.0.1"
     assert not installed.exists(), "rollback puts the previous installer (here: none) back"
+
+
+def test_the_lock_names_the_process_the_operator_started(
+    sandbox: Callable[..., Sandbox], release_bundle: Path, shipped: Path
+) -> None:
+    """The shipped binary is a launcher that unpacks the installer and forks it: a second
+    run is refused naming the launcher's pid (what the operator started and ``ps`` shows
+    under that name), not its child's (issue 36, item 7)."""
+    import signal
+    import time
+
+    sb = sandbox()
+    first = subprocess.Popen(
+        [str(shipped), "--root", str(sb.root), "apply", str(release_bundle)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "JUMPKIT_FAILPOINT": "begin:stop-services=stop"},
+    )  # fmt: skip
+    lock = sb.root / "var/lib/jumpkit/demo-manager/lock"
+    children = Path(f"/proc/{first.pid}/task/{first.pid}/children")
+    deadline = time.monotonic() + 120
+    while not (lock.exists() and lock.read_text().strip() and children.read_text().split()):
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.05)
+    child = int(children.read_text().split()[0])
+    while Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+        time.sleep(0.02)  # frozen at its failpoint, holding the lock
+    try:
+        p = run(shipped, "--root", sb.root, "apply", release_bundle)
+        assert p.returncode == 7, p.stderr
+        assert f"another bundle-install run (pid {first.pid}) holds" in p.stderr, (first.pid, child, p.stderr)
+        assert lock.read_text().strip() == str(first.pid)
+    finally:
+        os.kill(child, signal.SIGCONT)
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err

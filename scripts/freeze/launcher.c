@@ -376,6 +376,11 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < sizeof forwarded / sizeof forwarded[0]; i++)
         sigaddset(&block, forwarded[i]);
     sigprocmask(SIG_BLOCK, &block, &old);  /* no signal lost between fork and child_pid */
+    /* the process the operator started is this one: the installer names it (its lock, its
+       messages) rather than its own pid (installer/state.py: operator_pid) */
+    char self_pid[24];
+    snprintf(self_pid, sizeof self_pid, "%ld", (long)getpid());
+    setenv("JUMPKIT_LAUNCHER_PID", self_pid, 1);
     for (size_t i = 0; i < sizeof forwarded / sizeof forwarded[0]; i++)
         sigaction(forwarded[i], &sa, NULL);
     child_pid = fork();
