@@ -135,6 +135,7 @@ class Engine:
             with state.locked() as lock_note:
                 if lock_note:
                     self._log(lock_note)
+                self._collect_trees()  # one an earlier rollback was running from
                 state.refuse_unfinished()
                 if made is None or state.status_path.exists() or state.journal_path.exists():
                     self.preflight(manifest, state, staged=staged(), more_bytes=more_bytes)
@@ -318,6 +319,7 @@ class Engine:
             if not all(c.backup.is_dir() for c in txn.ctxs):
                 raise StateError("the backup of the last apply is gone (unstaged); cannot roll back")
             txn.rollback("requested by the operator" if committed else "after an interrupted apply")
+            self._collect_trees()  # the tree this run started from, if any, stays until the next
             failpoint("finished")
             return txn.rec.doc
 
@@ -399,7 +401,20 @@ class Engine:
         """
         state = self.state_for(None)
         with state.locked():
-            return state.unstage()
+            said = state.unstage()
+            trees = self._collect_trees()
+            return said + (f"; {trees} unused installer tree(s) removed" if trees else "")
+
+    def _collect_trees(self) -> int:
+        """Remove the unpacked installer trees no installer link names and no run uses
+        (:func:`installer.kept.collect`): the one a rollback left behind when it ran from
+        it goes with the next run, or with unstage. How many went."""
+        from installer import kept, selfupdate
+
+        try:
+            return len(kept.collect(selfupdate.installed_path(self.root).parent))
+        except OSError:
+            return 0  # a tidy-up: never the reason a command fails
 
     def report(self, dest: Path | None) -> Path:
         """A support report of this manager (:mod:`installer.report`); reads only.

@@ -352,6 +352,17 @@ def test_the_managers_installer_starts_from_its_kept_tree(
     assert p.returncode == 0, p.stderr
     assert not inst.exists() and not (bin_dir / "bundle-install.d").is_symlink()
     assert not list((bin_dir / ".trees").iterdir()), "the rolled-back installer's tree is left"
+    # the rollback run by the manager's installer itself runs from that tree: it stays
+    # while in use, and the next run (here unstage) removes it (issue 36, item 6)
+    assert run(shipped, "--root", sb.root, "apply", release_bundle).returncode == 0
+    p = run(inst, "--root", sb.root, "rollback")
+    assert p.returncode == 0, p.stderr
+    assert not inst.exists() and len(list((bin_dir / ".trees").iterdir())) == 1
+    p = run(shipped, "--root", sb.root, "unstage")
+    assert p.returncode == 0 and "1 unused installer tree(s) removed" in p.stdout + p.stderr, (
+        p.stdout + p.stderr
+    )
+    assert not list((bin_dir / ".trees").iterdir()), "unstage leaves the unused tree"
 
 
 def test_tampered_bundle_rejected_by_the_binary(
