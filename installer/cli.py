@@ -242,6 +242,8 @@ def _print_status(doc: StatusDoc, as_json: bool) -> None:
     if last := doc.extra.get("last_attempt"):
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last["at"]))
         out.print(f"since:   a run of {last['bundle']} at {when} was {last['ended']}", markup=False)
+        if last.get("next"):
+            out.print(f"next:    {last['next']}", markup=False)
     for name, job in doc.extra.get("jobs", {}).items():
         detail = job.get("error") if job["state"] != "succeeded" else None
         out.print(
@@ -316,6 +318,16 @@ def apply(
     ] = None,
     to: Annotated[str | None, typer.Option("--to", help="With --repo: the version to reach.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="With --repo: zip (default) or rpm.")] = "zip",
+    record_refusal: Annotated[
+        str | None,
+        typer.Option(
+            "--record-refusal",
+            metavar="NEXT",
+            help="Keep a refusal (exit 3 or 4: nothing changed) in status.json, with NEXT as the "
+            "operator's next step, so that 'status' and 'report' show it: for callers whose output "
+            "may be lost (the bundle RPM's %posttrans, where rpm and dnf exit 0 anyway).",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Verify, stage, back up, stop, swap, start, health-check, commit; roll back on failure.
@@ -325,6 +337,7 @@ def apply(
     once; a failure anywhere rolls the whole chain back to the first from-version."""
     _g().opts.detach_components = detach_components
     _g().opts.detach_jobs = not wait_jobs
+    _g().opts.record_refusal = record_refusal
     if (repo is None) != (to is None) or (repo is not None and bundles):
         err.print("bundle-install apply: give bundle files, or --repo URL --to VERSION")
         raise typer.Exit(2)

@@ -20,7 +20,14 @@ from installer.aftercommit import AfterCommit
 from installer.archive import Bundle, Opened, opened_bundles, verify_members
 from installer.chain import check_chain, failpoint_names
 from installer.components import DEFAULT_WAIT
-from installer.errors import JumpkitError, LockedError, StateError, UsageError
+from installer.errors import (
+    BundleRejectedError,
+    JumpkitError,
+    LockedError,
+    PreconditionError,
+    StateError,
+    UsageError,
+)
 from installer.failpoints import failpoint
 from installer.format import Manifest, load_trusted_keys, verify_signature
 from installer.journal import TxnState
@@ -199,6 +206,42 @@ class Engine:
         """
         if not bundle_paths:
             return self._apply_staged()
+        try:
+            return self._apply(bundle_paths)
+        except (PreconditionError, BundleRejectedError) as e:
+            if self.opts.record_refusal is not None and not isinstance(e, LockedError):
+                self._record_refusal(bundle_paths, e)
+            raise
+
+    def _record_refusal(self, bundle_paths: Sequence[Path], e: JumpkitError) -> None:
+        """status.json says that an apply was refused and what to do next (see
+        ``--record-refusal``); the state dir is made for it when there is none yet. A
+        bundle that does not even verify names no product: recorded only where the root
+        holds one state dir."""
+        product = None
+        with (
+            contextlib.suppress(JumpkitError, OSError),
+            self._opened(bundle_paths[:1]) as [(_, manifest, _, _)],
+        ):
+            product = manifest
+        try:
+            state = self.state_for(product)
+            state.ensure()
+            with state.locked():
+                doc = state.read_status()
+                if not state.status_path.exists():
+                    doc.summary = "no apply has changed this manager"
+                doc.extra["last_attempt"] = {
+                    "bundle": ", ".join(p.name for p in bundle_paths),
+                    "ended": f"refused (exit {e.exit_code}), nothing changed: {e.message}",
+                    "next": self.opts.record_refusal,
+                    "at": round(time.time(), 3),
+                }
+                state.write_status(doc)
+        except (JumpkitError, OSError):
+            pass  # the refusal itself is what the caller reports
+
+    def _apply(self, bundle_paths: Sequence[Path]) -> StatusDoc:
         with self._opened(bundle_paths) as opened:
             manifests = [o[1] for o in opened]
             check_chain(manifests)

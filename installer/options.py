@@ -25,3 +25,6 @@ class Options:
     """Install component RPMs from a detached process that waits for rpm's lock (%posttrans)."""
     detach_jobs: bool = True
     """Run post-upgrade jobs from a detached ``bundle-install jobs`` (False: before apply returns)."""
+    record_refusal: str | None = None
+    """Record a refusal (exit 3 or 4) in status.json with this next step, for a caller
+    whose output nobody may read (the bundle RPM's %posttrans: rpm and dnf exit 0)."""

@@ -43,10 +43,16 @@ def check_signature(path: Path, root: Path) -> str:
     """
     if shutil.which("rpm") is None:
         raise SignatureError("cannot check the RPM's GPG signature: rpm is not installed here")
-    argv = ["rpm", "--dbpath", "/var/lib/rpm", "-K", "--define", "_pkgverify_level signature", str(path)]
-    if root.resolve() != Path("/"):
-        argv[1:1] = ["--root", str(root)]
-    p = subprocess.run(argv, capture_output=True, text=True, input="")
+    # the keys are where the distribution's rpm keeps its database under the root: RHEL and
+    # Fedora's /var/lib/rpm, or a Debian rpm's own default (~/.rpmdb) when the key was
+    # imported without --dbpath; /var/lib/rpm first, then the default
+    for dbpath in (["--dbpath", "/var/lib/rpm"], []):
+        argv = ["rpm", *dbpath, "-K", "--define", "_pkgverify_level signature", str(path)]
+        if root.resolve() != Path("/"):
+            argv[1:1] = ["--root", str(root)]
+        p = subprocess.run(argv, capture_output=True, text=True, input="")
+        if p.returncode == 0 and "signatures OK" in p.stdout:
+            return "signatures OK"
     said = [ln for ln in (p.stdout + p.stderr).splitlines() if str(path) in ln or "NOT OK" in ln]
     if p.returncode != 0 or "signatures OK" not in p.stdout:
         if not has_signature(path):

@@ -136,6 +136,36 @@ def test_rpm_install_applies_and_erase_does_not_roll_back(
     assert json.loads(install("--root", sb.root, "status", "--json").stdout)["status"] == "finished"
 
 
+def test_a_refused_posttrans_is_kept_where_status_and_report_find_it(
+    sandbox: Callable[..., Sandbox], rpm_file: Path
+) -> None:
+    """%pre passes, then the installer's pre-flight refuses (the service is down: the
+    supervisord is not there to ask). rpm exits 0 whatever %posttrans says, so the refusal and the
+    next step are kept in status.json (issue 36, item 4)."""
+    sb = sandbox()
+    as_manager(sb.root)
+    sb.stop()
+    before = manager_hash(sb.root)
+    p = rpm_in(sb.root, "-i", rpm_file)
+    assert p.returncode == 0 and "THE UPGRADE DID NOT FINISH" in p.stdout, p.stdout + p.stderr
+    assert manager_hash(sb.root) == before and installed(sb.root)
+    text = install("--root", sb.root, "status").stdout
+    assert "was refused (exit 4), nothing changed: pre-flight failed: services:" in text, text
+    zip_path = f"/{BUNDLES}/demo-manager-4.0.1-to-4.1.1.zip"
+    assert (
+        f"next:    the package demo-manager-upgrade stays installed with its bundle {zip_path}: fix the "
+        f"cause, then run '/{BUNDLES}/bin/bundle-install apply {zip_path}', or remove the package "
+        "(rpm -e demo-manager-upgrade)"
+    ) in text, text
+    report = sb.root.parent / "report.tar.gz"
+    assert install("--root", sb.root, "report", "--out", report).returncode == 0
+    import tarfile
+
+    with tarfile.open(report) as tar:
+        member = tar.extractfile("report/status.json")
+        assert member is not None and b"refused (exit 4)" in member.read()
+
+
 def test_pre_refuses_a_manager_at_another_version(sandbox: Callable[..., Sandbox], rpm_file: Path) -> None:
     sb = sandbox("4.1.1")
     as_manager(sb.root)
@@ -392,6 +422,12 @@ def test_verify_and_inspect_read_bundle_rpms_and_enforce_their_signature(
     )
     assert p.returncode == 0, p.stderr
     assert "RPM: signatures OK" in p.stderr and p.stdout.startswith("OK demo-manager-4.0.1-to-4.1.1")
+    # a key imported without --dbpath (a Debian rpm puts it in its default, ~/.rpmdb) is found
+    plain = tmp_path / "plain-root"
+    (plain / "var/lib/rpm").mkdir(parents=True)
+    subprocess.run(["rpm", "--root", str(plain), "--import", str(pub)], check=True)
+    p = install("--root", plain, "--trust", keys["pub"], "verify", signed)
+    assert p.returncode == 0 and "RPM: signatures OK" in p.stderr, p.stderr
     p = install("--root", root, "--trust", keys["pub"], "verify", rpm_file)
     assert p.returncode == 3, p.stderr
     assert p.stderr.strip().splitlines()[-1].startswith("bundle-install: the RPM is unsigned"), p.stderr
