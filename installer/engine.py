@@ -263,7 +263,12 @@ class Engine:
                     staging = self._stage(bundle, m, data, sig, state, earlier)
                     earlier.update({f.path: staging / "files" / f.path for f in m.files if f.kind == "file"})
                     earlier.update({r.path: None for r in m.removed})
-                return self._transact(state, manifests)
+                doc = self._transact(state, manifests)
+        if doc.status == "finished":  # fetched bundles the manager no longer needs (rollback has staging)
+            from installer.fetch import forget_downloads
+
+            forget_downloads(state, list(bundle_paths))
+        return doc
 
     def _apply_staged(self) -> StatusDoc:
         state = self.state_for(None)
@@ -443,10 +448,17 @@ class Engine:
             StateError: an apply is unfinished.
         """
         state = self.state_for(None)
+        from installer.fetch import forget_downloads
+
         with state.locked():
             said = state.unstage()
+            fetched = forget_downloads(state)
             trees = self._collect_trees()
-            return said + (f"; {trees} unused installer tree(s) removed" if trees else "")
+            return (
+                said
+                + (f"; {fetched} downloaded bundle(s) removed" if fetched else "")
+                + (f"; {trees} unused installer tree(s) removed" if trees else "")
+            )
 
     def _collect_trees(self) -> int:
         """Remove the unpacked installer trees no installer link names and no run uses

@@ -10,7 +10,9 @@ metadata signed below a role's threshold. Every TUF refusal is exit 3, nothing s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,18 +141,65 @@ class Client:
                 f"reachable: {near}"
             ) from e
 
-    def download(self, up: Updater, name: str, dest_dir: Path) -> Path:
-        """Download one target into ``dest_dir`` (its length and sha256 checked by TUF).
+    def download(self, up: Updater, name: str, cache: Path) -> tuple[Path, int]:
+        """The target ``name`` in ``cache`` (``<sha256>/<name>``), checked against the
+        current metadata (length and hashes, as TUF checks a download): a copy already
+        there is re-checked and reused; a ``.part`` left by a run that was cut off is
+        resumed with a Range request; otherwise it is downloaded. Returns the path and the
+        bytes transferred.
 
         Raises:
-            BundleRejectedError: unknown target, or bytes/length not as signed.
+            BundleRejectedError: unknown target, or bytes/length not as signed (the
+                partial file is removed: the next run starts over).
+            StoreError: the repository cannot be read (a partial file stays, to resume).
         """
         info = _guard(lambda: up.get_targetinfo(name))
         if info is None:
             raise BundleRejectedError(f"{name} is not a target of {self.store.url}")
-        dest = dest_dir / name
-        _guard(lambda: up.download_target(info, str(dest)))
-        return dest
+        digest = info.hashes.get("sha256") or next(iter(info.hashes.values()))
+        dest = cache / digest / Path(name).name
+        if _guard(lambda: up.find_cached_target(info, str(dest))) is not None:
+            if self.fetcher.progress is not None:
+                self.fetcher.progress(info.length)
+            return dest, 0  # the same bytes as signed now: no need to transfer them again
+        dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        part = dest.with_name(dest.name + ".part")
+        have = part.stat().st_size if part.is_file() else 0
+        if have > info.length:
+            part.unlink()
+            have = 0
+        path = info.path
+        if up._trusted_set.root.consistent_snapshot:  # as ngclient names it (prefix_targets_with_hash)
+            head, sep, base = path.rpartition("/")
+            path = f"{head}{sep}{next(iter(info.hashes.values()))}.{base}"
+        got = 0
+        with open(part, "ab") as f:
+            for chunk in resuming(self.store, f"targets/{path}", start=have):
+                if have + got + len(chunk) > info.length:
+                    f.close()
+                    _discard(part)
+                    raise BundleRejectedError(f"TUF: longer than the signed length (endless data): {name}")
+                f.write(chunk)
+                got += len(chunk)
+                if self.fetcher.progress is not None:
+                    self.fetcher.progress(len(chunk))
+            f.flush()
+            os.fsync(f.fileno())
+        with open(part, "rb") as f:
+            try:
+                info.verify_length_and_hashes(f)
+            except tuf_errors.LengthOrHashMismatchError as e:
+                _discard(part)
+                raise BundleRejectedError(f"TUF: bytes do not match the signed metadata: {e}") from e
+        os.replace(part, dest)
+        return dest, got
+
+
+def _discard(path: Path) -> None:
+    """Remove a cached file and its directory when that leaves it empty."""
+    path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        path.parent.rmdir()
 
 
 # what each ngclient refusal means, most specific first
@@ -214,20 +263,47 @@ def fetch_chain(
         raise PreconditionError(f"cannot read the installed version from {version_file}")
     chain = client.chain(up, product, installed, to, fmt)
     state.ensure()
-    downloads = state.path / "downloads"
+    downloads = state.path / DOWNLOADS
     downloads.mkdir(exist_ok=True, mode=0o700)
     total = sum(a.length for a in chain)
     tick = progress("download", total) if progress else None
     client.fetcher.progress = tick
     engine.log(f"{repo}: {installed} -> {to} in {len(chain)} bundle(s), {total} bytes")
     paths = []
-    try:
-        for n, a in enumerate(chain):
-            path = client.download(up, a.name, downloads)
+    moved = 0
+    for n, a in enumerate(chain):
+        path, got = client.download(up, a.name, downloads)
+        moved += got
+        try:
             engine.verify(path, fits=n == 0)  # the later ones fit the earlier ones (apply checks)
-            paths.append(path)
-    except BaseException:
-        for a in chain:
-            (downloads / a.name).unlink(missing_ok=True)
-        raise
+        except BaseException as e:
+            if isinstance(e, BundleRejectedError):  # signed by TUF, refused by jumpkit: not kept
+                _discard(path)
+            raise
+        paths.append(path)
+    reused = total - moved
+    again = f"; {reused} bytes reused from {downloads} (checked against the current metadata)"
+    engine.log(f"downloaded {moved} bytes" + (again if reused else ""))
     return paths
+
+
+DOWNLOADS = "downloads"
+"""Under the state dir: verified targets by their sha256 (``<sha256>/<name>``), kept until
+the apply that uses them commits, or until unstage; a ``.part`` is a transfer to resume."""
+
+
+def forget_downloads(state: StateDir, bundles: list[Path] | None = None) -> int:
+    """Remove the cached targets among ``bundles`` (None: every one, and partial ones);
+    returns how many went."""
+    import shutil
+
+    downloads = (state.path / DOWNLOADS).resolve()
+    if not downloads.is_dir():
+        return 0
+    if bundles is None:
+        dirs = [d for d in downloads.iterdir() if d.is_dir()]
+    else:
+        dirs = [b.resolve().parent for b in bundles if b.resolve().parent.parent == downloads]
+    for d in dirs:
+        shutil.rmtree(d, ignore_errors=True)
+    return len(dirs)

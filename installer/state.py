@@ -49,12 +49,10 @@ def find_state_dirs(root: Path) -> list[Path]:
     # bin/ (the manager's installer) and bundles/ (unpacked bundle RPMs) live here too:
     # a state dir is one an apply has written to. The journal counts on its own: an apply
     # records its start in the journal before it first writes status.json, and a crash
-    # between the two must still be found by resume and rollback.
-    return [
-        d
-        for d in sorted(base.iterdir())
-        if d.is_dir() and ((d / "status.json").is_file() or (d / "journal.jsonl").is_file())
-    ]
+    # between the two must still be found by resume and rollback. A fetch's downloads/
+    # count too: unstage removes them.
+    marks = ("status.json", "journal.jsonl", "downloads")
+    return [d for d in sorted(base.iterdir()) if d.is_dir() and any((d / m).exists() for m in marks)]
 
 
 def first_missing(path: Path) -> Path | None:

@@ -58,10 +58,10 @@ class Store(Protocol):
         ...
 
 
-def resuming(store: Store, path: str, chunks: int = RETRIES) -> Iterator[bytes]:
-    """``store.read(path)``, reconnecting with a Range request from the byte reached when
-    a transfer breaks (up to ``chunks`` times in a row without progress)."""
-    got = 0
+def resuming(store: Store, path: str, chunks: int = RETRIES, start: int = 0) -> Iterator[bytes]:
+    """``store.read(path, start)``, reconnecting with a Range request from the byte reached
+    when a transfer breaks (up to ``chunks`` times in a row without progress)."""
+    got = start
     failures = 0
     while True:
         try:

@@ -111,6 +111,8 @@ def test_fetch_and_apply_through_tuf(
     assert p.returncode == 0, p.stderr
     assert "in 1 bundle(s)" in p.stderr and "upgraded 4.0.1 -> 4.1.1" in p.stdout
     assert_exactly(sb, expected, "new", "4.1.1")
+    downloads = sb.root / "var/lib/jumpkit/demo-manager/downloads"
+    assert not list(downloads.iterdir()), "the committed apply leaves the bundle it fetched"
 
 
 def test_fetch_a_chain_and_without_a_pinned_root(
@@ -143,8 +145,7 @@ def attack_rollback(published: dict[str, object], sb: Sandbox) -> Callable[[], N
     old = obj("prod/metadata/timestamp.json")
     _repo(published).refresh()
     assert install("--root", sb.root, "fetch", "--repo", published["s3"], "--to", "4.1.1").returncode == 0  # type: ignore[arg-type]
-    for f in (sb.root / "var/lib/jumpkit/demo-manager/downloads").glob("*"):
-        f.unlink()
+    shutil.rmtree(sb.root / "var/lib/jumpkit/demo-manager/downloads")  # not reused: fetched again
     newer = obj("prod/metadata/timestamp.json")
     put("prod/metadata/timestamp.json", old)
     return lambda: put("prod/metadata/timestamp.json", newer)
@@ -318,6 +319,125 @@ def test_interrupted_download_resumes_with_range(
         assert int(gets[1][1].removeprefix("bytes=").rstrip("-")) > 0
     finally:
         proxy.shutdown()
+
+
+class FlakyProxy(http.server.ThreadingHTTPServer):
+    """In front of moto, counting the target bytes it serves: ``cut`` sends half of the next
+    target and hangs up; ``away`` answers every target request with a 503 (a server gone
+    for longer than a run's retries)."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.requests: list[tuple[str, str | None]] = []
+        self.served = 0
+        self.cut = False
+        self.away = False
+        super().__init__(("127.0.0.1", 0), _FlakyHandler)
+
+
+class _FlakyHandler(http.server.BaseHTTPRequestHandler):
+    server: FlakyProxy
+
+    def do_GET(self) -> None:
+        rng = self.headers.get("Range")
+        target = "/targets/" in self.path
+        if target:
+            self.server.requests.append((self.path, rng))
+            if self.server.away:
+                self.send_error(503)
+                return
+        req = urllib.request.Request(self.server.upstream + self.path, headers={"Range": rng} if rng else {})
+        try:
+            with urllib.request.urlopen(req) as r:
+                body, status, ctype = r.read(), r.status, r.headers.get("Content-Type", "")
+        except urllib.error.HTTPError as e:
+            self.send_error(e.code)
+            return
+        cut = target and self.server.cut
+        sent = body[: len(body) // 2] if cut else body
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(sent)
+        if target:
+            self.server.served += len(sent)
+        if cut:
+            self.server.cut, self.server.away = False, True  # and gone for the rest of this run
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def mirror(s3: str) -> Iterator[tuple[FlakyProxy, str]]:
+    """A public read-only https-style mirror of the repository, through a FlakyProxy."""
+    import boto3
+
+    read = {
+        "Effect": "Allow",
+        "Principal": "*",
+        "Action": "s3:GetObject",
+        "Resource": f"arn:aws:s3:::{BUCKET}/prod/*",
+    }
+    boto3.client("s3").put_bucket_policy(
+        Bucket=BUCKET, Policy=json.dumps({"Version": "2012-10-17", "Statement": [read]})
+    )
+    proxy = FlakyProxy(s3)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        yield proxy, f"http://127.0.0.1:{proxy.server_address[1]}/{BUCKET}/prod"
+    finally:
+        proxy.shutdown()
+
+
+def test_a_second_fetch_transfers_no_bundle_byte_again(
+    mirror: tuple[FlakyProxy, str], published: dict[str, object], sandbox: Callable[..., Sandbox]
+) -> None:
+    """Verified downloads are a cache keyed by the target's sha256, re-checked against the
+    metadata of the new run; a committed apply removes what it used, unstage the rest
+    (issue 36, item 2)."""
+    proxy, url = mirror
+    sb = sandbox("4.0.1", supervise=False)
+    pin(sb, published["root"])
+    p = install("--root", sb.root, "fetch", "--repo", url, "--to", "4.2.0")
+    assert p.returncode == 0, p.stderr
+    first = proxy.served
+    assert first > 0 and "downloaded " in p.stderr
+    p = install("--root", sb.root, "fetch", "--repo", url, "--to", "4.2.0")
+    assert p.returncode == 0, p.stderr
+    assert proxy.served == first, f"the second fetch transferred {proxy.served - first} bundle bytes"
+    assert f"downloaded 0 bytes; {first} bytes reused" in p.stderr, p.stderr
+    downloads = sb.root / "var/lib/jumpkit/demo-manager/downloads"
+    assert len(list(downloads.iterdir())) == 2
+    p = install("--root", sb.root, "unstage")
+    assert p.returncode == 0 and "2 downloaded bundle(s) removed" in p.stdout + p.stderr, p.stdout + p.stderr
+    assert not list(downloads.iterdir())
+
+
+def test_a_fetch_cut_off_resumes_on_the_next_run(
+    mirror: tuple[FlakyProxy, str], published: dict[str, object], sandbox: Callable[..., Sandbox]
+) -> None:
+    """The server goes away mid-transfer for longer than the retries: the run fails (its
+    partial file stays, untrusted); the next run asks for the rest with a Range request,
+    and the bytes are checked against the signed hash before anything uses them."""
+    proxy, url = mirror
+    sb = sandbox("4.0.1", supervise=False)
+    pin(sb, published["root"])
+    proxy.cut = True
+    p = install("--root", sb.root, "fetch", "--repo", url, "--to", "4.1.1")
+    assert p.returncode != 0 and "transfer failed" in p.stderr, p.stderr
+    half = proxy.served
+    parts = list((sb.root / "var/lib/jumpkit/demo-manager/downloads").glob("*/*.part"))
+    assert len(parts) == 1 and parts[0].stat().st_size == half
+    proxy.away, proxy.requests = False, []
+    p = install("--root", sb.root, "fetch", "--repo", url, "--to", "4.1.1")
+    assert p.returncode == 0, p.stderr
+    (_, rng), *more = proxy.requests
+    assert not more and rng == f"bytes={half}-", proxy.requests
+    assert not list((sb.root / "var/lib/jumpkit/demo-manager/downloads").glob("*/*.part"))
 
 
 def test_export_for_an_air_gapped_site(
