@@ -618,17 +618,24 @@ def repo_init(
             "(defaults root=365 targets=90 snapshot=7 timestamp=1).",
         ),
     ] = None,
+    create_bucket: Annotated[
+        bool, typer.Option("--create-bucket", help="Create the s3:// bucket when it does not exist.")
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Create the signing keys (ed25519) and version 1 of root, targets, snapshot and
-    timestamp. KEYS/root.json is what managers pin at <root>/etc/jumpkit/tuf/root.json."""
+    timestamp. KEYS/root.json is what managers pin at <root>/etc/jumpkit/tuf/root.json
+    (bundle-install trust pin-root). The repository is checked before any key is made: an
+    s3:// bucket must exist (or pass --create-bucket); a rerun after an init that was cut
+    off continues with the keys it left."""
     from builder.tufrepo import Repo
     from installer.store import open_store
 
     try:
         r = Repo.init(
-            open_store(repo), keys, _role_ints(threshold, "--threshold"), _role_ints(expires, "--expires")
-        )
+            open_store(repo), keys, _role_ints(threshold, "--threshold"), _role_ints(expires, "--expires"),
+            create_bucket=create_bucket,
+        )  # fmt: skip
     except JumpkitError as e:
         _fail(e, json_out, False)
     doc = {
@@ -818,7 +825,12 @@ def main() -> None:
     if sys.argv[1:] == ["--version"]:  # typer would first convert all 20 options (0.2 s)
         guard.run("bundle-build", _version, interrupted_code=1)
         return
+    sys.argv[1:] = guard.hoisted(sys.argv[1:], app, GLOBAL_OPTIONS)
     guard.run("bundle-build", app, interrupted_code=1)
+
+
+GLOBAL_OPTIONS = {"--debug": False}
+"""Options of bundle-build itself that a subcommand also takes after its name."""
 
 
 def _version() -> None:

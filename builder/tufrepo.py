@@ -36,7 +36,7 @@ from tuf.api.metadata import (
 from tuf.api.serialization.json import JSONSerializer
 
 from builder.errors import BuildError
-from installer.store import NotFoundError, Store
+from installer.store import HttpsStore, NotFoundError, S3Store, Store, missing_bucket
 
 ROLES = ("root", "targets", "snapshot", "timestamp")
 DEFAULT_EXPIRY_DAYS = {"root": 365, "targets": 90, "snapshot": 7, "timestamp": 1}
@@ -102,6 +102,8 @@ class Repo:
         try:
             data = b"".join(self.store.read(path))
         except NotFoundError as e:
+            if isinstance(self.store, S3Store) and not self.store.bucket_exists():
+                raise BuildError(f"{self.store.url}: {missing_bucket(self.store.bucket)}") from e
             raise BuildError(f"{self.store.url}: no {path}: run 'bundle-build repo init' first") from e
         return Metadata.from_bytes(data)
 
@@ -129,21 +131,32 @@ class Repo:
     # --- operations --------------------------------------------------------------------
     @staticmethod
     def init(store: Store, keys_dir: Path, thresholds: dict[str, int] | None = None,
-             expiry_days: dict[str, int] | None = None) -> Repo:  # fmt: skip
-        """New keys (ed25519, one per role and threshold) and version 1 of every role.
+             expiry_days: dict[str, int] | None = None, *, create_bucket: bool = False) -> Repo:  # fmt: skip
+        """New keys (ed25519, one per role and threshold) and version 1 of every role. The
+        repository is checked first (an S3 bucket must exist: ``create_bucket`` makes it),
+        so a failure leaves no keys behind; keys an interrupted init left for a repository
+        that holds no metadata yet are used again (the rerun continues).
 
         Raises:
-            BuildError: the keys directory already holds keys.
+            BuildError: the repository is initialised already, or cannot be written.
         """
+        _writable(store, create_bucket)
+        try:
+            b"".join(store.read("metadata/root.json"))
+            raise BuildError(f"{store.url} is initialised already (metadata/root.json exists)")
+        except NotFoundError:
+            pass
         keys_dir.mkdir(parents=True, exist_ok=True)
-        if any(keys_dir.glob("*.key")):
-            raise BuildError(f"{keys_dir} already holds keys; refusing to overwrite them")
-        thresholds = {r: 1 for r in ROLES} | (thresholds or {})
-        signers = {
-            role: [_new_key(keys_dir / (f"{role}.key" if i == 0 else f"{role}.{i + 1}.key"))
-                   for i in range(thresholds[role])]
-            for role in ROLES
-        }  # fmt: skip
+        if any(keys_dir.glob("*.key")):  # an init cut off after its keys: continue with them
+            signers = Keys.load(keys_dir).signers
+            thresholds = {role: len(signers[role]) for role in ROLES}
+        else:
+            thresholds = {r: 1 for r in ROLES} | (thresholds or {})
+            signers = {
+                role: [_new_key(keys_dir / (f"{role}.key" if i == 0 else f"{role}.{i + 1}.key"))
+                       for i in range(thresholds[role])]
+                for role in ROLES
+            }  # fmt: skip
         repo = Repo(store, Keys(keys_dir, signers), expiry_days)
         root = Metadata(Root(consistent_snapshot=True))
         for role in ROLES:
@@ -255,3 +268,18 @@ class Repo:
                         f.write(chunk)
                 out.write(p, local)
         return len(paths)
+
+
+def _writable(store: Store, create_bucket: bool) -> None:
+    """Refuse a repository that cannot be written before anything is made for it.
+
+    Raises:
+        BuildError: an https:// mirror (read-only), or an S3 bucket that does not exist
+            (unless ``create_bucket``: then it is created).
+    """
+    if isinstance(store, HttpsStore):
+        raise BuildError(f"{store.url} is read-only (https://): initialise its s3:// or file:// origin")
+    if isinstance(store, S3Store) and not store.bucket_exists():
+        if not create_bucket:
+            raise BuildError(f"{store.url}: {missing_bucket(store.bucket)}")
+        store.create_bucket()

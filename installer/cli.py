@@ -365,11 +365,15 @@ def fetch(
         err.print(f"bundle-install fetch: --format {fmt!r}: zip or rpm")
         raise typer.Exit(2)
     paths = _run(json_out, lambda e: e.fetch(repo, to, fmt))
+    root = _g().opts.root
+    where = [] if root.resolve() == Path("/") else ["--root", str(root)]
+    following = shlex.join(["bundle-install", *where, "apply", *map(str, paths)])
     if json_out or _g().json:
-        print(json.dumps({"ok": True, "bundles": [str(p) for p in paths]}))
+        print(json.dumps({"ok": True, "bundles": [str(p) for p in paths], "next": following}))
     else:
         for p in paths:
-            out.print(f"fetched and verified {p}")
+            out.print(f"fetched and verified {p}", markup=False)
+        out.print(f"next: {following}", markup=False)
 
 
 @app.command()
@@ -567,6 +571,15 @@ def migrations(
     sys.stdout.write(text)
 
 
+GLOBAL_OPTIONS = {
+    "--root": True, "--state-dir": True, "--trust": True, "--allow-unsigned": False,
+    "--accept-drift": False, "--force": False, "--no-selinux": False, "--max-bundle-size": True,
+    "--debug": False,
+}  # fmt: skip
+"""bundle-install's own options (True: takes a value), also accepted after the command:
+``bundle-install apply B --root R`` as ``bundle-install --root R apply B``."""
+
+
 def main() -> None:
     """Console-script entry point: SIGINT, SIGTERM and SIGHUP become requests to stop
     (installer.interrupts), and every failure ends in one line (installer.guard)."""
@@ -574,6 +587,7 @@ def main() -> None:
     from installer.selfupdate import hand_over
 
     def run() -> None:
+        sys.argv[1:] = guard.hoisted(sys.argv[1:], app, GLOBAL_OPTIONS)
         hand_over(sys.argv)  # a newer installer left on this manager by an earlier apply runs instead
         app()
 

@@ -67,6 +67,56 @@ def report(
     raise SystemExit(code)
 
 
+def hoisted(argv: list[str], app: Any, globals_: dict[str, bool]) -> list[str]:
+    """``argv`` with the global options (``globals_``: option -> takes a value) that come
+    after the subcommand moved before it, where the CLI reads them: ``bundle-build repo
+    init ... --debug`` as ``bundle-build --debug repo init ...``. An option the subcommand
+    has itself (``sandbox --root``) stays where it is; so does everything after ``--``."""
+
+    def name(tok: str) -> str:
+        return tok.split("=", 1)[0]
+
+    late = [i for i, t in enumerate(argv) if name(t) in globals_]
+    words = [i for i, t in enumerate(argv) if not t.startswith("-")]
+    if not late or not words or max(late) < words[0]:
+        return argv  # nothing after a subcommand: the usual case costs no parse
+    import typer
+
+    command: Any = typer.main.get_command(app)  # a click command (typer vendors click)
+    i, path_end = 0, 0
+    while i < len(argv):  # the subcommand path: root options, then group and command names
+        tok = argv[i]
+        if tok == "--":
+            return argv
+        if tok.startswith("-"):
+            i += 2 if globals_.get(name(tok)) and "=" not in tok else 1
+            continue
+        sub = getattr(command, "commands", {}).get(tok)
+        if sub is None:
+            break
+        command, path_end, i = sub, i + 1, i + 1
+    if path_end == 0:
+        return argv
+    own = {o for param in command.params for o in (*param.opts, *param.secondary_opts)}
+    front: list[str] = []
+    rest: list[str] = []
+    tail = argv[path_end:]
+    k = 0
+    while k < len(tail):
+        tok = tail[k]
+        if tok == "--":
+            rest += tail[k:]
+            break
+        if name(tok) in globals_ and name(tok) not in own:
+            takes = globals_[name(tok)] and "=" not in tok
+            front += tail[k : k + 2] if takes else [tok]
+            k += 2 if takes else 1
+            continue
+        rest.append(tok)
+        k += 1
+    return front + argv[:path_end] + rest
+
+
 def run(prog: str, app: Callable[[], Any], *, interrupted_code: int) -> None:
     """Run a typer app under the guard (see the module docstring)."""
     argv = sys.argv[1:]

@@ -213,12 +213,61 @@ class S3Store:
     def write(self, path: str, source: Path) -> None:
         """See :class:`Store`."""
         import boto3
+        from boto3.exceptions import Boto3Error
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             boto3.client("s3").upload_file(str(source), self.bucket, self._key(path))
-        except (ClientError, BotoCoreError, OSError) as e:
+        except (ClientError, BotoCoreError, Boto3Error, OSError) as e:
+            if "NoSuchBucket" in str(e):
+                raise StoreError(f"{self.url}: {missing_bucket(self.bucket)}") from e
             raise StoreError(f"{self.url}/{path}: upload failed: {e}") from e
+
+    def bucket_exists(self) -> bool:
+        """Whether the bucket exists (HEAD bucket; any other failure is a StoreError).
+
+        Raises:
+            StoreError: the endpoint cannot be reached or refuses the request.
+        """
+        import boto3
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            boto3.client("s3").head_bucket(Bucket=self.bucket)
+        except ClientError as e:
+            if str(e.response.get("Error", {}).get("Code")) in ("404", "NoSuchBucket", "NotFound"):
+                return False
+            raise StoreError(f"{self.url}: {e}") from e
+        except BotoCoreError as e:
+            raise StoreError(f"{self.url}: {e}") from e
+        return True
+
+    def create_bucket(self) -> None:
+        """Create the bucket (in the configured region).
+
+        Raises:
+            StoreError: the endpoint refuses.
+        """
+        import boto3
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        client = boto3.client("s3")
+        region = client.meta.region_name
+        args: dict[str, Any] = {"Bucket": self.bucket}
+        if region and region != "us-east-1":
+            args["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        try:
+            client.create_bucket(**args)
+        except (ClientError, BotoCoreError) as e:
+            raise StoreError(f"{self.url}: cannot create bucket {self.bucket}: {e}") from e
+
+
+def missing_bucket(bucket: str) -> str:
+    """What to say of a bucket that does not exist."""
+    return (
+        f"bucket {bucket!r} does not exist: create it first (aws s3 mb s3://{bucket}, or "
+        "'bundle-build repo init --create-bucket')"
+    )
 
 
 def open_store(url: str) -> Store:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -185,3 +186,20 @@ def test_bundle_build_random_spec_edit(
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(places["missing"])
     count("fuzzed spec edits (bundle-build, no traceback)")
+
+
+def test_global_options_work_after_the_command(tmp_path: Path) -> None:
+    """``bundle-build repo init ... --debug`` and ``bundle-install status --root R`` read
+    as with the option before the command (issue 36, item 10); an option the command has
+    itself stays its own (``sandbox --root`` is the sandbox's root, ``--version`` its release)."""
+    from tests.helpers import SPECS, build, install
+
+    p = build("repo", "init", "--repo", "https://example.invalid/r", "--keys", tmp_path / "k", "--debug")
+    assert "No such option" not in p.stderr and "read-only (https://)" in p.stderr, p.stderr
+    root = tmp_path / "r"
+    p = build("sandbox", "--specs", SPECS, "--version", "4.0.1", "--root", root)
+    assert p.returncode == 0, p.stderr
+    p = install("status", "--root", root, "--json")
+    assert p.returncode == 0 and json.loads(p.stdout)["status"] == "idle", p.stdout + p.stderr
+    p = install("verify", "--trust", tmp_path / "nope.pub", "--root", root, tmp_path / "x.zip")
+    assert p.returncode == 2 and "--trust" in p.stderr and "No such option" not in p.stderr, p.stderr

@@ -528,3 +528,49 @@ def test_frozen_installer_fetches_and_applies_through_s3(
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert_exactly(sb, expected, "new", "4.1.1")
+
+
+def test_a_missing_bucket_is_named_and_no_key_is_left(
+    published: dict[str, object], tmp_path: Path, keys: dict[str, Path], chain_bundles: list[Path]
+) -> None:
+    """repo init and publish on a bucket that does not exist say so in one line (not an
+    internal error, not 'run repo init first'); init makes no key before the repository
+    is known to be writable, --create-bucket makes it, and a rerun after an init that was
+    cut off continues with the keys it left (issue 36, items 8, 9)."""
+    url, k = "s3://no-such-bucket/prod", tmp_path / "k"
+    p = build("repo", "init", "--repo", url, "--keys", k)
+    assert p.returncode == 1, p.stderr
+    line = p.stderr.strip().splitlines()[-1]
+    assert line == (
+        "bundle-build: s3://no-such-bucket/prod: bucket 'no-such-bucket' does not exist: create it first "
+        "(aws s3 mb s3://no-such-bucket, or 'bundle-build repo init --create-bucket')"
+    ), p.stderr
+    assert not k.exists() or not list(k.iterdir())
+    signing = Path(str(published["keys"]))
+    p = build("publish", "--repo", url, "--keys", signing, "--trust", keys["pub"], chain_bundles[1])
+    assert p.returncode != 0 and "bucket 'no-such-bucket' does not exist" in p.stderr, p.stderr
+    assert "repo init' first" not in p.stderr
+    k.mkdir(exist_ok=True)
+    from builder.tufrepo import _new_key
+
+    for role in ("root", "targets", "snapshot", "timestamp"):  # what an init cut off leaves
+        _new_key(k / f"{role}.key")
+    before = sorted(f.read_bytes() for f in k.glob("*.key"))
+    p = build("repo", "init", "--repo", url, "--keys", k, "--create-bucket")
+    assert p.returncode == 0, p.stderr
+    assert sorted(f.read_bytes() for f in k.glob("*.key")) == before, "the rerun made new keys"
+    p = build("repo", "init", "--repo", url, "--keys", k)
+    assert p.returncode == 1 and "is initialised already" in p.stderr, p.stderr
+    p = build("publish", "--repo", url, "--keys", k, "--trust", keys["pub"], chain_bundles[1])
+    assert p.returncode == 0, p.stderr
+
+
+def test_fetch_says_what_to_run_next(published: dict[str, object], sandbox: Callable[..., Sandbox]) -> None:
+    sb = sandbox("4.0.1", supervise=False)
+    pin(sb, published["root"])
+    p = install("--root", sb.root, "fetch", "--repo", published["s3"], "--to", "4.1.1")  # type: ignore[arg-type]
+    assert p.returncode == 0, p.stderr
+    last = p.stdout.strip().splitlines()[-1]
+    assert last.startswith(f"next: bundle-install --root {sb.root} apply ") and last.endswith(
+        "demo-manager-4.0.1-to-4.1.1.zip"
+    ), p.stdout
