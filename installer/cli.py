@@ -376,6 +376,35 @@ def fetch(
         out.print(f"next: {following}", markup=False)
 
 
+trust_app = typer.Typer(
+    rich_markup_mode=None, no_args_is_help=True, help="What this manager trusts: the pinned TUF root."
+)
+app.add_typer(trust_app, name="trust")
+
+
+@trust_app.command("pin-root")
+def pin_root(
+    source: Annotated[
+        Path, typer.Argument(help="The repository's root.json (repo init writes KEYS/root.json).")
+    ],
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Replace another TUF root pinned already.")
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Pin the TUF root that fetch and apply --repo trust, at <root>/etc/jumpkit/tuf/root.json:
+    checked first (root metadata, signed by its own threshold of keys, not expired). Exit 3
+    when it is not one, 4 when another root is pinned (--replace), 0 when it is pinned
+    already."""
+    from installer.fetch import pin_root as pin
+
+    said = _run(json_out, lambda e: pin(e.root, source, replace=replace))
+    if json_out or _g().json:
+        print(json.dumps({"ok": True, "result": said}))
+    else:
+        out.print(said, markup=False)
+
+
 @app.command()
 def status(json_out: JsonOpt = False) -> None:
     """Show the state of the last or current run (status.json)."""

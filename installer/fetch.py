@@ -34,6 +34,53 @@ PINNED_ROOT = "etc/jumpkit/tuf/root.json"
 MAX_ROOT_BYTES = 512_000
 
 
+def pin_root(root: Path, source: Path, *, replace: bool = False) -> str:
+    """Check that ``source`` is a TUF root (root metadata signed by its own threshold of
+    its root keys, not expired) and place it at ``<root>/etc/jumpkit/tuf/root.json`` (one
+    rename). A different root pinned already is replaced only with ``replace``: the
+    pinned root is what every later fetch trusts (a new root normally arrives through
+    the repository, signed by the old one). Returns what was done.
+
+    Raises:
+        UsageError: not a readable file. BundleRejectedError: not a TUF root, too few of
+            its own signatures, or expired. PreconditionError: another root is pinned.
+    """
+    import datetime as dt
+
+    from tuf.api.metadata import Metadata, Root
+
+    from installer.state import beneath_root, write_atomic
+
+    try:
+        data = source.read_bytes()[: MAX_ROOT_BYTES + 1]
+    except OSError as e:
+        raise UsageError(f"{source}: {e.strerror}") from e
+    if len(data) > MAX_ROOT_BYTES:
+        raise BundleRejectedError(f"{source}: larger than a TUF root may be ({MAX_ROOT_BYTES} bytes)")
+    try:
+        md = Metadata[Root].from_bytes(data)
+        if not isinstance(md.signed, Root):
+            raise ValueError(f"it is {md.signed.type} metadata, not root")
+        md.signed.verify_delegate(Root.type, md.signed_bytes, md.signatures)
+    except Exception as e:  # tuf raises its own tree, and ValueError/KeyError on junk
+        raise BundleRejectedError(f"{source}: not a TUF root signed by its own keys: {e}") from e
+    if md.signed.is_expired(dt.datetime.now(dt.UTC)):
+        raise BundleRejectedError(f"{source}: the TUF root expired on {md.signed.expires:%Y-%m-%d}")
+    current = read_beneath(root, PINNED_ROOT, MAX_ROOT_BYTES)
+    if current == data:
+        return f"{PINNED_ROOT} already holds this root (version {md.signed.version}); nothing to do"
+    if current is not None and not replace:
+        raise PreconditionError(
+            f"{root / PINNED_ROOT} holds another TUF root: pass --replace to pin this one instead "
+            "(a rotated root normally arrives through the repository, signed by the pinned one)"
+        )
+    dest = beneath_root(root, PINNED_ROOT)  # never through a link out of the root
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(dest, data)
+    os.chmod(dest, 0o644)
+    return f"pinned TUF root version {md.signed.version} at {root / PINNED_ROOT}"
+
+
 class StoreFetcher(FetcherInterface):
     """ngclient's I/O through :class:`Store` objects (the one whose URL prefixes the
     requested URL); resumes cut transfers with Range requests and reports the progress

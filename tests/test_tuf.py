@@ -574,3 +574,36 @@ def test_fetch_says_what_to_run_next(published: dict[str, object], sandbox: Call
     assert last.startswith(f"next: bundle-install --root {sb.root} apply ") and last.endswith(
         "demo-manager-4.0.1-to-4.1.1.zip"
     ), p.stdout
+
+
+def test_trust_pin_root_checks_and_places_the_root(
+    published: dict[str, object], sandbox: Callable[..., Sandbox], tmp_path: Path
+) -> None:
+    """One command instead of mkdir and cp (issue 36, item 13): a TUF root signed by its own
+    keys is placed; anything else is refused and nothing is placed; another pinned root is
+    replaced only with --replace."""
+    sb = sandbox("4.0.1", supervise=False)
+    pinned = sb.root / "etc/jumpkit/tuf/root.json"
+    junk = tmp_path / "junk.json"
+    junk.write_text('{"signed": {"_type": "targets"}}')
+    p = install("--root", sb.root, "trust", "pin-root", junk)
+    assert p.returncode == 3 and "not a TUF root" in p.stderr and not pinned.exists(), p.stderr
+    root_json = Path(str(published["root"]))
+    tampered = tmp_path / "tampered.json"
+    doc = json.loads(root_json.read_text())
+    doc["signed"]["version"] = 7
+    tampered.write_text(json.dumps(doc))
+    p = install("--root", sb.root, "trust", "pin-root", tampered)
+    assert p.returncode == 3 and "not a TUF root signed by its own keys" in p.stderr and not pinned.exists()
+    p = install("--root", sb.root, "trust", "pin-root", root_json)
+    assert p.returncode == 0 and "pinned TUF root version 1 at" in p.stdout, p.stdout + p.stderr
+    assert pinned.read_bytes() == root_json.read_bytes()
+    p = install("--root", sb.root, "trust", "pin-root", root_json)
+    assert p.returncode == 0 and "nothing to do" in p.stdout
+    other = Path(str(published["froot"]))
+    p = install("--root", sb.root, "trust", "pin-root", other)
+    assert p.returncode == 4 and "--replace" in p.stderr and pinned.read_bytes() == root_json.read_bytes()
+    p = install("--root", sb.root, "trust", "pin-root", other, "--replace")
+    assert p.returncode == 0 and pinned.read_bytes() == other.read_bytes()
+    p = install("--root", sb.root, "fetch", "--repo", published["file"], "--to", "4.1.1")  # type: ignore[arg-type]
+    assert p.returncode == 0, p.stderr
