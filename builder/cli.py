@@ -29,6 +29,13 @@ if TYPE_CHECKING:
 # command that needs them: ``--version``, ``--help`` and completion then start in ~0.1 s
 # instead of 0.75 s (typer and rich are what is left).
 
+EXIT_CODES = (
+    "Exit codes: 0 ok; 1 build failed (also test-jumps when a cell fails); 2 bad spec or usage; "
+    "3 bad bundle (inspect, publish); 4 no upgrade path (plan, test-jumps), the repository cannot "
+    "be read or written (publish, repo), a precondition on a host (rollout); 5 a rollout stopped "
+    "(a host failed; the summary says where each host is)."
+)
+
 app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=True,
@@ -37,7 +44,7 @@ app = typer.Typer(
     help="Build signed, reproducible version-jump bundles from jump specs.\n\n"
     "bundle-build --from 4.0.1 --to 4.1.1 writes dist/<product>-4.0.1-to-4.1.1.zip.\n\n"
     "Reproducible: the same specs, key and SOURCE_DATE_EPOCH (or the jump's date) give a "
-    "byte-identical bundle. Exit codes: 0 ok; 1 build failed; 2 bad spec or usage; 3 bad bundle.",
+    "byte-identical bundle.\n\n" + EXIT_CODES,
 )
 
 
@@ -150,7 +157,8 @@ def build(
         err.print("bundle-build: no signing key: pass --key FILE (see 'bundle-build keygen') or --unsigned")
         raise typer.Exit(2)
     from builder.spec import load_product
-    from installer.graph import NoPath, plan_chain
+    from installer.errors import NoPath
+    from installer.graph import plan_chain
 
     try:
         prod = load_product(specs, product)
@@ -539,7 +547,8 @@ def plan_cmd(
     from rich.console import Console
 
     from builder.spec import load_product
-    from installer.graph import NoPath, plan_chain
+    from installer.errors import NoPath
+    from installer.graph import plan_chain
 
     try:
         prod = load_product(specs, product)

@@ -42,7 +42,8 @@ from pathlib import Path
 
 from isal import isal_zlib
 
-from installer.delta import MAX_PATCHED_BYTES, Method, PatchError, apply_patch, window_log
+from installer.delta import MAX_PATCHED_BYTES, Method, apply_patch, window_log
+from installer.errors import PatchError
 
 MIN_BYTES = 512
 KEEP_RATIO = 0.8

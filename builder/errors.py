@@ -36,3 +36,21 @@ class SigningKeyError(BuildError):
 
 class UnknownJumpError(SpecError):
     """No jump spec for the requested from/to pair."""
+
+
+class MissingExtraError(BuildError):
+    """A subcommand needs an optional dependency group that is not installed."""
+
+    exit_code = 2
+
+
+class RolloutError(JumpkitError):
+    """The rollout stopped: a host failed or could not be reached (``report``: where every
+    host is; its lines are the details)."""
+
+    exit_code = 5
+
+    def __init__(self, message: str, *, report: Any) -> None:
+        super().__init__(message)
+        self.report = report
+        self.details = report.lines()

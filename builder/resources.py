@@ -14,7 +14,7 @@ import importlib.util
 from importlib.resources import files
 from pathlib import Path
 
-from builder.errors import BuildError
+from builder.errors import MissingExtraError
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 DEFAULT_INSTALLER = Path("dist/bundle-install")
@@ -37,12 +37,6 @@ def packaged_installer() -> Path | None:
     """The frozen ``bundle-install`` a platform wheel carries, if this install has one."""
     path = _data("bundle-install")
     return path if path.is_file() else None
-
-
-class MissingExtraError(BuildError):
-    """A subcommand needs an optional dependency group that is not installed."""
-
-    exit_code = 2
 
 
 def require_fleet(what: str) -> None:

@@ -34,25 +34,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from builder.errors import BuildError
+from builder.errors import BuildError, RolloutError
 from builder.resources import require_fleet, templates
 from installer.archive import open_bundle, verify_bundle
-from installer.errors import JumpkitError, UsageError
+from installer.errors import UsageError
 from installer.format import INSTALLER_MEMBER, Manifest, load_trusted_keys
 
 Order = Literal["leader-last", "leader-first"]
-
-
-class RolloutError(JumpkitError):
-    """The rollout stopped: a host failed or could not be reached (the summary says where
-    every host is)."""
-
-    exit_code = 5
-
-    def __init__(self, message: str, *, report: RolloutReport) -> None:
-        super().__init__(message)
-        self.report = report
-        self.details = report.lines()
 
 
 @dataclass

@@ -137,7 +137,8 @@ def rollout_cmd(
         raise typer.Exit(2)
     from rich.live import Live
 
-    from builder.rollout import Order, RolloutError, rollout
+    from builder.errors import RolloutError
+    from builder.rollout import Order, rollout
 
     presenter = _Presenter(quiet=json_out)
     with ExitStack() as stack:

@@ -15,9 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from builder.errors import SpecError, UnknownJumpError
 from builder.specfile import Located, Problem, refuse, validation_problems
 from builder.specfile import load as load_located
-from installer.errors import VersionError
+from installer.errors import PolicyError, VersionError
 from installer.format import Check, Cluster, HealthCheck, HookWhen, Lookup, RewriteRule, Service
-from installer.graph import Graph, Policy, PolicyError, violations
+from installer.graph import Graph, Policy, violations
 from installer.paths import check_relpath
 from installer.version import Version
 

@@ -36,7 +36,8 @@ from tuf.api.metadata import (
 from tuf.api.serialization.json import JSONSerializer
 
 from builder.errors import BuildError
-from installer.store import HttpsStore, NotFoundError, S3Store, Store, missing_bucket
+from installer.errors import NotFoundError
+from installer.store import HttpsStore, S3Store, Store, missing_bucket
 
 ROLES = ("root", "targets", "snapshot", "timestamp")
 DEFAULT_EXPIRY_DAYS = {"root": 365, "targets": 90, "snapshot": 7, "timestamp": 1}

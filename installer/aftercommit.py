@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from installer import components, interrupts, jobs, selfupdate
+from installer.errors import ComponentError, JobError
 from installer.format import INSTALLER_MEMBER, Manifest
 from installer.transaction import Recorder
 
@@ -76,7 +77,7 @@ class AfterCommit:
             if st["state"] != "succeeded":
                 failed.append(f"{job.name} ({st.get('error', '?')})")
         if failed:
-            raise jobs.JobError(
+            raise JobError(
                 f"upgraded to {self.manifest.to_version}, but job(s) failed: {'; '.join(failed)}; "
                 "fix the cause, then 'bundle-install jobs'"
             )
@@ -100,9 +101,9 @@ class AfterCommit:
         rpms = [self.staging / "bundle" / c for c in self.manifest.components]
         try:
             line = components.install(self.root, rpms, lambda phase: self._set_components(phase))
-        except components.ComponentError as e:
+        except ComponentError as e:
             self._set_components("failed", error=e.message)
-            raise components.ComponentError(
+            raise ComponentError(
                 f"upgraded to {self.manifest.to_version}, but {e.message}; "
                 "fix it, then 'bundle-install components'"
             ) from e

@@ -32,18 +32,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-from installer.errors import PreconditionError, UnsafePathError
+from installer.errors import RootLinkError, UnsafePathError
 
 MAX_LINK_HOPS = 40  # the kernel's own limit (ELOOP)
 Kind = Literal["dir", "file", "symlink", "missing"]
 Lookup = Callable[[str], tuple[Kind, str | None, str] | None]
 """The overlay: what the jumps place at a canonical path, as (kind, link target, who), or
 None when they do not touch it (the manager's tree decides)."""
-
-
-class RootLinkError(PreconditionError):
-    """The manager's own tree has a symlink leading out of the root on a path the jump
-    touches (exit 4: this manager, not the bundle, is the problem)."""
 
 
 def _real(root: Path, path: str) -> tuple[Kind, str | None, str]:

@@ -32,7 +32,9 @@ unfinished); 1 internal error (a bug: rerun with --debug); 2 usage; 3 bundle rej
 plan when pre-flight would fail; rollback with no apply to undo); 5 apply failed,
 or SIGINT/SIGTERM/SIGHUP arrived before the commit, and it was rolled back; 6 apply
 failed and rollback failed (operator action needed; status says what); 7 another run
-holds the lock. A signal after the commit is logged and the apply finishes (0)."""
+holds the lock; 8 committed, but a post-upgrade job or the component RPMs failed (the
+upgrade stays; 'jobs' or 'components' retries). A signal after the commit is logged and
+the apply finishes (0)."""
 
 app = typer.Typer(
     add_completion=True,
@@ -308,7 +310,7 @@ def apply(
         bool,
         typer.Option(
             "--wait-jobs",
-            help="Run the jump's post-upgrade jobs before returning (exit 5 if one fails every "
+            help="Run the jump's post-upgrade jobs before returning (exit 8 if one fails every "
             "attempt; the upgrade stays committed) instead of from a detached 'bundle-install jobs'.",
         ),
     ] = False,

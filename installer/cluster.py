@@ -17,7 +17,7 @@ from typing import Literal, get_args
 
 from installer import child
 from installer.archive import Bundle, iter_verified
-from installer.errors import JumpkitError, UsageError
+from installer.errors import ClusterError, JumpkitError, UsageError
 from installer.failpoints import failpoint
 from installer.format import Manifest
 from installer.health import lookup_variables, probe, wait_healthy
@@ -25,12 +25,6 @@ from installer.preflight import read_installed_version
 
 Action = Literal["role", "pin-leader", "unpin-leader", "cluster-pre", "node", "cluster-post", "member-health"]
 ACTIONS: tuple[str, ...] = get_args(Action)
-
-
-class ClusterError(JumpkitError):
-    """A cluster action failed on this host (a hook, a pin command, the member health gate)."""
-
-    exit_code = 5
 
 
 def _env(manifest: Manifest, root: Path, host: str | None, action: str) -> dict[str, str]:

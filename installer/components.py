@@ -20,17 +20,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from installer.errors import JumpkitError
+from installer.errors import ComponentError
 
 RPMDB_DIRS = ("var/lib/rpm", "usr/lib/sysimage/rpm")
 """Where rpm keeps its database (RHEL 8 / RHEL 9+); its lock is ``.rpm.lock`` there."""
 DEFAULT_WAIT = 3600.0
-
-
-class ComponentError(JumpkitError):
-    """rpm refused the component RPMs (the manager itself stays upgraded)."""
-
-    exit_code = 5
 
 
 def rpm_lock_busy(root: Path) -> bool:

@@ -25,7 +25,7 @@ import io
 import struct
 from typing import Literal
 
-from installer.errors import BundleRejectedError
+from installer.errors import PatchError
 
 Method = Literal["zstd-patch", "bsdiff"]
 METHODS: tuple[Method, ...] = ("zstd-patch", "bsdiff")
@@ -47,10 +47,6 @@ def max_control_bytes(size: int) -> int:
     each): one per 8 bytes of output and 4096 more. The builder applies every patch it
     makes with this module, so one past the bound ships whole instead."""
     return 24 * (size // 8 + 4096)
-
-
-class PatchError(BundleRejectedError):
-    """A patch that does not build the file the manifest promises (exit 3)."""
 
 
 def _int64(raw: bytes) -> int:

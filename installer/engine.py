@@ -22,6 +22,7 @@ from installer.chain import check_chain, failpoint_names
 from installer.components import DEFAULT_WAIT
 from installer.errors import (
     BundleRejectedError,
+    ClusterError,
     JumpkitError,
     LockedError,
     PreconditionError,
@@ -423,9 +424,7 @@ class Engine:
                 except JumpkitError as e:
                     if len(actions) == 1:
                         raise
-                    named = cluster.ClusterError(f"{action}: {e.message}")
-                    named.exit_code = e.exit_code
-                    raise named from e
+                    raise ClusterError(f"{action}: {e.message}", exit_code=e.exit_code) from e
                 if action == "role":  # the rollout reads both at once: one installer start less
                     out["status"] = self.status().to_json()
                 results.append({**out, "took": round(time.monotonic() - t0, 3)})

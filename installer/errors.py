@@ -122,3 +122,79 @@ class HealthCheckError(ServiceError):
         super().__init__(message)
         self.check = check
         self.last_output = last_output
+
+
+# --- raised by one module each; here so that the whole tree reads in one place ----------
+
+
+class RootLinkError(PreconditionError):
+    """The manager's own tree has a symlink leading out of the root on a path the jump
+    touches (exit 4: this manager, not the bundle, is the problem)."""
+
+
+class PatchError(BundleRejectedError):
+    """A patch that does not build the file the manifest promises (exit 3)."""
+
+
+class RehearsalFailedError(PreconditionError):
+    """A migration failed on a copy of this manager's data; nothing was stopped (exit 4)."""
+
+
+class StoreError(JumpkitError):
+    """The repository cannot be read or written (network, permissions, missing bucket)."""
+
+    exit_code = 4
+
+
+class NotFoundError(StoreError):
+    """No object at that path."""
+
+
+class MigrationError(JumpkitError):
+    """alembic or the database failed; the message never holds a password."""
+
+    exit_code = 5
+
+
+class PolicyError(JumpkitError):
+    """A jump breaks the product's version policy (the builder's exit 2)."""
+
+    exit_code = 2
+
+
+class NoPath(JumpkitError):
+    """No chain of jumps exists; ``reachable`` lists where one can get to instead."""
+
+    exit_code = 4
+
+    def __init__(self, message: str, *, reachable: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.reachable = list(reachable)
+
+
+class ClusterError(JumpkitError):
+    """A cluster action failed on this host (a hook, a pin command, the member health gate);
+    one of several actions run at once carries the exit code of the error it names."""
+
+    exit_code = 5
+
+    def __init__(self, message: str, *, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class AfterCommitError(JumpkitError):
+    """The upgrade is committed and stays (nothing was rolled back), but work that comes
+    after the commit failed: a post-upgrade job, the component RPMs (exit 8; ``status``
+    says what, ``bundle-install jobs`` or ``components`` retries)."""
+
+    exit_code = 8
+
+
+class JobError(AfterCommitError):
+    """A post-upgrade job failed all its attempts (the upgrade itself stays committed)."""
+
+
+class ComponentError(AfterCommitError):
+    """rpm refused the component RPMs (the manager itself stays upgraded)."""

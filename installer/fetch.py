@@ -18,11 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from installer.errors import BundleRejectedError, PreconditionError, UsageError
-from installer.graph import Graph, NoPath, Policy, plan_chain
+from installer.errors import (
+    BundleRejectedError,
+    NoPath,
+    NotFoundError,
+    PreconditionError,
+    StoreError,
+    UsageError,
+)
+from installer.graph import Graph, Policy, plan_chain
 from installer.paths import read_beneath
 from installer.state import StateDir
-from installer.store import NotFoundError, Store, StoreError, open_store, resuming
+from installer.store import Store, open_store, resuming
 from installer.tufclient import FetcherInterface, Updater, UpdaterConfig
 from installer.tufclient import exceptions as tuf_errors
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from installer.errors import JumpkitError, VersionError
+from installer.errors import NoPath, VersionError
 from installer.version import Version
 
 
@@ -51,12 +51,6 @@ class Policy(_Model):
     """A jump to a lower version (off: refused)."""
     exceptions: tuple[PolicyException, ...] = ()
     """Jumps allowed although they break a rule above, each with its reason."""
-
-
-class PolicyError(JumpkitError):
-    """A jump breaks the product's version policy (the builder's exit 2)."""
-
-    exit_code = 2
 
 
 def violations(policy: Policy, frm: str, to: str) -> list[str]:
@@ -127,16 +121,6 @@ class Graph(_Model):
     def versions(self) -> list[str]:
         """Every version a jump starts or ends at, ascending."""
         return sorted({v for j in self.jumps for v in j}, key=Version.parse)
-
-
-class NoPath(JumpkitError):
-    """No chain of jumps exists; ``reachable`` lists where one can get to instead."""
-
-    exit_code = 4
-
-    def __init__(self, message: str, *, reachable: Sequence[str] = ()) -> None:
-        super().__init__(message)
-        self.reachable = list(reachable)
 
 
 def _shortest(

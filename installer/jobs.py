@@ -17,17 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from installer import child
-from installer.errors import JumpkitError, UsageError
+from installer.errors import UsageError
 from installer.format import Job, Manifest
 
 JobState = dict[str, Any]
 """``{"state": pending|running|succeeded|failed, "attempts": n, "error": str, ...}``"""
-
-
-class JobError(JumpkitError):
-    """A post-upgrade job failed all its attempts (the upgrade itself stays committed)."""
-
-    exit_code = 5
 
 
 def pending(manifest: Manifest) -> dict[str, JobState]:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from installer.beneath import resolve
-from installer.errors import JumpkitError, PreconditionError
+from installer.errors import JumpkitError, MigrationError, PreconditionError
 from installer.format import Database, Manifest
 from installer.health import resolve_lookup
 
@@ -142,12 +142,6 @@ def with_driver(url: str) -> str:
     if u.get_backend_name() == "postgresql" and u.get_driver_name() != PG_DRIVER:
         return u.set(drivername=f"postgresql+{PG_DRIVER}").render_as_string(hide_password=False)
     return url
-
-
-class MigrationError(JumpkitError):
-    """alembic or the database failed; the message never holds a password."""
-
-    exit_code = 5
 
 
 def database_url(db: Database, root: Path) -> str:

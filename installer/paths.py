@@ -117,7 +117,7 @@ class Targets:
                     self._real_root = self.root.resolve()
                 resolved = (self.root / parent).resolve()
                 if resolved != self._real_root and self._real_root not in resolved.parents:
-                    from installer.beneath import RootLinkError
+                    from installer.errors import RootLinkError
 
                     link = f"{parent} -> {os.readlink(self._prefix + parent)}"
                     raise RootLinkError(

@@ -16,9 +16,9 @@ from pathlib import Path
 from installer import child
 from installer.attrs import describe_caps
 from installer.beneath import resolve
-from installer.errors import JumpkitError, PreconditionError, SpaceError, VersionError
+from installer.errors import JumpkitError, NoPath, PreconditionError, SpaceError, VersionError
 from installer.format import Manifest
-from installer.graph import NoPath, plan_chain
+from installer.graph import plan_chain
 from installer.health import lookup_variables, resolve_lookup, wait_healthy
 from installer.metadata import Labels, unknown_owners
 from installer.migrate import backup_size, current_revision, database_url, safe_url

@@ -26,15 +26,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from installer.errors import PreconditionError
+from installer.errors import RehearsalFailedError
 from installer.format import Database, Manifest
 from installer.migrate import Warm, database_url, preload, prepare
 from installer.replay import MigrationFails, NotReplayable, Recording, rehearse, remove, scratch_copy
-
-
-class RehearsalFailedError(PreconditionError):
-    """A migration failed on a copy of this manager's data; nothing was stopped (exit 4)."""
-
 
 Key = tuple[str, str]
 """(bundle id, database name)."""

@@ -20,20 +20,10 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
-from installer.errors import JumpkitError, UsageError
+from installer.errors import NotFoundError, StoreError, UsageError
 
 CHUNK = 1 << 20
 RETRIES = 5
-
-
-class StoreError(JumpkitError):
-    """The repository cannot be read or written (network, permissions, missing bucket)."""
-
-    exit_code = 4
-
-
-class NotFoundError(StoreError):
-    """No object at that path."""
 
 
 class Store(Protocol):

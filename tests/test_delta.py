@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from builder.delta import BSDIFF_MAX, PatchJob, bsdiff_patch, choose, zstd_patch
-from installer.delta import PatchError, apply_patch
+from installer.delta import apply_patch
+from installer.errors import PatchError
 from tests.counts import count
 from tests.crash.common import assert_exactly
 from tests.helpers import REPO, Sandbox, build_demo, install, tree_hash

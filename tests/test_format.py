@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from installer.beneath import RootLinkError
-from installer.errors import ManifestError, UnsafePathError, VersionError
+from installer.errors import ManifestError, RootLinkError, UnsafePathError, VersionError
 from installer.format import canonical_json, loads_strict, parse_manifest
 from installer.paths import check_link_target, check_relpath, target_path
 from installer.version import Version

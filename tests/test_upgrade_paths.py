@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from installer.graph import Graph, NoPath, Policy, PolicyException, plan_chain, violations
+from installer.errors import NoPath
+from installer.graph import Graph, Policy, PolicyException, plan_chain, violations
 from installer.version import Version
 from tests.crash.common import assert_exactly
 from tests.helpers import SPECS, Sandbox, build, install, tree_hash
