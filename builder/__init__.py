@@ -2,4 +2,20 @@
 
 from installer import __version__
 
-__all__ = ["__version__"]
+__all__ = ["INSTALLER_MODULES", "__version__"]
+
+INSTALLER_MODULES = frozenset(
+    {
+        # the bundle contract: what a bundle is, and how it is read, signed and verified
+        "installer.format", "installer.archive", "installer.delta", "installer.paths",
+        "installer.version", "installer.errors", "installer.graph",
+        # what the installer will do with a bundle, which the builder checks ahead
+        "installer.attrs", "installer.plan", "installer.preflight", "installer.health",
+        "installer.services", "installer.migrate", "installer.rpmbundle",
+        # shared plumbing: one error rendering for both CLIs, one repository client
+        "installer.guard", "installer.store",
+    }
+)  # fmt: skip
+"""The installer modules the builder may import (tests/test_errors.py checks it): the
+builder reuses the installer's own reading of a bundle rather than a second one, and
+nothing of how an apply runs."""

@@ -437,7 +437,10 @@ class Engine:
         each as any bundle (signature first); see :func:`installer.fetch.fetch_chain`."""
         from installer.fetch import fetch_chain
 
-        return fetch_chain(self, repo, to, fmt, self._progress)
+        return fetch_chain(
+            self.root, repo, to, fmt, state_dir=self.opts.state_dir,
+            verify=lambda path, fits: self.verify(path, fits=fits), log=self.log, progress=self._progress,
+        )  # fmt: skip
 
     # --- unstage / status / plan ------------------------------------------------------
     def unstage(self) -> str:

@@ -34,9 +34,12 @@ from installer.tufclient import FetcherInterface, Updater, UpdaterConfig
 from installer.tufclient import exceptions as tuf_errors
 
 if TYPE_CHECKING:
-    from installer.engine import Engine
+    from installer.format import Manifest
 
 Progress = Callable[[str, int], Callable[[int], None]]
+Verify = Callable[[Path, bool], "Manifest"]
+"""Verify a downloaded bundle as any bundle; the flag: it must also fit this manager (the
+first of a chain; the later ones fit the earlier ones, which apply checks)."""
 PINNED_ROOT = "etc/jumpkit/tuf/root.json"
 MAX_ROOT_BYTES = 512_000
 
@@ -286,7 +289,15 @@ def _guard(call: Callable[[], Any]) -> Any:
 
 
 def fetch_chain(
-    engine: Engine, repo: str, to: str, fmt: str = "zip", progress: Progress | None = None
+    root: Path,
+    repo: str,
+    to: str,
+    fmt: str,
+    *,
+    state_dir: Path | None,
+    verify: Verify,
+    log: Callable[[str], None],
+    progress: Progress | None = None,
 ) -> list[Path]:
     """Download the bundles from the installed version to ``to`` through TUF into the
     state dir's ``downloads/``, then verify each as any bundle (signature first).
@@ -300,12 +311,11 @@ def fetch_chain(
     from installer.paths import read_small
     from installer.state import default_state_dir
 
-    root = engine.root
     product = read_small(root, preflight.PRODUCT_MARKER, 4096)
     product = product.strip() if product else None
     if not product:
         raise PreconditionError(f"no {preflight.PRODUCT_MARKER} under {root}: which product is this?")
-    state = engine.state_for(None) if engine.opts.state_dir else StateDir(default_state_dir(root, product))
+    state = StateDir(state_dir) if state_dir is not None else StateDir(default_state_dir(root, product))
     client = Client(root, repo)
     up = client.refresh()
     offered = [a for a in client.available(up) if a.product == product]
@@ -322,14 +332,14 @@ def fetch_chain(
     total = sum(a.length for a in chain)
     tick = progress("download", total) if progress else None
     client.fetcher.progress = tick
-    engine.log(f"{repo}: {installed} -> {to} in {len(chain)} bundle(s), {total} bytes")
+    log(f"{repo}: {installed} -> {to} in {len(chain)} bundle(s), {total} bytes")
     paths = []
     moved = 0
     for n, a in enumerate(chain):
         path, got = client.download(up, a.name, downloads)
         moved += got
         try:
-            engine.verify(path, fits=n == 0)  # the later ones fit the earlier ones (apply checks)
+            verify(path, n == 0)  # the later ones fit the earlier ones (apply checks)
         except BaseException as e:
             if isinstance(e, BundleRejectedError):  # signed by TUF, refused by jumpkit: not kept
                 _discard(path)
@@ -337,7 +347,7 @@ def fetch_chain(
         paths.append(path)
     reused = total - moved
     again = f"; {reused} bytes reused from {downloads} (checked against the current metadata)"
-    engine.log(f"downloaded {moved} bytes" + (again if reused else ""))
+    log(f"downloaded {moved} bytes" + (again if reused else ""))
     return paths
 
 

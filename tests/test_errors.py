@@ -56,3 +56,53 @@ def test_exit_codes_agree_between_classes_readme_and_help() -> None:
         builder_codes,
         builder_help,
     )  # 3, 4: installer errors it meets
+
+
+def _imports(pkgs: tuple[str, ...]) -> dict[str, set[str]]:
+    """Every import statement of each module of ``pkgs`` (in functions too), within ``pkgs``."""
+    import ast
+
+    graph: dict[str, set[str]] = {}
+    for pkg in pkgs:
+        for f in sorted((REPO / pkg).rglob("*.py")):
+            mod = ".".join(f.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+            deps: set[str] = set()
+            for n in ast.walk(ast.parse(f.read_text())):
+                names = [n.module] if isinstance(n, ast.ImportFrom) and n.level == 0 and n.module else []
+                names += [a.name for a in n.names] if isinstance(n, ast.Import) else []
+                names += (
+                    [f"{n.module}.{a.name}" for a in n.names]
+                    if isinstance(n, ast.ImportFrom) and n.module
+                    else []
+                )
+                deps |= {x for x in names if x.split(".")[0] in pkgs}
+            graph[mod] = deps
+    return graph
+
+
+def test_no_import_cycle_and_the_builder_imports_the_declared_installer_modules() -> None:
+    """Lazy imports count: a function-level import is still a dependency (issue 37)."""
+    from builder import INSTALLER_MODULES
+
+    graph = _imports(("installer", "builder"))
+    graph = {m: {d for d in deps if d in graph} for m, deps in graph.items()}
+    state: dict[str, int] = {}
+    cycles: list[str] = []
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for d in sorted(graph[m]):
+            if state.get(d) == 1:
+                cycles.append(" -> ".join([*path[path.index(d) :], d]))
+            elif d not in state:
+                visit(d, [*path, d])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, cycles
+    used = {
+        d for m, deps in graph.items() if m.startswith("builder") for d in deps if d.startswith("installer.")
+    }
+    assert used <= INSTALLER_MODULES, sorted(used - INSTALLER_MODULES)
