@@ -13,13 +13,14 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from installer import cluster, dryrun, failpoints, interrupts, preflight, rpmbundle
 from installer.aftercommit import AfterCommit
 from installer.archive import Bundle, Opened, opened_bundles, verify_members
 from installer.chain import check_chain, failpoint_names
 from installer.components import DEFAULT_WAIT
+from installer.decide import decide
 from installer.errors import (
     BundleRejectedError,
     ClusterError,
@@ -365,8 +366,10 @@ class Engine:
                 return idle
             committed = state.view().state == "committed"
             txn = self._load(state, want=("applying", "rolling-back", "committed"))
-            if not all(c.backup.is_dir() for c in txn.ctxs):
-                raise StateError("the backup of the last apply is gone (unstaged); cannot roll back")
+            kept = all(c.backup.is_dir() for c in txn.ctxs)
+            verdict = decide("rollback", state.view().state, state.read_status().status, backup_kept=kept)
+            if not verdict.runs:
+                raise StateError(verdict.message)
             txn.rollback("requested by the operator" if committed else "after an interrupted apply")
             self._collect_trees()  # the tree this run started from, if any, stays until the next
             failpoint("finished")
@@ -519,21 +522,14 @@ class Engine:
             return bundle_sql(bundle, manifest, self.root, dialect)
 
 
-def _nothing_to(state: StateDir, command: str) -> StatusDoc | None:
-    """The answer of ``resume`` or ``rollback`` when the state already is what it asks for
-    (exit 0, as an apply of an installed version: one rule for "nothing to do"), else None.
-    A rollback with no apply in the journal is no such case: it cannot be done (exit 4)."""
-    view, doc = state.view(), state.read_status()
-    said = {
-        ("resume", "none"): "nothing to resume: no apply in the journal",
-        ("resume", "rolled-back"): "nothing to resume: the last apply was rolled back",
-        ("rollback", "rolled-back"): "nothing to do: the last apply was already rolled back",
-    }.get((command, view.state))
-    if command == "resume" and view.state == "committed" and doc.status == "finished":
-        said = "nothing to resume: the last apply finished"
-    if said is None:
+def _nothing_to(state: StateDir, command: Literal["resume", "rollback"]) -> StatusDoc | None:
+    """The answer of ``resume`` or ``rollback`` when what it would reach holds already
+    (exit 0, :func:`installer.decide.decide`), else None."""
+    doc = state.read_status()
+    verdict = decide(command, state.view().state, doc.status)
+    if not verdict.done:
         return None
-    doc.summary, doc.extra = said, {**doc.extra, "nothing_to_do": True}
+    doc.summary, doc.extra = verdict.message, {**doc.extra, "nothing_to_do": True}
     return doc
 
 

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from installer import journal
 from installer.beneath import resolve
+from installer.decide import Action, decide
 from installer.errors import LockedError, StateError, UsageError
 from installer.journal import Event, JournalView
 from installer.paths import fsync_dir
@@ -348,25 +349,18 @@ class StateDir:
             os.fsync(f.fileno())
 
     # --- what the journal and status allow -----------------------------------------------
-    def refuse_unfinished(self) -> None:
-        """Refuse a new run while the journal holds an unfinished one (reads only).
+    def refuse_unfinished(self, action: Action = "apply") -> None:
+        """Refuse ``action`` (a new apply or stage, an unstage) while the journal holds an
+        unfinished run (reads only; :func:`installer.decide.decide`).
 
         Raises:
             StateError: an apply or rollback did not finish.
         """
         if not self.journal_path.exists():
             return
-        st = self.view().state
-        if st == "committed" and self.read_status().status == "working":
-            raise StateError(
-                "the last apply committed but crashed before recording it; run 'bundle-install resume' "
-                "(or 'bundle-install rollback') first"
-            )
-        if st in ("applying", "rolling-back"):
-            raise StateError(
-                f"an earlier apply did not finish ({st}); run 'bundle-install resume' or "
-                "'bundle-install rollback' first"
-            )
+        verdict = decide(action, self.view().state, self.read_status().status)
+        if not verdict.runs:
+            raise StateError(verdict.message)
 
     def current(self) -> StatusDoc:
         """status.json as a reader should see it: a ``working`` run whose process died
@@ -398,7 +392,7 @@ class StateDir:
         Raises:
             StateError: an apply is unfinished.
         """
-        self.refuse_unfinished()
+        self.refuse_unfinished("unstage")
         dirs = [*self.staging.iterdir(), *self.backup.iterdir()]
         for d in dirs:
             self.remove_tree(d)

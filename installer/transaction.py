@@ -26,6 +26,7 @@ from typing import Any
 
 from installer import interrupts, selfupdate
 from installer.chain import Unit, chain_id, transaction_units
+from installer.decide import NO_APPLY, Action, decide
 from installer.errors import ApplyError, JumpkitError, RollbackError, StateError, StepError
 from installer.failpoints import failpoint
 from installer.format import INSTALLER_MEMBER, MANIFEST_NAME, Manifest
@@ -176,16 +177,11 @@ class Transaction:
         """
         view = state.view()
         if view.state == "none":
-            raise StateError(
-                "nothing to resume or roll back: no apply in the journal "
-                "(unstage and the next apply drop the backup of the last one)"
-            )
+            raise StateError(NO_APPLY)
         if view.state not in want:
+            action: Action = "rollback" if view.state == "rolled-back" else "resume"
             raise StateError(
-                {
-                    "rolled-back": "nothing to do: the last apply was already rolled back",
-                    "committed": "nothing to resume: the last apply finished",
-                }.get(view.state, f"the last apply is {view.state}")
+                decide(action, view.state, "finished").message or f"the last apply is {view.state}"
             )
         manifests = [load_staged(state, i)[0] for i in view.bundles]
         plans = [Plan.load(state.staging_dir(i)) for i in view.bundles]
