@@ -10,18 +10,7 @@ from dataclasses import dataclass
 
 from installer.errors import PreconditionError
 from installer.format import Manifest
-from installer.steps import (
-    BackupDatabases,
-    Context,
-    Health,
-    Hooks,
-    Migrate,
-    StartServices,
-    Step,
-    StopServices,
-    SwapGroup,
-    apply_steps,
-)
+from installer.steps import Context, Step, apply_steps, outage_frame, per_jump_steps
 
 
 @dataclass(frozen=True)
@@ -33,11 +22,6 @@ class Unit:
     ctx: Context
 
 
-def per_jump_steps() -> list[Step]:
-    """What each jump of a chain does while the services are down."""
-    return [Hooks("pre"), SwapGroup("files"), Migrate(), SwapGroup("configs"), Hooks("post")]
-
-
 def unit_layout(jumps: int) -> list[tuple[str, Step, int]]:
     """(journal name, step, 0-based jump) of a transaction over ``jumps`` jumps. One jump:
     the apply steps under their own names (the journal of a single apply is unchanged). A
@@ -46,14 +30,11 @@ def unit_layout(jumps: int) -> list[tuple[str, Step, int]]:
     last jump."""
     if jumps == 1:
         return [(s.name, s, 0) for s in apply_steps()]
-    last = jumps - 1
-    layout: list[tuple[str, Step, int]] = [
-        (BackupDatabases.name, BackupDatabases(), 0),
-        (StopServices.name, StopServices(), 0),
-    ]
+    before, after = outage_frame()
+    layout: list[tuple[str, Step, int]] = [(s.name, s, 0) for s in before]
     for n in range(jumps):
         layout += [(f"{s.name}#{n + 1}", s, n) for s in per_jump_steps()]
-    return [*layout, (StartServices.name, StartServices(), last), (Health.name, Health(), last)]
+    return [*layout, *((s.name, s, jumps - 1) for s in after)]
 
 
 def transaction_units(ctxs: Sequence[Context]) -> list[Unit]:

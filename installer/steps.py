@@ -85,6 +85,13 @@ class Step(Protocol):
 
     name: str
     outage: bool
+    """Inside the outage window (from the stop to the health checks passing)."""
+    services_down: bool
+    """The services are stopped while it runs: clients wait on every write, so the
+    transaction holds status.json writes and log lines until the start."""
+    ends_window: bool
+    """The services are up again once it ran (their connections to the migrated databases
+    may then be closed)."""
 
     def run(self, ctx: Context) -> None:
         """Do the step; safe to call again after a crash inside it."""
@@ -108,6 +115,8 @@ class StopServices:
 
     name = "stop-services"
     outage = True
+    services_down = False
+    ends_window = False
 
     def run(self, ctx: Context) -> None:
         """See :class:`Step`."""
@@ -172,6 +181,8 @@ class StartServices:
 
     name = "start-services"
     outage = True
+    services_down = True
+    ends_window = True
 
     def _names(self, ctx: Context) -> set[str]:
         svcs = ctx.manifest.services.services
@@ -233,6 +244,8 @@ class Health:
 
     name = "health"
     outage = True
+    services_down = False
+    ends_window = False
 
     def run(self, ctx: Context) -> None:
         """See :class:`Step`."""
@@ -270,6 +283,8 @@ class SwapGroup:
     """Swap one plan group (files or configs) by rename."""
 
     outage = True
+    services_down = True
+    ends_window = False
 
     def __init__(self, group: str) -> None:
         self.group = group
@@ -298,6 +313,8 @@ class Hooks:
     """Run the spec's hooks of one phase with the services stopped."""
 
     outage = True
+    services_down = True
+    ends_window = False
 
     def __init__(self, when: str) -> None:
         self.when = when
@@ -349,6 +366,8 @@ class BackupDatabases:
 
     name = "backup-db"
     outage = False
+    services_down = False
+    ends_window = False
 
     def run(self, ctx: Context) -> None:
         """See :class:`Step`."""
@@ -386,6 +405,8 @@ class Migrate:
 
     name = "migrate"
     outage = True
+    services_down = True
+    ends_window = False
 
     def _script(self, ctx: Context, db: Database) -> Path:
         return ctx.staging / "bundle" / db.script_dir
@@ -459,17 +480,19 @@ def idle(step: Step, ctx: Context) -> bool:
     return isinstance(step, Hooks) and not any(h.when == step.when for h in ctx.manifest.hooks)
 
 
+def per_jump_steps() -> list[Step]:
+    """What each jump does while the services are down (a chain repeats them per jump)."""
+    return [Hooks("pre"), SwapGroup("files"), Migrate(), SwapGroup("configs"), Hooks("post")]
+
+
+def outage_frame() -> tuple[list[Step], list[Step]]:
+    """The steps around the per-jump ones, once per transaction however long the chain:
+    before (the database backups, the stop) and after (the start, the health checks)."""
+    return [BackupDatabases(), StopServices()], [StartServices(), Health()]
+
+
 def apply_steps() -> list[Step]:
-    """The transaction, in order. Everything before it (verify, stage, plan) is outside
-    the outage window."""
-    return [
-        BackupDatabases(),
-        StopServices(),
-        Hooks("pre"),
-        SwapGroup("files"),
-        Migrate(),
-        SwapGroup("configs"),
-        Hooks("post"),
-        StartServices(),
-        Health(),
-    ]
+    """The transaction of one jump, in order. Everything before it (verify, stage, plan,
+    the rehearsal) is outside the outage window."""
+    before, after = outage_frame()
+    return [*before, *per_jump_steps(), *after]

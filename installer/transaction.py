@@ -22,12 +22,12 @@ import gc
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from installer import interrupts, selfupdate
 from installer.chain import Unit, chain_id, transaction_units
 from installer.decide import NO_APPLY, Action, decide
-from installer.errors import ApplyError, JumpkitError, RollbackError, StateError, StepError
+from installer.errors import ApplyError, JumpkitError, RollbackError, StateError
 from installer.failpoints import failpoint
 from installer.format import INSTALLER_MEMBER, MANIFEST_NAME, Manifest
 from installer.health import wait_healthy
@@ -50,7 +50,7 @@ from installer.metadata import Labels, label_in_place
 from installer.plan import Plan
 from installer.stage import load_staged
 from installer.state import StateDir, StatusDoc
-from installer.steps import Context, Health, StartServices, StopServices, idle
+from installer.steps import Context, Health, StopServices, idle
 from installer.swap import backup_skeleton, sync_threads
 from installer.units import unit_changes
 
@@ -242,24 +242,17 @@ class Transaction:
         # the window (0.15 ms each); a crash inside it reads as one at the previous step's
         # end, the same state on disk.
         done: list[Event] = []  # records held for the next write: a done, an idle step's begin
-        down = False  # the services are stopped and not yet started again
         with interrupts.deferred():
             for unit in self.units[first:]:
                 self._stop_if_signalled(unit.name, done)
-                try:
+                with self._failing(unit, done):
                     failpoint(f"begin:{unit.name}")
-                except StepError as e:  # JUMPKIT_FAILPOINT=begin:<step>=fail: rolls back
-                    self._flush(done)
-                    self._fail(unit.name, f"{unit.name} failed: {describe(e)}", e)
-                except BaseException:
-                    self._flush(done)
-                    raise
                 if idle(unit.step, unit.ctx):
                     done.append(Begin(unit.name, ts=round(time.time(), 6)))  # with the next begin
-                else:
+                else:  # a journal that cannot be written (a full disk) propagates: no step failed
                     self.state.journal_append(*done, Begin(unit.name))
-                    done = []
-                if down and unit.step.outage and unit.name != Health.name:
+                    done.clear()
+                if unit.step.services_down:
                     # between the stop and the start, where a client waits through every
                     # 0.2 ms: no status.json write (status reads the step from the journal
                     # meanwhile) and log lines are echoed once the services start
@@ -267,25 +260,14 @@ class Transaction:
                 else:
                     self.rec.release()
                     self.rec.set(step=unit.name, durable=False)
-                down = unit.step.outage
-                try:
+                with self._failing(unit, done):
                     with interrupts.interruptible():
                         failpoint(f"run:{unit.name}")
                         unit.step.run(unit.ctx)
-                except interrupts.Interrupted as e:
-                    self._flush(done)
-                    self._fail(unit.name, f"interrupted by {e.signame} during {unit.name}", e)
-                except Exception as e:  # a library's own error too: whatever fails, roll back
-                    self._flush(done)
-                    self._fail(unit.name, f"{unit.name} failed: {describe(e)}", e)
-                if unit.name == StartServices.name:  # the window is over for the clients
-                    for c in self.ctxs:
-                        c.settle_databases()
-                try:
-                    failpoint(f"done:{unit.name}")
-                except StepError as e:  # =fail at done:<step>: the step ran; undone with the rest
-                    self._flush(done)
-                    self._fail(unit.name, f"{unit.name} failed: {describe(e)}", e)
+                    if unit.step.ends_window:  # the window is over for the clients
+                        for c in self.ctxs:
+                            c.settle_databases()
+                    failpoint(f"done:{unit.name}")  # =fail: the step ran; undone with the rest
                 done.append(Done(unit.name, ts=round(time.time(), 6)))
             try:
                 failpoint("commit")
@@ -301,6 +283,23 @@ class Transaction:
                 self.log(f"{late} received after the commit; finishing it")
             return self.finish()
 
+    @contextlib.contextmanager
+    def _failing(self, unit: Unit, done: list[Event]) -> Iterator[None]:
+        """The one place a step's failure leaves the run: the held records are written,
+        then a stop signal or an error rolls the transaction back (ApplyError, naming the
+        step), and anything else (SystemExit, a KeyboardInterrupt) propagates."""
+        try:
+            yield
+        except interrupts.Interrupted as e:
+            self._flush(done)
+            self._fail(unit.name, f"interrupted by {e.signame} during {unit.name}", e)
+        except Exception as e:  # a library's own error too: whatever fails, roll back
+            self._flush(done)
+            self._fail(unit.name, f"{unit.name} failed: {describe(e)}", e)
+        except BaseException:
+            self._flush(done)
+            raise
+
     def _flush(self, done: list[Event]) -> None:
         """Write a held Done record before a rollback reads the journal."""
         if done:
@@ -313,7 +312,7 @@ class Transaction:
             self._flush(done or [])
             self._fail(where, f"interrupted by {signame} before {where}", None)
 
-    def _fail(self, step: str, reason: str, cause: BaseException | None) -> None:
+    def _fail(self, step: str, reason: str, cause: BaseException | None) -> NoReturn:
         self.rec.release()
         self.log(reason)
         interrupts.take()  # one report: the reason names the first signal
