@@ -7,7 +7,8 @@ __all__ = ["INSTALLER_MODULES", "__version__"]
 INSTALLER_MODULES = frozenset(
     {
         # the bundle contract: what a bundle is, and how it is read, signed and verified
-        "installer.format", "installer.archive", "installer.delta", "installer.paths",
+        "installer.format", "installer.codec", "installer.signing", "installer.rules",
+        "installer.archive", "installer.delta", "installer.paths",
         "installer.version", "installer.errors", "installer.graph",
         # what the installer will do with a bundle, which the builder checks ahead
         "installer.attrs", "installer.plan", "installer.preflight", "installer.health",

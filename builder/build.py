@@ -24,6 +24,7 @@ from builder.migrations import plan_database
 from builder.spec import JumpSpec, Product, load_product, start_order
 from builder.specfile import refuse
 from builder.zipwriter import Source, ZipWriter
+from installer.codec import manifest_bytes
 from installer.format import (
     DELTA_FORMAT_VERSION,
     DELTA_PREFIX,
@@ -44,10 +45,8 @@ from installer.format import (
     RemovedEntry,
     Service,
     Services,
-    manifest_bytes,
-    sha256_file,
-    sign_manifest,
 )
+from installer.signing import sha256_file, sign_manifest
 
 DOS_EPOCH = 315532800  # 1980-01-01, the earliest time a ZIP can hold
 

@@ -724,7 +724,7 @@ def publish(
     version file) and re-sign targets, snapshot and timestamp."""
     from builder.inspect import inspect_bundle
     from builder.tufrepo import Keys, Repo
-    from installer.format import sha256_file
+    from installer.signing import sha256_file
     from installer.store import open_store
 
     try:

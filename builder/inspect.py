@@ -10,16 +10,10 @@ from typing import Any
 from installer import rpmbundle
 from installer.archive import open_bundle
 from installer.attrs import describe_caps
+from installer.codec import parse_manifest
 from installer.errors import SignatureError
-from installer.format import (
-    MANIFEST_NAME,
-    MAX_MANIFEST_BYTES,
-    MAX_SIGNATURE_BYTES,
-    SIGNATURE_NAME,
-    load_trusted_keys,
-    parse_manifest,
-    verify_signature,
-)
+from installer.format import MANIFEST_NAME, MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, SIGNATURE_NAME
+from installer.signing import load_trusted_keys, verify_signature
 
 
 def inspect_bundle(path: Path, trust: list[Path]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from builder.errors import BuildError, SigningKeyError
-from installer.format import key_id
+from installer.signing import key_id
 
 
 def keygen(directory: Path, name: str, *, overwrite: bool = False) -> tuple[Path, Path, str]:

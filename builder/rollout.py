@@ -38,7 +38,8 @@ from builder.errors import BuildError, RolloutError
 from builder.resources import require_fleet, templates
 from installer.archive import open_bundle, verify_bundle
 from installer.errors import UsageError
-from installer.format import INSTALLER_MEMBER, Manifest, load_trusted_keys
+from installer.format import INSTALLER_MEMBER, Manifest
+from installer.signing import load_trusted_keys
 
 Order = Literal["leader-last", "leader-first"]
 

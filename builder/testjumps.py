@@ -61,8 +61,9 @@ from builder.rpm import build_rpm, rpm_names
 from builder.sandbox import SUPERVISOR_CONF, lay_out
 from builder.spec import Product
 from installer.attrs import CAPS_XATTR, SELINUX_XATTR
+from installer.codec import parse_manifest
 from installer.errors import JumpkitError
-from installer.format import INSTALLER_MEMBER, MANIFEST_NAME, Manifest, parse_manifest
+from installer.format import INSTALLER_MEMBER, MANIFEST_NAME, Manifest
 from installer.graph import plan_chain
 from installer.services import unit_name
 from installer.version import Version

@@ -18,6 +18,7 @@ from typing import BinaryIO, Protocol
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from isal import isal_zlib
 
+from installer.codec import parse_manifest
 from installer.errors import BundleRejectedError, UnsafePathError
 from installer.format import (
     CHUNK,
@@ -26,10 +27,9 @@ from installer.format import (
     MAX_SIGNATURE_BYTES,
     SIGNATURE_NAME,
     Manifest,
-    parse_manifest,
-    verify_signature,
 )
 from installer.paths import check_relpath, open_regular
+from installer.signing import verify_signature
 
 DEFAULT_MAX_BUNDLE_BYTES = 64 * 1024**3
 META_NAMES = (MANIFEST_NAME, SIGNATURE_NAME)

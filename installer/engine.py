@@ -31,7 +31,7 @@ from installer.errors import (
     UsageError,
 )
 from installer.failpoints import failpoint
-from installer.format import Manifest, load_trusted_keys, verify_signature
+from installer.format import Manifest
 from installer.journal import TxnState
 from installer.metadata import Labels
 from installer.migrate import bundle_sql
@@ -39,6 +39,7 @@ from installer.options import Options
 from installer.plan import Plan, plan_jumps
 from installer.rehearsal import Rehearsed, rehearse_jumps
 from installer.services import ServiceManager, service_manager
+from installer.signing import load_trusted_keys, verify_signature
 from installer.stage import OldFiles, is_staged, only_staged, stage_bundle
 from installer.state import StateDir, StatusDoc, beneath_root, first_missing
 from installer.steps import Context

@@ -1,5 +1,7 @@
 """The bundle format: the single definition shared by the builder (writes) and the
-installer (reads). Manifest model, canonical JSON, hashing and ed25519 signatures.
+installer (reads): the manifest's schema and the constants of a bundle's layout. Its byte
+form is :mod:`installer.codec`, its signature :mod:`installer.signing`, the checks of the
+rules and paths it names :mod:`installer.rules`.
 
 A bundle (ZIP or RPM payload) holds::
 
@@ -11,33 +13,22 @@ A bundle (ZIP or RPM payload) holds::
 
 from __future__ import annotations
 
-import base64
-import functools
-import hashlib
-import io
-import json
-from collections.abc import Iterable, Iterator
-from pathlib import Path
-from typing import Annotated, Any, BinaryIO, Literal
+from typing import Annotated, Literal
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    TypeAdapter,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
 from installer import READABLE_FORMATS
 from installer.delta import MAX_PATCHED_BYTES
-from installer.errors import BundleRejectedError, ManifestError, SignatureError, UnsafePathError, VersionError
+from installer.errors import UnsafePathError, VersionError
 from installer.graph import Graph
-from installer.paths import check_link_target, check_relpath, open_regular
+from installer.paths import check_link_target, check_relpath
+from installer.rules import check_not_reserved, check_rule
 from installer.version import Version
 
 FORMAT_VERSION = 1
@@ -54,10 +45,6 @@ EXTRA_PREFIXES = ("hooks/", "migrations/", "bin/", "components/")
 INSTALLER_MEMBER = "bin/bundle-install"
 MAX_MANIFEST_BYTES = 128 * 1024 * 1024
 MAX_SIGNATURE_BYTES = 4096
-RESERVED = ("var/lib/jumpkit", "etc/jumpkit")
-"""The installer's own: state dirs, locks, the manager's installer, trust store, product
-marker, TUF root. No file, config, symlink or removal of a bundle touches them, nor an
-ancestor of them (a symlink or a file at ``var/lib`` would move the state dir)."""
 MAX_FILES = 300_000
 MAX_REMOVED = 100_000
 MAX_EXTRAS = 10_000
@@ -77,9 +64,6 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-MAX_RULE_CHARS = 1000
-
-
 class RewriteRule(_Model):
     """A regex substitution applied line by line to an operator's config file. Pattern and
     replacement are checked where the manifest is made and again where it is read, so a
@@ -95,44 +79,6 @@ class RewriteRule(_Model):
     def _compiles(self) -> RewriteRule:
         check_rule(self.pattern, self.replacement)
         return self
-
-
-def compile_rule(pattern: str) -> Any:
-    """``pattern`` compiled by RE2 (linear time in the text, memory bounded by RE2's
-    default 8 MiB program budget), multi-line (``^``/``$`` at each line).
-
-    Raises:
-        ValueError: it does not compile (RE2 syntax: no backreferences, no lookaround).
-    """
-    import re2
-
-    options = re2.Options()
-    options.log_errors = False  # RE2 would print its own line to stderr
-    try:
-        return re2.compile(f"(?m){pattern}", options=options)
-    except re2.error as e:
-        detail = e.args[0].decode(errors="replace") if e.args and isinstance(e.args[0], bytes) else str(e)
-        raise ValueError(f"rewrite rule pattern {pattern[:60]!r} does not compile (RE2): {detail}") from e
-
-
-def check_rule(pattern: str, replacement: str) -> None:
-    """Compile ``pattern`` and expand ``replacement`` against it: every group reference
-    must exist (``\\g<9>`` of a pattern with one group is refused).
-
-    Raises:
-        ValueError: either does not compile, or is longer than MAX_RULE_CHARS.
-    """
-    if len(pattern) > MAX_RULE_CHARS or len(replacement) > MAX_RULE_CHARS:
-        raise ValueError(f"a rewrite rule's pattern and replacement are at most {MAX_RULE_CHARS} characters")
-    compile_rule(pattern)
-    always = compile_rule(f"(?:{pattern})|")  # the same groups, and a match on "" whatever the pattern
-    try:
-        always.subn(replacement, "", count=1)
-    except (IndexError, ValueError, KeyError) as e:
-        raise ValueError(
-            f"rewrite rule replacement {replacement[:60]!r} does not fit pattern {pattern[:60]!r}: "
-            f"invalid group reference ({e})"
-        ) from e
 
 
 class Delta(_Model):
@@ -678,282 +624,3 @@ class Manifest(_Model):
     def deltas(self) -> list[FileEntry]:
         """The entries whose bytes come as patches (format 2)."""
         return [f for f in self.files if f.delta is not None]
-
-
-# --- canonical JSON -------------------------------------------------------------------
-
-
-def check_not_reserved(path: str) -> None:
-    """Refuse a bundle path inside, or an ancestor of, a path the installer owns.
-
-    Raises:
-        UnsafePathError: it is.
-    """
-    low = path.casefold()
-    for r in RESERVED:
-        if low == r or low.startswith(r + "/") or r.startswith(low + "/"):
-            raise UnsafePathError(f"{r}/ belongs to the installer; no bundle entry may touch it", entry=path)
-
-
-def canonical_json(obj: Any) -> bytes:
-    """Sorted keys, compact separators, UTF-8: the only byte form jumpkit signs."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ManifestError(f"duplicate JSON key {k!r}")
-        out[k] = v
-    return out
-
-
-def loads_strict(data: bytes, *, what: str) -> Any:
-    """Parse JSON refusing duplicate keys, NaN and non-UTF-8.
-
-    Raises:
-        ManifestError: the bytes are not strict JSON.
-    """
-
-    def _no_constants(name: str) -> Any:
-        raise ManifestError(f"{name} is not allowed")
-
-    def _int(text: str) -> int:
-        if len(text.lstrip("-")) > MAX_INT_DIGITS:
-            raise ManifestError(f"an integer of {len(text)} digits (at most {MAX_INT_DIGITS})")
-        return int(text)
-
-    def _float(text: str) -> float:
-        if len(text) > MAX_INT_DIGITS + 20:
-            raise ManifestError(f"a number of {len(text)} characters")
-        return float(text)
-
-    try:
-        return json.loads(
-            data.decode("utf-8"),
-            object_pairs_hook=_no_duplicates,
-            parse_constant=_no_constants,
-            parse_int=_int,
-            parse_float=_float,
-        )
-    except ManifestError as e:
-        raise ManifestError(f"{what}: {e.message}") from e
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as e:
-        raise ManifestError(f"{what} is not valid JSON: {e}") from e
-
-
-_FILES_MARK = "\x00jumpkit-files\x00"
-_FILES_CHUNK = 1000
-
-
-@functools.cache
-def _file_list() -> TypeAdapter[tuple[FileEntry, ...]]:
-    """Built on first use: only a builder serialises manifests."""
-    return TypeAdapter(tuple[FileEntry, ...])
-
-
-def _whole_as_v1(entry: dict[str, Any]) -> dict[str, Any]:
-    """A whole file's entry as format 1 wrote it (no ``delta`` key): a bundle without
-    patches stays byte-identical, and readable by installers that know only format 1;
-    a same-path patch carries no ``base`` keys (as the first format-2 installers read it)."""
-    for key, default in (("base", None), ("required", False)):  # format 2's, when unused
-        if key in entry and entry[key] == default:
-            del entry[key]
-    delta = entry.get("delta", 1)
-    if delta is None:
-        del entry["delta"]
-    elif isinstance(delta, dict) and delta.get("base") is None:
-        delta.pop("base", None)
-        delta.pop("base_sha256", None)
-    return entry
-
-
-def manifest_dict(manifest: Manifest) -> dict[str, Any]:
-    """The JSON object manifest.json holds (see :func:`manifest_bytes`)."""
-    plain = manifest.model_dump(mode="json")
-    plain["files"] = [_whole_as_v1(d) for d in plain["files"]]
-    return plain
-
-
-def manifest_bytes(manifest: Manifest) -> bytes:
-    """The canonical bytes of ``manifest`` (what manifest.json holds).
-
-    The file list is encoded entry by entry straight into one buffer and spliced in:
-    dumping a manifest of tens of thousands of files to dicts in one go held ~40 MiB of
-    them at the peak of a build, and joining per-entry pieces held three copies."""
-    head = manifest.model_dump(mode="json", exclude={"files"})
-    head["files"] = _FILES_MARK
-    data = canonical_json(head)
-    mark = canonical_json(_FILES_MARK)
-    if data.count(mark) != 1:  # the mark occurs elsewhere too: the plain way
-        return canonical_json(manifest_dict(manifest))
-    before, after = data.split(mark)
-    out = io.BytesIO()
-    out.write(before)
-    out.write(b"[")
-    files = manifest.files
-    for i in range(0, len(files), _FILES_CHUNK):
-        if i:
-            out.write(b",")
-        # a chunk at a time: one dump and one encode per chunk, the list's brackets cut
-        chunk = _file_list().dump_python(files[i : i + _FILES_CHUNK], mode="json")
-        out.write(canonical_json([_whole_as_v1(d) for d in chunk])[1:-1])
-    out.write(b"]")
-    out.write(after)
-    return out.getvalue()
-
-
-def parse_manifest(data: bytes) -> Manifest:
-    """Parse manifest.json bytes. Call only after :func:`verify_signature` passed.
-
-    Raises:
-        ManifestError: not canonical JSON, or not a valid manifest.
-        UnsafePathError: a path in it is unsafe.
-    """
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise ManifestError(f"manifest is larger than {MAX_MANIFEST_BYTES} bytes")
-    obj = loads_strict(data, what=MANIFEST_NAME)
-    if not isinstance(obj, dict):
-        raise ManifestError("manifest is not a JSON object")
-    if obj.get("format") not in READABLE_FORMATS:
-        raise ManifestError(
-            f"unknown bundle format {obj.get('format')!r}; this installer reads {READABLE_FORMATS}"
-        )
-    for key, cap in (("files", MAX_FILES), ("removed", MAX_REMOVED), ("extras", MAX_EXTRAS)):
-        if isinstance(obj.get(key), list) and len(obj[key]) > cap:
-            raise ManifestError(f"manifest lists {len(obj[key])} {key}; at most {cap}")
-    canonical = canonical_json(obj) == data
-    del obj  # the parsed dicts go before the models are built: 300,000 files peaked at 1.15 GiB
-    try:
-        manifest = Manifest.model_validate_json(data, strict=True)
-    except (VersionError, ValueError, RecursionError) as e:  # a validator's own error escaped
-        if isinstance(e, ValidationError):
-            raise _manifest_error(e) from e
-        raise ManifestError(f"manifest: {getattr(e, 'message', None) or e}") from e
-    if not canonical:
-        raise ManifestError("manifest.json is not in canonical form")
-    return manifest
-
-
-def _manifest_error(e: ValidationError) -> BundleRejectedError:
-    """The first problem of a manifest that does not validate, as jumpkit's error."""
-    first = e.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
-    ctx = first.get("ctx", {})
-    inner = ctx.get("error") if isinstance(ctx, dict) else None
-    if isinstance(inner, UnsafePathError):
-        return inner
-    return ManifestError(f"manifest field {loc}: {first['msg']}")
-
-
-# --- hashing --------------------------------------------------------------------------
-
-
-def sha256_stream(stream: BinaryIO) -> tuple[str, int]:
-    """Hash a stream in chunks; returns (hex digest, size)."""
-    h = hashlib.sha256()
-    size = 0
-    while chunk := stream.read(CHUNK):
-        h.update(chunk)
-        size += len(chunk)
-    return h.hexdigest(), size
-
-
-def sha256_file(path: Path) -> tuple[str, int]:
-    """Hash a file without holding it in memory; returns (hex digest, size)."""
-    with open(path, "rb") as f:
-        return sha256_stream(f)
-
-
-# --- keys and signatures ----------------------------------------------------------------
-
-
-def key_id(public: Ed25519PublicKey) -> str:
-    """The sha256 of the raw public key, hex: names a key in manifest.sig."""
-    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()
-
-
-MAX_PUBLIC_KEY_BYTES = 64 * 1024
-"""A PEM ed25519 public key is 113 bytes; a trust-store file above this is not one."""
-
-
-def load_public_key(path: Path) -> Ed25519PublicKey:
-    """Read a PEM ed25519 public key.
-
-    Raises:
-        SignatureError: the file is not an ed25519 public key.
-    """
-    try:
-        with open_regular(path) as f:  # a FIFO in the trust store must not hang the run
-            data = f.read(MAX_PUBLIC_KEY_BYTES + 1)
-    except OSError as e:
-        raise SignatureError(f"cannot read public key {path}: {e.strerror or e}") from e
-    if len(data) > MAX_PUBLIC_KEY_BYTES:
-        raise SignatureError(f"cannot read public key {path}: larger than {MAX_PUBLIC_KEY_BYTES} bytes")
-    try:
-        key = serialization.load_pem_public_key(data)
-    except ValueError as e:
-        raise SignatureError(f"cannot read public key {path}: {e}") from e
-    if not isinstance(key, Ed25519PublicKey):
-        raise SignatureError(f"{path} is not an ed25519 public key")
-    return key
-
-
-def load_trusted_keys(paths: Iterable[Path]) -> dict[str, Ed25519PublicKey]:
-    """Load every ``*.pub``/``*.pem`` public key from files or directories, by key id.
-
-    Raises:
-        SignatureError: a named file is not a public key.
-    """
-    keys: dict[str, Ed25519PublicKey] = {}
-    for p in paths:
-        files: Iterator[Path] | list[Path]
-        if p.is_dir():
-            files = sorted(x for x in p.iterdir() if x.suffix in (".pub", ".pem"))
-        elif p.exists():
-            files = [p]
-        else:
-            continue
-        for f in files:
-            k = load_public_key(f)
-            keys[key_id(k)] = k
-    return keys
-
-
-def sign_manifest(data: bytes, private: Ed25519PrivateKey) -> bytes:
-    """Return manifest.sig bytes for manifest.json bytes ``data``."""
-    sig = private.sign(data)
-    return canonical_json({"keyid": key_id(private.public_key()), "sig": base64.b64encode(sig).decode()})
-
-
-def verify_signature(data: bytes, sig_file: bytes, trusted: dict[str, Ed25519PublicKey]) -> str:
-    """Check manifest.sig over manifest.json bytes against the trusted keys.
-
-    Returns the key id that signed.
-
-    Raises:
-        SignatureError: the signature is malformed, by an unknown key, or does not match.
-    """
-    if len(sig_file) > MAX_SIGNATURE_BYTES:
-        raise SignatureError("manifest.sig is too large")
-    try:
-        obj = loads_strict(sig_file, what=SIGNATURE_NAME)
-    except ManifestError as e:
-        raise SignatureError(e.message) from e
-    if not isinstance(obj, dict) or set(obj) != {"keyid", "sig"}:
-        raise SignatureError("manifest.sig must hold exactly keyid and sig")
-    keyid, sig_b64 = obj["keyid"], obj["sig"]
-    if not isinstance(keyid, str) or not isinstance(sig_b64, str):
-        raise SignatureError("manifest.sig fields must be strings")
-    if not trusted:
-        raise SignatureError("no trusted keys: install one in the trust store or pass --trust")
-    key = trusted.get(keyid)
-    if key is None:
-        raise SignatureError(f"bundle is signed by an untrusted key {keyid[:16]}")
-    try:
-        key.verify(base64.b64decode(sig_b64, validate=True), data)
-    except (InvalidSignature, ValueError) as e:
-        raise SignatureError("signature does not match manifest.json") from e
-    return keyid

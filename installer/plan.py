@@ -17,9 +17,11 @@ from typing import Any, Literal
 from installer.beneath import Kind, resolve
 from installer.confmerge import differing_regions, merge
 from installer.errors import BundleRejectedError, DriftError, PreconditionError, StateError, UnsafePathError
-from installer.format import FileEntry, Manifest, check_not_reserved, compile_rule, sha256_file
+from installer.format import FileEntry, Manifest
 from installer.metadata import Labels, Placed, dir_wanted, prepare
 from installer.paths import Targets, kind_of, read_beneath
+from installer.rules import check_not_reserved, compile_rule
+from installer.signing import sha256_file
 from installer.state import write_atomic
 
 PLAN_NAME = "plan.json"

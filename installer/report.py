@@ -34,8 +34,9 @@ from pathlib import Path
 
 from installer import __version__
 from installer.attrs import get_label, load_policy
+from installer.codec import parse_manifest
 from installer.errors import JumpkitError, UsageError
-from installer.format import MANIFEST_NAME, Manifest, parse_manifest
+from installer.format import MANIFEST_NAME, Manifest
 from installer.paths import Targets, read_beneath
 from installer.plan import current_digest
 from installer.services import ServiceManager

@@ -30,10 +30,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from installer.archive import Bundle, iter_verified
+from installer.codec import parse_manifest
 from installer.delta import apply_patch
 from installer.errors import BundleRejectedError, PreconditionError, SpaceError, UsageError
 from installer.failpoints import failpoint
-from installer.format import BASE_PREFIX, MANIFEST_NAME, SIGNATURE_NAME, FileEntry, Manifest, parse_manifest
+from installer.format import BASE_PREFIX, MANIFEST_NAME, SIGNATURE_NAME, FileEntry, Manifest
 from installer.parallel import Budget, run_each
 from installer.paths import read_beneath
 from installer.state import StateDir, write_atomic

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from installer.codec import parse_manifest
 from installer.errors import ManifestError
-from installer.format import MAX_REMOVED, FileEntry, RewriteRule, parse_manifest
+from installer.format import MAX_REMOVED, FileEntry, RewriteRule
 from installer.graph import MAX_JUMPS, MAX_STOPS, Graph, Policy, plan_chain
 from installer.plan import _rewrite
 from tests.counts import count
@@ -79,7 +80,7 @@ def _manifest_with_removals(bundle: Path, n: int) -> dict[str, object]:
 
 
 def test_manifest_over_the_removal_cap_is_refused(bundle: Path) -> None:
-    from installer.format import canonical_json
+    from installer.codec import canonical_json
 
     data = canonical_json(_manifest_with_removals(bundle, MAX_REMOVED + 1))
     with pytest.raises(ManifestError, match=f"at most {MAX_REMOVED}"):
@@ -92,7 +93,8 @@ def test_verify_at_the_removal_cap_time_and_memory(
     """verify of a signed manifest at the removal cap: one line, and its time and peak
     memory (the installer's own process) for the record."""
     from builder.keys import load_private_key
-    from installer.format import canonical_json, sign_manifest
+    from installer.codec import canonical_json
+    from installer.signing import sign_manifest
 
     man = _manifest_with_removals(
         bundle, MAX_REMOVED - len(json.loads(read(bundle)["manifest.json"])["removed"])

@@ -22,7 +22,8 @@ Edit = Callable[[dict[str, object], dict[str, bytes]], None]
 
 def _signed(bundle: Path, key: Path, out: Path, edit: Edit) -> Path:
     from builder.keys import load_private_key
-    from installer.format import canonical_json, sign_manifest
+    from installer.codec import canonical_json
+    from installer.signing import sign_manifest
 
     members = read(bundle)
     manifest = json.loads(members["manifest.json"])

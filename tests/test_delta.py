@@ -212,7 +212,8 @@ def test_a_patch_that_builds_the_wrong_file_is_exit_3_nothing_swapped(
     """Signed, but the patch builds other bytes than the manifest's sha256 (a build
     mistake): refused while staging, before anything stops; the staging is removed."""
     from builder.keys import load_private_key
-    from installer.format import canonical_json, sign_manifest
+    from installer.codec import canonical_json
+    from installer.signing import sign_manifest
 
     members = read(delta_bundle)
     man = json.loads(members["manifest.json"])
@@ -397,8 +398,10 @@ def test_a_base_path_is_checked_like_any_bundle_path(
     from pydantic import ValidationError
 
     from builder.keys import load_private_key
+    from installer.codec import canonical_json
     from installer.errors import UnsafePathError
-    from installer.format import Delta, FileEntry, canonical_json, sign_manifest
+    from installer.format import Delta, FileEntry
+    from installer.signing import sign_manifest
 
     members = read(delta_bundle)
     sb = sandbox()

@@ -36,7 +36,8 @@ def dir_hash(path: Path) -> str:
 # --- validly signed manifests that are wrong: exit 3 at verify ---------------------------
 def _signed(bundle: Path, key: Path, out: Path, edit: Callable[[dict[str, object]], None]) -> Path:
     from builder.keys import load_private_key
-    from installer.format import canonical_json, sign_manifest
+    from installer.codec import canonical_json
+    from installer.signing import sign_manifest
 
     members = read(bundle)
     manifest = json.loads(members["manifest.json"])
@@ -107,7 +108,8 @@ def _resigned(bundle: Path, key: Path, out: Path, version_file: bytes | None) ->
     import hashlib
 
     from builder.keys import load_private_key
-    from installer.format import canonical_json, sign_manifest
+    from installer.codec import canonical_json
+    from installer.signing import sign_manifest
 
     members = read(bundle)
     manifest = json.loads(members["manifest.json"])

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from installer.codec import canonical_json, loads_strict, parse_manifest
 from installer.errors import ManifestError, RootLinkError, UnsafePathError, VersionError
-from installer.format import canonical_json, loads_strict, parse_manifest
 from installer.paths import check_link_target, check_relpath, target_path
 from installer.version import Version
 
@@ -123,7 +123,8 @@ def test_manifest_bytes_is_the_canonical_dump_across_chunks(bundle: Path) -> Non
     the canonical JSON of the whole manifest, whatever the entry kinds and count."""
     import zipfile
 
-    from installer.format import Delta, FileEntry, RewriteRule, manifest_bytes, manifest_dict
+    from installer.codec import manifest_bytes, manifest_dict
+    from installer.format import Delta, FileEntry, RewriteRule
 
     with zipfile.ZipFile(bundle) as z:
         signed = z.read("manifest.json")

@@ -18,9 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from installer.archive import iter_verified, open_bundle, verify_bundle
+from installer.codec import canonical_json, parse_manifest
 from installer.engine import Engine, Options
 from installer.errors import BundleRejectedError, JumpkitError
-from installer.format import canonical_json, load_trusted_keys, parse_manifest
+from installer.signing import load_trusted_keys
 from installer.version import Version
 from tests.counts import count
 

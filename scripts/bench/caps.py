@@ -23,7 +23,9 @@ from common import REPO, cli, installer_argv, keygen, parser, peak_memory, timed
 
 sys.path.insert(0, str(REPO))
 from builder.keys import load_private_key
-from installer.format import MAX_FILES, MAX_REMOVED, canonical_json, sign_manifest
+from installer.codec import canonical_json
+from installer.format import MAX_FILES, MAX_REMOVED
+from installer.signing import sign_manifest
 
 
 def _demo_bundle(work: Path, key: Path) -> Path:

@@ -14,7 +14,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from builder.keys import load_private_key
-from installer.format import MAX_MANIFEST_BYTES, canonical_json, sign_manifest
+from installer.codec import canonical_json
+from installer.format import MAX_MANIFEST_BYTES
+from installer.signing import sign_manifest
 
 Members = dict[str, bytes]
 Key = Ed25519PrivateKey
