@@ -17,10 +17,12 @@ from builder import __version__
 from builder.errors import BuildError, UnknownJumpError
 from builder.present import JsonOpt, err
 from builder.present import fail as _fail
-from builder.resources import DEFAULT_INSTALLER, foreign_installer, packaged_installer
+from builder.repo_cli import publish, repo_app
+from builder.resources import DEFAULT_INSTALLER, foreign_installer
 from builder.rollout_cli import rollout_app
+from builder.testjumps_cli import test_jumps_cmd
 from installer import guard
-from installer.errors import JumpkitError, UsageError
+from installer.errors import JumpkitError
 
 if TYPE_CHECKING:
     from builder.frozen import FrozenInstaller
@@ -179,7 +181,10 @@ def build(
                     + ", ".join(f"{a} -> {b}" for a, b in chain)
                     + " (apply them together: bundle-install apply B1 B2 ...)"
                 )
-        frozen = _installer(installer, no_installer, json_out)
+        from builder.frozen import choose_installer
+
+        note = None if json_out else lambda why: err.print(f"bundle-build: {why}")
+        frozen = choose_installer(installer, none=no_installer, note=note)
         if fmt != "zip" and frozen is None:
             raise BuildError(
                 "an RPM runs the bundle's installer in %posttrans: pass --installer (or freeze one)"
@@ -330,162 +335,10 @@ def _build_one(
     return doc
 
 
-def _installer(path: Path | None, none: bool, quiet: bool) -> FrozenInstaller | None:
-    """The installer to embed: --installer, else the one this install carries (a platform
-    wheel's), else a checkout's dist/bundle-install when it exists."""
-    from builder.frozen import probe_installer
-
-    if none:
-        return None
-    if path is None:
-        path = packaged_installer() or (DEFAULT_INSTALLER if DEFAULT_INSTALLER.is_file() else None)
-        if path is None:
-            if not quiet:
-                err.print(
-                    f"bundle-build: no frozen installer (this install carries none, and there is no "
-                    f"{DEFAULT_INSTALLER}; scripts/freeze-installer builds it): "
-                    "building a DEVELOPMENT bundle without an installer"
-                )
-            return None
-    return probe_installer(path)
-
-
-@app.command("test-jumps")
-def test_jumps_cmd(
-    product: Annotated[
-        str | None, typer.Option("--product", help="Product under --specs (default: the only one).")
-    ] = None,
-    specs: Annotated[Path, typer.Option("--specs", help="Specs directory, or one product's.")] = Path(
-        "specs"
-    ),
-    frm: Annotated[str | None, typer.Option("--from", help="Test this jump (or chain) only: from.")] = None,
-    to: Annotated[str | None, typer.Option("--to", help="... to.")] = None,
-    everything: Annotated[
-        bool, typer.Option("--all", help="Every jump, and the chain across all releases as one apply.")
-    ] = False,
-    installer_path: Annotated[
-        Path | None, typer.Option("--installer", help="Frozen installer to embed (default: as a build).")
-    ] = None,
-    workers: Annotated[int, typer.Option("--workers", help="Cases at once (default: the core count).")] = 0,
-    junit_file: Annotated[Path | None, typer.Option("--junit", help="Write JUnit XML here (for CI).")] = None,
-    fmt: Annotated[
-        str,
-        typer.Option(
-            "--format",
-            help="zip: the installer applies the bundles; rpm: rpm -U the bundle RPMs into each "
-            "sandbox (needs root, rpm, unshare and busybox; a chain is its RPMs one after another).",
-        ),
-    ] = "zip",
-    backend: Annotated[
-        str | None,
-        typer.Option(
-            "--backend",
-            help="supervisord or systemd (default: the product's). systemd boots a real systemd "
-            "per case (PID 1 of its own namespaces, the sandbox as its /; needs root, unshare, "
-            "nsenter) and compares its units' state after the rollback too.",
-        ),
-    ] = None,
-    json_out: JsonOpt = False,
-) -> None:
-    """Prove every supported jump before a release ships: for each jump (with --all also
-    the chain across all releases, as one apply), a sandbox at the from-release with its
-    services running, the release bundle built and applied by the installer it carries,
-    then health, the version file and each database's revision checked, then rollback,
-    and the tree compared byte for byte (paths, modes, contents) and each database
-    (revision and rows) with a fresh from-release. Cases run in parallel; a live table on
-    a terminal; the matrix at the end (jump x build/apply/health/version/schema/rollback/exact);
-    --junit for CI. --format rpm applies the bundle RPMs with rpm -U, as yum would. Exit 1
-    when a cell fails (the line names the jump and the check), 2 for bad input, 4 when the
-    product has no such jump or chain."""
-    import tempfile
-    import time
-
-    from rich.console import Console
-
-    from builder import testjumps as tj
-    from builder.spec import load_product
-
-    if (frm is None) != (to is None) or (frm is not None and everything):
-        err.print("bundle-build test-jumps: give --from and --to together, or --all, or neither (every jump)")
-        raise typer.Exit(2)
-    if fmt not in tj.FORMATS:
-        err.print(f"bundle-build test-jumps: --format {fmt!r}: one of {', '.join(tj.FORMATS)}")
-        raise typer.Exit(2)
-    if fmt == "rpm" and (why := tj.rpm_problem()) is not None:
-        err.print(f"bundle-build test-jumps: {why}")
-        raise typer.Exit(2)
-    try:
-        prod = load_product(specs, product)
-        if (why := tj.backend_problem(prod, backend, fmt)) is not None:
-            raise UsageError(why)
-        todo = tj.cases(prod, frm, to, everything, fmt)
-        frozen = _installer(installer_path, False, True)
-        if frozen is None:
-            raise BuildError("test-jumps tests what ships: it needs the frozen installer "
-                             "(scripts/freeze-installer, or --installer)")  # fmt: skip
-    except JumpkitError as e:  # NoPath too: exit 4, as plan's
-        _fail(e, json_out, False)
-    t0 = time.monotonic()
-    live = not json_out and sys.stdout.isatty()
-    with tempfile.TemporaryDirectory(prefix="jk-test-jumps-") as tmp:
-        runner = tj.Runner(prod, specs, frozen, Path(tmp), fmt)
-        try:
-            runner.build(
-                {j for c in todo for j in c.steps}, lambda what: None if json_out else err.print(what)
-            )
-        except JumpkitError as e:
-            _fail(e, json_out, False)
-        results = _run_cases(runner, todo, workers or os.cpu_count() or 1, live)
-    seconds = time.monotonic() - t0
-    if junit_file is not None:
-        junit_file.write_text(tj.junit(results, seconds))
-    failed = [c for c in results if not c.ok]
-    if json_out:
-        print(json.dumps({
-            "ok": not failed, "seconds": round(seconds, 1), "cells": list(tj.CELLS),
-            "cases": [{"case": c.name, "cells": c.cells, "failure": c.failure, "seconds": round(c.seconds, 1)}
-                      for c in results],
-        }))  # fmt: skip
-    else:
-        Console(highlight=False, width=None if sys.stdout.isatty() else 160).print(_matrix(results, tj.CELLS))
-        for c in failed:
-            err.print(f"bundle-build: test-jumps: {c.name}: {c.failure}")
-        print(f"{len(results) - len(failed)} of {len(results)} case(s) passed in {seconds:.0f}s")
-    if failed:
-        raise typer.Exit(1)
-
-
-def _matrix(results: list[Any], cells: tuple[str, ...]) -> Any:
-    from rich.table import Table
-
-    marks = {"pass": "ok", "fail": "[red]FAIL[/red]", "skip": "-", "run": "...", None: " "}
-    table = Table(title="test-jumps")
-    table.add_column("case", no_wrap=True)
-    for c in cells:
-        table.add_column(c, justify="center")
-    table.add_column("s", justify="right")
-    for r in results:
-        table.add_row(r.name, *(marks[r.cells.get(c)] for c in cells), f"{r.seconds:.0f}")
-    return table
-
-
-def _run_cases(runner: Any, todo: list[Any], workers: int, live: bool) -> list[Any]:
-    import threading
-
-    from builder import testjumps as tj
-
-    if not live:
-        return tj.run_all(runner, todo, lambda c: None, workers)
-    from rich.live import Live
-
-    lock = threading.Lock()
-    with Live(_matrix(todo, tj.CELLS), console=err, refresh_per_second=4, transient=True) as view:
-
-        def changed(_: Any) -> None:
-            with lock:
-                view.update(_matrix(todo, tj.CELLS))
-
-        return tj.run_all(runner, todo, changed, workers)
+app.command("test-jumps")(test_jumps_cmd)
+app.command()(publish)
+app.add_typer(repo_app, name="repo")
+app.add_typer(rollout_app, name="rollout")
 
 
 @app.command("lint")
@@ -584,167 +437,6 @@ def plan_cmd(
     for i, (a, b) in enumerate(chain, 1):
         why = reasons.get((a, b))
         out_.print(f"  {i}. {a} -> {b}" + (f"   policy exception: {why}" if why else ""))
-
-
-repo_app = typer.Typer(
-    pretty_exceptions_enable=False,
-    help="A TUF repository of bundles on s3://BUCKET/PREFIX, file://DIR (air gap) or https:// "
-    "(read-only). S3 endpoint, region and credentials come from the usual AWS environment "
-    "(AWS_ENDPOINT_URL for MinIO, Ceph RGW or a test server).",
-    no_args_is_help=True,
-    rich_markup_mode=None,
-)
-app.add_typer(repo_app, name="repo")
-app.add_typer(rollout_app, name="rollout")
-RepoOpt = Annotated[str, typer.Option("--repo", help="Repository URL: s3://BUCKET/PREFIX or file:///DIR.")]
-KeysOpt = Annotated[Path, typer.Option("--keys", help="Directory of the repository's signing keys.")]
-
-
-def _role_ints(items: list[str] | None, what: str) -> dict[str, int]:
-    out = {}
-    for item in items or []:
-        role, _, n = item.partition("=")
-        if role not in ("root", "targets", "snapshot", "timestamp") or not n.isdigit() or int(n) < 1:
-            err.print(f"bundle-build: {what} {item!r}: want ROLE=N (root, targets, snapshot, timestamp)")
-            raise typer.Exit(2)
-        out[role] = int(n)
-    return out
-
-
-@repo_app.command("init")
-def repo_init(
-    repo: RepoOpt,
-    keys: KeysOpt,
-    threshold: Annotated[
-        list[str] | None,
-        typer.Option("--threshold", help="ROLE=N signatures required (default 1 each); N keys are made."),
-    ] = None,
-    expires: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--expires",
-            help="ROLE=DAYS validity of each signature "
-            "(defaults root=365 targets=90 snapshot=7 timestamp=1).",
-        ),
-    ] = None,
-    create_bucket: Annotated[
-        bool, typer.Option("--create-bucket", help="Create the s3:// bucket when it does not exist.")
-    ] = False,
-    json_out: JsonOpt = False,
-) -> None:
-    """Create the signing keys (ed25519) and version 1 of root, targets, snapshot and
-    timestamp. KEYS/root.json is what managers pin at <root>/etc/jumpkit/tuf/root.json
-    (bundle-install trust pin-root). The repository is checked before any key is made: an
-    s3:// bucket must exist (or pass --create-bucket); a rerun after an init that was cut
-    off continues with the keys it left."""
-    from builder.tufrepo import Repo
-    from installer.store import open_store
-
-    try:
-        r = Repo.init(
-            open_store(repo), keys, _role_ints(threshold, "--threshold"), _role_ints(expires, "--expires"),
-            create_bucket=create_bucket,
-        )  # fmt: skip
-    except JumpkitError as e:
-        _fail(e, json_out, False)
-    doc = {
-        "ok": True,
-        "repo": repo,
-        "keys": str(keys),
-        "root": str(keys / "root.json"),
-        "expiry_days": r.expiry,
-    }
-    print(json.dumps(doc) if json_out else f"{repo}: initialised; pin {keys / 'root.json'} on managers")
-
-
-@repo_app.command("refresh")
-def repo_refresh(repo: RepoOpt, keys: KeysOpt, json_out: JsonOpt = False) -> None:
-    """Re-sign the timestamp (run from cron well within its expiry: an expired timestamp is
-    how managers detect a frozen repository)."""
-    from builder.tufrepo import Keys, Repo
-    from installer.store import open_store
-
-    try:
-        v = Repo(open_store(repo), Keys.load(keys, ["timestamp"])).refresh()
-    except JumpkitError as e:
-        _fail(e, json_out, False)
-    print(json.dumps({"ok": True, "timestamp_version": v}) if json_out else f"timestamp version {v}")
-
-
-@repo_app.command("rotate")
-def repo_rotate(
-    repo: RepoOpt,
-    keys: KeysOpt,
-    role: Annotated[str, typer.Option("--role", help="targets, snapshot or timestamp.")],
-    json_out: JsonOpt = False,
-) -> None:
-    """Replace a role's key: new root version (signed by the root key) listing the new key,
-    the role re-signed with it; the old key file is kept as <role>.key.retired."""
-    from builder.tufrepo import Keys, Repo
-    from installer.store import open_store
-
-    try:
-        keyid = Repo(open_store(repo), Keys.load(keys)).rotate(role)
-    except JumpkitError as e:
-        _fail(e, json_out, False)
-    print(
-        json.dumps({"ok": True, "role": role, "keyid": keyid}) if json_out else f"{role} key is now {keyid}"
-    )
-
-
-@repo_app.command("export")
-def repo_export(
-    repo: RepoOpt,
-    to: Annotated[Path, typer.Option("--to", help="Directory to write (a file:// repository).")],
-    json_out: JsonOpt = False,
-) -> None:
-    """Copy the current metadata and every target into a directory that can be carried to
-    an offline site and served as file:///DIR."""
-    from builder.tufrepo import Keys, Repo
-    from installer.store import open_store
-
-    try:
-        n = Repo(open_store(repo), Keys(to, {})).export(to)
-    except JumpkitError as e:
-        _fail(e, json_out, False)
-    print(json.dumps({"ok": True, "files": n, "dir": str(to)}) if json_out else f"{n} files into {to}")
-
-
-@app.command()
-def publish(
-    bundles: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, help="Bundle ZIPs and RPMs.")],
-    repo: RepoOpt,
-    keys: KeysOpt,
-    trust: Annotated[
-        list[Path] | None, typer.Option("--trust", help="Check each bundle's signature with this public key.")
-    ] = None,
-    json_out: JsonOpt = False,
-) -> None:
-    """Upload bundles as TUF targets (custom fields: product, from, to, format, sha256,
-    version file) and re-sign targets, snapshot and timestamp."""
-    from builder.inspect import inspect_bundle
-    from builder.tufrepo import Keys, Repo
-    from installer.signing import sha256_file
-    from installer.store import open_store
-
-    try:
-        items = []
-        for b in bundles:
-            info = inspect_bundle(b, list(trust or []))
-            m = info["manifest"]
-            if trust and not info["signature"].get("verified_by"):
-                raise BuildError(f"{b}: not signed by a trusted key")
-            items.append((b, {"product": m["product"], "from": m["from_version"], "to": m["to_version"],
-                              "format": "rpm" if info.get("rpm") else "zip", "sha256": sha256_file(b)[0],
-                              "version_file": m["version_file"]}))  # fmt: skip
-        names = Repo(open_store(repo), Keys.load(keys, ["targets", "snapshot", "timestamp"])).publish(items)
-    except JumpkitError as e:
-        _fail(e, json_out, False)
-    print(
-        json.dumps({"ok": True, "published": names})
-        if json_out
-        else "\n".join(f"published {n}" for n in names)
-    )
 
 
 @app.command()

@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,3 +113,29 @@ def _run_version(path: Path, timeout: float) -> tuple[str, tuple[int, ...]]:
         said = (proc.stderr.strip() or line).splitlines()[-1:] or ["no output"]
         raise BuildError(f"installer {path}: '--version' failed (exit {proc.returncode}): {said[0]}")
     return match.group(1), tuple(int(f) for f in match.group(2).replace(" ", "").split(",") if f)
+
+
+def choose_installer(
+    path: Path | None, *, none: bool, note: Callable[[str], None] | None
+) -> FrozenInstaller | None:
+    """The installer to embed: ``path`` (--installer), else the one this install carries
+    (a platform wheel's), else a checkout's dist/bundle-install when it exists; None with
+    ``none`` or when there is none (``note`` hears why: a DEVELOPMENT bundle follows).
+
+    Raises:
+        BuildError: ``path`` is not a frozen installer this builder can embed.
+    """
+    from builder.resources import DEFAULT_INSTALLER, packaged_installer
+
+    if none:
+        return None
+    if path is None:
+        path = packaged_installer() or (DEFAULT_INSTALLER if DEFAULT_INSTALLER.is_file() else None)
+        if path is None:
+            if note is not None:
+                note(
+                    f"no frozen installer (this install carries none, and there is no {DEFAULT_INSTALLER}; "
+                    "scripts/freeze-installer builds it): building a DEVELOPMENT bundle without an installer"
+                )
+            return None
+    return probe_installer(path)
