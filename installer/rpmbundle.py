@@ -46,7 +46,7 @@ def check_signature(path: Path, root: Path) -> str:
     # the keys are where the distribution's rpm keeps its database under the root: RHEL and
     # Fedora's /var/lib/rpm, or a Debian rpm's own default (~/.rpmdb) when the key was
     # imported without --dbpath; /var/lib/rpm first, then the default
-    for dbpath in (["--dbpath", "/var/lib/rpm"], []):
+    for dbpath in (["--dbpath", "/var/lib/rpm"], *_default_dbpath(root)):
         argv = ["rpm", *dbpath, "-K", "--define", "_pkgverify_level signature", str(path)]
         if root.resolve() != Path("/"):
             argv[1:1] = ["--root", str(root)]
@@ -62,6 +62,16 @@ def check_signature(path: Path, root: Path) -> str:
         detail = said[-1].replace(str(path), "").strip(" :") if said else f"rpm -K exit {p.returncode}"
         raise SignatureError(f"the RPM's GPG signature does not verify ({detail})")
     return "signatures OK"
+
+
+def _default_dbpath(root: Path) -> list[list[str]]:
+    """rpm's own default database path when it is not /var/lib/rpm and the root holds it
+    already (a check must never make one in the manager's tree): ``[["--dbpath", P]]``."""
+    p = subprocess.run(["rpm", "--eval", "%_dbpath"], capture_output=True, text=True, input="")
+    default = p.stdout.strip()
+    if p.returncode != 0 or not default.startswith("/") or default == "/var/lib/rpm":
+        return []
+    return [["--dbpath", default]] if (root / default.lstrip("/")).is_dir() else []
 
 
 def has_signature(path: Path) -> bool:

@@ -152,7 +152,7 @@ def test_a_migration_failing_on_this_managers_data_stops_nothing(sqlite_case: tu
         " manager's data, so nothing was stopped"
     )
     p = install("--root", sb.root, "plan", bundle, env={"DEMO_FAIL_0004": "1"})
-    assert p.returncode == 0, p.stderr
+    assert p.returncode == 4, p.stderr  # plan && apply stops here
     assert "pre-flight: WOULD FAIL" in p.stdout and why in p.stdout, p.stdout
     p = install("--root", sb.root, "apply", bundle, env={"DEMO_FAIL_0004": "1"})
     assert p.returncode == 4, p.stderr

@@ -605,5 +605,7 @@ def test_trust_pin_root_checks_and_places_the_root(
     assert p.returncode == 4 and "--replace" in p.stderr and pinned.read_bytes() == root_json.read_bytes()
     p = install("--root", sb.root, "trust", "pin-root", other, "--replace")
     assert p.returncode == 0 and pinned.read_bytes() == other.read_bytes()
-    p = install("--root", sb.root, "fetch", "--repo", published["file"], "--to", "4.1.1")  # type: ignore[arg-type]
-    assert p.returncode == 0, p.stderr
+    p = install("--root", sb.root, "trust", "pin-root", root_json, "--replace")
+    assert p.returncode == 0 and pinned.read_bytes() == root_json.read_bytes()
+    p = install("--root", sb.root, "fetch", "--repo", published["s3"], "--to", "4.1.1")  # type: ignore[arg-type]
+    assert p.returncode == 0, p.stderr  # what is pinned is what fetch trusts
