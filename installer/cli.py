@@ -615,9 +615,10 @@ def main() -> None:
     """Console-script entry point: SIGINT, SIGTERM and SIGHUP become requests to stop
     (installer.interrupts), and every failure ends in one line (installer.guard)."""
     interrupts.install()
-    from installer.selfupdate import hand_over
 
-    def run() -> None:
+    def run() -> None:  # everything after install() runs under the guard: a signal is one line
+        from installer.selfupdate import hand_over
+
         sys.argv[1:] = guard.hoisted(sys.argv[1:], app, GLOBAL_OPTIONS)
         hand_over(sys.argv)  # a newer installer left on this manager by an earlier apply runs instead
         app()

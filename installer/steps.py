@@ -140,13 +140,15 @@ class StopServices:
         for s in svcs:  # before the first stop, while every service still answers
             ctx.services.hold(s)
         for s in reversed(svcs):
+            sock = socket_of(s)
             if s.name in running:
                 ctx.log(f"stopping {s.name}")
                 ctx.services.stop(s)
-                if not s.removed:
+                # a start queued now would pull its socket in: with the old unit, at once,
+                # and over the stop of a socket the jump changes (systemd cancels that stop)
+                if not s.removed and not (sock and restarts_socket(s, ctx)):
                     ctx.services.prestart(s)
                 failpoint(f"service:stopped:{s.name}")
-            sock = socket_of(s)
             if sock and restarts_socket(s, ctx):
                 ctx.log(f"stopping {sock.name}: it changes, connections are refused until it starts")
                 ctx.services.stop(sock)
