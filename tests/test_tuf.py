@@ -247,90 +247,17 @@ def test_tuf_attack_is_refused(
 # --- resume, export, rotation ------------------------------------------------------------
 
 
-class CuttingProxy(http.server.ThreadingHTTPServer):
-    """In front of moto: the first GET of a target sends half the body and hangs up."""
-
-    def __init__(self, upstream: str) -> None:
-        self.upstream = upstream
-        self.requests: list[tuple[str, str | None]] = []
-        super().__init__(("127.0.0.1", 0), _ProxyHandler)
-
-
-class _ProxyHandler(http.server.BaseHTTPRequestHandler):
-    server: CuttingProxy
-
-    def do_GET(self) -> None:
-        rng = self.headers.get("Range")
-        self.server.requests.append((self.path, rng))
-        req = urllib.request.Request(self.server.upstream + self.path, headers={"Range": rng} if rng else {})
-        try:
-            with urllib.request.urlopen(req) as r:
-                body, status, ctype = r.read(), r.status, r.headers.get("Content-Type", "")
-        except urllib.error.HTTPError as e:
-            self.send_error(e.code)
-            return
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        first_target = (
-            "/targets/" in self.path and sum("/targets/" in p for p, _ in self.server.requests) == 1
-        )
-        self.wfile.write(body[: len(body) // 2] if first_target else body)
-        if first_target:
-            self.wfile.flush()
-            self.connection.shutdown(socket.SHUT_RDWR)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-def test_interrupted_download_resumes_with_range(
-    s3: str, published: dict[str, object], sandbox: Callable[..., Sandbox]
-) -> None:
-    """Through https:// (a read-only mirror; plain http to the local test proxy): the
-    connection is cut halfway through the bundle; the fetch asks for the rest with Range
-    and the bundle verifies."""
-    import boto3
-
-    read = {
-        "Effect": "Allow",
-        "Principal": "*",
-        "Action": "s3:GetObject",
-        "Resource": f"arn:aws:s3:::{BUCKET}/prod/*",
-    }
-    public = {"Version": "2012-10-17", "Statement": [read]}
-    boto3.client("s3").put_bucket_policy(Bucket=BUCKET, Policy=json.dumps(public))  # a public mirror
-    proxy = CuttingProxy(s3)
-    threading.Thread(target=proxy.serve_forever, daemon=True).start()
-    try:
-        sb = sandbox("4.0.1", supervise=False)
-        pin(sb, published["root"])
-        url = f"http://127.0.0.1:{proxy.server_address[1]}/{BUCKET}/prod"
-        p = install("--root", sb.root, "fetch", "--repo", url, "--to", "4.1.1")
-        assert p.returncode == 0, p.stderr
-        gets = [(path, rng) for path, rng in proxy.requests if "/targets/" in path]
-        assert (
-            len(gets) == 2
-            and gets[0][1] is None
-            and gets[1][1] is not None
-            and gets[1][1].startswith("bytes=")
-        )
-        assert int(gets[1][1].removeprefix("bytes=").rstrip("-")) > 0
-    finally:
-        proxy.shutdown()
-
-
 class FlakyProxy(http.server.ThreadingHTTPServer):
     """In front of moto, counting the target bytes it serves: ``cut`` sends half of the next
-    target and hangs up; ``away`` answers every target request with a 503 (a server gone
-    for longer than a run's retries)."""
+    target and hangs up, then (``stay_away``) answers every target request with a 503, as a
+    server gone for longer than a run's retries; ``away`` sets that directly."""
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
         self.requests: list[tuple[str, str | None]] = []
         self.served = 0
         self.cut = False
+        self.stay_away = True
         self.away = False
         super().__init__(("127.0.0.1", 0), _FlakyHandler)
 
@@ -363,7 +290,7 @@ class _FlakyHandler(http.server.BaseHTTPRequestHandler):
         if target:
             self.server.served += len(sent)
         if cut:
-            self.server.cut, self.server.away = False, True  # and gone for the rest of this run
+            self.server.cut, self.server.away = False, self.server.stay_away
             self.wfile.flush()
             self.connection.shutdown(socket.SHUT_RDWR)
 
@@ -391,6 +318,25 @@ def mirror(s3: str) -> Iterator[tuple[FlakyProxy, str]]:
         yield proxy, f"http://127.0.0.1:{proxy.server_address[1]}/{BUCKET}/prod"
     finally:
         proxy.shutdown()
+
+
+def test_interrupted_download_resumes_with_range(
+    mirror: tuple[FlakyProxy, str], published: dict[str, object], sandbox: Callable[..., Sandbox]
+) -> None:
+    """Through https:// (a read-only mirror; plain http to the local test proxy): the
+    connection is cut halfway through the bundle; the fetch asks for the rest with Range
+    and the bundle verifies."""
+    proxy, url = mirror
+    proxy.cut, proxy.stay_away = True, False
+    sb = sandbox("4.0.1", supervise=False)
+    pin(sb, published["root"])
+    p = install("--root", sb.root, "fetch", "--repo", url, "--to", "4.1.1")
+    assert p.returncode == 0, p.stderr
+    gets = proxy.requests
+    assert (
+        len(gets) == 2 and gets[0][1] is None and gets[1][1] is not None and gets[1][1].startswith("bytes=")
+    )
+    assert int(gets[1][1].removeprefix("bytes=").rstrip("-")) > 0
 
 
 def test_a_second_fetch_transfers_no_bundle_byte_again(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.helpers import Sandbox, db_state, install, sqlite_url, tree_diff, tree_hash, tree_listing
@@ -58,3 +60,21 @@ def recover_back(sb: Sandbox, expected: dict[str, object]) -> str:
         done = "nothing to roll back"
     assert_exactly(sb, expected, "old", "4.0.1")
     return done
+
+
+def recover_after_kill(
+    run: Callable[..., subprocess.CompletedProcess[str]],
+    recover: str,
+    bundle: Path,
+    at_new: Callable[[], bool],
+) -> None:
+    """``recover`` (resume or rollback) after a SIGKILL, through ``run`` (the installer on
+    one root). Killed before the journal's first record there is nothing to recover
+    ("nothing to ...", or no state yet): a resume then applies again, as an operator would."""
+    p = run(recover)
+    said = p.stdout + p.stderr
+    if p.returncode != 0 or p.stdout.startswith("nothing to"):
+        assert "nothing to" in said or "no jumpkit state" in said, said
+        if recover == "resume" and not at_new():
+            q = run("apply", bundle)
+            assert q.returncode == 0, q.stderr

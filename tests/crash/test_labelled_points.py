@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.counts import count
+from tests.crash.common import recover_after_kill
 from tests.crash.test_points import CRASH_POINTS
 from tests.helpers import Sandbox, db_state, install, sqlite_url, tree_diff, tree_listing
 from tests.selinux import LibSelinux, labelled, write_policy
@@ -46,11 +47,10 @@ def test_crash_matrix_on_a_labelled_root(
     sb, _ = labelled(sandbox)
     p = install("--root", sb.root, "apply", bundle, env={"JUMPKIT_FAILPOINT": point})
     assert p.returncode == -9, p.stderr
-    p = install("--root", sb.root, recover)
-    if p.returncode != 0 or p.stdout.startswith("nothing to"):  # killed before the journal began
-        assert "nothing to" in p.stdout + p.stderr or "no jumpkit state" in p.stderr, p.stdout + p.stderr
-        if recover == "resume" and tree_listing(sb.root) != labelled_expected["new"][0]:  # type: ignore[index]
-            assert install("--root", sb.root, "apply", bundle).returncode == 0
+    new_files = labelled_expected["new"][0]  # type: ignore[index]
+    recover_after_kill(
+        lambda *a: install("--root", sb.root, *a), recover, bundle, lambda: tree_listing(sb.root) == new_files
+    )
     files, db = labelled_expected["new" if recover == "resume" else "old"]  # type: ignore[misc]
     now = tree_listing(sb.root)
     assert now == files, f"kill at {point}, {recover}:\n{tree_diff(files, now)}"

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.counts import count
+from tests.crash.common import recover_after_kill
 from tests.crash.test_points import CRASH_POINTS
 from tests.systemd import (
     SystemdSandbox,
@@ -35,13 +36,8 @@ def test_crash_then_recover_on_systemd(
     sb = sd_sandbox()
     p = sb.install("apply", sd_bundle, env={"JUMPKIT_FAILPOINT": point})
     assert p.returncode == -9, f"failpoint {point} did not fire: rc={p.returncode} {p.stderr}"  # type: ignore[attr-defined]
-    p = sb.install(recover)
-    said = p.stdout + p.stderr  # type: ignore[attr-defined]
-    if p.returncode != 0 or p.stdout.startswith("nothing to"):  # type: ignore[attr-defined]
-        assert "nothing to" in said or "no jumpkit state" in said, said
-        if recover == "resume" and sd_tree(sb.root) != sd_expected["new"][0]:  # type: ignore[index]
-            p = sb.install("apply", sd_bundle)  # killed before the journal's first record
-            assert p.returncode == 0, p.stderr  # type: ignore[attr-defined]
+    new_tree = sd_expected["new"][0]  # type: ignore[index]
+    recover_after_kill(sb.install, recover, sd_bundle, lambda: sd_tree(sb.root) == new_tree)  # type: ignore[arg-type]
     which, version = ("new", "4.1.1") if recover == "resume" else ("old", "4.0.1")
     assert_exactly_sd(sb, sd_expected, which, version, f"kill at {point}, {recover}")
     count(f"systemd crash matrix: kill at a failpoint, then {recover} (exactly {which}, systemd agreeing)")
