@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from builder import __version__
 from builder.collect import Collected, attrs_of, collect, normalized_mode
@@ -47,6 +48,9 @@ from installer.format import (
     Services,
 )
 from installer.signing import sha256_file, sign_manifest
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 DOS_EPOCH = 315532800  # 1980-01-01, the earliest time a ZIP can hold
 
@@ -128,10 +132,23 @@ def _few_gc_passes() -> Iterator[None]:
         gc.unfreeze()
 
 
-@_few_gc_passes()
 def build_bundle(
     specs_dir: Path,
     product_name: str | None,
+    frm: str,
+    to: str,
+    out_dir: Path,
+    *,
+    key: Path | None,
+    **options: Any,
+) -> BuildResult:
+    """:func:`build_jump` of the product loaded from ``specs_dir``."""
+    return build_jump(load_product(specs_dir, product_name), frm, to, out_dir, key=key, **options)
+
+
+@_few_gc_passes()
+def build_jump(
+    product: Product,
     frm: str,
     to: str,
     out_dir: Path,
@@ -154,10 +171,32 @@ def build_bundle(
         SpecError: invalid or unknown specs. BuildError: missing key or inputs.
     """
     t0 = time.monotonic()
-    product = load_product(specs_dir, product_name)
     jump = product.jump(frm, to)
-    jump_path = product.jump_files()[(frm, to)]
     private = load_private_key(key) if key is not None else None
+    collected, databases = _inputs(product, jump, rehearse, installer)
+    if installer is not None and DELTA_FORMAT_VERSION not in installer.formats:
+        delta = False  # the installer that travels with the bundle could not read patches,
+        for p in collected.files:  # nor merge bases: rewrite and keep-local as format 1 does
+            p.base_source, p.required = None, False
+    whole_deflated = _patch(collected, workers, bsdiff_max) if delta else 0
+    epoch = source_epoch(calendar.timegm(jump.date.timetuple()) if jump.date else None)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dest = out_dir / f"{bundle_name(product.name, frm, to)}.zip"
+
+    def manifest_of(digests: dict[str, tuple[str, int]]) -> Manifest:
+        return _manifest(product, frm, to, collected, digests, epoch, jump, databases, installer)
+
+    size, manifest = _write(dest, collected, manifest_of, private, epoch, level, workers, progress)
+    # --checksum: one more pass (the signed manifest already covers every byte that matters)
+    digest = sha256_file(dest)[0] if checksum else None
+    return BuildResult(dest, digest, size, manifest, time.monotonic() - t0, whole_deflated)
+
+
+def _inputs(
+    product: Product, jump: JumpSpec, rehearse: bool, installer: FrozenInstaller | None
+) -> tuple[Collected, list[Database]]:
+    """Everything the bundle will hold, linted: payload, migrations (rehearsed), installer."""
+    jump_path = product.jump_files()[(jump.from_version, jump.to_version)]
     trees = release_trees(product, jump)
     refuse(lint_jump(product, jump_path, trees))  # what lint calls an error, a build refuses
     collected = collect(product, jump, jump_path.parent, trees)
@@ -169,31 +208,28 @@ def build_bundle(
         collected.extras += sources
     if installer is not None:
         collected.extras.append(Source(INSTALLER_MEMBER, 0o755, path=installer.path))
-    if installer is not None and DELTA_FORMAT_VERSION not in installer.formats:
-        delta = False  # the installer that travels with the bundle could not read patches,
-        for p in collected.files:  # nor merge bases: rewrite and keep-local as format 1 does
-            p.base_source, p.required = None, False
-    whole_deflated = _patch(collected, workers, bsdiff_max) if delta else 0
-    epoch = source_epoch(calendar.timegm(jump.date.timetuple()) if jump.date else None)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    dest = out_dir / f"{bundle_name(product.name, frm, to)}.zip"
+    return collected, databases
+
+
+def _write(
+    dest: Path,
+    collected: Collected,
+    manifest_of: Callable[[dict[str, tuple[str, int]]], Manifest],
+    private: Ed25519PrivateKey | None,
+    epoch: int,
+    level: int,
+    workers: int,
+    progress: Callable[[int], None] | None,
+) -> tuple[int, Manifest]:
+    """Write the ZIP beside ``dest`` and rename it there: payload first, then the manifest
+    of its digests and its signature. A failure leaves no file."""
     partial = dest.with_name(f".{dest.name}.partial")
     out = _OutFile(partial)
     try:
-        with ZipWriter(out.f, epoch=epoch, level=level, workers=workers, spill_dir=out_dir) as writer:
+        with ZipWriter(out.f, epoch=epoch, level=level, workers=workers, spill_dir=dest.parent) as writer:
             digests = writer.write_all(collected.sources(), progress)
             out.flush_early()
-            manifest = _manifest(
-                product,
-                jump.from_version,
-                jump.to_version,
-                collected,
-                digests,
-                epoch,
-                jump,
-                databases,
-                installer,
-            )
+            manifest = manifest_of(digests)
             data = manifest_bytes(manifest)
             writer.add_bytes(MANIFEST_NAME, data)
             if private is not None:
@@ -208,9 +244,7 @@ def build_bundle(
         if isinstance(e, OSError):
             raise BuildError(f"cannot write {dest.name}: {e}") from e
         raise
-    # --checksum: one more pass (the signed manifest already covers every byte that matters)
-    digest = sha256_file(dest)[0] if checksum else None
-    return BuildResult(dest, digest, size, manifest, time.monotonic() - t0, whole_deflated)
+    return size, manifest
 
 
 def _patch(collected: Collected, workers: int, bsdiff_max: int) -> int:

@@ -9,23 +9,20 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from builder import __version__
-from builder.errors import BuildError, UnknownJumpError
 from builder.present import JsonOpt, err
-from builder.present import fail as _fail
 from builder.repo_cli import publish, repo_app
 from builder.resources import DEFAULT_INSTALLER, foreign_installer
 from builder.rollout_cli import rollout_app
 from builder.testjumps_cli import test_jumps_cmd
 from installer import guard
-from installer.errors import JumpkitError
 
 if TYPE_CHECKING:
-    from builder.frozen import FrozenInstaller
+    from builder import release
 
 # The work's modules (pydantic models, the build, rpm, the graph) are imported by the
 # command that needs them: ``--version``, ``--help`` and completion then start in ~0.1 s
@@ -158,181 +155,67 @@ def build(
     if key is None and not unsigned:
         err.print("bundle-build: no signing key: pass --key FILE (see 'bundle-build keygen') or --unsigned")
         raise typer.Exit(2)
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    from builder import release
+    from builder.frozen import choose_installer
     from builder.spec import load_product
-    from installer.errors import NoPath
-    from installer.graph import plan_chain
 
-    try:
-        prod = load_product(specs, product)
-        chain = [(frm, to)]
-        if (frm, to) not in prod.jump_files():
-            try:
-                chain = plan_chain(prod.graph(), frm, to)
-            except NoPath as e:
-                defined = ", ".join(f"{a} -> {b}" for a, b in prod.graph().jumps) or "none"
-                raise UnknownJumpError(
-                    f"{prod.name} has no jump {frm} -> {to} and no chain of jumps ({e.message}); "
-                    f"defined: {defined}"
-                ) from e
-            if not json_out:
-                err.print(
-                    f"bundle-build: no direct jump {frm} -> {to}; "
-                    f"building the chain of {len(chain)} bundles: "
-                    + ", ".join(f"{a} -> {b}" for a, b in chain)
-                    + " (apply them together: bundle-install apply B1 B2 ...)"
-                )
-        from builder.frozen import choose_installer
-
-        note = None if json_out else lambda why: err.print(f"bundle-build: {why}")
-        frozen = choose_installer(installer, none=no_installer, note=note)
-        if fmt != "zip" and frozen is None:
-            raise BuildError(
-                "an RPM runs the bundle's installer in %posttrans: pass --installer (or freeze one)"
-            )
-    except JumpkitError as e:
-        _fail(e, json_out, debug)
-    docs = []
-    for a, b in chain:
-        docs.append(
-            _build_one(
-                specs, product, a, b, out, key=None if unsigned else key, level=level, checksum=checksum,
-                rehearse=not no_rehearse, installer=frozen, fmt=fmt, rpm_compression=rpm_compression,
-                rpm_sign_key=rpm_sign_key, json_out=json_out, debug=debug, delta=delta == "auto",
-            )
+    prod = load_product(specs, product)
+    chain = release.chain_of(prod, frm, to)
+    if chain != [(frm, to)] and not json_out:
+        err.print(
+            f"bundle-build: no direct jump {frm} -> {to}; building the chain of {len(chain)} bundles: "
+            + ", ".join(f"{a} -> {b}" for a, b in chain)
+            + " (apply them together: bundle-install apply B1 B2 ...)"
+        )
+    note = None if json_out else lambda why: err.print(f"bundle-build: {why}")
+    options = release.BuildOptions(
+        out, key=None if unsigned else key, formats=fmt, level=level, checksum=checksum,
+        rehearse=not no_rehearse, installer=choose_installer(installer, none=no_installer, note=note),
+        delta=delta == "auto", rpm_compression=rpm_compression, rpm_sign_key=rpm_sign_key,
+    )  # fmt: skip
+    show = not json_out and sys.stderr.isatty()
+    columns = ("building", BarColumn(), DownloadColumn(), TransferSpeedColumn())
+    with Progress(*columns, console=err, transient=True, disable=not show) as bar:
+        task = bar.add_task("build", total=None)
+        built = release.build(
+            prod, chain, options, progress=lambda n: bar.advance(task, n),
+            on_built=None if json_out else lambda b: print("\n".join(_summary(b, out))),
         )  # fmt: skip
     if json_out:
+        docs = [b.to_json() for b in built]
         print(json.dumps(docs[0] if len(docs) == 1 else {"ok": True, "chain": docs}))
     # The process ends here: the manifests still referenced hold no cycles, so keep the
     # interpreter's final collection from walking them (~0.1 s for 24k files).
     gc.freeze()
 
 
-def _build_one(
-    specs: Path,
-    product: str | None,
-    frm: str,
-    to: str,
-    out: Path,
-    *,
-    key: Path | None,
-    level: int,
-    checksum: bool,
-    rehearse: bool,
-    installer: FrozenInstaller | None,
-    fmt: str,
-    rpm_compression: str,
-    rpm_sign_key: str | None,
-    json_out: bool,
-    debug: bool,
-    delta: bool = True,
-) -> dict[str, Any]:
-    """Build one jump's bundle (and RPM); print the human summary; return the JSON one."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
-
-    from builder.build import build_bundle
-    from builder.rpm import build_rpm
-    from builder.spec import load_product
-
-    unsigned = key is None
-    frozen = installer
-    show = not json_out and sys.stderr.isatty()
-    try:
-        with Progress(
-            "building",
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            console=err,
-            transient=True,
-            disable=not show,
-        ) as bar:
-            task = bar.add_task("build", total=None)
-            result = build_bundle(
-                specs,
-                product,
-                frm,
-                to,
-                out,
-                key=key,
-                level=level,
-                checksum=checksum,
-                rehearse=rehearse,
-                installer=frozen,
-                progress=lambda n: bar.advance(task, n),
-                delta=delta,
-            )
-        rpm = None
-        if fmt in ("rpm", "all"):
-            prod = load_product(specs, product)
-            rpm = build_rpm(
-                result.path,
-                result.manifest,
-                prod.spec.package,
-                prod.spec.summary,
-                out,
-                compression=rpm_compression,
-                sign_key=rpm_sign_key,
-            )
-            if fmt == "rpm":
-                result.path.unlink()
-    except JumpkitError as e:
-        _fail(e, json_out, debug)
-    m = result.manifest
-    patched = {
-        "files": len(m.deltas()),
-        "patch_bytes": sum(f.delta.size for f in m.deltas() if f.delta),
-        "whole_deflated_bytes": result.delta_whole_bytes,
-        "whole_bytes": sum(f.size for f in m.deltas()),
-    }
-    zip_left = fmt != "rpm"  # --format rpm: the ZIP travels inside the RPM only
-    doc = {
-        "ok": True,
-        "bundle": str(result.path) if zip_left else None,
-        "sha256": result.sha256,
-        "size": result.size,
-        "files": len(m.files),
-        "removed": len(m.removed),
-        "signed": not unsigned,
-        "installer": m.installer.version if m.installer else None,
-        "development": m.development,
-        "seconds": round(result.seconds, 3),
-        "format": m.format,
-        "delta": patched,
-        "rpm": None
-        if rpm is None
-        else {
-            "path": str(rpm.path),
-            "name": rpm.name,
-            "version": rpm.version,
-            "release": rpm.release,
-            "signed": rpm.signed,
-        },
-    }
-    if not json_out:
-        if zip_left:
-            print(
-                f"{result.path}  {result.size} bytes" + (f"  sha256 {result.sha256}" if result.sha256 else "")
-            )
-        elif rpm is not None:
-            size = rpm.path.stat().st_size
-            print(f"{rpm.path}  {size} bytes (it carries {result.path.name}; no ZIP is left in {out})")
-        print(
-            f"  {len(m.files)} files, {len(m.removed)} removed, {'signed' if not unsigned else 'UNSIGNED'}, "
-            + (f"installer {m.installer.version}, " if m.installer else "DEVELOPMENT bundle (no installer), ")
-            + f"{result.seconds:.2f}s"
+def _summary(built: release.Built, out: Path) -> list[str]:
+    """The human summary of one built jump."""
+    r, m, rpm = built.result, built.result.manifest, built.rpm
+    lines = []
+    if built.keeps_zip:
+        lines.append(f"{r.path}  {r.size} bytes" + (f"  sha256 {r.sha256}" if r.sha256 else ""))
+    elif rpm is not None:
+        size = rpm.path.stat().st_size
+        lines.append(f"{rpm.path}  {size} bytes (it carries {r.path.name}; no ZIP is left in {out})")
+    lines.append(
+        f"  {len(m.files)} files, {len(m.removed)} removed, {'signed' if built.signed else 'UNSIGNED'}, "
+        + (f"installer {m.installer.version}, " if m.installer else "DEVELOPMENT bundle (no installer), ")
+        + f"{r.seconds:.2f}s"
+    )
+    patched = built.delta_stats()
+    if patched["files"]:
+        lines.append(
+            f"  {patched['files']} file(s) as patches: {patched['patch_bytes']} bytes instead of "
+            f"{patched['whole_deflated_bytes']} deflated whole (format {m.format}: the manager needs "
+            "the exact old files; --delta none ships them whole)"
         )
-        if patched["files"]:
-            print(
-                f"  {patched['files']} file(s) as patches: {patched['patch_bytes']} bytes instead of "
-                f"{patched['whole_deflated_bytes']} deflated whole (format {m.format}: the manager needs "
-                "the exact old files; --delta none ships them whole)"
-            )
-        if rpm is not None:
-            print(
-                f"{rpm.path if zip_left else '  RPM:'}  "
-                f"{'GPG-signed' if rpm.signed else 'unsigned (pass --rpm-sign-key for gpgcheck)'}"
-            )
-    return doc
+    if rpm is not None:
+        signed = "GPG-signed" if rpm.signed else "unsigned (pass --rpm-sign-key for gpgcheck)"
+        lines.append(f"{rpm.path if built.keeps_zip else '  RPM:'}  {signed}")
+    return lines
 
 
 app.command("test-jumps")(test_jumps_cmd)
@@ -363,10 +246,7 @@ def lint_cmd(
     Exit 0 with warnings only, 2 when there is an error. Builds nothing."""
     from builder.lint import lint_product
 
-    try:
-        problems = lint_product(specs, product)
-    except JumpkitError as e:
-        _fail(e, json_out, False)
+    problems = lint_product(specs, product)
     errors = sum(1 for p in problems if p.severity == "error")
     warnings = len(problems) - errors
     if json_out:
@@ -418,8 +298,6 @@ def plan_cmd(
                 f"bundle-build: no upgrade path {frm} -> {to}: {e.message}; reachable from {frm}: {near}"
             )
         raise typer.Exit(e.exit_code) from e
-    except JumpkitError as e:
-        _fail(e, json_out, False)
     reasons = {(x.from_version, x.to_version): x.reason for x in graph.policy.exceptions}
     stops = [b for _, b in chain if b in graph.required_stops]
     if json_out:
@@ -450,10 +328,7 @@ def keygen(
     on managers under /etc/jumpkit/trusted-keys/)."""
     from builder.keys import keygen as make_key
 
-    try:
-        priv, pub, kid = make_key(out, name, overwrite=force)
-    except JumpkitError as e:
-        _fail(e, json_out, False)
+    priv, pub, kid = make_key(out, name, overwrite=force)
     if json_out:
         print(json.dumps({"ok": True, "private": str(priv), "public": str(pub), "keyid": kid}))
     else:
@@ -471,10 +346,7 @@ def inspect(
     """Show a bundle's manifest: jump, files, configs and policies, services, checks, signature."""
     from builder.inspect import describe, inspect_bundle
 
-    try:
-        info = inspect_bundle(bundle, list(trust or []))
-    except JumpkitError as e:
-        _fail(e, json_out, False)
+    info = inspect_bundle(bundle, list(trust or []))
     if json_out:
         print(json.dumps(info, indent=2))
     else:
@@ -509,11 +381,8 @@ def sandbox(
             err.print(f"bundle-build: --set wants section.key=value, got {item!r}")
             raise typer.Exit(2)
         overrides[k] = v
-    try:
-        prod = load_product(specs, product)
-        lay_out(prod, version, root, overrides=overrides, trust=list(trust or []))
-    except JumpkitError as e:
-        _fail(e, False, False)
+    prod = load_product(specs, product)
+    lay_out(prod, version, root, overrides=overrides, trust=list(trust or []))
     print(f"{root}: {version} laid out")
     if (hint := start_hint(prod, root)) is not None:
         print(f"start its services: {hint}")

@@ -11,8 +11,6 @@ import typer
 
 from builder.errors import BuildError
 from builder.present import JsonOpt, err
-from builder.present import fail as _fail
-from installer.errors import JumpkitError
 
 repo_app = typer.Typer(
     pretty_exceptions_enable=False,
@@ -66,13 +64,10 @@ def repo_init(
     from builder.tufrepo import Repo
     from installer.store import open_store
 
-    try:
-        r = Repo.init(
-            open_store(repo), keys, _role_ints(threshold, "--threshold"), _role_ints(expires, "--expires"),
-            create_bucket=create_bucket,
-        )  # fmt: skip
-    except JumpkitError as e:
-        _fail(e, json_out, False)
+    r = Repo.init(
+        open_store(repo), keys, _role_ints(threshold, "--threshold"), _role_ints(expires, "--expires"),
+        create_bucket=create_bucket,
+    )  # fmt: skip
     doc = {
         "ok": True,
         "repo": repo,
@@ -90,10 +85,7 @@ def repo_refresh(repo: RepoOpt, keys: KeysOpt, json_out: JsonOpt = False) -> Non
     from builder.tufrepo import Keys, Repo
     from installer.store import open_store
 
-    try:
-        v = Repo(open_store(repo), Keys.load(keys, ["timestamp"])).refresh()
-    except JumpkitError as e:
-        _fail(e, json_out, False)
+    v = Repo(open_store(repo), Keys.load(keys, ["timestamp"])).refresh()
     print(json.dumps({"ok": True, "timestamp_version": v}) if json_out else f"timestamp version {v}")
 
 
@@ -109,10 +101,7 @@ def repo_rotate(
     from builder.tufrepo import Keys, Repo
     from installer.store import open_store
 
-    try:
-        keyid = Repo(open_store(repo), Keys.load(keys)).rotate(role)
-    except JumpkitError as e:
-        _fail(e, json_out, False)
+    keyid = Repo(open_store(repo), Keys.load(keys)).rotate(role)
     print(
         json.dumps({"ok": True, "role": role, "keyid": keyid}) if json_out else f"{role} key is now {keyid}"
     )
@@ -129,10 +118,7 @@ def repo_export(
     from builder.tufrepo import Keys, Repo
     from installer.store import open_store
 
-    try:
-        n = Repo(open_store(repo), Keys(to, {})).export(to)
-    except JumpkitError as e:
-        _fail(e, json_out, False)
+    n = Repo(open_store(repo), Keys(to, {})).export(to)
     print(json.dumps({"ok": True, "files": n, "dir": str(to)}) if json_out else f"{n} files into {to}")
 
 
@@ -152,19 +138,16 @@ def publish(
     from installer.signing import sha256_file
     from installer.store import open_store
 
-    try:
-        items = []
-        for b in bundles:
-            info = inspect_bundle(b, list(trust or []))
-            m = info["manifest"]
-            if trust and not info["signature"].get("verified_by"):
-                raise BuildError(f"{b}: not signed by a trusted key")
-            items.append((b, {"product": m["product"], "from": m["from_version"], "to": m["to_version"],
-                              "format": "rpm" if info.get("rpm") else "zip", "sha256": sha256_file(b)[0],
-                              "version_file": m["version_file"]}))  # fmt: skip
-        names = Repo(open_store(repo), Keys.load(keys, ["targets", "snapshot", "timestamp"])).publish(items)
-    except JumpkitError as e:
-        _fail(e, json_out, False)
+    items = []
+    for b in bundles:
+        info = inspect_bundle(b, list(trust or []))
+        m = info["manifest"]
+        if trust and not info["signature"].get("verified_by"):
+            raise BuildError(f"{b}: not signed by a trusted key")
+        items.append((b, {"product": m["product"], "from": m["from_version"], "to": m["to_version"],
+                          "format": "rpm" if info.get("rpm") else "zip", "sha256": sha256_file(b)[0],
+                          "version_file": m["version_file"]}))  # fmt: skip
+    names = Repo(open_store(repo), Keys.load(keys, ["targets", "snapshot", "timestamp"])).publish(items)
     print(
         json.dumps({"ok": True, "published": names})
         if json_out

@@ -187,11 +187,8 @@ def rollout_status(
     from builder.rollout import fleet_status
     from builder.spec import load_product
 
-    try:
-        version_file = load_product(specs, product).spec.version_file
-        report = fleet_status(inventory, version_file, pattern=limit)
-    except JumpkitError as e:
-        fail(e, json_out, False)
+    version_file = load_product(specs, product).spec.version_file
+    report = fleet_status(inventory, version_file, pattern=limit)
     if json_out:
         hosts: list[dict[str, Any]] = report.to_json()["hosts"]
         print(json.dumps({"ok": report.ok, "hosts": hosts}, indent=2))

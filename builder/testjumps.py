@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
-from builder.build import build_bundle
+from builder.build import build_jump
 from builder.errors import BuildError
 from builder.frozen import FrozenInstaller
 from builder.keys import keygen
@@ -241,8 +241,8 @@ class Runner:
         for frm, to in sorted(jumps, key=lambda j: (Version.parse(j[0]), Version.parse(j[1]))):
             tick(f"building {frm} -> {to}")
             try:
-                res = build_bundle(self.specs, self.product.name, frm, to, self.work / "dist",
-                                   key=self.key, installer=self.installer, level=1)  # fmt: skip
+                res = build_jump(self.product, frm, to, self.work / "dist",
+                                 key=self.key, installer=self.installer, level=1)  # fmt: skip
             except JumpkitError as e:
                 self.broken[(frm, to)] = f"{frm} -> {to}: {e.message}"
                 continue

@@ -13,8 +13,7 @@ import typer
 
 from builder.errors import BuildError
 from builder.present import JsonOpt, err
-from builder.present import fail as _fail
-from installer.errors import JumpkitError, UsageError
+from installer.errors import UsageError
 
 
 def test_jumps_cmd(
@@ -81,27 +80,19 @@ def test_jumps_cmd(
     if fmt == "rpm" and (why := tj.rpm_problem()) is not None:
         err.print(f"bundle-build test-jumps: {why}")
         raise typer.Exit(2)
-    try:
-        prod = load_product(specs, product)
-        if (why := tj.backend_problem(prod, backend, fmt)) is not None:
-            raise UsageError(why)
-        todo = tj.cases(prod, frm, to, everything, fmt)
-        frozen = choose_installer(installer_path, none=False, note=None)
-        if frozen is None:
-            raise BuildError("test-jumps tests what ships: it needs the frozen installer "
-                             "(scripts/freeze-installer, or --installer)")  # fmt: skip
-    except JumpkitError as e:  # NoPath too: exit 4, as plan's
-        _fail(e, json_out, False)
+    prod = load_product(specs, product)
+    if (why := tj.backend_problem(prod, backend, fmt)) is not None:
+        raise UsageError(why)
+    todo = tj.cases(prod, frm, to, everything, fmt)
+    frozen = choose_installer(installer_path, none=False, note=None)
+    if frozen is None:
+        raise BuildError("test-jumps tests what ships: it needs the frozen installer "
+                         "(scripts/freeze-installer, or --installer)")  # fmt: skip
     t0 = time.monotonic()
     live = not json_out and sys.stdout.isatty()
     with tempfile.TemporaryDirectory(prefix="jk-test-jumps-") as tmp:
         runner = tj.Runner(prod, specs, frozen, Path(tmp), fmt)
-        try:
-            runner.build(
-                {j for c in todo for j in c.steps}, lambda what: None if json_out else err.print(what)
-            )
-        except JumpkitError as e:
-            _fail(e, json_out, False)
+        runner.build({j for c in todo for j in c.steps}, lambda what: None if json_out else err.print(what))
         results = _run_cases(runner, todo, workers or os.cpu_count() or 1, live)
     seconds = time.monotonic() - t0
     if junit_file is not None:

@@ -302,3 +302,48 @@ def test_every_signing_key_problem_is_exit_2_in_one_line(tmp_path: Path, keys: d
         lines = p.stderr.strip().splitlines()
         assert p.returncode == 2 and len(lines) == 1 and said in lines[0], (key, p.stderr)
         assert not out.exists() or not list(out.iterdir())
+
+
+def test_a_chain_builds_as_one_library_call_with_the_product_loaded_once(
+    tmp_path: Path, keys: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """builder.release is what the CLI calls: a chain of three jumps from one loaded product
+    (no second load), each result printable as the CLI's --json document."""
+    import builder.spec
+    from builder import release
+
+    product = builder.spec.load_product(SPECS, None)
+    loads: list[object] = []
+    monkeypatch.setattr(builder.spec, "load_product", lambda *a, **k: loads.append(a))
+    chain = release.chain_of(product, "3.4.2", "4.2.0")
+    assert chain == [("3.4.2", "4.0.1"), ("4.0.1", "4.1.1"), ("4.1.1", "4.2.0")]
+    heard: list[str] = []
+    options = release.BuildOptions(tmp_path, key=keys["key"], rehearse=False)
+    built = release.build(product, chain, options, on_built=lambda b: heard.append(b.result.path.name))
+    assert loads == []
+    assert heard == [f"demo-manager-{a}-to-{b}.zip" for a, b in chain]
+    doc = built[1].to_json()
+    assert doc["bundle"] == str(tmp_path / "demo-manager-4.0.1-to-4.1.1.zip") and doc["signed"] is True
+    assert set(doc) == {"ok", "bundle", "sha256", "size", "files", "removed", "signed", "installer",
+                        "development", "seconds", "format", "delta", "rpm"}  # fmt: skip
+    cli = build("--from", "4.0.1", "--to", "4.1.1", "--key", keys["key"], "--out", tmp_path / "cli",
+                "--no-rehearse", "--no-installer", "--json")  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout)["sha256"] is None and sha(Path(json.loads(cli.stdout)["bundle"])) == sha(
+        built[1].result.path
+    )
+
+
+def test_no_jump_and_no_chain_is_one_line_naming_the_defined_jumps(
+    tmp_path: Path, keys: dict[str, Path]
+) -> None:
+    from builder import release
+    from builder.errors import UnknownJumpError
+    from builder.spec import load_product
+
+    with pytest.raises(
+        UnknownJumpError, match=r"no jump 4\.2\.0 -> 3\.4\.2 and no chain.*defined: 3\.4\.2 -> 4\.0\.1"
+    ):
+        release.chain_of(load_product(SPECS, None), "4.2.0", "3.4.2")
+    with pytest.raises(Exception, match="format 'tar'"):
+        release.build(load_product(SPECS, None), [], release.BuildOptions(tmp_path, key=None, formats="tar"))

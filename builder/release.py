@@ -1,0 +1,164 @@
+"""A release build as one library call: ``bundle-build`` parses its options into
+:class:`BuildOptions`, calls :func:`build` and prints what comes back; a script or a test can
+do the same without the command line. The product is loaded once by the caller, however
+many jumps the chain holds.
+
+    product = load_product(Path("specs"), None)
+    for built in build(product, chain_of(product, "4.0.1", "4.1.1"), BuildOptions(out, key)):
+        print(built.to_json())
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from builder.build import BuildResult, build_jump
+from builder.errors import BuildError, UnknownJumpError
+from builder.frozen import FrozenInstaller
+from builder.rpm import RpmResult, build_rpm
+from builder.spec import Product
+from installer.errors import NoPath
+from installer.graph import plan_chain
+
+FORMATS = ("zip", "rpm", "all")
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How to build each bundle of a chain."""
+
+    out: Path
+    key: Path | None
+    """ed25519 private key; None builds unsigned (development) bundles."""
+    formats: str = "zip"
+    """zip, rpm (the ZIP then travels inside the RPM only) or all."""
+    level: int = 6
+    checksum: bool = False
+    rehearse: bool = True
+    installer: FrozenInstaller | None = None
+    delta: bool = True
+    rpm_compression: str = "zstd"
+    rpm_sign_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Built:
+    """One jump's outputs: the bundle (whose ZIP may be gone for ``--format rpm``) and its RPM."""
+
+    result: BuildResult
+    rpm: RpmResult | None
+    keeps_zip: bool
+    signed: bool
+
+    def delta_stats(self) -> dict[str, int]:
+        """Files shipped as patches, the patches' bytes, and what they would take whole."""
+        m = self.result.manifest
+        return {
+            "files": len(m.deltas()),
+            "patch_bytes": sum(f.delta.size for f in m.deltas() if f.delta),
+            "whole_deflated_bytes": self.result.delta_whole_bytes,
+            "whole_bytes": sum(f.size for f in m.deltas()),
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        """What ``bundle-build --json`` prints for this jump."""
+        r, m, rpm = self.result, self.result.manifest, self.rpm
+        return {
+            "ok": True,
+            "bundle": str(r.path) if self.keeps_zip else None,
+            "sha256": r.sha256,
+            "size": r.size,
+            "files": len(m.files),
+            "removed": len(m.removed),
+            "signed": self.signed,
+            "installer": m.installer.version if m.installer else None,
+            "development": m.development,
+            "seconds": round(r.seconds, 3),
+            "format": m.format,
+            "delta": self.delta_stats(),
+            "rpm": None
+            if rpm is None
+            else {
+                "path": str(rpm.path),
+                "name": rpm.name,
+                "version": rpm.version,
+                "release": rpm.release,
+                "signed": rpm.signed,
+            },
+        }
+
+
+def chain_of(product: Product, frm: str, to: str) -> list[tuple[str, str]]:
+    """The jumps to build for ``frm -> to``: that jump when the product defines it, else the
+    chain ``plan`` finds (fewest jumps, policy and required stops honoured).
+
+    Raises:
+        UnknownJumpError: no jump and no chain (the message lists the defined jumps).
+    """
+    if (frm, to) in product.jump_files():
+        return [(frm, to)]
+    try:
+        return plan_chain(product.graph(), frm, to)
+    except NoPath as e:
+        defined = ", ".join(f"{a} -> {b}" for a, b in product.graph().jumps) or "none"
+        raise UnknownJumpError(
+            f"{product.name} has no jump {frm} -> {to} and no chain of jumps ({e.message}); "
+            f"defined: {defined}"
+        ) from e
+
+
+def build(
+    product: Product,
+    chain: list[tuple[str, str]],
+    options: BuildOptions,
+    *,
+    progress: Callable[[int], None] | None = None,
+    on_built: Callable[[Built], None] | None = None,
+) -> list[Built]:
+    """Build each jump of ``chain`` in order (``on_built`` hears of each as it is done).
+
+    Raises:
+        BuildError: an RPM asked for without an installer (its %posttrans runs it), or a
+            build failed. SpecError: invalid specs.
+    """
+    if options.formats not in FORMATS:
+        raise BuildError(f"format {options.formats!r}: one of {', '.join(FORMATS)}")
+    if options.formats != "zip" and options.installer is None:
+        raise BuildError("an RPM runs the bundle's installer in %posttrans: pass --installer (or freeze one)")
+    out = []
+    for frm, to in chain:
+        built = build_one(product, frm, to, options, progress=progress)
+        out.append(built)
+        if on_built is not None:
+            on_built(built)
+    return out
+
+
+def build_one(
+    product: Product,
+    frm: str,
+    to: str,
+    options: BuildOptions,
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> Built:
+    """One jump's bundle, and its RPM when asked (``rpm`` alone: the ZIP is removed once the
+    RPM carries it)."""
+    o = options
+    result = build_jump(
+        product, frm, to, o.out, key=o.key, level=o.level, checksum=o.checksum, rehearse=o.rehearse,
+        installer=o.installer, progress=progress, delta=o.delta,
+    )  # fmt: skip
+    rpm = None
+    if o.formats in ("rpm", "all"):
+        spec = product.spec
+        rpm = build_rpm(
+            result.path, result.manifest, spec.package, spec.summary, o.out,
+            compression=o.rpm_compression, sign_key=o.rpm_sign_key,
+        )  # fmt: skip
+        if o.formats == "rpm":
+            result.path.unlink()
+    return Built(result, rpm, keeps_zip=o.formats != "rpm", signed=o.key is not None)
