@@ -45,22 +45,28 @@ class Client(threading.Thread):
         super().__init__(daemon=True)
         self.port, self.every, self.stop_flag = port, every, threading.Event()
         self.seen: list[tuple[float, float, str]] = []
+        self.why: list[str] = []
+        """What each reset was, and when (seconds after the action began)."""
+        self.began = time.perf_counter()
 
     def run(self) -> None:
         while not self.stop_flag.is_set():
             t0 = time.perf_counter()
+            data, why = b"", ""
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
                     s.sendall(b"GET /version HTTP/1.0\r\n\r\n")
-                    data = b""
                     while chunk := s.recv(4096):
                         data += chunk
-                what = "ok" if b"\r\n\r\n" in data and data.split(b"\r\n\r\n", 1)[1].strip() else "reset"
+                ok = b"\r\n\r\n" in data and data.split(b"\r\n\r\n", 1)[1].strip()
+                what, why = ("ok", "") if ok else ("reset", f"answer {data[:60]!r}")
             except ConnectionRefusedError:
                 what = "refused"
-            except OSError:
-                what = "reset"
+            except OSError as e:  # a reset, or a timeout: named in the run's line
+                what, why = "reset", f"{type(e).__name__} after {len(data)} bytes"
             self.seen.append((t0, time.perf_counter(), what))
+            if why:
+                self.why.append(f"{why} at {t0 - self.began:+.3f}s")
             time.sleep(self.every)
 
     def figures(self) -> dict[str, float]:
@@ -80,10 +86,10 @@ class Client(threading.Thread):
 
 
 def specs(work: Path, socketed: bool) -> Path:
-    """The systemd demo product, socket-activated or with a plain unit that binds itself."""
+    """The systemd demo product, socket-activated or with a plain unit that binds itself,
+    copied afresh from this checkout's demo on each run (a copy kept from an older
+    checkout would measure that checkout's service)."""
     d = work / ("socket" if socketed else "plain") / "demo-manager"
-    if d.exists():
-        return d.parent
     shutil.copytree(DEMO, d, symlinks=False, ignore=shutil.ignore_patterns("product.yaml", "sandbox-init.py"))
     shutil.copyfile(DEMO / "sandbox-init.py", d / "sandbox-init.py")
     text = (
@@ -131,10 +137,13 @@ def around(action, port: int) -> dict[str, float]:  # type: ignore[no-untyped-de
     c = Client(port)
     c.start()
     time.sleep(0.3)
+    c.began = time.perf_counter()
     action()
     time.sleep(0.3)
     c.stop_flag.set()
     c.join()
+    if c.why:
+        print("  resets: " + "; ".join(c.why), file=sys.stderr, flush=True)
     return c.figures()
 
 
@@ -142,9 +151,8 @@ def main() -> int:
     ap = parser(__doc__)
     ap.set_defaults(repeat=9)
     a = ap.parse_args()
-    work = REPO / ".cache/bench/systemd"
-    work.mkdir(parents=True, exist_ok=True)
     base = Path(tempfile.mkdtemp(prefix="jk-bsd-"))
+    work = base / "specs"
     key, pub = keygen(base)
     bundles = {}
     for socketed in (False, True):
