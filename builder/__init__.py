@@ -11,10 +11,10 @@ INSTALLER_MODULES = frozenset(
         "installer.archive", "installer.delta", "installer.paths",
         "installer.version", "installer.errors", "installer.graph",
         # what the installer will do with a bundle, which the builder checks ahead
-        "installer.attrs", "installer.plan", "installer.preflight", "installer.health",
+        "installer.attrs", "installer.swapplan", "installer.preflight", "installer.health",
         "installer.services", "installer.migrate", "installer.rpmbundle",
         # shared plumbing: one error rendering for both CLIs, one repository client
-        "installer.guard", "installer.store",
+        "installer.entry", "installer.store",
     }
 )  # fmt: skip
 """The installer modules the builder may import (tests/test_errors.py checks it): the

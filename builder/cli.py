@@ -19,7 +19,7 @@ from builder.repo_cli import publish, repo_app
 from builder.resources import DEFAULT_INSTALLER, foreign_installer
 from builder.rollout_cli import rollout_app
 from builder.testjumps_cli import test_jumps_cmd
-from installer import guard
+from installer import entry
 
 if TYPE_CHECKING:
     from builder import release
@@ -393,10 +393,10 @@ def main() -> None:
     os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # clean up as on Ctrl-C
     if sys.argv[1:] == ["--version"]:  # typer would first convert all 20 options (0.2 s)
-        guard.run("bundle-build", _version, interrupted_code=1)
+        entry.run("bundle-build", _version, interrupted_code=1)
         return
-    sys.argv[1:] = guard.hoisted(sys.argv[1:], app, GLOBAL_OPTIONS)
-    guard.run("bundle-build", app, interrupted_code=1)
+    sys.argv[1:] = entry.hoisted(sys.argv[1:], app, GLOBAL_OPTIONS)
+    entry.run("bundle-build", app, interrupted_code=1)
 
 
 GLOBAL_OPTIONS = {"--debug": False}

@@ -22,7 +22,7 @@ from builder.zipwriter import Source
 from installer.attrs import describe_caps
 from installer.format import BASE_PREFIX, PAYLOAD_PREFIX, RemovedEntry, RewriteRule
 from installer.paths import check_link_target, check_relpath
-from installer.plan import current_digest
+from installer.swapplan import current_digest
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 
-from installer import guard
+from installer import entry
 from installer.errors import JumpkitError
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -17,4 +17,4 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document f
 
 def fail(e: JumpkitError, as_json: bool, debug: bool) -> NoReturn:
     """Report ``e`` (one line, its details indented; or JSON) and exit with its code."""
-    guard.report("bundle-build", e, code=e.exit_code, as_json=as_json, debug=debug)
+    entry.report("bundle-build", e, code=e.exit_code, as_json=as_json, debug=debug)

@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from installer import guard, interrupts, version_line
+from installer import entry, interrupts, version_line
 from installer.errors import JumpkitError, PreconditionError, UsageError
 
 if TYPE_CHECKING:  # the engine (pydantic, cryptography, ...) loads when a command runs, not for --help
@@ -179,7 +179,7 @@ def _fail(e: JumpkitError, as_json: bool) -> NoReturn:
     hint = None
     if e.exit_code in REPORT_HINT_CODES:
         hint = f"for support: bundle-install --root {shlex.quote(str(_g().opts.root))} report"
-    guard.report("bundle-install", e, code=e.exit_code, as_json=as_json, debug=_g().debug, hint=hint)
+    entry.report("bundle-install", e, code=e.exit_code, as_json=as_json, debug=_g().debug, hint=hint)
 
 
 @contextmanager
@@ -613,18 +613,18 @@ GLOBAL_OPTIONS = {
 
 def main() -> None:
     """Console-script entry point: SIGINT, SIGTERM and SIGHUP become requests to stop
-    (installer.interrupts), and every failure ends in one line (installer.guard)."""
+    (installer.interrupts), and every failure ends in one line (installer.entry)."""
     interrupts.install()
 
     def run() -> None:  # everything after install() runs under the guard: a signal is one line
         from installer.selfupdate import hand_over
 
-        sys.argv[1:] = guard.hoisted(sys.argv[1:], app, GLOBAL_OPTIONS)
+        sys.argv[1:] = entry.hoisted(sys.argv[1:], app, GLOBAL_OPTIONS)
         hand_over(sys.argv)  # a newer installer left on this manager by an earlier apply runs instead
         app()
 
     try:
-        guard.run("bundle-install", run, interrupted_code=interrupts.Interrupted.exit_code)
+        entry.run("bundle-install", run, interrupted_code=interrupts.Interrupted.exit_code)
     finally:
         interrupts.ignore()
 

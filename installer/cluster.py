@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, get_args
 
-from installer import child
+from installer import commands
 from installer.archive import Bundle, iter_verified
 from installer.errors import ClusterError, JumpkitError, UsageError
 from installer.failpoints import failpoint
@@ -40,7 +40,7 @@ def _env(manifest: Manifest, root: Path, host: str | None, action: str) -> dict[
 
 def _run(argv: list[str], root: Path, env: dict[str, str], what: str, timeout: float) -> str:
     try:
-        p = child.run(argv, cwd=root, env=env, timeout=timeout)
+        p = commands.run(argv, cwd=root, env=env, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as e:
         raise ClusterError(f"{what} could not run: {e}") from e
     out = p.output.strip()

@@ -12,15 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from installer.archive import Bundle, iter_verified
-from installer.chain import chain_id, unit_layout
 from installer.errors import PreconditionError
 from installer.format import BASE_PREFIX, Delta, Manifest
 from installer.metadata import narrowings
 from installer.migrate import unpack_migrations
-from installer.plan import Plan, View, compute_plan, placed_paths
 from installer.preflight import read_installed_version
 from installer.rehearsal import Rehearsed, rehearse_jumps
 from installer.state import StateDir
+from installer.swapplan import Plan, View, compute_plan, placed_paths
+from installer.txunits import chain_id, unit_layout
 
 Preflight = Callable[[Manifest, int], list[str]]
 

@@ -18,7 +18,6 @@ from typing import Any, Literal
 from installer import cluster, dryrun, failpoints, interrupts, preflight, rpmbundle
 from installer.aftercommit import AfterCommit
 from installer.archive import Bundle, Opened, opened_bundles, verify_members
-from installer.chain import check_chain, failpoint_names
 from installer.components import DEFAULT_WAIT
 from installer.decide import decide
 from installer.errors import (
@@ -36,14 +35,15 @@ from installer.journal import TxnState
 from installer.metadata import Labels
 from installer.migrate import bundle_sql
 from installer.options import Options
-from installer.plan import Plan, plan_jumps
 from installer.rehearsal import Rehearsed, rehearse_jumps
 from installer.services import ServiceManager, service_manager
 from installer.signing import load_trusted_keys, verify_signature
 from installer.stage import OldFiles, is_staged, only_staged, stage_bundle
 from installer.state import StateDir, StatusDoc, beneath_root, first_missing
 from installer.steps import Context
+from installer.swapplan import Plan, plan_jumps
 from installer.transaction import Recorder, Transaction
+from installer.txunits import check_chain, failpoint_names
 
 __all__ = ["Engine", "Options"]
 
@@ -468,12 +468,12 @@ class Engine:
 
     def _collect_trees(self) -> int:
         """Remove the unpacked installer trees no installer link names and no run uses
-        (:func:`installer.kept.collect`): the one a rollback left behind when it ran from
+        (:func:`installer.resident.collect`): the one a rollback left behind when it ran from
         it goes with the next run, or with unstage. How many went."""
-        from installer import kept, selfupdate
+        from installer import resident, selfupdate
 
         try:
-            return len(kept.collect(selfupdate.installed_path(self.root).parent))
+            return len(resident.collect(selfupdate.installed_path(self.root).parent))
         except OSError:
             return 0  # a tidy-up: never the reason a command fails
 

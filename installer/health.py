@@ -13,7 +13,7 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
-from installer import child
+from installer import commands
 from installer.errors import HealthCheckError, PreconditionError
 from installer.format import HealthCheck, Lookup
 from installer.paths import MAX_LOOKUP_FILE, read_beneath
@@ -101,7 +101,7 @@ def probe(check: HealthCheck, variables: Mapping[str, str], root: Path) -> tuple
             return False, f"{check.host}:{port}: {e}"
     argv = [expand(a, variables) for a in check.command]
     try:
-        p = child.run(argv, cwd=root, timeout=check.timeout)
+        p = commands.run(argv, cwd=root, timeout=check.timeout)
     except (OSError, subprocess.TimeoutExpired) as e:
         return False, str(e)
     out = p.output.strip()[-200:]

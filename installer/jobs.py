@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from installer import child
+from installer import commands
 from installer.errors import UsageError
 from installer.format import Job, Manifest
 
@@ -70,7 +70,7 @@ def run_job(
             "JUMPKIT_JOB_ATTEMPT": str(attempt),
         }
         try:
-            p = child.run([str(script)], cwd=root, env=env, timeout=job.timeout)
+            p = commands.run([str(script)], cwd=root, env=env, timeout=job.timeout)
             out = p.output.strip()
             last = (out.splitlines() or ["no output"])[-1]
             error = None if p.returncode == 0 else f"exited {p.returncode}: {last}"

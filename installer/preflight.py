@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from installer import child
+from installer import commands
 from installer.attrs import describe_caps
 from installer.beneath import resolve
 from installer.errors import JumpkitError, NoPath, PreconditionError, SpaceError, VersionError
@@ -24,9 +24,9 @@ from installer.metadata import Labels, unknown_owners
 from installer.migrate import backup_size, current_revision, database_url, safe_url
 from installer.mounts import Mounts
 from installer.paths import READ_NO_WAIT, read_small
-from installer.plan import Confined, Digests, View, check_drift, delta_drift, drift_error
 from installer.services import ServiceManager
 from installer.state import StateDir
+from installer.swapplan import Confined, Digests, View, check_drift, delta_drift, drift_error
 from installer.units import restart_lines
 
 SPACE_MARGIN = 1.05
@@ -269,7 +269,7 @@ def check(
             msg = f"{label}: {'writable' if ok else 'not writable'}"
         else:
             try:
-                p = child.run(check.command, cwd=root, timeout=check.timeout)
+                p = commands.run(check.command, cwd=root, timeout=check.timeout)
                 ok = p.returncode == 0
                 msg = f"{label}: exit {p.returncode} {p.output.strip()[-200:]}"
             except (OSError, subprocess.TimeoutExpired) as e:

@@ -38,9 +38,9 @@ from installer.codec import parse_manifest
 from installer.errors import JumpkitError, UsageError
 from installer.format import MANIFEST_NAME, Manifest
 from installer.paths import Targets, read_beneath
-from installer.plan import current_digest
 from installer.services import ServiceManager
 from installer.state import StateDir, StatusDoc
+from installer.swapplan import current_digest
 
 MAX_FILE = 4 * 1024 * 1024
 """Largest config, lookup or state file copied (a report stays mail-sized)."""
@@ -226,7 +226,7 @@ def _staged_ids(state: StateDir) -> set[str]:
 def _versions(
     root: Path, status: StatusDoc, manifests: dict[str, tuple[Manifest, bytes]], staged: set[str]
 ) -> str:
-    from installer import kept
+    from installer import resident
     from installer.preflight import read_version_file
     from installer.selfupdate import installed_info, installed_path
 
@@ -235,7 +235,9 @@ def _versions(
     doc = {
         "installer_running": __version__,
         # the manager's own installer, and whether it starts from its unpacked tree
-        "installer_kept": None if info is None else {**info, "unpacked": kept.is_kept(installed_path(root))},
+        "installer_kept": None
+        if info is None
+        else {**info, "unpacked": resident.is_kept(installed_path(root))},
         "product": some[0].product if some else None,
         "installed_version": read_version_file(root, some[0].version_file) if some else None,
         "last_run": {"status": status.status, "summary": status.summary, "bundle": status.bundle_id,

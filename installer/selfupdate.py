@@ -4,7 +4,7 @@ on the manager, and later runs of an older installer hand over to it.
 ``<root>/var/lib/jumpkit/bin/bundle-install`` is the manager's installer; next to it
 ``bundle-install.json`` says which version and sha256 it is, ``bundle-install.d`` is a
 link to its tree kept unpacked in ``.trees/`` so that it starts without unpacking
-(:mod:`installer.kept`), and ``bundle-install.prev`` (+ ``.prev.json``, ``.prev.d``) is the one
+(:mod:`installer.resident`), and ``bundle-install.prev`` (+ ``.prev.json``, ``.prev.d``) is the one
 it replaced, put back by a rollback of that apply.
 
 Why hand over: a journal written by a newer installer may hold steps an older one does not
@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from installer import __version__, kept
+from installer import __version__, resident
 from installer.errors import VersionError
 from installer.paths import fsync_dir
 from installer.version import Version
@@ -74,7 +74,7 @@ def install(root: Path, staged: Path, info: InstallerInfo) -> bool:
     dest = installed_path(root)
     current = installed_info(root)
     if current is not None and current.get("sha256") == info.sha256:
-        kept.keep(dest)  # a crash may have come between the binary and its tree
+        resident.keep(dest)  # a crash may have come between the binary and its tree
         return False
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.is_file() and current is not None:
@@ -82,10 +82,10 @@ def install(root: Path, staged: Path, info: InstallerInfo) -> bool:
         shutil.copyfile(dest, prev)
         os.chmod(prev, 0o755)
         prev.with_name(prev.name + ".json").write_text(json.dumps(current, sort_keys=True) + "\n")
-        kept.move(dest, prev)
+        resident.move(dest, prev)
     _place(staged, dest, {"version": info.version, "sha256": info.sha256})
     fsync_dir(dest.parent)
-    kept.keep(dest)
+    resident.keep(dest)
     return True
 
 
@@ -101,12 +101,12 @@ def restore(root: Path, info: InstallerInfo) -> bool:
     prev_meta = _meta(prev) if prev.is_file() else None
     if prev_meta is not None:
         _place(prev, dest, prev_meta)
-        kept.move(prev, dest)
-        kept.discard(prev)
+        resident.move(prev, dest)
+        resident.discard(prev)
         prev.unlink()
         prev.with_name(prev.name + ".json").unlink(missing_ok=True)
     else:
-        kept.discard(dest)
+        resident.discard(dest)
         dest.unlink()
         dest.with_name(dest.name + ".json").unlink(missing_ok=True)
     fsync_dir(dest.parent)

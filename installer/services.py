@@ -16,9 +16,9 @@ import xmlrpc.client
 from pathlib import Path
 from typing import Protocol
 
-from installer import child
+from installer import commands
 from installer.beneath import resolve
-from installer.child import ExitWatch
+from installer.commands import ExitWatch
 from installer.errors import ServiceError
 from installer.format import Service, Services
 
@@ -294,7 +294,7 @@ class Commands(_Plain):
         if not argv:
             raise ServiceError(f"no {what} command in the spec")
         try:
-            return child.run(argv, cwd=self.root, timeout=timeout).returncode
+            return commands.run(argv, cwd=self.root, timeout=timeout).returncode
         except (OSError, subprocess.TimeoutExpired) as e:
             raise ServiceError(f"{what} command {argv[0]} failed: {e}") from e
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from installer import child
+from installer import commands
 from installer.errors import HealthCheckError, JumpkitError, StepError
 from installer.failpoints import failpoint
 from installer.format import Database, Manifest, Service
@@ -30,11 +30,11 @@ from installer.migrate import (
     settle,
     upgrade,
 )
-from installer.plan import EmptiedDir, Plan
 from installer.replay import Recording, replay
 from installer.services import ServiceManager
 from installer.state import StateDir
 from installer.swap import Swapper
+from installer.swapplan import EmptiedDir, Plan
 from installer.units import socket_of
 
 
@@ -333,8 +333,8 @@ class Hooks:
         }
         ctx.log(f"hook {name}")
         try:
-            p = child.run([str(script)], cwd=ctx.root, env=env, timeout=timeout)
-        except child.NotRun as e:
+            p = commands.run([str(script)], cwd=ctx.root, env=env, timeout=timeout)
+        except commands.NotRun as e:
             raise StepError(f"hook {name}: {e}", step=self.name) from e
         except (OSError, subprocess.TimeoutExpired) as e:
             raise StepError(f"hook {name} could not run: {e}", step=self.name) from e

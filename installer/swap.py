@@ -24,7 +24,7 @@ from installer.beneath import Dirs
 from installer.errors import StateError, UnsafePathError
 from installer.failpoints import failpoint
 from installer.paths import fsync_dir
-from installer.plan import EmptiedDir, SwapOp
+from installer.swapplan import EmptiedDir, SwapOp
 
 SYNCFS_ABOVE = 32  # touched directories above which one syncfs beats an fsync each
 SYNC_THREADS = 8

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from installer import interrupts, selfupdate
-from installer.chain import Unit, chain_id, transaction_units
 from installer.decide import NO_APPLY, Action, decide
 from installer.errors import ApplyError, JumpkitError, RollbackError, StateError
 from installer.failpoints import failpoint
@@ -47,11 +46,12 @@ from installer.journal import (
     UndoDone,
 )
 from installer.metadata import Labels, label_in_place
-from installer.plan import Plan
 from installer.stage import load_staged
 from installer.state import StateDir, StatusDoc
 from installer.steps import Context, Health, StopServices, idle
 from installer.swap import backup_skeleton, sync_threads
+from installer.swapplan import Plan
+from installer.txunits import Unit, chain_id, transaction_units
 from installer.units import unit_changes
 
 Log = Callable[[str], None]

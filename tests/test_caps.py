@@ -18,7 +18,7 @@ from installer.codec import parse_manifest
 from installer.errors import ManifestError
 from installer.format import MAX_REMOVED, FileEntry, RewriteRule
 from installer.graph import MAX_JUMPS, MAX_STOPS, Graph, Policy, plan_chain
-from installer.plan import _rewrite
+from installer.swapplan import _rewrite
 from tests.counts import count
 from tests.helpers import REPO
 from tests.hostile.corpus import read, write

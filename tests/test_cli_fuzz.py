@@ -19,7 +19,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from installer import guard
+from installer import entry
 from tests.counts import count
 from tests.helpers import SPECS
 
@@ -64,7 +64,7 @@ def run(prog: str, app: Any, argv: list[str], cwd: str) -> tuple[int, str, str]:
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
-                guard.run(prog, lambda: app(args=argv, prog_name=prog), interrupted_code=5)
+                entry.run(prog, lambda: app(args=argv, prog_name=prog), interrupted_code=5)
                 code = 0
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)

@@ -597,7 +597,7 @@ def test_a_rewrite_reads_the_operators_config_beneath_the_root(tmp_path: Path) -
     read; a link out is refused (exit 4, naming it) and never read; so are a FIFO and a
     directory in its place (a FIFO would block, a device never end)."""
     from installer.errors import PreconditionError, RootLinkError
-    from installer.plan import View, _operator_text, current_digest
+    from installer.swapplan import View, _operator_text, current_digest
 
     root = tmp_path / "root"
     (root / "etc/app").mkdir(parents=True)

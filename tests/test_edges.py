@@ -378,10 +378,10 @@ def test_guard_folds_every_message_to_one_line(tmp_path: Path) -> None:
     """An error whose text holds newlines (a health check's body, a library's message) is
     still one line; anything not jumpkit's own is 'internal error', exit 1."""
     code = (
-        "import sys; from installer import guard; from installer.errors import PreconditionError\n"
+        "import sys; from installer import entry; from installer.errors import PreconditionError\n"
         "def boom(): raise PreconditionError('unhealthy (body: 4.1.1\\n); --force\\nproceeds')\n"
         "def bug(): raise KeyError('x')\n"
-        "guard.run('bundle-install', boom if sys.argv[1] == 'a' else bug, interrupted_code=5)\n"
+        "entry.run('bundle-install', boom if sys.argv[1] == 'a' else bug, interrupted_code=5)\n"
     )
     for arg, rc, phrase in (
         ("a", 4, "unhealthy (body: 4.1.1 ); --force proceeds"),

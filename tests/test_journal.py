@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from installer.chain import unit_layout
 from installer.errors import StateError
 from installer.journal import (
     Begin,
@@ -27,6 +26,7 @@ from installer.journal import (
     decode,
     encode,
 )
+from installer.txunits import unit_layout
 
 STEPS = tuple(name for name, _, _ in unit_layout(1))
 CHAIN_STEPS = tuple(name for name, _, _ in unit_layout(3))

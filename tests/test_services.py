@@ -339,7 +339,7 @@ def test_exit_watch(tmp_path: Path) -> None:
     import sys
     import time
 
-    from installer.child import ExitWatch
+    from installer.commands import ExitWatch
 
     p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.2)"])
     w = ExitWatch.of(p.pid)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from installer import swap
-from installer.plan import SwapOp
 from installer.swap import Swapper, fsync_all, sync_threads
+from installer.swapplan import SwapOp
 
 
 def _tree(tmp: Path) -> tuple[Path, Path, Path, list[SwapOp]]:

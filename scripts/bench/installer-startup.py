@@ -2,7 +2,7 @@
 `bundle-install --version`, `--help` (loads the CLI framework) and `--root EMPTY status
 --json` (a real command) for each build: the portable binary started anywhere (it unpacks
 its tree into TMPDIR), the same binary as a manager keeps it (its tree unpacked beside it
-once: installer/kept.py), the plain PyInstaller one-file, the one-dir build, and the
+once: installer/resident.py), the plain PyInstaller one-file, the one-dir build, and the
 unfrozen installer (`python -m installer.cli`); sizes; ratios to the one-dir build measured
 in the same run. Targets: the kept installer <= 0.15 s (issue 23), portable <= 0.6 s
 (issue 5). Never fails on time.
@@ -26,7 +26,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
-from installer import kept  # noqa: E402
+from installer import resident  # noqa: E402
 
 BUILDS = {
     "portable": ([], REPO / "dist/bundle-install"),
@@ -63,7 +63,7 @@ def main() -> int:
         managers = bin_dir / "bundle-install"
         shutil.copy(BUILDS["portable"][1], managers)
         t0 = time.perf_counter()
-        if not kept.keep(managers):
+        if not resident.keep(managers):
             raise SystemExit("installer-startup: dist/bundle-install has no tree to keep")
         keep_s = time.perf_counter() - t0
         empty = Path(tmp) / "empty"

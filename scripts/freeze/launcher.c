@@ -13,7 +13,7 @@
  * (RHEL 8's glibc 2.28 and older) and never loads a system library. This launcher:
  *
  *   1. KEPT: when the tree is already unpacked beside this binary (<self>.d, written by
- *      the installer when it becomes the manager's own: installer/kept.py) and its .id
+ *      the installer when it becomes the manager's own: installer/resident.py) and its .id
  *      names this payload, it executes it from there: nothing is unpacked, one process,
  *      the process id stays the same (signals and `kill PID` reach the installer). It
  *      holds a shared flock on the tree's .id while it runs, so that a self-update never
@@ -268,7 +268,7 @@ static void run_tree(const char *dir, int argc, char **argv)
 
 /* The kept tree beside this binary, if it is this payload's: "<self>.d" (a symlink to
  * .trees/<id>) with .id naming it. Its real path goes to dir, and .id stays open with a
- * shared lock across the exec: installer/kept.py removes only trees nobody holds. */
+ * shared lock across the exec: installer/resident.py removes only trees nobody holds. */
 static int kept_tree(const char *self, const unsigned char *id, char *dir, size_t n)
 {
     char want[65], got[65], link[PATH_MAX + 8], idfile[PATH_MAX + 16];

@@ -4,7 +4,7 @@ scripts/glibc-floor and by the tests that check what the binary contains):
   launcher     scripts/freeze/launcher.c: payload + trailer "JKPAYLD2" <offset> <size>
                <sha256> (installers frozen before the tree: "JKPAYLD1" <offset> <size>)
   tree         scripts/freeze/tree.py: lib/ (loader, glibc, system libraries) and app/
-               (PyInstaller's one-dir build), read with installer.kept
+               (PyInstaller's one-dir build), read with installer.resident
   staticx      (older installers) ELF section .staticx.archive: a tar (maybe xz) of the
                program, its libraries, libc and the dynamic loader
   PyInstaller  CArchive: one-file: libpython, extension modules, the shared libraries
@@ -29,7 +29,7 @@ from pathlib import Path
 from PyInstaller.archive.readers import ArchiveReadError, CArchiveReader, ZlibArchiveReader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from installer import kept
+from installer import resident
 
 ELF_MAGIC = b"\x7fELF"
 TRAILER = struct.Struct("<8sQQ")
@@ -48,12 +48,12 @@ class Layers:
 def _copy_range(src: Path, offset: int, length: int, dest: Path) -> None:
     with src.open("rb") as f, dest.open("wb") as out:
         f.seek(offset)
-        for chunk in kept.chunks(f, length):
+        for chunk in resident.chunks(f, length):
             out.write(chunk)
 
 
 def _launcher(path: Path, name: str, out: Layers, tmp: Path) -> bool:
-    tree = kept.payload(path)
+    tree = resident.payload(path)
     if tree is not None:
         out.layers.append(f"{name}: jumpkit launcher (static)")
         return _tree(path, tree, name, out, tmp)
@@ -73,10 +73,10 @@ def _launcher(path: Path, name: str, out: Layers, tmp: Path) -> bool:
     return True
 
 
-def _tree(path: Path, payload: kept.Payload, name: str, out: Layers, tmp: Path) -> bool:
+def _tree(path: Path, payload: resident.Payload, name: str, out: Layers, tmp: Path) -> bool:
     out.layers.append(f"{name}/tree: jumpkit tree (loader, glibc, one-dir)")
     dest = tmp / f"tree-{len(out.layers)}"
-    kept.unpack(path, dest, payload)
+    resident.unpack(path, dest, payload)
     lib = dest / "lib" / "libc.so.6"
     out.libc = lib if lib.is_file() else None
     for f in sorted(p for p in dest.rglob("*") if p.is_file() and not p.is_symlink()):

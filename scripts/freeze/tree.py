@@ -1,7 +1,7 @@
 """Assemble the portable installer: launcher + tree + trailer (run by scripts/freeze-installer
 in the freeze venv).
 
-The tree (unpacked by scripts/freeze/launcher.c, or once by installer/kept.py when a
+The tree (unpacked by scripts/freeze/launcher.c, or once by installer/resident.py when a
 manager keeps the installer):
 
   lib/   ld-linux-x86-64.so.2, libc.so.6 and every system library that the one-dir build

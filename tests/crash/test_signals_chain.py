@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from installer.chain import unit_layout
+from installer.txunits import unit_layout
 from tests.counts import count
 from tests.crash.test_chain_points import CHAIN_POINTS
 from tests.crash.test_signals import SIGNALS, settle, subset

@@ -1,4 +1,4 @@
-"""The one error guard of both CLIs: whatever a command raises ends in one line (or one
+"""How both CLIs run and end: whatever a command raises ends in one line (or one
 JSON object with ``--json``) and a documented exit code; a traceback only with
 ``--debug`` or ``JUMPKIT_DEBUG=1``.
 

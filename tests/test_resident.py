@@ -1,4 +1,4 @@
-"""The manager's installer kept unpacked (issue 23): ``installer/kept.py`` on synthetic
+"""The manager's installer kept unpacked (issue 23): ``installer/resident.py`` on synthetic
 binaries in the launcher's layout (written by ``scripts/freeze/tree.py``, as a freeze
 does). The real launcher and frozen binary are exercised in ``tests/test_frozen.py``."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from installer import kept
+from installer import resident
 from tests.helpers import REPO
 
 sys.path.insert(0, str(REPO / "scripts/freeze"))
@@ -46,9 +46,9 @@ def installed(bin_dir: Path, binary: Path) -> Path:
 
 def test_keep_unpacks_once_and_the_link_names_the_tree(tmp_path: Path) -> None:
     b = installed(tmp_path / "bin", fake_binary(tmp_path, "one", b"ONE"))
-    assert not kept.is_kept(b)
-    assert kept.keep(b) and kept.is_kept(b)
-    p = kept.payload(b)
+    assert not resident.is_kept(b)
+    assert resident.keep(b) and resident.is_kept(b)
+    p = resident.payload(b)
     assert p is not None
     link = tmp_path / "bin/bundle-install.d"
     assert link.is_symlink() and os.readlink(link) == f".trees/{p.id}"
@@ -57,55 +57,55 @@ def test_keep_unpacks_once_and_the_link_names_the_tree(tmp_path: Path) -> None:
     assert os.readlink(link / "lib/libc.so") == "libc.so.6"
     assert (link / ".id").read_text() == p.id
     mtime = (link / ".id").stat().st_mtime_ns
-    assert kept.keep(b) and (link / ".id").stat().st_mtime_ns == mtime, "kept twice: unpacked once"
+    assert resident.keep(b) and (link / ".id").stat().st_mtime_ns == mtime, "kept twice: unpacked once"
 
 
 def test_rotation_prev_and_collection_of_unnamed_trees(tmp_path: Path) -> None:
     bin_dir = tmp_path / "bin"
     one = installed(bin_dir, fake_binary(tmp_path, "one", b"ONE"))
-    kept.keep(one)
+    resident.keep(one)
     id_one = (bin_dir / "bundle-install.d/.id").read_text()
     prev = bin_dir / "bundle-install.prev"
     prev.write_bytes(one.read_bytes())  # what selfupdate.install does, then the new binary
-    kept.move(one, prev)
+    resident.move(one, prev)
     one.write_bytes(fake_binary(tmp_path, "two", b"TWO").read_bytes())
-    assert not kept.is_kept(one), "a link to another binary's tree is not this binary's"
-    assert kept.keep(one) and kept.is_kept(one) and kept.is_kept(prev)
-    assert sorted(os.listdir(bin_dir / ".trees")) == sorted([id_one, kept.payload(one).id])  # type: ignore[union-attr]
+    assert not resident.is_kept(one), "a link to another binary's tree is not this binary's"
+    assert resident.keep(one) and resident.is_kept(one) and resident.is_kept(prev)
+    assert sorted(os.listdir(bin_dir / ".trees")) == sorted([id_one, resident.payload(one).id])  # type: ignore[union-attr]
     # rollback (selfupdate.restore): the previous comes back, the newer tree goes
     one.write_bytes(prev.read_bytes())
-    kept.move(prev, one)
-    kept.discard(prev)
-    assert kept.is_kept(one) and os.listdir(bin_dir / ".trees") == [id_one]
-    kept.discard(one)
+    resident.move(prev, one)
+    resident.discard(prev)
+    assert resident.is_kept(one) and os.listdir(bin_dir / ".trees") == [id_one]
+    resident.discard(one)
     assert os.listdir(bin_dir / ".trees") == [] and not (bin_dir / "bundle-install.d").is_symlink()
 
 
 def test_a_tree_an_installer_runs_from_is_not_removed(tmp_path: Path) -> None:
     """The launcher holds a shared flock on .id while the installer runs."""
     b = installed(tmp_path / "bin", fake_binary(tmp_path, "one", b"ONE"))
-    kept.keep(b)
-    ident = kept.payload(b).id  # type: ignore[union-attr]
+    resident.keep(b)
+    ident = resident.payload(b).id  # type: ignore[union-attr]
     fd = os.open(tmp_path / f"bin/.trees/{ident}/.id", os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)
-        kept.discard(b)
+        resident.discard(b)
         assert os.listdir(tmp_path / "bin/.trees") == [ident], "removed under a running installer"
     finally:
         os.close(fd)
-    assert kept.collect(tmp_path / "bin") == [ident]
+    assert resident.collect(tmp_path / "bin") == [ident]
 
 
 def test_damaged_tree_or_binary_never_kept(tmp_path: Path) -> None:
     b = installed(tmp_path / "bin", fake_binary(tmp_path, "one", b"ONE"))
     data = bytearray(b.read_bytes())
-    p = kept.payload(b)
+    p = resident.payload(b)
     assert p is not None
     # a byte changed: the payload no longer matches its sha256
     i = data.index(b"ONE", p.offset)
     data[i : i + 3] = b"TWO"
     b.write_bytes(bytes(data))
-    assert not kept.keep(b) and not kept.is_kept(b) and not any((tmp_path / "bin/.trees").iterdir())
+    assert not resident.keep(b) and not resident.is_kept(b) and not any((tmp_path / "bin/.trees").iterdir())
     # a path that climbs out of the tree, same length as a real one, sha256 made to match
     data[i : i + 3] = b"ONE"
     i = data.index(b"app/_internal/data.txt", p.offset)
@@ -114,30 +114,30 @@ def test_damaged_tree_or_binary_never_kept(tmp_path: Path) -> None:
                           hashlib.sha256(data[p.offset : p.offset + p.size]).digest())  # fmt: skip
     data[-len(trailer) :] = trailer
     b.write_bytes(bytes(data))
-    assert not kept.keep(b) and not kept.is_kept(b)
+    assert not resident.keep(b) and not resident.is_kept(b)
     assert not (tmp_path / "evil").exists() and not any((tmp_path / "bin/.trees").iterdir())
     # a truncated binary has no payload at all
     b.write_bytes(bytes(data[:-10]))
-    assert kept.payload(b) is None and not kept.keep(b)
+    assert resident.payload(b) is None and not resident.keep(b)
 
 
 def test_binary_without_a_tree_drops_the_link(tmp_path: Path) -> None:
     b = installed(tmp_path / "bin", fake_binary(tmp_path, "one", b"ONE"))
-    kept.keep(b)
+    resident.keep(b)
     b.write_bytes(b"#!/bin/sh\necho an older installer\n")
-    assert kept.payload(b) is None and not kept.keep(b)
+    assert resident.payload(b) is None and not resident.keep(b)
     assert not (tmp_path / "bin/bundle-install.d").exists() and os.listdir(tmp_path / "bin/.trees") == []
 
 
-@pytest.mark.parametrize("count", [kept.MAX_ENTRIES + 1])
+@pytest.mark.parametrize("count", [resident.MAX_ENTRIES + 1])
 def test_entry_count_is_bounded(tmp_path: Path, count: int) -> None:
     b = installed(tmp_path / "bin", fake_binary(tmp_path, "one", b"ONE"))
-    p = kept.payload(b)
+    p = resident.payload(b)
     assert p is not None
     data = bytearray(b.read_bytes())
     data[p.offset + 8 : p.offset + 12] = struct.pack("<I", count)
     b.write_bytes(bytes(data))
-    assert not kept.keep(b)
+    assert not resident.keep(b)
 
 
 def test_links_out_of_the_tree_and_entries_beneath_links_are_refused(tmp_path: Path) -> None:
@@ -171,6 +171,6 @@ def test_links_out_of_the_tree_and_entries_beneath_links_are_refused(tmp_path: P
         trailer = struct.pack("<8sQQ32s", b"JKPAYLD2", len(launcher.read_bytes()), len(data),
                               hashlib.sha256(bytes(data)).digest())  # fmt: skip
         b.write_bytes(launcher.read_bytes() + bytes(data) + trailer)
-        assert kept.payload(b) is not None
-        assert not kept.keep(b), link
+        assert resident.payload(b) is not None
+        assert not resident.keep(b), link
         assert list(outside.iterdir()) == [] and not any((b.parent / ".trees").iterdir())
