@@ -191,17 +191,6 @@ def test_encode_is_one_line_and_stamped() -> None:
     assert json.loads(line)["ts"] > 0
 
 
-def test_health_polls_at_once_then_with_growing_waits() -> None:
-    """The first waits between health tries are short (a service that answers 30 ms
-    after its start ends the outage then), doubling up to the check's interval."""
-    from installer.format import HealthCheck
-    from installer.health import poll_delay
-
-    check = HealthCheck(name="h", kind="tcp", port="1", interval=0.2)
-    assert [poll_delay(check, a) for a in range(8)] == [0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.2, 0.2]
-    assert poll_delay(check, 9999) == 0.2
-
-
 def test_done_records_are_written_with_the_next_record(tmp_path: Path) -> None:
     """One write and one fsync for a step's Done and the next Begin: both lines whole,
     in order (a torn tail of the pair is dropped on reading, as for one line)."""

@@ -1,6 +1,5 @@
-"""Every input issue 19 found ending in a traceback, a wrong exit code or a write by a
-refused run: each now ends in one line with its documented exit code, and a refused run
-leaves the file system byte-identical."""
+"""Bad input and hostile-but-signed bundles end in one line with their documented exit
+code (no traceback), and a refused run leaves the file system byte-identical."""
 
 from __future__ import annotations
 
