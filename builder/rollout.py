@@ -19,7 +19,7 @@ runs that phase's installer calls in order and stops at the first failure):
 5. after a failure in pre or roll: unpin, and status (every host's version and upgrade
    status) in one run; on success the probe and the applies have reported both.
 
-Measured on 3 hosts (scripts/bench/rollout.py): the README has the figures.
+Measured on 3 hosts (scripts/bench/rollout.py): docs/benchmarks.md has the figures.
 """
 
 from __future__ import annotations

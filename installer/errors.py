@@ -78,7 +78,8 @@ class ApplyError(JumpkitError):
 
 
 class StepError(JumpkitError):
-    """A step's run() or undo() failed; the engine decides what follows."""
+    """A step's run() or undo() failed; the transaction rolls back (or, in an undo, stops
+    and says where the manager is)."""
 
     exit_code = 5
 

@@ -6,7 +6,7 @@ launcher unpacks the tree into a temporary directory at every start. When a comm
 apply makes a bundle's installer the manager's own (:mod:`installer.selfupdate`), the tree
 is unpacked here once, as ``bin/.trees/<id>/``, and ``<binary>.d`` (a symlink, swapped by
 one rename) points at it; the launcher then executes it in place. Measured
-(``scripts/bench/installer-startup.py``): the figures are in its output and the README.
+(``scripts/bench/installer-startup.py``): the figures are in its output and docs/benchmarks.md.
 
 Safety rests on ``.id``: the sha256 of the payload, written last (after every file is
 fsynced) and compared by the launcher with its own trailer. A half-written tree, a tree of

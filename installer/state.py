@@ -318,7 +318,8 @@ class StateDir:
         return JournalView.of(self.journal())
 
     def journal_reset(self) -> None:
-        """Archive the finished journal into history and start a new one."""
+        """Delete the finished journal (history.jsonl keeps what the run did); the next run
+        starts a new one."""
         if self.journal_path.exists():
             self.journal_path.unlink()
             fsync_dir(self.path)

@@ -1,5 +1,6 @@
-"""The journaled steps of an apply. Each has idempotent ``run`` and ``undo``; the engine
-records begin/done around them and undoes begun steps in reverse on failure."""
+"""The journaled steps of an apply. Each has idempotent ``run`` and ``undo``; the
+transaction (installer.transaction) records begin/done around them and undoes begun
+steps in reverse on failure."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """One error tree (issue 37): every error jumpkit raises on purpose is a class of
 ``installer/errors.py`` or ``builder/errors.py``, and every exit code a class carries is in
-the README's exit-code table and in each CLI's --help."""
+the operator guide's exit-code table (docs/operator.md) and in each CLI's --help."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def test_exit_codes_agree_between_classes_readme_and_help() -> None:
     from builder.cli import EXIT_CODES as BUILD_CODES
     from installer.cli import EXIT_CODES as INSTALL_CODES
 
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs/operator.md").read_text()
     table = readme.split("### Exit codes", 1)[1].split("\n\n", 2)[1]
     in_table = {int(m) for m in re.findall(r"^\| (\d) \|", table, re.M)}
     in_help = {int(m) for m in re.findall(r"(?:^|[;:,] )(\d) ", INSTALL_CODES.replace("\n", " "))}
