@@ -323,21 +323,10 @@ def service_changes(
     return tuple(out)
 
 
-def _manifest(
-    product: Product,
-    frm: str,
-    to: str,
-    collected: Collected,
-    digests: dict[str, tuple[str, int]],
-    epoch: int,
-    jump: JumpSpec,
-    databases: list[Database],
-    installer: FrozenInstaller | None,
-) -> Manifest:
-    """The manifest of what was written. Empties ``collected.files`` and takes their
-    entries out of ``digests``."""
-    # Consumes collected.files and their digests as it goes: each pending entry is freed
-    # as its FileEntry is made, so both never coexist for tens of thousands of files.
+def _file_entries(collected: Collected, digests: dict[str, tuple[str, int]]) -> list[FileEntry]:
+    """The manifest's file entries, sorted by path. Consumes collected.files and their
+    digests as it goes: each pending entry is freed as its FileEntry is made, so both never
+    coexist for tens of thousands of files."""
     pending = collected.files
     pending.sort(key=lambda p: p.path, reverse=True)
     files = []
@@ -377,6 +366,23 @@ def _manifest(
                 caps=p.caps,
             )
         )
+    return files
+
+
+def _manifest(
+    product: Product,
+    frm: str,
+    to: str,
+    collected: Collected,
+    digests: dict[str, tuple[str, int]],
+    epoch: int,
+    jump: JumpSpec,
+    databases: list[Database],
+    installer: FrozenInstaller | None,
+) -> Manifest:
+    """The manifest of what was written. Empties ``collected.files`` and takes their
+    entries out of ``digests``."""
+    files = _file_entries(collected, digests)
     extras = [
         Member(name=s.name, sha256=digests[s.name][0], size=digests[s.name][1], mode=s.mode)
         for s in collected.extras

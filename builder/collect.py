@@ -16,7 +16,7 @@ import jinja2
 from builder.delta import Choice, find_bases
 from builder.errors import SpecError
 from builder.resources import templates
-from builder.spec import JumpSpec, ModeSpec, Product, UnitSpec
+from builder.spec import FilesSpec, JumpSpec, ModeSpec, Product, UnitSpec
 from builder.trees import TreeFile, matches, walk_tree
 from builder.zipwriter import Source
 from installer.attrs import describe_caps
@@ -209,7 +209,8 @@ def collect(
     trees: tuple[Mapping[str, TreeFile], Mapping[str, TreeFile]] | None = None,
 ) -> Collected:
     """Diff the from- and to-release trees (``trees`` when walked already) under the
-    jump's include/exclude patterns.
+    jump's include/exclude patterns: files, configs, removals, units, hooks and jobs,
+    component RPMs.
 
     Raises:
         SpecError: a release is missing, or a spec entry refers to nothing.
@@ -225,15 +226,33 @@ def collect(
     new = {p: f for p, f in trees[1].items() if matches(p, fs.include) and not matches(p, fs.exclude)}
     _refuse_type_changes(old, new, frm, to)
     out = Collected()
+    _collect_files(out, old, new, fs, to)
+    removed = set(old) - set(new)
+    for path in fs.remove:
+        check_relpath(path)
+        removed.add(path)
+    variables = {**product.spec.variables, **jump.variables}
+    old_cfg = render_configs(product, frm, variables)
+    removed |= _collect_configs(out, old_cfg, render_configs(product, to, variables), jump)
+    _collect_removals(out, removed, old, old_cfg)
+    _pair_added(out, old)
+    _collect_units(out, product, jump)
+    _collect_scripts(out, jump, jump_dir)
+    return out
+
+
+def _collect_files(
+    out: Collected, old: Mapping[str, TreeFile], new: Mapping[str, TreeFile], fs: FilesSpec, to: str
+) -> None:
+    """Each release file that is new or differs (content, normalized mode, capabilities)."""
     for path, entry in new.items():
         before = old.get(path)
         from_sha = current_digest(Path(before.path)) if before is not None else None
         if entry.is_link:
             target = os.readlink(entry.path)
             check_link_target(path, target)
-            if from_sha == current_digest(Path(entry.path)):
-                continue
-            out.files.append(Pending(path, "symlink", 0o777, from_sha, link_target=target))
+            if from_sha != current_digest(Path(entry.path)):
+                out.files.append(Pending(path, "symlink", 0o777, from_sha, link_target=target))
             continue
         mode = normalized_mode(path, entry.mode, fs.modes)
         attrs, caps = attrs_of(path, fs.modes), file_caps(entry.path)
@@ -256,22 +275,25 @@ def collect(
         out.files.append(
             Pending(path, "file", mode, from_sha, source, old_path=old_path, attrs=attrs, caps=caps)
         )
-    removed = set(old) - set(new)
-    for path in fs.remove:
-        check_relpath(path)
-        removed.add(path)
-    variables = {**product.spec.variables, **jump.variables}
-    old_cfg = render_configs(product, frm, variables)
-    new_cfg = render_configs(product, to, variables)
+
+
+def _collect_configs(
+    out: Collected, old_cfg: Mapping[str, bytes], new_cfg: Mapping[str, bytes], jump: JumpSpec
+) -> set[str]:
+    """Each rendered config that differs, with its policy; returns the configs the
+    to-release no longer has (removed)."""
+    fs = jump.files
     policies = {c.path: c for c in jump.configs}
     for missing in sorted(set(policies) - set(new_cfg)):
-        raise SpecError(f"configs: {missing} has no template config/{missing}.j2 in release {to}")
+        raise SpecError(
+            f"configs: {missing} has no template config/{missing}.j2 in release {jump.to_version}"
+        )
     for path, data in new_cfg.items():
         spec = policies.get(path)
         before_cfg = old_cfg.get(path)
-        from_sha = None if before_cfg is None else hashlib.sha256(before_cfg).hexdigest()
         if before_cfg == data:
             continue
+        from_sha = None if before_cfg is None else hashlib.sha256(before_cfg).hexdigest()
         cfg_mode = normalized_mode(path, 0o644, fs.modes) & 0o777  # a config is never setuid
         out.files.append(
             Pending(
@@ -291,16 +313,25 @@ def collect(
                 required=bool(spec and spec.required and spec.policy != "replace"),
             )
         )
-    for path in sorted(set(old_cfg) - set(new_cfg)):
-        removed.add(path)
+    return set(old_cfg) - set(new_cfg)
+
+
+def _collect_removals(
+    out: Collected, removed: set[str], old: Mapping[str, TreeFile], old_cfg: Mapping[str, bytes]
+) -> None:
+    """Each removed path with the digest the manager must hold for it (drift check)."""
     for path in sorted(removed):
         before = old.get(path)
+        from_sha: str | None
         if before is None and path in old_cfg:
             from_sha = hashlib.sha256(old_cfg[path]).hexdigest()
         else:
             from_sha = current_digest(Path(before.path)) if before is not None else None
         out.removed.append(RemovedEntry(path=path, from_sha256=from_sha))
-    _pair_added(out, old)
+
+
+def _collect_units(out: Collected, product: Product, jump: JumpSpec) -> None:
+    """The unit files (and sockets) the jump's ``units:`` render."""
     for name, unit in sorted(jump.units.items()):
         svc = next((s for s in (jump.services or product.spec.services).services if s.name == name), None)
         for kind in ("service", "socket") if unit.socket else ("service",):
@@ -313,6 +344,10 @@ def collect(
             out.files.append(
                 Pending(path, "file", 0o644, None, Source(PAYLOAD_PREFIX + path, 0o644, data=data))
             )
+
+
+def _collect_scripts(out: Collected, jump: JumpSpec, jump_dir: Path) -> None:
+    """Hooks (and their undo scripts), jobs and component RPMs, as extra members."""
     scripts: list[tuple[str, str, str]] = []
     for hook in jump.hooks:
         scripts.append(("hooks", hook.name, hook.script))
@@ -333,4 +368,3 @@ def collect(
         if not src.is_file() or not src.name.endswith(".rpm"):
             raise SpecError(f"components: {rel}: no such .rpm file ({src})")
         out.extras.append(Source(f"components/{src.name}", 0o644, path=src))
-    return out

@@ -62,8 +62,12 @@ def inspect_bundle(path: Path, trust: list[Path]) -> dict[str, Any]:
 def describe(info: dict[str, Any]) -> list[str]:
     """Human lines for :func:`inspect_bundle`'s result."""
     m = info["manifest"]
-    sig = info["signature"]
-    rpm = info.get("rpm")
+    return [*_header(info), *_files(m), *_patches(m), *_special(m), *_runs(m)]
+
+
+def _header(info: dict[str, Any]) -> list[str]:
+    """The jump, the signature, the installer and the RPM header."""
+    m, sig, rpm = info["manifest"], info["signature"], info.get("rpm")
     lines = [
         f"{m['product']} {m['from_version']} -> {m['to_version']}   "
         f"({info['size']} bytes, format {m['format']}, "
@@ -88,43 +92,67 @@ def describe(info: dict[str, Any]) -> list[str]:
             + ("GPG-signed (rpm -K checks it)" if rpm["gpg_signature"] else "NO GPG signature")
             + f", {len(rpm['files'])} files under /var/lib/jumpkit/bundles/"
         )
+    return lines
+
+
+def _files(m: dict[str, Any]) -> list[str]:
+    """File counts by kind, and each config with its policy."""
     kinds: dict[str, int] = {}
     for f in m["files"]:
         kinds[f["kind"]] = kinds.get(f["kind"], 0) + 1
     total = sum(f["size"] for f in m["files"])
-    lines.append(
+    lines = [
         f"files: {len(m['files'])} ({', '.join(f'{v} {k}' for k, v in sorted(kinds.items()))}), "
         f"{total} bytes; removed: {len(m['removed'])}"
-    )
+    ]
     for f in m["files"]:
         if f["kind"] == "config":
             lines.append(
                 f"  config {f['path']}: {f['policy']}"
                 + (f" ({len(f['rules'])} rule(s))" if f["rules"] else "")
             )
+    return lines
+
+
+def _patches(m: dict[str, Any]) -> list[str]:
+    """What the patches save, and the first 20 of them."""
     patched = [f for f in m["files"] if f.get("delta")]
-    if patched:
-        sent = sum(f["delta"]["size"] for f in patched)
-        whole = sum(f["size"] for f in patched)
-        lines.append(
-            f"patches (format {m['format']}): {len(patched)} file(s) as {sent} bytes of patches for "
-            f"{whole} bytes of files ({100 - 100 * sent // max(whole, 1)}% saved); "
-            "the manager needs the exact old files"
-        )
-        for f in patched[:20]:
-            d = f["delta"]
-            base = f" against {d['base']}" if d.get("base") else ""
-            lines.append(f"  patch {f['path']}: {d['method']}{base}, {d['size']} bytes for {f['size']}")
-        if len(patched) > 20:
-            lines.append(f"  ... and {len(patched) - 20} more (--json lists every one)")
+    if not patched:
+        return []
+    sent = sum(f["delta"]["size"] for f in patched)
+    whole = sum(f["size"] for f in patched)
+    lines = [
+        f"patches (format {m['format']}): {len(patched)} file(s) as {sent} bytes of patches for "
+        f"{whole} bytes of files ({100 - 100 * sent // max(whole, 1)}% saved); "
+        "the manager needs the exact old files"
+    ]
+    for f in patched[:20]:
+        d = f["delta"]
+        base = f" against {d['base']}" if d.get("base") else ""
+        lines.append(f"  patch {f['path']}: {d['method']}{base}, {d['size']} bytes for {f['size']}")
+    if len(patched) > 20:
+        lines.append(f"  ... and {len(patched) - 20} more (--json lists every one)")
+    return lines
+
+
+def _special(m: dict[str, Any]) -> list[str]:
+    """Special modes and file capabilities (loudly), and the first 20 removals."""
     modes = {f["path"]: f["mode"] for f in m["files"]}
-    for path in m.get("special_modes", []):
-        lines.append(f"  SETUID/SETGID/STICKY {path} mode {modes[path]:04o} (allowed by the product spec)")
+    lines = [
+        f"  SETUID/SETGID/STICKY {path} mode {modes[path]:04o} (allowed by the product spec)"
+        for path in m.get("special_modes", [])
+    ]
     caps = {f["path"]: f["caps"] for f in m.get("files", []) if f.get("caps")}
-    for path in m.get("capabilities", []):
-        lines.append(f"  FILE CAPABILITIES {path}: {describe_caps(caps[path])} (allowed by the product spec)")
-    for r in m["removed"][:20]:
-        lines.append(f"  remove {r['path']}")
+    lines += [
+        f"  FILE CAPABILITIES {path}: {describe_caps(caps[path])} (allowed by the product spec)"
+        for path in m.get("capabilities", [])
+    ]
+    return lines + [f"  remove {r['path']}" for r in m["removed"][:20]]
+
+
+def _runs(m: dict[str, Any]) -> list[str]:
+    """What an apply runs: services, migrations, checks, hooks, jobs, the cluster gate."""
+    lines = []
     svc = m["services"]
     if svc["services"]:
         lines.append(
@@ -142,12 +170,12 @@ def describe(info: dict[str, Any]) -> list[str]:
             )
             + (f"; rehearsed in {db['rehearsal_seconds']:.1f}s" if db.get("rehearsal_seconds") else "")
         )
-    for c in m["checks"]:
-        lines.append(f"check: {c['kind']} {c.get('description') or c['path']}")
-    for h in m["hooks"]:
-        lines.append(f"hook: {h['name']} ({h['when']})")
-    for j in m.get("jobs", []):
-        lines.append(f"job: {j['name']} (after commit, {j['retries']} retries, backoff {j['backoff']}s)")
+    lines += [f"check: {c['kind']} {c.get('description') or c['path']}" for c in m["checks"]]
+    lines += [f"hook: {h['name']} ({h['when']})" for h in m["hooks"]]
+    lines += [
+        f"job: {j['name']} (after commit, {j['retries']} retries, backoff {j['backoff']}s)"
+        for j in m.get("jobs", [])
+    ]
     cl = m.get("cluster")
     if cl:
         lines.append(

@@ -165,24 +165,9 @@ class Machine:
             with open(procs, "w") as f:
                 f.write(str(os.getpid()))
 
-        argv = [
-            "unshare",
-            "--pid",
-            "--fork",
-            "--mount",
-            "--uts",
-            "--ipc",
-            "--cgroup",
-            "--propagation",
-            "private",
-            "bash",
-            "-c",
-            INIT,
-            "init",
-            str(self.root),
-            TARGET,
-            " ".join(KEEP),
-        ]
+        argv = ["unshare", "--pid", "--fork", "--mount", "--uts", "--ipc", "--cgroup",
+                "--propagation", "private", "bash", "-c", INIT, "init", str(self.root), TARGET,
+                " ".join(KEEP)]  # fmt: skip
         err = open(log, "ab") if log is not None else None  # noqa: SIM115 - handed to the child
         try:
             self._unshare = subprocess.Popen(
@@ -196,33 +181,36 @@ class Machine:
         finally:
             if err is not None:
                 err.close()
-        deadline = time.monotonic() + timeout
         try:
-            while time.monotonic() < deadline:
-                if self._unshare.poll() is not None:
-                    said = (
-                        self._unshare.stderr.read().decode(errors="replace") if self._unshare.stderr else ""
-                    )
-                    raise BuildError(f"systemd did not boot: {said.strip()[-400:] or 'its init exited'}")
-                if not self.pid:
-                    self.pid = self._child_of(self._unshare.pid)
-                if self.pid and self._exe_is_systemd():
-                    p = self.run(
-                        "systemctl",
-                        "is-system-running",
-                        "--wait",
-                        timeout=max(1.0, deadline - time.monotonic()),
-                    )
-                    state = p.stdout.strip()
-                    if state in ("running", "degraded"):
-                        return self
-                    if state not in ("initializing", "starting", ""):
-                        raise BuildError(f"systemd booted {state}")
-                time.sleep(0.02)
-            raise BuildError(f"systemd did not reach running within {timeout:g}s")
+            self._wait_running(time.monotonic() + timeout, timeout)
         except BaseException:
             self.stop()
             raise
+        return self
+
+    def _wait_running(self, deadline: float, timeout: float) -> None:
+        """Until systemd says ``running`` or ``degraded``.
+
+        Raises:
+            BuildError: its init exited, it booted into another state, or ``deadline`` passed.
+        """
+        init = self._unshare
+        assert init is not None
+        while time.monotonic() < deadline:
+            if init.poll() is not None:
+                said = init.stderr.read().decode(errors="replace") if init.stderr else ""
+                raise BuildError(f"systemd did not boot: {said.strip()[-400:] or 'its init exited'}")
+            if not self.pid:
+                self.pid = self._child_of(init.pid)
+            if self.pid and self._exe_is_systemd():
+                wait = max(1.0, deadline - time.monotonic())
+                state = self.run("systemctl", "is-system-running", "--wait", timeout=wait).stdout.strip()
+                if state in ("running", "degraded"):
+                    return
+                if state not in ("initializing", "starting", ""):
+                    raise BuildError(f"systemd booted {state}")
+            time.sleep(0.02)
+        raise BuildError(f"systemd did not reach running within {timeout:g}s")
 
     def _child_of(self, pid: int) -> int:
         with contextlib.suppress(OSError, ValueError):

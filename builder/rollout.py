@@ -404,42 +404,45 @@ def rollout(
         jumpkit_serial=serial,
     )
     forks = max(5, len(names))
-
-    def conclude(ok: bool, summary: str) -> RolloutReport:
-        report.ok, report.summary = ok, summary
-        report.seconds = round(time.monotonic() - t0, 3)
-        listener(report)
-        if not ok:
-            raise RolloutError(summary, report=report)
-        return report
-
-    def finish(ok: bool, summary: str, before: str = "") -> RolloutReport:
-        run.phase(f"{before},status" if before else "status", xv, forks)  # one run: no extra start-up
-        return conclude(ok, summary)
-
     listener(report)
+    ok, summary, before = _roll(run, report, xv, forks, order, check)
+    if before is not None:
+        run.phase(f"{before},status" if before else "status", xv, forks)  # one run: no extra start-up
+    report.ok, report.summary = ok, summary
+    report.seconds = round(time.monotonic() - t0, 3)
+    listener(report)
+    if not ok:
+        raise RolloutError(summary, report=report)
+    return report
+
+
+def _roll(
+    run: Runner, report: RolloutReport, xv: dict[str, Any], forks: int, order: Order, check: bool
+) -> tuple[bool, str, str | None]:
+    """Prepare, pick the leader and the order, and (unless ``check``) upgrade: whether it
+    went well, the summary, and the plays to run before a final status play (None: no
+    status play, every host's state is known already)."""
+    names, to = list(report.hosts), report.to_version
     if not run.phase("prepare", xv, forks):
-        return finish(False, f"preparing failed on {', '.join(run.failed)}: nothing was stopped on any host")
+        return False, f"preparing failed on {', '.join(run.failed)}: nothing was stopped on any host", ""
     hosts = list(report.hosts.values())
     leaders = [h.name for h in hosts if h.leader]
     if len(leaders) > 1:
-        return finish(
-            False, f"{len(leaders)} hosts say they lead ({', '.join(leaders)}): nothing was stopped"
-        )
+        return False, f"{len(leaders)} hosts say they lead ({', '.join(leaders)}): nothing was stopped", ""
     if not leaders and any(h.leader is False for h in hosts):
-        return finish(False, "no host passes the product's leader probe: nothing was stopped")
+        return False, "no host passes the product's leader probe: nothing was stopped", ""
     report.leader = leaders[0] if leaders else names[0]
     report.order = plan_order(hosts, order)
     for i, name in enumerate(report.order):
         report.hosts[name].order = i + 1
     if check:
-        report.ok = True
-        report.summary = f"would upgrade {len(report.order)} host(s) in this order: {', '.join(report.order)}"
-        report.seconds = round(time.monotonic() - t0, 3)
-        listener(report)
-        return report
+        return (
+            True,
+            f"would upgrade {len(report.order)} host(s) in this order: {', '.join(report.order)}",
+            None,
+        )
     if not report.order:  # the probe read every host's version and status already
-        return conclude(True, f"every host already runs {manifest.to_version}")
+        return True, f"every host already runs {to}", None
     xv.update(jumpkit_leader=[report.leader], jumpkit_order=report.order)
     # One run: a failure in pre or roll ends it there (max_fail_percentage 0); post unpins
     # even when cluster-post failed. Every host's version and status are known without a
@@ -447,28 +450,20 @@ def rollout(
     run.phase("pre,roll,post", xv, forks)
     failed = {(host, task) for host, task, _ in run.failures}
     if (report.leader, "jumpkit-pre") in failed:
-        why = f"pinning or cluster-pre failed on {report.leader}: nothing was stopped"
-        return finish(False, why, "unpin")
+        return False, f"pinning or cluster-pre failed on {report.leader}: nothing was stopped", "unpin"
     done = [n for n in report.order if report.hosts[n].result == "upgraded"]
     bad = [n for n in report.order if (n, "jumpkit-roll") in failed]
     if bad or len(done) < len(report.order):
-        return finish(
-            False,
-            f"stopped at {', '.join(bad) or '?'}: {len(done)} of {len(report.order)} host(s) upgraded to "
-            f"{manifest.to_version}",
-            "unpin",
+        why = (
+            f"stopped at {', '.join(bad) or '?'}: {len(done)} of {len(report.order)} host(s) upgraded to {to}"
         )
+        return False, why, "unpin"
     if (report.leader, "jumpkit-post", "cluster-post") in run.failures:
-        return conclude(
-            False, f"every host is on {manifest.to_version}, but cluster-post failed on {report.leader}"
-        )
+        return False, f"every host is on {to}, but cluster-post failed on {report.leader}", None
     if (report.leader, "jumpkit-post", "unpin-leader") in run.failures:
-        why = f"every host is on {manifest.to_version}, but unpinning {report.leader} failed"
-        return conclude(False, why)
+        return False, f"every host is on {to}, but unpinning {report.leader} failed", None
     where = "last" if order == "leader-last" else "first"
-    return conclude(
-        True, f"{len(done)} host(s) upgraded to {manifest.to_version}, leader {report.leader} {where}"
-    )
+    return True, f"{len(done)} host(s) upgraded to {to}, leader {report.leader} {where}", None
 
 
 def fleet_status(

@@ -123,35 +123,7 @@ def build_rpm(
         if shutil.which(tool) is None:
             raise BuildError(f"{tool} is not installed (Debian/Ubuntu: apt-get install rpm)")
     name, version, release = rpm_names(manifest)
-    bundle_dir = f"{BUNDLES_DIR}/{manifest.bundle_id}"
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(templates() / "rpm"),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        autoescape=False,
-    )
-    env.filters["lua"] = _lua
-    spec_text = env.get_template("bundle.spec.j2").render(
-        name=name,
-        version=version,
-        release=release,
-        summary=_header(summary or f"{manifest.product} upgrade bundle", "summary"),
-        license=_header(package.license, "license"),
-        url=_header(package.url, "url"),
-        packager=_header(package.packager, "packager"),
-        group=_header(package.group, "group"),
-        payload=COMPRESSION[compression],
-        product=manifest.product,
-        from_version=manifest.from_version,
-        to_version=manifest.to_version,
-        dir=bundle_dir,
-        bundle=zip_path.name,
-        version_file="/" + manifest.version_file,
-        status_file=f"/var/lib/jumpkit/{manifest.product}/status.json",
-        tree="%{_sourcedir}/tree",
-        changelog_date=time.strftime("%a %b %d %Y", time.gmtime(manifest.created)),
-        changelog_name=_header(package.packager or "jumpkit <jumpkit@localhost>", "packager"),
-    )
+    spec_text = _spec(manifest, package, summary, compression, zip_path.name)
     out_dir = out_dir.absolute()  # rpmbuild runs %install elsewhere: a relative _topdir breaks it
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / f"{name}-{version}-{release}.x86_64.rpm"
@@ -180,6 +152,40 @@ def build_rpm(
             _sign(built, sign_key)
         os.replace(built, final)
     return RpmResult(final, name, version, release, signed=bool(sign_key))
+
+
+def _spec(manifest: Manifest, package: PackageSpec, summary: str, compression: str, bundle_name: str) -> str:
+    """The bundle RPM's spec file, rendered from templates/rpm/bundle.spec.j2."""
+    name, version, release = rpm_names(manifest)
+    bundle_dir = f"{BUNDLES_DIR}/{manifest.bundle_id}"
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(templates() / "rpm"),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters["lua"] = _lua
+    return env.get_template("bundle.spec.j2").render(
+        name=name,
+        version=version,
+        release=release,
+        summary=_header(summary or f"{manifest.product} upgrade bundle", "summary"),
+        license=_header(package.license, "license"),
+        url=_header(package.url, "url"),
+        packager=_header(package.packager, "packager"),
+        group=_header(package.group, "group"),
+        payload=COMPRESSION[compression],
+        product=manifest.product,
+        from_version=manifest.from_version,
+        to_version=manifest.to_version,
+        dir=bundle_dir,
+        bundle=bundle_name,
+        version_file="/" + manifest.version_file,
+        status_file=f"/var/lib/jumpkit/{manifest.product}/status.json",
+        tree="%{_sourcedir}/tree",
+        changelog_date=time.strftime("%a %b %d %Y", time.gmtime(manifest.created)),
+        changelog_name=_header(package.packager or "jumpkit <jumpkit@localhost>", "packager"),
+    )
 
 
 def _sign(rpm: Path, key: str) -> None:

@@ -223,6 +223,30 @@ class _Skip(Exception):
     """The case stops here: the rest of its cells are skipped."""
 
 
+@dataclass
+class _Box:
+    """One case's sandbox: its root, environment and the services that run it."""
+
+    root: Path
+    env: dict[str, str]
+    supervisord: int | None = None
+    machine: Machine | None = None
+    units: list[str] = field(default_factory=list)
+    skip: frozenset[str] = frozenset()
+    """Paths compared otherwise than by bytes (databases, the packager's state)."""
+
+    def view(self) -> dict[str, str]:
+        """The tree, and systemd's view of the units, for the exactness check."""
+        return snapshot(self.root, self.skip) | systemd_view(self.machine, self.units)
+
+    def close(self) -> None:
+        if self.supervisord is not None:
+            _stop(self.supervisord)
+        if self.machine is not None:
+            self.machine.stop()
+        shutil.rmtree(self.root.parent, ignore_errors=True)
+
+
 class Runner:
     """Builds the bundles once, then runs cases on sandboxes in parallel."""
 
@@ -260,11 +284,7 @@ class Runner:
 
     def run(self, case: Case, changed: Callable[[Case], None]) -> Case:
         t0 = time.monotonic()
-        root = Path(tempfile.mkdtemp(prefix="jk-tj-", dir=_short_tmp())) / "r"
-        supervisord: int | None = None
-        machine: Machine | None = None
-        env = dict(os.environ)
-        units: list[str] = []
+        box = _Box(Path(tempfile.mkdtemp(prefix="jk-tj-", dir=_short_tmp())) / "r", dict(os.environ))
         try:
             self._cell(
                 case,
@@ -274,50 +294,10 @@ class Runner:
             )
             if case.failure is not None:
                 raise _Skip
-            frm = case.steps[0][0]
-            overrides = {lk.key: str(_free_port()) for n, lk in self.product.spec.lookups.items()
-                         if lk.file and lk.key and n.endswith("port")}  # fmt: skip
-            lay_out(self.product, frm, root, overrides=overrides, trust=[self.pub])
-            manifests = [self._manifest(s) for s in case.steps]
-            if self.product.spec.services.backend == "systemd":
-                machine = _boot_systemd(manifests[0], root, next(iter(overrides.values()), None))
-                env["PATH"] = f"{machine.bin()}:{env['PATH']}"
-                units = [unit_name(s.name) for s in manifests[0].services.services if not s.added]
-            supervisord = _start_supervisord(self.product, root)
-            running = supervisord is not None or machine is not None
-            if running and (problem := _health(manifests[0], root, frm)) is not None:
-                raise BuildError(f"the fresh {frm} sandbox never became healthy: {problem}")
-            skip = _database_files(manifests[0], root)  # compared by revision and rows, not bytes
-            if self.fmt == "rpm":
-                skip |= frozenset(PACKAGER_STATE)
-                as_manager(root)
+            manifests = self._lay_out(case, box)
             installer = self._installer(case.steps[-1])
-            bundles = [str(self.bundles[s]) for s in case.steps]
-            if self.fmt == "zip":
-                before = snapshot(root, skip) | systemd_view(machine, units)
-                dbs_before = db_state(manifests[0], root)
-                self._cell(
-                    case,
-                    changed,
-                    "apply",
-                    lambda: _ok(_run([installer, "--root", root, "apply", *bundles], env)),
-                )
-                first = manifests[0]
-            else:  # one RPM after another; the tree before the last is what rollback reaches
-                first = manifests[-1]
-                holder: dict[str, Any] = {}
-
-                def apply_rpms() -> str | None:
-                    for step, m in zip(case.steps, manifests, strict=True):
-                        if step == case.steps[-1]:
-                            holder["before"], holder["dbs"] = snapshot(root, skip), db_state(first, root)
-                        if (problem := _rpm_apply(root, self.rpms[step], installer, m)) is not None:
-                            return problem
-                    return None
-
-                self._cell(case, changed, "apply", apply_rpms)
-                before, dbs_before = holder.get("before", {}), holder.get("dbs", {})
-            tail = manifests[-1]
+            before, dbs_before, first = self._apply(case, changed, box, manifests, installer)
+            tail, root, env = manifests[-1], box.root, box.env
             self._cell(case, changed, "health", lambda: _health(tail, root))  # the to-version answers
             self._cell(case, changed, "version", lambda: _version(tail, root))
             self._cell(case, changed, "schema", lambda: _schema(tail, root))
@@ -328,7 +308,7 @@ class Runner:
             )  # rpm: then rpm -e, which must leave the manager as it is
             self._cell(case, changed, "rollback", undo)
             self._cell(case, changed, "exact", lambda: _exact(
-                before, snapshot(root, skip) | systemd_view(machine, units), dbs_before, db_state(first, root)
+                before, box.view(), dbs_before, db_state(first, root)
             ))  # fmt: skip
         except _Skip:
             for c in CELLS:
@@ -338,14 +318,67 @@ class Runner:
             for c in CELLS:
                 case.cells.setdefault(c, "fail" if c == "apply" else "skip")
         finally:
-            if supervisord is not None:
-                _stop(supervisord)
-            if machine is not None:
-                machine.stop()
-            shutil.rmtree(root.parent, ignore_errors=True)
+            box.close()
             case.seconds = time.monotonic() - t0
             changed(case)
         return case
+
+    def _lay_out(self, case: Case, box: _Box) -> list[Manifest]:
+        """The case's from-release laid out, its services running and healthy; the
+        manifests of its steps."""
+        frm, root = case.steps[0][0], box.root
+        overrides = {lk.key: str(_free_port()) for n, lk in self.product.spec.lookups.items()
+                     if lk.file and lk.key and n.endswith("port")}  # fmt: skip
+        lay_out(self.product, frm, root, overrides=overrides, trust=[self.pub])
+        manifests = [self._manifest(s) for s in case.steps]
+        if self.product.spec.services.backend == "systemd":
+            box.machine = _boot_systemd(manifests[0], root, next(iter(overrides.values()), None))
+            box.env["PATH"] = f"{box.machine.bin()}:{box.env['PATH']}"
+            box.units = [unit_name(s.name) for s in manifests[0].services.services if not s.added]
+        box.supervisord = _start_supervisord(self.product, root)
+        running = box.supervisord is not None or box.machine is not None
+        if running and (problem := _health(manifests[0], root, frm)) is not None:
+            raise BuildError(f"the fresh {frm} sandbox never became healthy: {problem}")
+        box.skip = _database_files(manifests[0], root)  # compared by revision and rows, not bytes
+        if self.fmt == "rpm":
+            box.skip |= frozenset(PACKAGER_STATE)
+            as_manager(root)
+        return manifests
+
+    def _apply(
+        self,
+        case: Case,
+        changed: Callable[[Case], None],
+        box: _Box,
+        manifests: list[Manifest],
+        installer: Path,
+    ) -> tuple[dict[str, str], dict[str, Any], Manifest]:
+        """The apply cell: the bundles at once (zip), or one RPM after another; returns what
+        a rollback must restore (tree and databases) and the manifest whose databases hold it."""
+        root = box.root
+        if self.fmt == "zip":
+            before, dbs_before = box.view(), db_state(manifests[0], root)
+            bundles = [str(self.bundles[s]) for s in case.steps]
+            self._cell(
+                case,
+                changed,
+                "apply",
+                lambda: _ok(_run([installer, "--root", root, "apply", *bundles], box.env)),
+            )
+            return before, dbs_before, manifests[0]
+        first = manifests[-1]  # the tree before the last RPM is what the rollback reaches
+        holder: dict[str, Any] = {}
+
+        def apply_rpms() -> str | None:
+            for step, m in zip(case.steps, manifests, strict=True):
+                if step == case.steps[-1]:
+                    holder["before"], holder["dbs"] = snapshot(root, box.skip), db_state(first, root)
+                if (problem := _rpm_apply(root, self.rpms[step], installer, m)) is not None:
+                    return problem
+            return None
+
+        self._cell(case, changed, "apply", apply_rpms)
+        return holder.get("before", {}), holder.get("dbs", {}), first
 
     def _cell(
         self, case: Case, changed: Callable[[Case], None], cell: str, check: Callable[[], str | None]

@@ -157,32 +157,8 @@ class ZipBundle:
         against the central directory first; output past ``limit`` is refused (zip bombs).
         """
         info = self._infos[name]
-        if info.flag_bits & 0x1:
-            raise BundleRejectedError("member is encrypted", entry=name)
-        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-            raise BundleRejectedError(f"unsupported compression {info.compress_type}", entry=name)
-        # one pread for the local header, the name and the first chunk of data (all of a
-        # small member's when there is no extra field, as in our bundles): half the reads
-        # of three separate ones, for 24k mostly small members
-        if info.header_offset < 0 or info.compress_size < 0:  # a corrupt central directory
-            raise BundleRejectedError("member offset or size is out of range", entry=name)
-        name_guess = len(info.orig_filename.encode("utf-8", "replace"))
-        head = os.pread(self._fd, 30 + name_guess + min(info.compress_size, CHUNK), info.header_offset)
-        if len(head) < 30 or head[:4] != b"PK\x03\x04":
-            raise BundleRejectedError("local header is missing or corrupt", entry=name)
-        name_len, extra_len = struct.unpack_from("<HH", head, 26)
-        local_name = head[30 : 30 + name_len]
-        if len(local_name) < name_len:
-            local_name = os.pread(self._fd, name_len, info.header_offset + 30)
-        if local_name.decode("utf-8" if info.flag_bits & 0x800 else "cp437", "replace") != info.orig_filename:
-            raise BundleRejectedError("local header names another member", entry=name)
-        data_at = 30 + name_len + extra_len  # from the local header
+        head, data_at, end = self._locate(name, info)
         start = info.header_offset + data_at
-        end = start + info.compress_size
-        if end > self._size:
-            raise BundleRejectedError("member runs past the end of the archive (truncated?)", entry=name)
-        if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
-            raise BundleRejectedError("stored member's sizes disagree", entry=name)
         inflate = isal_zlib.decompressobj(-15) if info.compress_type == zipfile.ZIP_DEFLATED else None
         produced = 0
         raw = head[data_at : data_at + info.compress_size]
@@ -213,6 +189,42 @@ class ZipBundle:
                 raise BundleRejectedError(f"member does not inflate ({e})", entry=name) from e
         if inflate is not None and not inflate.eof:
             raise BundleRejectedError("member's deflate stream is truncated", entry=name)
+
+    def _locate(self, name: str, info: zipfile.ZipInfo) -> tuple[bytes, int, int]:
+        """The member's first bytes (from its local header on), where its data starts in
+        them, and where its data ends in the file, after every check of the local header
+        against the central directory.
+
+        Raises:
+            BundleRejectedError: encrypted, another compression, out of range, a local
+                header that is corrupt or names another member, truncated.
+        """
+        if info.flag_bits & 0x1:
+            raise BundleRejectedError("member is encrypted", entry=name)
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise BundleRejectedError(f"unsupported compression {info.compress_type}", entry=name)
+        # one pread for the local header, the name and the first chunk of data (all of a
+        # small member's when there is no extra field, as in our bundles): half the reads
+        # of three separate ones, for 24k mostly small members
+        if info.header_offset < 0 or info.compress_size < 0:  # a corrupt central directory
+            raise BundleRejectedError("member offset or size is out of range", entry=name)
+        name_guess = len(info.orig_filename.encode("utf-8", "replace"))
+        head = os.pread(self._fd, 30 + name_guess + min(info.compress_size, CHUNK), info.header_offset)
+        if len(head) < 30 or head[:4] != b"PK\x03\x04":
+            raise BundleRejectedError("local header is missing or corrupt", entry=name)
+        name_len, extra_len = struct.unpack_from("<HH", head, 26)
+        local_name = head[30 : 30 + name_len]
+        if len(local_name) < name_len:
+            local_name = os.pread(self._fd, name_len, info.header_offset + 30)
+        if local_name.decode("utf-8" if info.flag_bits & 0x800 else "cp437", "replace") != info.orig_filename:
+            raise BundleRejectedError("local header names another member", entry=name)
+        data_at = 30 + name_len + extra_len  # from the local header
+        end = info.header_offset + data_at + info.compress_size
+        if end > self._size:
+            raise BundleRejectedError("member runs past the end of the archive (truncated?)", entry=name)
+        if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
+            raise BundleRejectedError("stored member's sizes disagree", entry=name)
+        return head, data_at, end
 
     def close(self) -> None:
         """See :class:`Bundle`."""

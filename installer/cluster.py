@@ -101,12 +101,27 @@ def run(
         return out
     if action not in ("cluster-pre", "node", "cluster-post"):
         raise UsageError(f"unknown cluster action {action!r}; one of {', '.join(ACTIONS)}")
-    hooks = [h for h in manifest.hooks if h.when == action]
+    out["hooks"] = _hooks(action, bundle, manifest, root, scratch, env, log, out)
+    return out
+
+
+def _hooks(
+    action: Action,
+    bundle: Bundle,
+    manifest: Manifest,
+    root: Path,
+    scratch: Path,
+    env: dict[str, str],
+    log: Callable[[str], None],
+    out: dict[str, object],
+) -> list[str]:
+    """Run the bundle's hooks for ``action`` (each written to ``scratch`` after its hash is
+    checked); their output into ``out``; returns their names."""
     members = manifest.members()
     ran: list[str] = []
     scratch.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="cluster-hook-", dir=scratch) as tmp:
-        for hook in hooks:
+        for hook in [h for h in manifest.hooks if h.when == action]:
             name = f"hooks/{hook.name}"
             sha, size = members[name]
             script = Path(tmp) / hook.name
@@ -119,5 +134,4 @@ def run(
                 [str(script)], root, env, f"{action} hook {hook.name}", hook.timeout
             )[-2000:]
             ran.append(hook.name)
-    out["hooks"] = ran
-    return out
+    return ran

@@ -43,62 +43,13 @@ def report(
         "installed": read_installed_version(root, head),
     }
     with tempfile.TemporaryDirectory(prefix="jumpkit-plan-") as tmp:
-        view = View(root)
-        plans: list[Plan] = []
-        for n, (bundle, m) in enumerate(opened):
-            staging = Path(tmp) / str(n)
-            for f in m.files:  # each config's default, and the from-version's where shipped
-                if f.kind == "config":
-                    assert f.sha256 is not None
-                    _unpack(bundle, f.member, f.sha256, f.size, staging / "defaults" / f.path)
-                    if f.base is not None:
-                        _unpack(
-                            bundle,
-                            BASE_PREFIX + f.path,
-                            f.base.sha256,
-                            f.base.size,
-                            staging / "base" / f.path,
-                        )
-            unpack_migrations(bundle, m, staging)
-            if n == 0:
-                try:
-                    passed = preflight(m, sum(x.total_size() for x in manifests[1:]))
-                    out["preflight"] = {"ok": True, "passed": passed}
-                except PreconditionError as e:
-                    out["preflight"] = {"ok": False, "problems": e.details or [e.message]}
-            plans.append(compute_plan(m, root, staging, accept_drift=True, view=view))
-            plans[-1].notes += narrowings(placed_paths(m, plans[-1], view))
-            view.advance(m, plans[-1], staging)
+        plans = _plans(opened, root, Path(tmp), preflight, out)
         rehearsed = _rehearse(manifests, root, Path(tmp), out["preflight"])
     pairs = list(zip(manifests, plans, strict=True))
     out["drift"] = [d for _, plan in pairs for d in plan.drift]
     out["notes"] = [n for _, plan in pairs for n in plan.notes]
-    steps = []
-    for m in manifests:
-        steps.append({"step": "verify", "detail": f"{m.bundle_id}: signature + {len(m.members())} members"})
-        steps.append(
-            {"step": "stage", "detail": f"{m.total_size()} bytes into {state.staging_dir(m.bundle_id)}"}
-        )
-    for name, _, jump in unit_layout(len(manifests)):
-        m, plan = pairs[jump]
-        steps.append({"step": name, "detail": describe(name.partition("#")[0], m, plan)})
-    steps.append({"step": "commit", "detail": "journal commit; backup kept until unstage or the next apply"})
-    out["steps"] = steps
-    placed: dict[str, bool] = {}  # what earlier jumps of the chain leave (True) or remove
-    out["files"] = []
-    for m, plan in pairs:
-        deltas = {f.path: f.delta for f in m.files if f.delta is not None}
-        for op in plan.ops:
-            existed = placed.get(op.path, (root / op.path).exists() or (root / op.path).is_symlink())
-            action = op.action if op.action == "remove" else ("replace" if existed else "add")
-            d = deltas.get(op.path)
-            out["files"].append(
-                {"jump": f"{m.from_version} -> {m.to_version}", "path": op.path, "action": action,
-                 "group": op.group, "note": op.note or _patch_note(d),
-                 "delta": None if d is None else {"method": d.method, "patch_bytes": d.size, "base": d.base}}
-            )  # fmt: skip
-        for op in plan.ops:
-            placed[op.path] = op.action == "place"
+    out["steps"] = _steps(pairs, state)
+    out["files"] = _files(pairs, root)
     out["special_modes"] = [
         {"jump": f"{m.from_version} -> {m.to_version}", "path": f.path, "mode": f"{f.mode:04o}"}
         for m in manifests
@@ -121,6 +72,76 @@ def report(
     out["outage_estimate"] = estimate(pairs, rehearsed, measured_services(state))
     out["outage_estimate_seconds"] = out["outage_estimate"]["seconds"]
     return out
+
+
+def _plans(
+    opened: Sequence[tuple[Bundle, Manifest]],
+    root: Path,
+    tmp: Path,
+    preflight: Preflight,
+    out: dict[str, Any],
+) -> list[Plan]:
+    """Each jump's swap plan against the root as the earlier jumps would leave it (config
+    defaults and bases unpacked into ``tmp``); the first jump's pre-flight into ``out``."""
+    manifests = [m for _, m in opened]
+    view = View(root)
+    plans: list[Plan] = []
+    for n, (bundle, m) in enumerate(opened):
+        staging = tmp / str(n)
+        for f in m.files:  # each config's default, and the from-version's where shipped
+            if f.kind == "config":
+                assert f.sha256 is not None
+                _unpack(bundle, f.member, f.sha256, f.size, staging / "defaults" / f.path)
+                if f.base is not None:
+                    _unpack(
+                        bundle, BASE_PREFIX + f.path, f.base.sha256, f.base.size, staging / "base" / f.path
+                    )
+        unpack_migrations(bundle, m, staging)
+        if n == 0:
+            try:
+                passed = preflight(m, sum(x.total_size() for x in manifests[1:]))
+                out["preflight"] = {"ok": True, "passed": passed}
+            except PreconditionError as e:
+                out["preflight"] = {"ok": False, "problems": e.details or [e.message]}
+        plans.append(compute_plan(m, root, staging, accept_drift=True, view=view))
+        plans[-1].notes += narrowings(placed_paths(m, plans[-1], view))
+        view.advance(m, plans[-1], staging)
+    return plans
+
+
+def _steps(pairs: Sequence[tuple[Manifest, Plan]], state: StateDir) -> list[dict[str, str]]:
+    """The apply's steps in order, each with what it would do."""
+    steps = []
+    for m, _ in pairs:
+        steps.append({"step": "verify", "detail": f"{m.bundle_id}: signature + {len(m.members())} members"})
+        steps.append(
+            {"step": "stage", "detail": f"{m.total_size()} bytes into {state.staging_dir(m.bundle_id)}"}
+        )
+    for name, _, jump in unit_layout(len(pairs)):
+        m, plan = pairs[jump]
+        steps.append({"step": name, "detail": describe(name.partition("#")[0], m, plan)})
+    steps.append({"step": "commit", "detail": "journal commit; backup kept until unstage or the next apply"})
+    return steps
+
+
+def _files(pairs: Sequence[tuple[Manifest, Plan]], root: Path) -> list[dict[str, Any]]:
+    """Every path the chain adds, replaces or removes, jump by jump."""
+    placed: dict[str, bool] = {}  # what earlier jumps of the chain leave (True) or remove
+    files = []
+    for m, plan in pairs:
+        deltas = {f.path: f.delta for f in m.files if f.delta is not None}
+        for op in plan.ops:
+            existed = placed.get(op.path, (root / op.path).exists() or (root / op.path).is_symlink())
+            action = op.action if op.action == "remove" else ("replace" if existed else "add")
+            d = deltas.get(op.path)
+            files.append(
+                {"jump": f"{m.from_version} -> {m.to_version}", "path": op.path, "action": action,
+                 "group": op.group, "note": op.note or _patch_note(d),
+                 "delta": None if d is None else {"method": d.method, "patch_bytes": d.size, "base": d.base}}
+            )  # fmt: skip
+        for op in plan.ops:
+            placed[op.path] = op.action == "place"
+    return files
 
 
 HISTORY_RUNS = 5

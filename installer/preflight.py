@@ -17,7 +17,7 @@ from installer import commands
 from installer.attrs import describe_caps
 from installer.beneath import resolve
 from installer.errors import JumpkitError, NoPath, PreconditionError, SpaceError, VersionError
-from installer.format import Manifest
+from installer.format import Check, Manifest
 from installer.graph import plan_chain
 from installer.health import lookup_variables, resolve_lookup, wait_healthy
 from installer.metadata import Labels, unknown_owners
@@ -217,6 +217,47 @@ def other_mounts(manifest: Manifest, root: Path, state: Path) -> list[str]:
     ]
 
 
+def _identity(manifest: Manifest, root: Path, problems: list[str], passed: list[str]) -> str | None:
+    """The product marker and the installed version; returns the installed version.
+
+    Raises:
+        PreconditionError: the manager is another product.
+    """
+    text = read_small(root, PRODUCT_MARKER, 4096)
+    if text is not None:
+        product = text.strip()
+        if product != manifest.product:
+            raise PreconditionError(
+                f"this manager is {product!r} ({PRODUCT_MARKER}); the bundle is for {manifest.product!r}"
+            )
+        passed.append(f"product {product}")
+    installed = read_installed_version(root, manifest)
+    if installed is None:
+        problems.append(f"cannot read the installed version from {manifest.version_file}")
+    elif installed != manifest.from_version:
+        problems.append(wrong_version(manifest, installed))
+    else:
+        passed.append(f"installed version {installed} matches")
+    return installed
+
+
+def _spec_check(check: Check, root: Path) -> tuple[bool, str]:
+    """One of the spec's ``checks``: whether it passed, and the line that says so."""
+    path = root if check.path == "." else root / resolve(root, check.path, follow_last=True)[0]
+    label = check.description or f"{check.kind} {check.path}"
+    if check.kind == "disk-space":
+        free_mb = shutil.disk_usage(path).free >> 20 if path.exists() else 0
+        return free_mb >= check.min_mb, f"{label}: {free_mb} MiB free, need {check.min_mb}"
+    if check.kind == "writable":
+        ok = os.access(path, os.W_OK)
+        return ok, f"{label}: {'writable' if ok else 'not writable'}"
+    try:
+        p = commands.run(check.command, cwd=root, timeout=check.timeout)
+        return p.returncode == 0, f"{label}: exit {p.returncode} {p.output.strip()[-200:]}"
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return False, f"{label}: {e}"
+
+
 def check(
     manifest: Manifest,
     state: StateDir,
@@ -238,42 +279,12 @@ def check(
     passed: list[str] = []
     if (refusal := not_a_manager(manifest, root)) is not None:
         raise refusal
-    text = read_small(root, PRODUCT_MARKER, 4096)
-    if text is not None:
-        product = text.strip()
-        if product != manifest.product:
-            raise PreconditionError(
-                f"this manager is {product!r} ({PRODUCT_MARKER}); the bundle is for {manifest.product!r}"
-            )
-        passed.append(f"product {product}")
-    installed = read_installed_version(root, manifest)
-    if installed is None:
-        problems.append(f"cannot read the installed version from {manifest.version_file}")
-    elif installed != manifest.from_version:
-        problems.append(wrong_version(manifest, installed))
-    else:
-        passed.append(f"installed version {installed} matches")
-    # pre-flight creates nothing, not even the state dir
+    installed = _identity(manifest, root, problems, passed)
     problems += other_mounts(manifest, root, existing_dir(state.path))
     problems += unmovable(manifest, root)
     problems += _space(manifest, state, root, staged, passed, more_bytes)
     for check in manifest.checks:
-        path = root if check.path == "." else root / resolve(root, check.path, follow_last=True)[0]
-        label = check.description or f"{check.kind} {check.path}"
-        if check.kind == "disk-space":
-            free_mb = shutil.disk_usage(path).free >> 20 if path.exists() else 0
-            ok = free_mb >= check.min_mb
-            msg = f"{label}: {free_mb} MiB free, need {check.min_mb}"
-        elif check.kind == "writable":
-            ok = os.access(path, os.W_OK)
-            msg = f"{label}: {'writable' if ok else 'not writable'}"
-        else:
-            try:
-                p = commands.run(check.command, cwd=root, timeout=check.timeout)
-                ok = p.returncode == 0
-                msg = f"{label}: exit {p.returncode} {p.output.strip()[-200:]}"
-            except (OSError, subprocess.TimeoutExpired) as e:
-                ok, msg = False, f"{label}: {e}"
+        ok, msg = _spec_check(check, root)
         (passed if ok else problems).append(msg)
     for lookup in [*manifest.lookups.values(), *(db.url for db in manifest.databases)]:
         resolve_lookup(lookup, root)  # a lookup file that is a link out or a device: exit 4, named

@@ -197,70 +197,11 @@ def stage_bundle(
     shutil.rmtree(partial, ignore_errors=True)
     shutil.rmtree(final, ignore_errors=True)
     partial.mkdir(parents=True, mode=0o700)
-    promised = manifest.members()
-    targets = _destinations(partial, manifest)
-    deltas = sorted(manifest.deltas(), key=lambda f: (-f.size, f.path)) if root is not None else []
-    budget = Budget(max((patch_memory(f) for f in deltas), default=0))
-    files_dir = os.path.join(partial, "files")
-    umask = os.umask(0o022)
-    os.umask(umask)
-
-    def extract(name: str) -> None:
-        dest, mode = targets[name]
-        sha, size = promised[name]
-        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        try:
-            if mode & umask:
-                os.fchmod(fd, mode)
-            for chunk in iter_verified(bundle, name, sha, size):
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view) :]
-                if progress is not None:
-                    progress(len(chunk))
-        finally:
-            os.close(fd)
-        failpoint("stage:member")
-
-    def build(f: FileEntry) -> None:
-        assert f.delta is not None and f.sha256 is not None and root is not None
-        with budget.claim(patch_memory(f)):
-            patch = b"".join(iter_verified(bundle, f.member, f.delta.sha256, f.delta.size))
-            new = apply_patch(
-                f.delta.method, old_bytes(root, manifest, f, earlier or {}), patch, f.size, f.sha256
-            )
-            del patch
-            _write_new(os.path.join(files_dir, f.path), new, f.mode)
-            del new
-        if progress is not None:
-            progress(f.delta.size + f.size)
-        failpoint("stage:patch")
-
-    def job(item: str | FileEntry) -> None:
-        if isinstance(item, str):
-            extract(item)
-        else:
-            build(item)
-
     try:
-        dests = [p for p, _ in targets.values()] + [os.path.join(files_dir, f.path) for f in deltas]
-        for d in sorted({os.path.dirname(p) for p in dests}):
-            os.makedirs(d, exist_ok=True)
-        # patches first, largest first (the longest does not start last); members in
-        # archive order: neighbours in a directory are created together, as unzip does
-        jobs: list[str | FileEntry] = [*deltas, *(n for n in promised if n in targets)]
-        run_each(job, jobs, threads=workers)
-        _says_to_version(manifest, files_dir)
-        for f in manifest.files:
-            if f.kind == "symlink":
-                link = partial / "files" / f.path
-                link.parent.mkdir(parents=True, exist_ok=True)
-                assert f.link_target is not None
-                os.symlink(f.link_target, link)
-        (partial / MANIFEST_NAME).write_bytes(manifest_data)
-        (partial / SIGNATURE_NAME).write_bytes(sig)
-        os.sync()  # one flush for every file: cheaper than an fsync per file
-        write_atomic(partial / COMPLETE_MARK, b"ok\n")
+        stager = _Stager(bundle, manifest, partial, progress, root, earlier)
+        stager.run(workers)
+        _says_to_version(manifest, stager.files_dir)
+        _complete(partial, manifest, manifest_data, sig)
         os.replace(partial, final)
     except OSError as e:
         shutil.rmtree(partial, ignore_errors=True)
@@ -271,3 +212,87 @@ def stage_bundle(
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return final
+
+
+class _Stager:
+    """One staging: members extracted and patched files built, on worker threads."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        manifest: Manifest,
+        partial: Path,
+        progress: Progress | None,
+        root: Path | None,
+        earlier: OldFiles | None,
+    ) -> None:
+        self.bundle, self.manifest, self.progress = bundle, manifest, progress
+        self.root, self.earlier = root, earlier or {}
+        self.promised = manifest.members()
+        self.targets = _destinations(partial, manifest)
+        self.deltas = sorted(manifest.deltas(), key=lambda f: (-f.size, f.path)) if root is not None else []
+        self.budget = Budget(max((patch_memory(f) for f in self.deltas), default=0))
+        self.files_dir = os.path.join(partial, "files")
+        self.umask = os.umask(0o022)
+        os.umask(self.umask)
+
+    def run(self, workers: int) -> None:
+        dests = [p for p, _ in self.targets.values()] + [
+            os.path.join(self.files_dir, f.path) for f in self.deltas
+        ]
+        for d in sorted({os.path.dirname(p) for p in dests}):
+            os.makedirs(d, exist_ok=True)
+        # patches first, largest first (the longest does not start last); members in
+        # archive order: neighbours in a directory are created together, as unzip does
+        jobs: list[str | FileEntry] = [*self.deltas, *(n for n in self.promised if n in self.targets)]
+        run_each(self._job, jobs, threads=workers)
+
+    def _job(self, item: str | FileEntry) -> None:
+        if isinstance(item, str):
+            self._extract(item)
+        else:
+            self._build(item)
+
+    def _extract(self, name: str) -> None:
+        dest, mode = self.targets[name]
+        sha, size = self.promised[name]
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        try:
+            if mode & self.umask:
+                os.fchmod(fd, mode)
+            for chunk in iter_verified(self.bundle, name, sha, size):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if self.progress is not None:
+                    self.progress(len(chunk))
+        finally:
+            os.close(fd)
+        failpoint("stage:member")
+
+    def _build(self, f: FileEntry) -> None:
+        assert f.delta is not None and f.sha256 is not None and self.root is not None
+        with self.budget.claim(patch_memory(f)):
+            patch = b"".join(iter_verified(self.bundle, f.member, f.delta.sha256, f.delta.size))
+            old = old_bytes(self.root, self.manifest, f, self.earlier)
+            new = apply_patch(f.delta.method, old, patch, f.size, f.sha256)
+            del patch, old
+            _write_new(os.path.join(self.files_dir, f.path), new, f.mode)
+            del new
+        if self.progress is not None:
+            self.progress(f.delta.size + f.size)
+        failpoint("stage:patch")
+
+
+def _complete(partial: Path, manifest: Manifest, manifest_data: bytes, sig: bytes) -> None:
+    """Symlinks, the manifest and its signature, one flush, and the mark that says done."""
+    for f in manifest.files:
+        if f.kind == "symlink":
+            link = partial / "files" / f.path
+            link.parent.mkdir(parents=True, exist_ok=True)
+            assert f.link_target is not None
+            os.symlink(f.link_target, link)
+    (partial / MANIFEST_NAME).write_bytes(manifest_data)
+    (partial / SIGNATURE_NAME).write_bytes(sig)
+    os.sync()  # one flush for every file: cheaper than an fsync per file
+    write_atomic(partial / COMPLETE_MARK, b"ok\n")
