@@ -18,9 +18,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import struct
 import subprocess
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,8 +79,9 @@ def _header(value: str, field: str) -> str:
 
 
 def _tree(zip_path: Path, manifest: Manifest, dest: Path) -> None:
-    """The RPM payload: the bundle, its installer (executable) and manifest + signature
-    (readable without unzip)."""
+    """The RPM payload: the bundle, and its manifest + signature (readable without unzip),
+    and ``bin/bundle-install.sha256`` for the check of the installer that %posttrans takes
+    out of the bundle (the installer travels once: inside the ZIP)."""
     dest.mkdir(parents=True)
     if zip_path.stat().st_dev == dest.stat().st_dev:
         os.link(zip_path, dest / zip_path.name)  # rpmbuild copies it anyway: no second copy here
@@ -86,17 +89,40 @@ def _tree(zip_path: Path, manifest: Manifest, dest: Path) -> None:
         shutil.copyfile(zip_path, dest / zip_path.name)
     bundle = open_bundle(zip_path)
     try:
-        for member, mode in ((INSTALLER_MEMBER, 0o755), (MANIFEST_NAME, 0o644), (SIGNATURE_NAME, 0o644)):
+        for member in (MANIFEST_NAME, SIGNATURE_NAME):
             if not bundle.has_member(member):
                 continue
             target = dest / member
-            target.parent.mkdir(parents=True, exist_ok=True)
             with open(target, "wb") as out:
                 for chunk in bundle.iter_member(member, MAX_MEMBER):
                     out.write(chunk)
-            target.chmod(mode)
+            target.chmod(0o644)
     finally:
         bundle.close()
+    assert manifest.installer is not None
+    (dest / "bin").mkdir()
+    exe = f"{BUNDLES_DIR}/{manifest.bundle_id}/{INSTALLER_MEMBER}"
+    (dest / f"{INSTALLER_MEMBER}.sha256").write_text(f"{manifest.installer.sha256}  {exe}\n")
+
+
+def stored_installer(zip_path: Path) -> tuple[int, int]:
+    """Where the installer's bytes lie in the bundle ZIP: (offset, size) of its stored data.
+
+    Raises:
+        BuildError: the installer is deflated (a bundle built before installers were
+            stored): rebuild the bundle.
+    """
+    with zipfile.ZipFile(zip_path) as z:
+        info = z.getinfo(INSTALLER_MEMBER)
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise BuildError(
+            f"{zip_path.name}: its installer is deflated; rebuild the bundle with this bundle-build"
+        )
+    with open(zip_path, "rb") as f:
+        f.seek(info.header_offset)
+        head = f.read(30)
+    name_len, extra_len = struct.unpack_from("<HH", head, 26)
+    return info.header_offset + 30 + name_len + extra_len, info.file_size
 
 
 def build_rpm(
@@ -123,7 +149,7 @@ def build_rpm(
         if shutil.which(tool) is None:
             raise BuildError(f"{tool} is not installed (Debian/Ubuntu: apt-get install rpm)")
     name, version, release = rpm_names(manifest)
-    spec_text = _spec(manifest, package, summary, compression, zip_path.name)
+    spec_text = _spec(manifest, package, summary, compression, zip_path.name, stored_installer(zip_path))
     out_dir = out_dir.absolute()  # rpmbuild runs %install elsewhere: a relative _topdir breaks it
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / f"{name}-{version}-{release}.x86_64.rpm"
@@ -154,7 +180,14 @@ def build_rpm(
     return RpmResult(final, name, version, release, signed=bool(sign_key))
 
 
-def _spec(manifest: Manifest, package: PackageSpec, summary: str, compression: str, bundle_name: str) -> str:
+def _spec(
+    manifest: Manifest,
+    package: PackageSpec,
+    summary: str,
+    compression: str,
+    bundle_name: str,
+    installer_at: tuple[int, int],
+) -> str:
     """The bundle RPM's spec file, rendered from templates/rpm/bundle.spec.j2."""
     name, version, release = rpm_names(manifest)
     bundle_dir = f"{BUNDLES_DIR}/{manifest.bundle_id}"
@@ -180,6 +213,8 @@ def _spec(manifest: Manifest, package: PackageSpec, summary: str, compression: s
         to_version=manifest.to_version,
         dir=bundle_dir,
         bundle=bundle_name,
+        installer_offset=installer_at[0],
+        installer_size=installer_at[1],
         version_file="/" + manifest.version_file,
         status_file=f"/var/lib/jumpkit/{manifest.product}/status.json",
         tree="%{_sourcedir}/tree",

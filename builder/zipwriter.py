@@ -74,6 +74,9 @@ class Source:
     data: bytes | None = None
     size: int | None = None
     """Known size of ``path`` (saves a stat); None: stat when needed."""
+    store: bool = False
+    """Write it stored whatever it would deflate to: its bytes can then be taken out of the
+    archive by their byte range alone (the bundle RPM takes its installer out so)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,7 +273,7 @@ class _Segment:
         sha = hashlib.sha256(data).hexdigest()
         crc = isal_zlib.crc32(data)
         method, blob = 0, data
-        if self.level > 0 and size > 0 and (size <= SMALL or _compressible(data)):
+        if self.level > 0 and not src.store and size > 0 and (size <= SMALL or _compressible(data)):
             if size <= SMALL:
                 deflated = _deflate_small(data, self.level)
             else:
@@ -294,7 +297,7 @@ class _Segment:
         zip64 = self.fmt.zip64(expect)
         start = os.lseek(self.fd, 0, os.SEEK_CUR)
         hlen = len(self.fmt.local(raw, zip64, 0, 0, 0, 0))
-        deflate = self.level > 0 and _compressible_fd(fd, expect)
+        deflate = self.level > 0 and not src.store and _compressible_fd(fd, expect)
         while True:
             os.lseek(self.fd, start + hlen, os.SEEK_SET)
             os.lseek(fd, len(head), os.SEEK_SET)
@@ -404,7 +407,7 @@ class _Workers:
         # Source objects themselves (reference counts) would copy every page that holds
         # one into each worker (measured: +15 MiB each for 24k files; pickling: 12 ms).
         blobs = [
-            pickle.dumps([(s.name, s.mode, s.path, s.data, s.size) for s in b], protocol=5)
+            pickle.dumps([(s.name, s.mode, s.path, s.data, s.size, s.store) for s in b], protocol=5)
             for b, _ in batches
         ]
         self.live: dict[Connection, int] = {}  # result pipe -> worker pid

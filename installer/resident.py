@@ -38,7 +38,13 @@ from installer.paths import fsync_dir
 
 TRAILER = struct.Struct("<8sQQ32s")
 MAGIC = b"JKPAYLD2"
-TREE_MAGIC = b"JKTREE01"
+TREE_MAGIC = b"JKTREE02"
+"""The entry stream in zstd frames (frame table first): what freezes write since the
+portable installer shrank from 58 to ~26 MB."""
+TREE_MAGIC_STORED = b"JKTREE01"
+"""The entry stream stored as it is: installers frozen before, still read (kept trees)."""
+MAX_FRAMES = 100_000
+MAX_ENTRY = 1 << 32
 ENTRY = struct.Struct("<cIHQ")
 ID_FILE = ".id"
 TREES = ".trees"
@@ -74,41 +80,87 @@ def payload(binary: Path) -> Payload | None:
     return Payload(offset, size, digest.hex())
 
 
-def entries(f: BinaryIO, p: Payload) -> Iterator[tuple[str, str, int, int, bytes | None]]:
-    """(kind, relative path, mode, data offset, link target) per entry; ``f`` is left
-    positioned at a file's data when one is yielded.
+class _Stream:
+    """The tree's entry stream, read in order: stored as it is (``JKTREE01``) or as zstd
+    frames listed in a table (``JKTREE02``), each frame holding whole entries."""
+
+    def __init__(self, f: BinaryIO, p: Payload) -> None:
+        self.f, self.end = f, p.offset + p.size
+        f.seek(p.offset)
+        head = f.read(12)
+        if len(head) != 12 or head[:8] not in (TREE_MAGIC_STORED, TREE_MAGIC):
+            raise TreeError("not a jumpkit tree")
+        (self.count,) = struct.unpack("<I", head[8:])
+        self.frames: list[tuple[int, int]] | None = None
+        self.buf, self.at, self.pos = b"", 0, 0
+        if head[:8] == TREE_MAGIC:
+            (n,) = struct.unpack("<I", f.read(4))
+            table = f.read(16 * n)
+            if n > MAX_FRAMES or len(table) != 16 * n:
+                raise TreeError("truncated")
+            self.frames = [struct.unpack_from("<QQ", table, 16 * i) for i in range(n)]
+            self.frames.reverse()
+            if sum(c for c, _ in self.frames) + 16 + 16 * n != p.size:
+                raise TreeError("frames do not fill the payload")
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes (fewer only at the end)."""
+        if self.frames is None:
+            data = self.f.read(min(n, self.end - self.f.tell()))
+            self.pos += len(data)
+            return data
+        import zstandard  # only a compressed tree needs it (kept-tree starts stay lean)
+
+        out = []
+        while n and (self.at < len(self.buf) or self.frames):
+            if self.at == len(self.buf):
+                csize, dsize = self.frames.pop()
+                frame = self.f.read(csize)
+                try:
+                    self.buf = zstandard.ZstdDecompressor().decompress(frame, max_output_size=dsize)
+                except zstandard.ZstdError as e:
+                    raise TreeError(f"a frame does not decompress ({e})") from e
+                if len(frame) != csize or len(self.buf) != dsize:
+                    raise TreeError("truncated")
+                self.at = 0
+            piece = self.buf[self.at : self.at + n]
+            self.at += len(piece)
+            n -= len(piece)
+            out.append(piece)
+        data = b"".join(out)
+        self.pos += len(data)
+        return data
+
+    def skip(self, n: int) -> None:
+        for _ in chunks(self, n):
+            pass
+
+
+def entries(stream: _Stream) -> Iterator[tuple[str, str, int, int, bytes | None]]:
+    """(kind, relative path, mode, data length, link target) per entry; a file's data is
+    the next ``length`` bytes of ``stream`` (skipped when the caller reads none of it).
 
     Raises:
         TreeError: a bad header, a path that is absolute or climbs, data past the end.
     """
-    end = p.offset + p.size
-    f.seek(p.offset)
-    head = f.read(12)
-    if len(head) != 12 or head[:8] != TREE_MAGIC:
-        raise TreeError("not a jumpkit tree")
-    (count,) = struct.unpack("<I", head[8:])
-    if count > MAX_ENTRIES:
-        raise TreeError(f"{count} entries")
-    pos = p.offset + 12
-    for _ in range(count):
-        f.seek(pos)
-        raw = f.read(ENTRY.size)
+    if stream.count > MAX_ENTRIES:
+        raise TreeError(f"{stream.count} entries")
+    for _ in range(stream.count):
+        raw = stream.read(ENTRY.size)
         if len(raw) != ENTRY.size:
             raise TreeError("truncated")
         kind, mode, plen, length = ENTRY.unpack(raw)
-        name = f.read(plen).decode("utf-8", "surrogateescape")
-        pos += ENTRY.size + plen
+        name = stream.read(plen).decode("utf-8", "surrogateescape")
         parts = name.split("/")
-        if not name or name.startswith("/") or any(x in ("", ".", "..") for x in parts) or pos + length > end:
+        if not name or name.startswith("/") or any(x in ("", ".", "..") for x in parts) or length > MAX_ENTRY:
             raise TreeError(f"bad entry {name!r}")
-        target = f.read(length) if kind == b"l" else None
-        if kind == b"f":
-            f.seek(pos)
+        target = stream.read(length) if kind == b"l" else None
+        after = stream.pos + (length if kind == b"f" else 0)
         yield kind.decode(), name, stat.S_IMODE(mode), length, target
-        pos += length
+        stream.skip(after - stream.pos)
 
 
-def chunks(f: BinaryIO, length: int) -> Iterator[bytes]:
+def chunks(f: BinaryIO | _Stream, length: int) -> Iterator[bytes]:
     """The next ``length`` bytes of ``f``, 1 MiB at a time.
 
     Raises:
@@ -139,7 +191,8 @@ def unpack(binary: Path, dest: Path, p: Payload) -> None:
     dest.mkdir(mode=0o755)
     links: set[str] = set()
     with binary.open("rb") as f:
-        for kind, name, mode, length, target in entries(f, p):
+        stream = _Stream(f, p)
+        for kind, name, mode, length, target in entries(stream):
             path = dest / name
             parts = name.split("/")
             if any("/".join(parts[:i]) in links for i in range(1, len(parts))):
@@ -156,7 +209,7 @@ def unpack(binary: Path, dest: Path, p: Payload) -> None:
                 os.symlink(os.fsdecode(target or b""), path)
             elif kind == "f":
                 with open(path, "xb") as out:
-                    for chunk in chunks(f, length):
+                    for chunk in chunks(stream, length):
                         out.write(chunk)
                     out.flush()
                     os.fsync(out.fileno())

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from builder.errors import BuildError
 from builder.frozen import probe_installer
-from installer import READABLE_FORMATS, __version__, kept
+from installer import READABLE_FORMATS, __version__, resident
 from installer.migrate import MIGRATION_STDLIB, current_revision
 from tests.helpers import REPO, Sandbox, build, build_demo, sqlite_url, tree_hash
 from tests.hostile.corpus import payload_byte_changed, read
@@ -322,8 +322,8 @@ def test_the_managers_installer_starts_from_its_kept_tree(
     assert p.returncode == 0, p.stderr
     bin_dir = sb.root / "var/lib/jumpkit/bin"
     inst = bin_dir / "bundle-install"
-    payload = kept.payload(inst)
-    assert payload is not None and kept.is_kept(inst)
+    payload = resident.payload(inst)
+    assert payload is not None and resident.is_kept(inst)
     assert os.readlink(bin_dir / "bundle-install.d") == f".trees/{payload.id}"
     st = run(inst, "--root", sb.root, "status", "--json")
     assert st.returncode == 0 and json.loads(st.stdout)["status"] == "finished", st.stderr

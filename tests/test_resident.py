@@ -1,4 +1,4 @@
-"""The manager's installer kept unpacked (issue 23): ``installer/resident.py`` on synthetic
+"""The manager's installer kept unpacked: ``installer/resident.py`` on synthetic
 binaries in the launcher's layout (written by ``scripts/freeze/tree.py``, as a freeze
 does). The real launcher and frozen binary are exercised in ``tests/test_frozen.py``."""
 
@@ -96,29 +96,79 @@ def test_a_tree_an_installer_runs_from_is_not_removed(tmp_path: Path) -> None:
     assert resident.collect(tmp_path / "bin") == [ident]
 
 
+def crafted(
+    tmp: Path, stream: bytes, count: int, *, stored: bool = False, frame: bytes | None = None
+) -> Path:
+    """A binary whose tree is ``stream`` (raw entries), as JKTREE01 (stored) or as one
+    zstd frame (``frame`` replaces the compressed bytes), with a matching sha256."""
+    import zstandard
+
+    if stored:
+        payload = b"JKTREE01" + struct.pack("<I", count) + stream
+    else:
+        data = zstandard.ZstdCompressor().compress(stream) if frame is None else frame
+        payload = (
+            b"JKTREE02" + struct.pack("<II", count, 1) + struct.pack("<QQ", len(data), len(stream)) + data
+        )
+    launcher = b"\x7fELF launcher"
+    trailer = struct.pack(
+        "<8sQQ32s", b"JKPAYLD2", len(launcher), len(payload), hashlib.sha256(payload).digest()
+    )
+    return installed(tmp / "bin", _write(tmp / "crafted", launcher + payload + trailer))
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def entry(kind: bytes, name: str, data: bytes = b"", mode: int = 0o644) -> bytes:
+    return struct.pack("<cIHQ", kind, mode, len(name.encode()), len(data)) + name.encode() + data
+
+
 def test_damaged_tree_or_binary_never_kept(tmp_path: Path) -> None:
     b = installed(tmp_path / "bin", fake_binary(tmp_path, "one", b"ONE"))
     data = bytearray(b.read_bytes())
     p = resident.payload(b)
     assert p is not None
     # a byte changed: the payload no longer matches its sha256
-    i = data.index(b"ONE", p.offset)
-    data[i : i + 3] = b"TWO"
+    data[p.offset + p.size // 2] ^= 0xFF
     b.write_bytes(bytes(data))
     assert not resident.keep(b) and not resident.is_kept(b) and not any((tmp_path / "bin/.trees").iterdir())
-    # a path that climbs out of the tree, same length as a real one, sha256 made to match
-    data[i : i + 3] = b"ONE"
-    i = data.index(b"app/_internal/data.txt", p.offset)
-    data[i : i + 22] = b"../../../../../../evil"
-    trailer = struct.pack("<8sQQ32s", b"JKPAYLD2", p.offset, p.size,
-                          hashlib.sha256(data[p.offset : p.offset + p.size]).digest())  # fmt: skip
-    data[-len(trailer) :] = trailer
-    b.write_bytes(bytes(data))
-    assert not resident.keep(b) and not resident.is_kept(b)
-    assert not (tmp_path / "evil").exists() and not any((tmp_path / "bin/.trees").iterdir())
     # a truncated binary has no payload at all
     b.write_bytes(bytes(data[:-10]))
     assert resident.payload(b) is None and not resident.keep(b)
+
+
+@pytest.mark.parametrize("stored", [False, True], ids=["zstd", "stored"])
+def test_a_path_that_climbs_is_refused_with_a_matching_sha256(tmp_path: Path, stored: bool) -> None:
+    stream = entry(b"d", "app", mode=0o755) + entry(b"f", "../../../../../../evil", b"x")
+    b = crafted(tmp_path, stream, 2, stored=stored)
+    assert not resident.keep(b) and not resident.is_kept(b)
+    assert not (tmp_path / "evil").exists() and not any((tmp_path / "bin/.trees").iterdir())
+
+
+def test_an_older_stored_tree_is_still_kept(tmp_path: Path) -> None:
+    """Installers frozen before the tree was compressed (JKTREE01) still keep."""
+    stream = entry(b"d", "app", mode=0o755) + entry(b"f", "app/bundle-install", b"OLD", 0o755)
+    b = crafted(tmp_path, stream, 2, stored=True)
+    assert resident.keep(b) and (tmp_path / "bin/bundle-install.d/app/bundle-install").read_bytes() == b"OLD"
+
+
+def test_a_frame_that_does_not_decompress_or_fill_the_payload_is_refused(tmp_path: Path) -> None:
+    import zstandard
+
+    stream = entry(b"d", "app", mode=0o755) + entry(b"f", "app/bundle-install", b"NEW" * 1000, 0o755)
+    good = zstandard.ZstdCompressor().compress(stream)
+    # no zstd frame at all, its sha256 made to match (a flipped byte inside a frame is the
+    # payload sha256's to catch: the frames carry no checksum of their own)
+    b = crafted(tmp_path / "a", stream, 2, frame=b"not a zstd frame" * 4)
+    assert not resident.keep(b) and not any((tmp_path / "a/bin/.trees").iterdir())
+    b = crafted(tmp_path / "b", stream, 2, frame=good[:-5])  # a truncated frame
+    assert not resident.keep(b)
+    b = crafted(tmp_path / "c", stream, 3)  # one entry more than the stream holds
+    assert not resident.keep(b)
 
 
 def test_binary_without_a_tree_drops_the_link(tmp_path: Path) -> None:
@@ -174,3 +224,20 @@ def test_links_out_of_the_tree_and_entries_beneath_links_are_refused(tmp_path: P
         assert resident.payload(b) is not None
         assert not resident.keep(b), link
         assert list(outside.iterdir()) == [] and not any((b.parent / ".trees").iterdir())
+
+
+def test_the_same_tree_gives_the_same_payload_bytes(tmp_path: Path) -> None:
+    """Fixed order and zstd parameters: a rebuilt release carries the same installer."""
+    src = tmp_path / "src"
+    (src / "app").mkdir(parents=True)
+    (src / "app/bundle-install").write_bytes(os.urandom(1 << 20) + b"x" * (5 << 20))
+    (src / "app/b.txt").write_text("b")
+    launcher = tmp_path / "launcher"
+    launcher.write_bytes(b"\x7fELF launcher")
+    one, two = tmp_path / "one", tmp_path / "two"
+    freeze_tree.assemble(launcher, src, one)
+    os.utime(src / "app/b.txt", (0, 0))  # mtimes are not part of the tree
+    freeze_tree.assemble(launcher, src, two)
+    assert one.read_bytes() == two.read_bytes()
+    p = resident.payload(one)
+    assert p is not None and p.size < (5 << 20)  # the 5 MiB of x went into a zstd frame

@@ -5,14 +5,17 @@ against a sandbox manager as its --root (scriptlets chroot into it)."""
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,6 +50,67 @@ def query(rpm: Path, fmt: str) -> str:
     return subprocess.run(
         ["rpm", "-qp", "--qf", fmt, str(rpm)], capture_output=True, text=True, check=True
     ).stdout
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def bundle_manifest(rpm: Path) -> dict[str, Any]:
+    with zipfile.ZipFile(rpm.with_name("demo-manager-4.0.1-to-4.1.1.zip")) as z:
+        return dict(json.loads(z.read("manifest.json")))
+
+
+def test_the_rpm_carries_the_installer_once(rpm_file: Path) -> None:
+    """Only inside the ZIP, stored, where %posttrans takes it by its byte range: the RPM is
+    about the ZIP's size (it was the ZIP plus the installer again)."""
+    from builder.rpm import stored_installer
+
+    zip_path = rpm_file.with_name("demo-manager-4.0.1-to-4.1.1.zip")
+    ratio = rpm_file.stat().st_size / zip_path.stat().st_size
+    assert ratio <= 1.05, ratio
+    offset, size = stored_installer(zip_path)
+    with open(zip_path, "rb") as f:
+        f.seek(offset)
+        data = f.read(size)
+    assert hashlib.sha256(data).hexdigest() == bundle_manifest(rpm_file)["installer"]["sha256"]
+    print(f"RPM {rpm_file.stat().st_size} bytes / ZIP {zip_path.stat().st_size} bytes = {ratio:.3f}")
+
+
+def test_an_installer_that_does_not_match_its_sha256_is_not_run(
+    sandbox: Callable[..., Sandbox], rpm_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """%posttrans checks the installer it took out of the ZIP with sha256sum before it runs
+    it: an RPM whose check file names another sha256 (as a wrong byte range would give)
+    applies nothing and says so."""
+    import builder.rpm
+    from builder.spec import load_product
+    from installer.codec import parse_manifest
+
+    real = builder.rpm._tree
+
+    def wrong_sha(zip_path: Path, manifest: Any, dest: Path) -> None:
+        real(zip_path, manifest, dest)
+        check = dest / "bin/bundle-install.sha256"
+        check.write_text("0" * 64 + check.read_text()[64:])
+
+    monkeypatch.setattr(builder.rpm, "_tree", wrong_sha)
+    zip_path = rpm_file.with_name("demo-manager-4.0.1-to-4.1.1.zip")
+    manifest = parse_manifest(bundle_manifest_bytes(zip_path))
+    spec = load_product(SPECS, None).spec
+    bad = builder.rpm.build_rpm(zip_path, manifest, spec.package, spec.summary, tmp_path).path
+    sb = sandbox()
+    as_manager(sb.root)
+    before = manager_hash(sb.root)
+    p = rpm_in(sb.root, "-i", bad)
+    assert "THE UPGRADE DID NOT START" in p.stdout and "signed sha256" in p.stdout, p.stdout + p.stderr
+    assert not (sb.root / BUNDLES / "bin/bundle-install").exists()
+    assert manager_hash(sb.root) == before and sb.version() == "4.0.1"
+
+
+def bundle_manifest_bytes(zip_path: Path) -> bytes:
+    with zipfile.ZipFile(zip_path) as z:
+        return z.read("manifest.json")
 
 
 def installed(root: Path) -> bool:
@@ -128,6 +192,8 @@ def test_rpm_install_applies_and_erase_does_not_roll_back(
     assert sb.wait_version("4.1.1") == "4.1.1" and installed(sb.root)
     st = json.loads(install("--root", sb.root, "status", "--json").stdout)
     assert st["status"] == "finished"
+    exe = sb.root / BUNDLES / "bin/bundle-install"  # taken out of the ZIP by %posttrans
+    assert os.access(exe, os.X_OK) and sha256(exe) == bundle_manifest(rpm_file)["installer"]["sha256"]
     after = manager_hash(sb.root)
     p = rpm_in(sb.root, "-e", "demo-manager-upgrade")
     assert p.returncode == 0, p.stderr

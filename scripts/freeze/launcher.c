@@ -55,9 +55,10 @@
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <zstd.h>
 
 #define MAGIC "JKPAYLD2"
-#define TREE_MAGIC "JKTREE01"
+#define TREE_MAGIC "JKTREE02"
 #define TRAILER 56
 #define EXIT_PRECONDITION 4
 #define LOADER "lib/ld-linux-x86-64.so.2"
@@ -142,64 +143,87 @@ static int safe_relpath(const char *p)
     return 1;
 }
 
-/* Unpack the tree at [offset, offset+size) of fd into dir (which exists, empty). */
+/* One entry at data[*at..n) written under dir; *at moves past it. */
+static int put_entry(const unsigned char *data, size_t n, size_t *at, const char *dir)
+{
+    char rel[PATH_MAX], path[PATH_MAX * 2];
+    if (n - *at < 15)
+        return -1;
+    const unsigned char *ent = data + *at;
+    char kind = (char)ent[0];
+    mode_t mode = (mode_t)le(ent + 1, 4) & 07777;
+    size_t plen = (size_t)le(ent + 5, 2);
+    uint64_t len = le(ent + 7, 8);
+    *at += 15;
+    if (plen == 0 || plen >= sizeof rel || plen > n - *at || len > n - *at - plen)
+        return -1;
+    memcpy(rel, data + *at, plen);
+    rel[plen] = '\0';
+    *at += plen;
+    const char *body = (const char *)data + *at;
+    *at += (size_t)len;
+    if (!safe_relpath(rel) || snprintf(path, sizeof path, "%s/%s", dir, rel) >= (int)sizeof path)
+        return -1;
+    if (kind == 'd')
+        return mkdir(path, mode | 0700) != 0 && errno != EEXIST ? -1 : 0;
+    if (kind == 'l') {
+        char target[PATH_MAX];
+        if (len >= sizeof target)
+            return -1;
+        memcpy(target, body, (size_t)len);
+        target[len] = '\0';
+        return symlink(target, path);
+    }
+    if (kind != 'f')
+        return -1;
+    int out = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0700);
+    if (out < 0)
+        return -1;
+    if (write_all(out, body, (size_t)len) != 0) {
+        close(out);
+        return -1;
+    }
+    return fchmod(out, mode) != 0 || close(out) != 0 ? -1 : 0;
+}
+
+/* Unpack the tree at [offset, offset+size) of fd into dir (which exists, empty): JKTREE02,
+ * a frame table, then zstd frames each holding whole entries (scripts/freeze/tree.py). A
+ * frame is read and decompressed at once (the largest holds one ~12 MB library), then
+ * its entries are written from memory. */
 static int unpack(int fd, uint64_t offset, uint64_t size, const char *dir)
 {
-    static char buf[1 << 20];
-    unsigned char head[12], ent[15];
-    char rel[PATH_MAX], path[PATH_MAX * 2];
-    uint64_t pos = offset, end = offset + size;
-
-    if (read_at(fd, head, 12, pos) != 0 || memcmp(head, TREE_MAGIC, 8) != 0)
+    unsigned char head[16];
+    uint64_t end = offset + size;
+    if (size < 16 || read_at(fd, head, 16, offset) != 0 || memcmp(head, TREE_MAGIC, 8) != 0)
         return -1;
-    uint64_t count = le(head + 8, 4);
-    pos += 12;
-    for (uint64_t i = 0; i < count; i++) {
-        if (pos + 15 > end || read_at(fd, ent, 15, pos) != 0)
-            return -1;
-        char kind = (char)ent[0];
-        mode_t mode = (mode_t)le(ent + 1, 4) & 07777;
-        size_t plen = (size_t)le(ent + 5, 2);
-        uint64_t len = le(ent + 7, 8);
-        pos += 15;
-        if (plen == 0 || plen >= sizeof rel || pos + plen + len > end || read_at(fd, rel, plen, pos) != 0)
-            return -1;
-        rel[plen] = '\0';
-        pos += plen;
-        if (!safe_relpath(rel))
-            return -1;
-        if (snprintf(path, sizeof path, "%s/%s", dir, rel) >= (int)sizeof path)
-            return -1;
-        if (kind == 'd') {
-            if (mkdir(path, mode | 0700) != 0 && errno != EEXIST)
-                return -1;
-        } else if (kind == 'l') {
-            if (len >= sizeof buf || read_at(fd, buf, (size_t)len, pos) != 0)
-                return -1;
-            buf[len] = '\0';
-            if (symlink(buf, path) != 0)
-                return -1;
-        } else if (kind == 'f') {
-            int out = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0700);
-            if (out < 0)
-                return -1;
-            for (uint64_t left = len, at = pos; left > 0;) {
-                size_t want = left < sizeof buf ? (size_t)left : sizeof buf;
-                if (read_at(fd, buf, want, at) != 0 || write_all(out, buf, want) != 0) {
-                    close(out);
-                    return -1;
-                }
-                at += want;
-                left -= want;
-            }
-            if (fchmod(out, mode) != 0 || close(out) != 0)
-                return -1;
-        } else {
-            return -1;
+    uint64_t count = le(head + 8, 4), frames = le(head + 12, 4), seen = 0;
+    uint64_t pos = offset + 16 + 16 * frames;
+    if (frames > 100000 || pos > end)
+        return -1;
+    unsigned char *table = malloc(16 * frames + 1), *cbuf = NULL, *dbuf = NULL;
+    size_t ccap = 0, dcap = 0;
+    int rc = table && read_at(fd, table, 16 * frames, offset + 16) == 0 ? 0 : -1;
+    for (uint64_t i = 0; rc == 0 && i < frames; i++) {
+        uint64_t csize = le(table + 16 * i, 8), dsize = le(table + 16 * i + 8, 8);
+        if (csize > end - pos || dsize > ((uint64_t)1 << 32)) {
+            rc = -1;
+            break;
         }
-        pos += len;
+        if (csize > ccap && !(cbuf = realloc(cbuf, ccap = csize)))
+            rc = -1;
+        if (rc == 0 && dsize > dcap && !(dbuf = realloc(dbuf, dcap = dsize)))
+            rc = -1;
+        if (rc == 0 && (read_at(fd, cbuf, csize, pos) != 0 ||
+                        ZSTD_decompress(dbuf, dsize, cbuf, csize) != dsize))
+            rc = -1;
+        for (size_t at = 0; rc == 0 && at < dsize; seen++)
+            rc = put_entry(dbuf, dsize, &at, dir);
+        pos += csize;
     }
-    return 0;
+    free(table);
+    free(cbuf);
+    free(dbuf);
+    return rc == 0 && seen == count && pos == end ? 0 : -1;
 }
 
 static void remove_tree(const char *path)

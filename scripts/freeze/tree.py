@@ -17,8 +17,9 @@ to run from a directory another process unpacked ("Security validation failure:
 unexpected name of application's home directory"), so it cannot be kept unpacked. A
 one-dir build can, and our own loader and glibc keep it portable.
 
-Payload ("JKTREE01" u32le count, then per entry: kind 'd'/'f'/'l', u32le mode, u16le path
-length, u64le data length, path, data), directories before what they hold. Trailer:
+Payload: the entry stream (per entry: kind 'd'/'f'/'l', u32le mode, u16le path length,
+u64le data length, path, data; directories before what they hold) in zstd frames behind a
+frame table (write_payload: JKTREE02). Trailer:
 "JKPAYLD2" u64le offset u64le size, then the payload's sha256 (the kept tree's .id).
 """
 
@@ -100,21 +101,49 @@ def _entries(top: Path) -> list[tuple[str, Path]]:
     return out
 
 
+FRAME_TARGET = 4 << 20
+"""A frame closes once it holds this much (whole entries only): frames are what a reader
+decompresses at once (its memory) and what could go to another core."""
+LEVEL = 19
+"""zstd level: measured on this tree (58 MB), 3 -> 29.4 MB in 0.2 s, 9 -> 28.1 MB, 19 ->
+26.2 MB in 13 s; decompression ~0.09 s whatever the level. The freeze runs once per
+release, every manager start that unpacks pays nothing more for the higher level."""
+
+
+def _entry(rel: str, path: Path) -> bytes:
+    st = path.lstat()
+    name = rel.encode()
+    if stat.S_ISLNK(st.st_mode):
+        target = os.readlink(path).encode()
+        return ENTRY.pack(b"l", 0o777, len(name), len(target)) + name + target
+    if stat.S_ISDIR(st.st_mode):
+        return ENTRY.pack(b"d", stat.S_IMODE(st.st_mode), len(name), 0) + name
+    return ENTRY.pack(b"f", stat.S_IMODE(st.st_mode), len(name), st.st_size) + name + path.read_bytes()
+
+
 def write_payload(tree: Path, out: BinaryIO) -> None:
+    """JKTREE02: "JKTREE02" u32le count, u32le frames, per frame u64le compressed and u64le
+    decompressed size, then the frames: zstd (level LEVEL, one thread, no checksum of its
+    own: the payload's sha256 covers it) of the entry stream, cut between entries. Fixed
+    order, fixed parameters: the same tree gives the same bytes."""
+    import zstandard  # the freeze venv's (the installer depends on it)
+
     entries = _entries(tree)
-    out.write(b"JKTREE01" + struct.pack("<I", len(entries)))
+    groups: list[list[bytes]] = [[]]
+    filled = 0
     for rel, path in entries:
-        st = path.lstat()
-        name = rel.encode()
-        if stat.S_ISLNK(st.st_mode):
-            target = os.readlink(path).encode()
-            out.write(ENTRY.pack(b"l", 0o777, len(name), len(target)) + name + target)
-        elif stat.S_ISDIR(st.st_mode):
-            out.write(ENTRY.pack(b"d", stat.S_IMODE(st.st_mode), len(name), 0) + name)
-        else:
-            out.write(ENTRY.pack(b"f", stat.S_IMODE(st.st_mode), len(name), st.st_size) + name)
-            with path.open("rb") as f:
-                shutil.copyfileobj(f, out, 1 << 20)
+        if filled >= FRAME_TARGET:
+            groups.append([])
+            filled = 0
+        groups[-1].append(_entry(rel, path))
+        filled += len(groups[-1][-1])
+    cctx = zstandard.ZstdCompressor(level=LEVEL, threads=0, write_checksum=False, write_content_size=True)
+    frames = [(cctx.compress(b"".join(g)), sum(map(len, g))) for g in groups if g]
+    out.write(b"JKTREE02" + struct.pack("<II", len(entries), len(frames)))
+    for data, size in frames:
+        out.write(struct.pack("<QQ", len(data), size))
+    for data, _ in frames:
+        out.write(data)
 
 
 def assemble(launcher: Path, tree: Path, dest: Path) -> str:
