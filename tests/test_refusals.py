@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, SPECS, Sandbox, build, install, tree_hash
+from tests.helpers import REPO, SPECS, Sandbox, build, free_port, install, short_tmp, tree_hash
 from tests.hostile.corpus import _entry, read, write
 
 MAX_SECONDS = 30  # a bounded read: a character device must not be read until memory runs out
@@ -466,14 +466,18 @@ def test_a_failed_sandbox_leaves_no_half_made_root(tmp_path: Path) -> None:
 def test_sandbox_says_how_to_start_its_services(tmp_path: Path) -> None:
     """#35 item 18: supervisord is inside the tool's environment, not on PATH: the line
     names the exact command, and that command starts the demo."""
-    root = tmp_path / "r"
-    p = build("sandbox", "--version", "4.0.1", "--root", root)
+    root = short_tmp("jk-start-") / "r"  # supervisord's socket path must stay under 108 bytes
+    port = free_port()
+    p = build("sandbox", "--version", "4.0.1", "--root", root, "--set", f"server.port={port}")
     assert p.returncode == 0, p.stderr
     line = p.stdout.strip().splitlines()[-1]
     assert line.startswith("start its services: ") and str(root / "etc/supervisord.conf") in line, line
     q = subprocess.run(line.removeprefix("start its services: ").split(), capture_output=True, text=True)
     try:
         assert q.returncode == 0, q.stderr
+        # it answers (and a stop now is a clean one: a SIGTERM in supervisord's first
+        # moments reaches its child between fork and exec, and is lost there)
+        assert Sandbox(root, port).wait_version("4.0.1", tries=500) == "4.0.1"
     finally:
         pid = root / "var/run/supervisord.pid"
         for _ in range(100):
@@ -482,4 +486,5 @@ def test_sandbox_says_how_to_start_its_services(tmp_path: Path) -> None:
             time.sleep(0.02)
         from tests.helpers import terminate
 
-        terminate(int(pid.read_text()))
+        terminate(int(pid.read_text()))  # supervisord stops the demo service first
+        shutil.rmtree(root.parent, ignore_errors=True)
