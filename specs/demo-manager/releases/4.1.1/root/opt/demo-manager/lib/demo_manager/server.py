@@ -53,10 +53,6 @@ def main(argv):
     peers = parse_endpoints(cfg.get("cluster", "endpoints", fallback=""))
 
     class Handler(BaseHTTPRequestHandler):
-        # a client that connects and sends nothing must not hold up a stop, which waits
-        # for the requests in hand: its connection is dropped after 5 s
-        timeout = 5
-
         def _send(self, code, body, ctype="application/json"):
             data = body.encode()
             self.send_response(code)
