@@ -18,11 +18,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import struct
 import subprocess
 import tempfile
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +29,7 @@ import jinja2
 from builder.errors import BuildError
 from builder.resources import templates
 from builder.spec import PackageSpec
-from installer.archive import open_bundle
+from installer.archive import ZipBundle, open_bundle
 from installer.format import INSTALLER_MEMBER, MANIFEST_NAME, SIGNATURE_NAME, Manifest
 
 BUNDLES_DIR = "/var/lib/jumpkit/bundles"
@@ -112,17 +110,16 @@ def stored_installer(zip_path: Path) -> tuple[int, int]:
         BuildError: the installer is deflated (a bundle built before installers were
             stored): rebuild the bundle.
     """
-    with zipfile.ZipFile(zip_path) as z:
-        info = z.getinfo(INSTALLER_MEMBER)
-    if info.compress_type != zipfile.ZIP_STORED:
+    bundle = ZipBundle(zip_path)
+    try:
+        at = bundle.stored_range(INSTALLER_MEMBER)
+    finally:
+        bundle.close()
+    if at is None:
         raise BuildError(
             f"{zip_path.name}: its installer is deflated; rebuild the bundle with this bundle-build"
         )
-    with open(zip_path, "rb") as f:
-        f.seek(info.header_offset)
-        head = f.read(30)
-    name_len, extra_len = struct.unpack_from("<HH", head, 26)
-    return info.header_offset + 30 + name_len + extra_len, info.file_size
+    return at
 
 
 def build_rpm(

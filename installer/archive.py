@@ -190,6 +190,16 @@ class ZipBundle:
         if inflate is not None and not inflate.eof:
             raise BundleRejectedError("member's deflate stream is truncated", entry=name)
 
+    def stored_range(self, name: str) -> tuple[int, int] | None:
+        """(offset, size) in the file of a stored member's bytes, its local header checked
+        against the central directory; None when the member is deflated. The bundle RPM
+        copies its installer out by this range."""
+        info = self._infos[name]
+        if info.compress_type != zipfile.ZIP_STORED:
+            return None
+        _, data_at, _ = self._locate(name, info)
+        return info.header_offset + data_at, info.compress_size
+
     def _locate(self, name: str, info: zipfile.ZipInfo) -> tuple[bytes, int, int]:
         """The member's first bytes (from its local header on), where its data starts in
         them, and where its data ends in the file, after every check of the local header

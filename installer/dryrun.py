@@ -43,7 +43,7 @@ def report(
         "installed": read_installed_version(root, head),
     }
     with tempfile.TemporaryDirectory(prefix="jumpkit-plan-") as tmp:
-        plans = _plans(opened, root, Path(tmp), preflight, out)
+        plans, out["preflight"] = _plans(opened, root, Path(tmp), preflight)
         rehearsed = _rehearse(manifests, root, Path(tmp), out["preflight"])
     pairs = list(zip(manifests, plans, strict=True))
     out["drift"] = [d for _, plan in pairs for d in plan.drift]
@@ -79,13 +79,13 @@ def _plans(
     root: Path,
     tmp: Path,
     preflight: Preflight,
-    out: dict[str, Any],
-) -> list[Plan]:
+) -> tuple[list[Plan], dict[str, Any]]:
     """Each jump's swap plan against the root as the earlier jumps would leave it (config
-    defaults and bases unpacked into ``tmp``); the first jump's pre-flight into ``out``."""
+    defaults and bases unpacked into ``tmp``), and the first jump's pre-flight result."""
     manifests = [m for _, m in opened]
     view = View(root)
     plans: list[Plan] = []
+    checked: dict[str, Any] = {}
     for n, (bundle, m) in enumerate(opened):
         staging = tmp / str(n)
         for f in m.files:  # each config's default, and the from-version's where shipped
@@ -100,13 +100,13 @@ def _plans(
         if n == 0:
             try:
                 passed = preflight(m, sum(x.total_size() for x in manifests[1:]))
-                out["preflight"] = {"ok": True, "passed": passed}
+                checked = {"ok": True, "passed": passed}
             except PreconditionError as e:
-                out["preflight"] = {"ok": False, "problems": e.details or [e.message]}
+                checked = {"ok": False, "problems": e.details or [e.message]}
         plans.append(compute_plan(m, root, staging, accept_drift=True, view=view))
         plans[-1].notes += narrowings(placed_paths(m, plans[-1], view))
         view.advance(m, plans[-1], staging)
-    return plans
+    return plans, checked
 
 
 def _steps(pairs: Sequence[tuple[Manifest, Plan]], state: StateDir) -> list[dict[str, str]]:

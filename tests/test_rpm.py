@@ -57,8 +57,7 @@ def sha256(path: Path) -> str:
 
 
 def bundle_manifest(rpm: Path) -> dict[str, Any]:
-    with zipfile.ZipFile(rpm.with_name("demo-manager-4.0.1-to-4.1.1.zip")) as z:
-        return dict(json.loads(z.read("manifest.json")))
+    return dict(json.loads(bundle_manifest_bytes(rpm.with_name("demo-manager-4.0.1-to-4.1.1.zip"))))
 
 
 def test_the_rpm_carries_the_installer_once(rpm_file: Path) -> None:
