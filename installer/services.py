@@ -503,14 +503,36 @@ class Systemd:
         self._clean.discard(unit)
         deadline = time.monotonic() + service.start_timeout
         p = self._run("start", unit, timeout=service.start_timeout)
-        if p.returncode != 0 and self._show(unit, "Result").get("Result") == "start-limit-hit":
-            # systemd's StartLimitBurst= (5 starts in 10 s by default) counts deliberate
-            # starts too: an apply soon after a rollback would be refused for no fault
-            self._run("reset-failed", unit)
+        if p.returncode != 0 and self._unblock(unit):
             p = self._run("start", unit, timeout=max(1.0, deadline - time.monotonic()))
         if p.returncode != 0:
-            why = self.unhealthy(service) or self._why(p)
+            seen = self.unhealthy(service)
+            why = self._why(p) + (f"; {seen}" if seen else "")
             raise ServiceError(f"systemctl start {unit} failed: {why}")
+
+    def _unblock(self, unit: str) -> bool:
+        """Clear systemd's start rate limit on ``unit`` and on the sockets that trigger it;
+        True if there was one to clear (the start is worth a second try).
+
+        ``StartLimitBurst=`` (5 starts in 10 s by default) counts deliberate starts and
+        ``Restart=`` restarts alike: a new version that crash-loops through the health
+        window, or an apply soon after a rollback, leaves the old unit refused for no fault
+        of its own. A unit that hits the limit also fails its sockets (``Result=``
+        ``service-start-limit-hit``): they stop listening, and a socket started again
+        counts its own starts. Both are reset and the sockets started before the unit, so
+        that a rollback leaves them listening as they were."""
+        triggers = self._show(unit, "TriggeredBy").get("TriggeredBy", "").split()
+        limited = [
+            u
+            for u in (unit, *triggers)
+            if self._show(u, "Result").get("Result") in ("start-limit-hit", "service-start-limit-hit")
+        ]
+        if not limited:
+            return False
+        self._run("reset-failed", *limited)
+        for sock in (u for u in limited if u != unit):
+            self._run("start", sock)
+        return True
 
     # --- units ------------------------------------------------------------------------
     def reload(self) -> None:
@@ -555,7 +577,8 @@ class Systemd:
                 if s.get("ExecMainCode") in ("2", "3", "killed", "dumped")
                 else "exited"
             )
-            exited = f"; its main process {how} {s.get('ExecMainStatus', '?')} after {took:.1f}s"
+            last = "last " if s.get("ActiveState") == "inactive" else ""  # not a start just asked for
+            exited = f"; its {last}main process {how} {s.get('ExecMainStatus', '?')} after {took:.1f}s"
         log = f" (journalctl -u {unit})"
         restarts = int(s.get("NRestarts") or 0)
         if restarts:

@@ -298,6 +298,8 @@ def test_a_new_version_that_fails_is_reset_for_the_rollback(
     assert "systemd: svc.service" in p.stderr and "exited 1" in p.stderr, p.stderr  # type: ignore[attr-defined]
     assert sb.wait_version() == "1.0.0 old"
     assert sb.machine.show("svc.service", "ActiveState")["ActiveState"] == "active"
+    # the limit failed the socket too (service-start-limit-hit): it listens again
+    assert sb.machine.show("svc.socket", "ActiveState")["ActiveState"] == "active"
 
 
 def test_operator_drop_in_kept_and_reported(
@@ -498,3 +500,24 @@ def test_a_jump_that_changes_the_socket_restarts_it_and_says_so(
     after = sb.machine.show("svc.socket", "Backlog", "ActiveState")
     assert after["Backlog"] != "77" and after["ActiveState"] == "active", after  # the old definition
     assert sb.wait_version() == "1.0.0 old"
+
+
+def test_start_clears_a_start_limit_that_failed_the_socket(
+    sd_sandbox: Callable[..., SystemdSandbox], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Starts in quick succession (an apply soon after a rollback, a crash loop) hit the
+    unit's start limit, and systemd then fails its socket too (service-start-limit-hit):
+    the backend's start clears both and the socket listens again, as it did before."""
+    from installer.format import Service
+    from installer.services import Systemd
+
+    sb = sd_sandbox()
+    for unit in ("demo-manager.socket",) * 3 + ("demo-manager.service",) * 8:  # the socket's starts count too
+        sb.machine.systemctl("restart", unit)
+    sock = sb.machine.show("demo-manager.socket", "ActiveState", "Result")
+    assert sock == {"ActiveState": "failed", "Result": "service-start-limit-hit"}, sock
+    monkeypatch.setenv("PATH", sb.env()["PATH"])
+    Systemd(sb.root).start(Service(name="demo-manager", socket="demo-manager.socket"))
+    assert sb.machine.show("demo-manager.socket", "ActiveState")["ActiveState"] == "active"
+    assert sb.machine.show("demo-manager.service", "ActiveState")["ActiveState"] == "active"
+    assert sb.wait_version() == "4.0.1"
