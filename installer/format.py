@@ -13,7 +13,6 @@ A bundle (ZIP or RPM payload) holds::
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -26,10 +25,10 @@ from pydantic import (
 
 from installer import READABLE_FORMATS
 from installer.delta import MAX_PATCHED_BYTES
-from installer.errors import UnsafePathError, VersionError
+from installer.errors import VersionError
 from installer.graph import Graph
 from installer.paths import check_link_target, check_relpath
-from installer.rules import check_not_reserved, check_rule
+from installer.rules import check_rule
 from installer.version import Version
 
 FORMAT_VERSION = 1
@@ -44,6 +43,9 @@ BASE_PREFIX = "base/"
 """Members holding the from-version default of a ``rewrite`` config (format 2)."""
 EXTRA_PREFIXES = ("hooks/", "migrations/", "bin/", "components/")
 INSTALLER_MEMBER = "bin/bundle-install"
+INSTALLER_PATCH_FORMAT = 3
+"""The format of a bundle whose installer comes as a patch (:mod:`installer.selfpatch`)."""
+INSTALLER_PATCH_MEMBER = "bin/bundle-install.patch"
 MAX_MANIFEST_BYTES = 128 * 1024 * 1024
 MAX_SIGNATURE_BYTES = 4096
 MAX_FILES = 300_000
@@ -453,13 +455,26 @@ class Database(_Model):
         return f"migrations/{self.name}"
 
 
+class InstallerBase(_Model):
+    """The installer a patched one is built from: the one the from-version's release bundle
+    carried, which the manager keeps (:mod:`installer.selfupdate`)."""
+
+    sha256: Sha256
+    version: str
+    size: int = Field(ge=1, le=MAX_PATCHED_BYTES)
+    method: Literal["zstd-patch", "bsdiff"]
+
+
 class InstallerInfo(_Model):
     """The frozen installer shipped in ``bin/bundle-install`` (its bytes are the extra member of
-    that name; this records what ``bundle-install --version`` said when the bundle was built)."""
+    that name; this records what ``bundle-install --version`` said when the bundle was built),
+    or built on the manager from ``base`` and the patch member ``bin/bundle-install.patch``."""
 
     sha256: Sha256
     version: str
     formats: tuple[int, ...]
+    size: int | None = Field(default=None, ge=1, le=MAX_PATCHED_BYTES)
+    base: InstallerBase | None = None
 
 
 class Manifest(_Model):
@@ -523,6 +538,8 @@ class Manifest(_Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
+        from installer.manifestrules import MANIFEST_RULES  # they read this module's models
+
         for rule in MANIFEST_RULES:
             rule(self)
         return self
@@ -556,137 +573,3 @@ class Manifest(_Model):
     def deltas(self) -> list[FileEntry]:
         """The entries whose bytes come as patches (format 2)."""
         return [f for f in self.files if f.delta is not None]
-
-
-# --- the manifest's consistency rules: each raises ValueError or UnsafePathError -------
-
-
-def to_version_ascends(m: Manifest) -> None:
-    if Version.parse(m.to_version) <= Version.parse(m.from_version):
-        raise ValueError(f"to_version {m.to_version} is not above {m.from_version}")
-
-
-def paths_unique_and_not_reserved(m: Manifest) -> None:
-    """Case-insensitively: a case-folding file system would write two entries to one file."""
-    seen: dict[str, str] = {}
-    for p in [f.path for f in m.files] + [r.path for r in m.removed]:
-        check_not_reserved(p)
-        low = p.casefold()
-        if low in seen:
-            raise ValueError(f"path listed twice (or differing only in case): {p}")
-        seen[low] = p
-
-
-def nothing_below_another_entry(m: Manifest) -> None:
-    """A file below another entry would be written through it: through a symlink to
-    wherever it points (inside the root, but not where the manifest says)."""
-    placed = {f.path.casefold(): f.path for f in m.files}
-    for f in m.files:
-        parts = f.path.casefold().split("/")
-        for i in range(1, len(parts)):
-            above = placed.get("/".join(parts[:i]))
-            if above is not None:
-                raise UnsafePathError(f"{f.path} lies below another entry ({above})", entry=f.path)
-
-
-def special_modes_allowed(m: Manifest) -> None:
-    """setuid, setgid and sticky only on the exact files the product spec allows."""
-    allowed = set(m.special_modes)
-    for f in m.files:
-        if f.mode & 0o7000 and not (f.kind == "file" and f.path in allowed):
-            raise UnsafePathError(
-                f"mode {f.mode:04o}: setuid, setgid and sticky bits need the product spec's "
-                "allow_setuid for this exact path",
-                entry=f.path,
-            )
-    if allowed - {f.path for f in m.files if f.kind == "file" and f.mode & 0o7000}:
-        raise ValueError("special_modes names a path that is no file entry with such a bit")
-
-
-def capabilities_allowed(m: Manifest) -> None:
-    """File capabilities only on the exact files the product spec allows."""
-    capable = set(m.capabilities)
-    for f in m.files:
-        if f.caps is not None and not (f.kind == "file" and f.path in capable):
-            raise UnsafePathError(
-                "file capabilities need the product spec's allow_caps for this exact path", entry=f.path
-            )
-    if capable - {f.path for f in m.files if f.caps is not None}:
-        raise ValueError("capabilities names a path that is no file entry with capabilities")
-
-
-def extras_plain_and_unique(m: Manifest) -> None:
-    for x in m.extras:
-        if x.mode & 0o7000:
-            raise UnsafePathError(f"mode {x.mode:04o}: no hook or extra member may be setuid", entry=x.name)
-    names = [x.name for x in m.extras]
-    if len(set(names)) != len(names):
-        raise ValueError("an extra member is listed twice")
-
-
-def installer_shipped_unless_development(m: Manifest) -> None:
-    if (m.installer is None) != m.development:
-        raise ValueError("a bundle is a development bundle exactly when it ships no installer")
-
-
-def components_are_rpm_members(m: Manifest) -> None:
-    names = {x.name for x in m.extras}
-    for c in m.components:
-        if c not in names or not c.startswith("components/") or not c.endswith(".rpm"):
-            raise ValueError(f"component {c!r} is not a components/*.rpm extra member")
-
-
-def scripts_have_members(m: Manifest) -> None:
-    """Hook and job names are unique, and each (and each undo) is a ``hooks/`` member."""
-    names = {x.name for x in m.extras}
-    scripts = [h.name for h in m.hooks] + [j.name for j in m.jobs]
-    if len(set(scripts)) != len(scripts):
-        raise ValueError("a hook or job name is used twice")
-    for script in scripts + [h.undo for h in m.hooks if h.undo]:
-        if f"hooks/{script}" not in names:
-            raise ValueError(f"hook or job {script!r} has no hooks/{script} extra member")
-
-
-def format_holds_its_entries(m: Manifest) -> None:
-    """Patches, config bases and required configs exist from format 2; a patch's base is
-    a release file, never the installer's own."""
-    if m.format < DELTA_FORMAT_VERSION and any(f.needs_format_2 for f in m.files):
-        raise ValueError(
-            f"delta entries, config bases and required configs need bundle format {DELTA_FORMAT_VERSION}"
-        )
-    for f in m.files:
-        if f.delta is not None and f.delta.base is not None:
-            check_not_reserved(f.delta.base)
-
-
-def installer_is_a_member(m: Manifest) -> None:
-    if m.installer is not None and INSTALLER_MEMBER not in {x.name for x in m.extras}:
-        raise ValueError(f"installer recorded but {INSTALLER_MEMBER} is not an extra member")
-
-
-def replaces_the_version_file(m: Manifest) -> None:
-    """The jump leaves the version file saying its to-version (its content is checked when
-    staged): without it the manager would still say the from-version afterwards."""
-    if not any(f.path == m.version_file and f.kind == "file" for f in m.files):
-        raise ValueError(
-            f"the jump does not replace its version file {m.version_file} with a file "
-            f"(the manager would still say {m.from_version} after it)"
-        )
-
-
-MANIFEST_RULES: tuple[Callable[[Manifest], None], ...] = (
-    to_version_ascends,
-    paths_unique_and_not_reserved,
-    nothing_below_another_entry,
-    special_modes_allowed,
-    capabilities_allowed,
-    extras_plain_and_unique,
-    installer_shipped_unless_development,
-    components_are_rpm_members,
-    scripts_have_members,
-    format_holds_its_entries,
-    installer_is_a_member,
-    replaces_the_version_file,
-)
-"""What a manifest must satisfy beyond its fields' own types, in the order checked (the
-first broken rule is the one reported)."""
