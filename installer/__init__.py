@@ -6,9 +6,10 @@ build host has (no ``builder``, no jinja2).
 
 __version__ = "0.1.0"
 
-READABLE_FORMATS = (1, 2)
+READABLE_FORMATS = (1, 2, 3)
 """Bundle format versions this installer reads (``format`` in the manifest): 2 adds
-delta entries (a file built from the old one and a patch: :mod:`installer.delta`)."""
+delta entries (a file built from the old one and a patch: :mod:`installer.delta`), 3 the
+installer itself as a patch against the manager's kept one (:mod:`installer.selfpatch`)."""
 
 
 def version_line() -> str:

@@ -30,12 +30,13 @@ from installer.errors import (
     UsageError,
 )
 from installer.failpoints import failpoint
-from installer.format import Manifest
+from installer.format import INSTALLER_MEMBER, Manifest
 from installer.journal import TxnState
 from installer.metadata import Labels
 from installer.migrate import bundle_sql
 from installer.options import Options
 from installer.rehearsal import Rehearsed, rehearse_jumps
+from installer.selfupdate import INSTALLED
 from installer.services import ServiceManager, service_manager
 from installer.signing import load_trusted_keys, verify_signature
 from installer.stage import OldFiles, is_staged, only_staged, stage_bundle
@@ -266,6 +267,8 @@ class Engine:
                     staging = self._stage(bundle, m, data, sig, state, earlier)
                     earlier.update({f.path: staging / "files" / f.path for f in m.files if f.kind == "file"})
                     earlier.update({r.path: None for r in m.removed})
+                    if m.installer is not None:  # kept once this jump commits: a later patch's base
+                        earlier[INSTALLED] = staging / "bundle" / INSTALLER_MEMBER
                 doc = self._transact(state, manifests)
         if doc.status == "finished":  # fetched bundles the manager no longer needs (rollback has staging)
             from installer.fetch import forget_downloads

@@ -127,6 +127,27 @@ class Available:
     format: str
     length: int
     version_file: str
+    installer: str | None = None
+    """sha256 of the installer it leaves on the manager (None: a development bundle)."""
+    base: str | None = None
+    """sha256 of the installer its installer is a patch against (None: it travels whole)."""
+
+
+def pick(candidates: list[Available], kept: str | None) -> Available:
+    """The smallest bundle of one jump that a manager keeping the installer ``kept`` can
+    apply: one whose installer travels whole, or as a patch against ``kept``.
+
+    Raises:
+        PreconditionError: only patch forms against other installers are offered.
+    """
+    usable = [a for a in candidates if a.base is None or a.base == kept]
+    if not usable:
+        a = candidates[0]
+        raise PreconditionError(
+            f"every bundle of {a.frm} -> {a.to} offered carries its installer as a patch against "
+            f"an installer this manager does not keep (sha256 {str(a.base)[:12]}); publish the full bundle"
+        )
+    return min(usable, key=lambda a: (a.length, a.name))
 
 
 class Client:
@@ -175,22 +196,40 @@ class Client:
             c: dict[str, Any] = t.unrecognized_fields.get("custom", {})
             if isinstance(c, dict) and {"product", "from", "to", "format"} <= c.keys():
                 vf = str(c.get("version_file", ""))
-                out.append(Available(name, c["product"], c["from"], c["to"], c["format"], t.length, vf))
+                installer, base = c.get("installer"), c.get("installer_base")
+                out.append(Available(name, c["product"], c["from"], c["to"], c["format"], t.length, vf,
+                                     installer if isinstance(installer, str) else None,
+                                     base if isinstance(base, str) else None))  # fmt: skip
         return out
 
-    def chain(self, up: Updater, product: str, installed: str, to: str, fmt: str) -> list[Available]:
-        """The bundles from ``installed`` to ``to`` (fewest jumps the repository offers).
+    def chain(
+        self, up: Updater, product: str, installed: str, to: str, fmt: str, kept: str | None = None
+    ) -> list[Available]:
+        """The bundles from ``installed`` to ``to`` (fewest jumps the repository offers), of
+        each jump the smallest this manager can apply (:func:`pick`; a later jump's base is
+        the installer the earlier one leaves, else the one ``kept`` now).
 
         Raises:
             PreconditionError: no such chain (the message says what can be reached).
         """
         offered = [a for a in self.available(up) if a.product == product and a.format == fmt]
-        by_jump = {(a.frm, a.to): a for a in offered}
+        forms: dict[tuple[str, str], list[Available]] = {}
+        for a in offered:
+            forms.setdefault((a.frm, a.to), []).append(a)
+        out = []
+        for jump in self._jumps(list(forms), installed, to, fmt):
+            out.append(pick(forms[jump], kept))
+            kept = out[-1].installer or kept
+        return out
+
+    def _jumps(
+        self, jumps: list[tuple[str, str]], installed: str, to: str, fmt: str
+    ) -> list[tuple[str, str]]:
         # the publisher's builder enforced the product's policy: offered jumps are allowed
         anything = Policy(skip_patch=True, skip_minor=True, major_to_zero=False, skip_major=True)
-        graph = Graph(jumps=tuple(by_jump), policy=anything)
+        graph = Graph(jumps=tuple(jumps), policy=anything)
         try:
-            return [by_jump[j] for j in plan_chain(graph, installed, to)]
+            return plan_chain(graph, installed, to)
         except NoPath as e:
             near = ", ".join(e.reachable) or "none"
             raise PreconditionError(
@@ -325,7 +364,16 @@ def fetch_chain(
     installed = preflight.read_version_file(root, str(version_file))
     if installed is None:
         raise PreconditionError(f"cannot read the installed version from {version_file}")
-    chain = client.chain(up, product, installed, to, fmt)
+    from installer.selfpatch import kept_sha256
+
+    chain = client.chain(up, product, installed, to, fmt, kept=kept_sha256(root))
+    for a in chain:
+        if a.base is not None:
+            whole = min(
+                (b.length for b in offered if (b.frm, b.to, b.base) == (a.frm, a.to, None)), default=0
+            )
+            log(f"took {a.name} ({a.length} bytes{f' instead of {whole}' if whole else ''}): its installer "
+                "is a patch against the one this manager keeps")  # fmt: skip
     state.ensure()
     downloads = state.path / DOWNLOADS
     downloads.mkdir(exist_ok=True, mode=0o700)

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from installer import commands
+from installer import commands, selfpatch
 from installer.attrs import describe_caps
 from installer.beneath import resolve
 from installer.errors import JumpkitError, NoPath, PreconditionError, SpaceError, VersionError
@@ -289,6 +289,11 @@ def check(
     for lookup in [*manifest.lookups.values(), *(db.url for db in manifest.databases)]:
         resolve_lookup(lookup, root)  # a lookup file that is a link out or a device: exit 4, named
     problems += _metadata_ready(manifest, root, passed, selinux=selinux)
+    try:
+        if (line := selfpatch.check_base(manifest, root)) is not None:
+            passed.append(line)
+    except PreconditionError as e:
+        problems.append(e.message)
     problems += _services_ready(manifest, root, services, passed, force=force, installed=installed)
     problems += _databases_ready(manifest, root, passed)
     Confined(manifest, View(root))  # where every path lands: no link out of the root (exit 3 or 4)

@@ -7,7 +7,8 @@ whole. Layout::
     manifest.json, manifest.sig   as verified
     files/<path>     files to swap into the root (configs go here once planned)
     defaults/<path>  the bundle's config files, as shipped
-    bundle/<name>    hooks/, migrations/, bin/
+    bundle/<name>    hooks/, migrations/, bin/ (a patched installer built there:
+                     :mod:`installer.selfpatch`)
     base/<path>      a rewrite config's from-version default (format 2; the merge base)
 
 A delta entry's file (format 2) is built into ``files/`` from its patch member, read
@@ -29,6 +30,7 @@ import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from installer import selfpatch
 from installer.archive import Bundle, iter_verified
 from installer.codec import parse_manifest
 from installer.delta import apply_patch
@@ -41,6 +43,11 @@ from installer.state import StateDir, write_atomic
 
 COMPLETE_MARK = ".complete"
 Progress = Callable[[int], None]
+
+
+def patched_installer(manifest: Manifest) -> bool:
+    """The bundle's installer is built on the manager from a patch (format 3)."""
+    return manifest.installer is not None and manifest.installer.base is not None
 
 
 def staged_path(state: StateDir, manifest: Manifest) -> Path:
@@ -187,7 +194,7 @@ def stage_bundle(
         PreconditionError: a delta's old file differs from the from-version (staging removed).
         SpaceError: the disk filled up (staging removed).
     """
-    if manifest.deltas() and root is None:
+    if (manifest.deltas() or patched_installer(manifest)) and root is None:
         raise UsageError("a delta bundle is staged against a manager's root")
     state.ensure()
     final = staged_path(state, manifest)
@@ -227,7 +234,7 @@ class _Stager:
         earlier: OldFiles | None,
     ) -> None:
         self.bundle, self.manifest, self.progress = bundle, manifest, progress
-        self.root, self.earlier = root, earlier or {}
+        self.root, self.earlier, self.partial = root, earlier or {}, partial
         self.promised = manifest.members()
         self.targets = _destinations(partial, manifest)
         self.deltas = sorted(manifest.deltas(), key=lambda f: (-f.size, f.path)) if root is not None else []
@@ -246,6 +253,8 @@ class _Stager:
         # archive order: neighbours in a directory are created together, as unzip does
         jobs: list[str | FileEntry] = [*self.deltas, *(n for n in self.promised if n in self.targets)]
         run_each(self._job, jobs, threads=workers)
+        if self.root is not None:  # after the members: the patch is one of them
+            selfpatch.build(self.manifest, self.root, self.partial / "bundle", self.earlier)
 
     def _job(self, item: str | FileEntry) -> None:
         if isinstance(item, str):
