@@ -5,6 +5,7 @@ from __future__ import annotations
 import calendar
 import contextlib
 import gc
+import hashlib
 import os
 import re
 import threading
@@ -16,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 from builder import __version__
 from builder.collect import Collected, attrs_of, collect, normalized_mode
-from builder.delta import BSDIFF_MAX, PatchJob, choose_all
+from builder.delta import BSDIFF_MAX, PatchJob, choose_all, zstd_patch
 from builder.errors import BuildError
 from builder.frozen import FrozenInstaller, cache_dir
+from builder.installerbase import PATCH_SUFFIX, BaseInstaller
 from builder.keys import load_private_key
 from builder.lint import lint_jump, release_trees
 from builder.migrations import plan_database
@@ -26,11 +28,15 @@ from builder.spec import JumpSpec, Product, load_product, start_order
 from builder.specfile import refuse
 from builder.zipwriter import Source, ZipWriter
 from installer.codec import manifest_bytes
+from installer.delta import apply_patch
+from installer.errors import PatchError
 from installer.format import (
     DELTA_FORMAT_VERSION,
     DELTA_PREFIX,
     FORMAT_VERSION,
     INSTALLER_MEMBER,
+    INSTALLER_PATCH_FORMAT,
+    INSTALLER_PATCH_MEMBER,
     MANIFEST_NAME,
     SIGNATURE_NAME,
     ConfigBase,
@@ -39,6 +45,7 @@ from installer.format import (
     DirEntry,
     FileEntry,
     Hook,
+    InstallerBase,
     InstallerInfo,
     Job,
     Manifest,
@@ -162,10 +169,13 @@ def build_jump(
     progress: Callable[[int], None] | None = None,
     delta: bool = True,
     bsdiff_max: int = BSDIFF_MAX,
+    installer_base: BaseInstaller | None = None,
 ) -> BuildResult:
     """Build ``<out_dir>/<product>-<from>-to-<to>.zip``. ``key`` None builds an unsigned
     bundle; ``installer`` None a development bundle (no ``bin/bundle-install``); ``delta``
-    ships changed files as patches where that pays (format 2; :mod:`builder.delta`).
+    ships changed files as patches where that pays (format 2; :mod:`builder.delta`);
+    ``installer_base`` ships the installer as a patch against it instead, in
+    ``<product>-<from>-to-<to>.installer-patch.zip`` (format 3; :mod:`installer.selfpatch`).
 
     Raises:
         SpecError: invalid or unknown specs. BuildError: missing key or inputs.
@@ -173,7 +183,7 @@ def build_jump(
     t0 = time.monotonic()
     jump = product.jump(frm, to)
     private = load_private_key(key) if key is not None else None
-    collected, databases = _inputs(product, jump, rehearse, installer)
+    collected, databases = _inputs(product, jump, rehearse, installer, installer_base)
     if installer is not None and DELTA_FORMAT_VERSION not in installer.formats:
         delta = False  # the installer that travels with the bundle could not read patches,
         for p in collected.files:  # nor merge bases: rewrite and keep-local as format 1 does
@@ -181,10 +191,12 @@ def build_jump(
     whole_deflated = _patch(collected, workers, bsdiff_max) if delta else 0
     epoch = source_epoch(calendar.timegm(jump.date.timetuple()) if jump.date else None)
     out_dir.mkdir(parents=True, exist_ok=True)
-    dest = out_dir / f"{bundle_name(product.name, frm, to)}.zip"
+    suffix = PATCH_SUFFIX if installer_base is not None and installer is not None else ""
+    dest = out_dir / f"{bundle_name(product.name, frm, to)}{suffix}.zip"
+    info = _installer_info(installer, installer_base if suffix else None)
 
     def manifest_of(digests: dict[str, tuple[str, int]]) -> Manifest:
-        return _manifest(product, frm, to, collected, digests, epoch, jump, databases, installer)
+        return _manifest(product, frm, to, collected, digests, epoch, jump, databases, info)
 
     size, manifest = _write(dest, collected, manifest_of, private, epoch, level, workers, progress)
     # --checksum: one more pass (the signed manifest already covers every byte that matters)
@@ -192,8 +204,44 @@ def build_jump(
     return BuildResult(dest, digest, size, manifest, time.monotonic() - t0, whole_deflated)
 
 
+def _installer_info(installer: FrozenInstaller | None, base: BaseInstaller | None) -> InstallerInfo | None:
+    """What the manifest records of the installer: whole, or a patch against ``base``."""
+    if installer is None:
+        return None
+    sha, size = sha256_file(installer.path)
+    return InstallerInfo(
+        sha256=sha,
+        version=installer.version,
+        formats=installer.formats,
+        size=None if base is None else size,
+        base=None
+        if base is None
+        else InstallerBase(sha256=base.sha256, version=base.version, size=base.size, method="zstd-patch"),
+    )
+
+
+def installer_patch(installer: FrozenInstaller, base: BaseInstaller) -> bytes:
+    """The installer as a zstd patch against ``base``, checked by applying it as a manager
+    will (the installer's own :func:`~installer.delta.apply_patch`).
+
+    Raises:
+        BuildError: the patch does not rebuild the installer.
+    """
+    new, old = installer.path.read_bytes(), base.path.read_bytes()
+    patch = zstd_patch(old, new)
+    try:
+        apply_patch("zstd-patch", old, patch, len(new), hashlib.sha256(new).hexdigest())
+    except PatchError as e:
+        raise BuildError(f"the installer patch against {base.source} does not rebuild it: {e.message}") from e
+    return patch
+
+
 def _inputs(
-    product: Product, jump: JumpSpec, rehearse: bool, installer: FrozenInstaller | None
+    product: Product,
+    jump: JumpSpec,
+    rehearse: bool,
+    installer: FrozenInstaller | None,
+    base: BaseInstaller | None = None,
 ) -> tuple[Collected, list[Database]]:
     """Everything the bundle will hold, linted: payload, migrations (rehearsed), installer."""
     jump_path = product.jump_files()[(jump.from_version, jump.to_version)]
@@ -206,7 +254,9 @@ def _inputs(
         db, sources = plan_database(product, jump, spec, rehearse=rehearse)
         databases.append(db)
         collected.extras += sources
-    if installer is not None:
+    if installer is not None and base is not None:
+        collected.extras.append(Source(INSTALLER_PATCH_MEMBER, 0o644, data=installer_patch(installer, base)))
+    elif installer is not None:
         # stored: the bundle RPM ships only this ZIP and takes the installer out of it by its
         # byte range (rpm's Lua has no inflate); it is zstd inside, deflate saved ~2% of it
         collected.extras.append(Source(INSTALLER_MEMBER, 0o755, path=installer.path, store=True))
@@ -380,7 +430,7 @@ def _manifest(
     epoch: int,
     jump: JumpSpec,
     databases: list[Database],
-    installer: FrozenInstaller | None,
+    installer: InstallerInfo | None,
 ) -> Manifest:
     """The manifest of what was written. Empties ``collected.files`` and takes their
     entries out of ``digests``."""
@@ -396,7 +446,11 @@ def _manifest(
     ]
     try:
         return Manifest(
-            format=DELTA_FORMAT_VERSION if any(f.needs_format_2 for f in files) else FORMAT_VERSION,
+            format=INSTALLER_PATCH_FORMAT
+            if installer is not None and installer.base is not None
+            else DELTA_FORMAT_VERSION
+            if any(f.needs_format_2 for f in files)
+            else FORMAT_VERSION,
             product=product.name,
             from_version=frm,
             to_version=to,
@@ -421,11 +475,7 @@ def _manifest(
             ),
             cluster=product.spec.cluster,
             databases=tuple(databases),
-            installer=None
-            if installer is None
-            else InstallerInfo(
-                sha256=digests[INSTALLER_MEMBER][0], version=installer.version, formats=installer.formats
-            ),
+            installer=installer,
             development=installer is None,
             components=tuple(sorted(s.name for s in collected.extras if s.name.startswith("components/"))),
             graph=product.graph(),

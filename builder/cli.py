@@ -132,6 +132,19 @@ def build(
             "exact old files. none: whole files only (format 1, applies over drift with --accept-drift).",
         ),
     ] = "auto",
+    installer_base: Annotated[
+        str,
+        typer.Option(
+            "--installer-base",
+            metavar="PATH|URL|auto|none",
+            help="Also write <bundle>.installer-patch.zip, whose installer is a zstd patch against the "
+            "installer a manager at the from-version keeps: the one in the from-version's release "
+            "bundle (a bundle ZIP or a frozen bundle-install, by path or http(s) URL; auto: "
+            "<product>-*-to-<from>.zip in --out). A few hundred bytes when jumpkit did not change, "
+            "instead of ~23 MB; it applies only on a manager that keeps that base (others are refused "
+            "in pre-flight and the RPM's %pre, naming the full bundle). Format 3.",
+        ),
+    ] = "none",
     json_out: JsonOpt = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
     version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
@@ -174,6 +187,7 @@ def build(
         out, key=None if unsigned else key, formats=fmt, level=level, checksum=checksum,
         rehearse=not no_rehearse, installer=choose_installer(installer, none=no_installer, note=note),
         delta=delta == "auto", rpm_compression=rpm_compression, rpm_sign_key=rpm_sign_key,
+        installer_base=installer_base,
     )  # fmt: skip
     show = not json_out and sys.stderr.isatty()
     columns = ("building", BarColumn(), DownloadColumn(), TransferSpeedColumn())
@@ -215,6 +229,16 @@ def _summary(built: release.Built, out: Path) -> list[str]:
     if rpm is not None:
         signed = "GPG-signed" if rpm.signed else "unsigned (pass --rpm-sign-key for gpgcheck)"
         lines.append(f"{rpm.path if built.keeps_zip else '  RPM:'}  {signed}")
+    patch = built.to_json()["installer_patch"]
+    if patch is not None and patch["bundle"] is None and "why_not" in patch:
+        lines.append(f"  no installer-patch form: {patch['why_not']}")
+    elif patch is not None:
+        where = patch["bundle"] or (patch["rpm"] or {}).get("path")
+        lines.append(
+            f"{where}  {patch['size']} bytes: the installer as a {patch['patch_bytes']}-byte patch against "
+            f"bundle-install {patch['base']['version']} (sha256 {patch['base']['sha256'][:12]}); only for "
+            "managers that keep that one"
+        )
     return lines
 
 

@@ -12,7 +12,13 @@ from installer.archive import open_bundle
 from installer.attrs import describe_caps
 from installer.codec import parse_manifest
 from installer.errors import SignatureError
-from installer.format import MANIFEST_NAME, MAX_MANIFEST_BYTES, MAX_SIGNATURE_BYTES, SIGNATURE_NAME
+from installer.format import (
+    INSTALLER_PATCH_MEMBER,
+    MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
+    MAX_SIGNATURE_BYTES,
+    SIGNATURE_NAME,
+)
 from installer.signing import load_trusted_keys, verify_signature
 
 
@@ -79,12 +85,9 @@ def _header(info: dict[str, Any]) -> list[str]:
             else f"key {str(sig.get('keyid'))[:16]}, "
             + ("verified" if sig.get("verified_by") else "not verified (pass --trust)")
         ),
-        "installer: "
-        + (
-            "none: DEVELOPMENT bundle (no bin/bundle-install)"
-            if info["development"]
-            else f"bin/bundle-install {m['installer']['version']}"
-        ),
+        "installer: none: DEVELOPMENT bundle (no bin/bundle-install)"
+        if info["development"]
+        else _installer(m),
     ]
     if rpm:
         lines.append(
@@ -93,6 +96,20 @@ def _header(info: dict[str, Any]) -> list[str]:
             + f", {len(rpm['files'])} files under /var/lib/jumpkit/bundles/"
         )
     return lines
+
+
+def _installer(m: dict[str, Any]) -> str:
+    """Whole, or a patch against the installer a manager at the from-version keeps."""
+    info, base = m["installer"], m["installer"].get("base")
+    if base is None:
+        return f"installer: bin/bundle-install {info['version']} (whole)"
+    patch = next((x["size"] for x in m["extras"] if x["name"] == INSTALLER_PATCH_MEMBER), 0)
+    return (
+        f"installer: bin/bundle-install {info['version']} as a {patch:,}-byte {base['method']} patch "
+        f"against bundle-install {base['version']} (sha256 {base['sha256'][:12]}): applies only on a "
+        f"manager that keeps that one; the full bundle is {m['product']}-{m['from_version']}-to-"
+        f"{m['to_version']}.zip"
+    )
 
 
 def _files(m: dict[str, Any]) -> list[str]:

@@ -18,9 +18,11 @@ from typing import Any
 from builder.build import BuildResult, build_jump
 from builder.errors import BuildError, UnknownJumpError
 from builder.frozen import FrozenInstaller
+from builder.installerbase import BaseInstaller, resolve_base
 from builder.rpm import RpmResult, build_rpm
 from builder.spec import Product
 from installer.errors import NoPath
+from installer.format import INSTALLER_PATCH_FORMAT, INSTALLER_PATCH_MEMBER
 from installer.graph import plan_chain
 
 FORMATS = ("zip", "rpm", "all")
@@ -42,6 +44,9 @@ class BuildOptions:
     delta: bool = True
     rpm_compression: str = "zstd"
     rpm_sign_key: str | None = None
+    installer_base: str = "none"
+    """none, auto, a path or a URL (:mod:`builder.installerbase`): besides each full bundle,
+    one whose installer is a patch against that base."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,11 @@ class Built:
     rpm: RpmResult | None
     keeps_zip: bool
     signed: bool
+    patched: BuildResult | None = None
+    """The same jump with its installer as a patch (``--installer-base``), when there is a base."""
+    patched_rpm: RpmResult | None = None
+    base_note: str | None = None
+    """Why there is no patch form although one was asked for."""
 
     def delta_stats(self) -> dict[str, int]:
         """Files shipped as patches, the patches' bytes, and what they would take whole."""
@@ -79,16 +89,35 @@ class Built:
             "seconds": round(r.seconds, 3),
             "format": m.format,
             "delta": self.delta_stats(),
-            "rpm": None
-            if rpm is None
-            else {
-                "path": str(rpm.path),
-                "name": rpm.name,
-                "version": rpm.version,
-                "release": rpm.release,
-                "signed": rpm.signed,
-            },
+            "rpm": _rpm_json(rpm),
+            "installer_patch": self._patched_json(),
         }
+
+    def _patched_json(self) -> dict[str, Any] | None:
+        """The patch form (``--installer-base``), or why there is none."""
+        if self.patched is None:
+            return None if self.base_note is None else {"bundle": None, "why_not": self.base_note}
+        p, info = self.patched, self.patched.manifest.installer
+        assert info is not None and info.base is not None
+        return {
+            "bundle": str(p.path) if self.keeps_zip else None,
+            "size": p.size,
+            "patch_bytes": next(m.size for m in p.manifest.extras if m.name == INSTALLER_PATCH_MEMBER),
+            "base": {"version": info.base.version, "sha256": info.base.sha256},
+            "rpm": _rpm_json(self.patched_rpm),
+        }
+
+
+def _rpm_json(rpm: RpmResult | None) -> dict[str, Any] | None:
+    if rpm is None:
+        return None
+    return {
+        "path": str(rpm.path),
+        "name": rpm.name,
+        "version": rpm.version,
+        "release": rpm.release,
+        "signed": rpm.signed,
+    }
 
 
 def chain_of(product: Product, frm: str, to: str) -> list[tuple[str, str]]:
@@ -148,17 +177,42 @@ def build_one(
     """One jump's bundle, and its RPM when asked (``rpm`` alone: the ZIP is removed once the
     RPM carries it)."""
     o = options
-    result = build_jump(
-        product, frm, to, o.out, key=o.key, level=o.level, checksum=o.checksum, rehearse=o.rehearse,
-        installer=o.installer, progress=progress, delta=o.delta,
-    )  # fmt: skip
-    rpm = None
-    if o.formats in ("rpm", "all"):
-        spec = product.spec
-        rpm = build_rpm(
-            result.path, result.manifest, spec.package, spec.summary, o.out,
-            compression=o.rpm_compression, sign_key=o.rpm_sign_key,
+    base, note = _base(product, frm, o)
+
+    def one(patch_base: BaseInstaller | None) -> tuple[BuildResult, RpmResult | None]:
+        result = build_jump(
+            product, frm, to, o.out, key=o.key, level=o.level, checksum=o.checksum, rehearse=o.rehearse,
+            installer=o.installer, progress=progress, delta=o.delta, installer_base=patch_base,
         )  # fmt: skip
-        if o.formats == "rpm":
-            result.path.unlink()
-    return Built(result, rpm, keeps_zip=o.formats != "rpm", signed=o.key is not None)
+        rpm = None
+        if o.formats in ("rpm", "all"):
+            spec = product.spec
+            rpm = build_rpm(
+                result.path, result.manifest, spec.package, spec.summary, o.out,
+                compression=o.rpm_compression, sign_key=o.rpm_sign_key,
+            )  # fmt: skip
+            if o.formats == "rpm":
+                result.path.unlink()
+        return result, rpm
+
+    result, rpm = one(None)
+    patched, patched_rpm = one(base) if base is not None else (None, None)
+    return Built(
+        result, rpm, keeps_zip=o.formats != "rpm", signed=o.key is not None, patched=patched,
+        patched_rpm=patched_rpm, base_note=note,
+    )  # fmt: skip
+
+
+def _base(product: Product, frm: str, o: BuildOptions) -> tuple[BaseInstaller | None, str | None]:
+    """The base of the patch form, or why there is none (None, None: none was asked for)."""
+    if o.installer is None or o.installer_base == "none":
+        return None, None
+    base = resolve_base(o.installer_base, out=o.out, product=product.name, frm=frm)
+    if base is None:
+        return None, f"--installer-base auto: no full release bundle {product.name}-*-to-{frm}.zip in {o.out}"
+    if INSTALLER_PATCH_FORMAT not in base.formats:
+        return None, (
+            f"--installer-base {base.source}: bundle-install {base.version} reads bundle formats "
+            f"{base.formats}, not {INSTALLER_PATCH_FORMAT}: it could not apply a patch form"
+        )
+    return base, None

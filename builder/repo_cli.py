@@ -144,9 +144,11 @@ def publish(
         m = info["manifest"]
         if trust and not info["signature"].get("verified_by"):
             raise BuildError(f"{b}: not signed by a trusted key")
+        installer = m["installer"] or {}
         items.append((b, {"product": m["product"], "from": m["from_version"], "to": m["to_version"],
                           "format": "rpm" if info.get("rpm") else "zip", "sha256": sha256_file(b)[0],
-                          "version_file": m["version_file"]}))  # fmt: skip
+                          "version_file": m["version_file"], "installer": installer.get("sha256"),
+                          "installer_base": (installer.get("base") or {}).get("sha256")}))  # fmt: skip
     names = Repo(open_store(repo), Keys.load(keys, ["targets", "snapshot", "timestamp"])).publish(items)
     print(
         json.dumps({"ok": True, "published": names})

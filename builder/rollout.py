@@ -145,6 +145,11 @@ def load_release_bundle(bundle: Path, trust: list[Path]) -> tuple[Manifest, str,
             f"{bundle.name} is a development bundle (no bin/bundle-install): a rollout runs the "
             "frozen installer on every host; build a release bundle"
         )
+    if manifest.installer.base is not None:
+        raise BuildError(
+            f"{bundle.name} carries its installer as a patch against the one its managers keep: a "
+            f"rollout copies the installer to every host; roll out the full bundle {manifest.bundle_id}.zip"
+        )
     sha, size = manifest.members()[INSTALLER_MEMBER]
     return manifest, sha, size
 

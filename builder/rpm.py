@@ -31,6 +31,7 @@ from builder.resources import templates
 from builder.spec import PackageSpec
 from installer.archive import ZipBundle, open_bundle
 from installer.format import INSTALLER_MEMBER, MANIFEST_NAME, SIGNATURE_NAME, Manifest
+from installer.selfupdate import INSTALLED
 
 BUNDLES_DIR = "/var/lib/jumpkit/bundles"
 MAX_MEMBER = 1 << 31  # our own freshly built ZIP; the limit only guards against a bad one
@@ -49,12 +50,19 @@ class RpmResult:
     signed: bool
 
 
+PATCH_RELEASE = ".ipatch"
+"""Appended to the Release of the RPM whose bundle carries its installer as a patch: it sorts
+after the full one, so dnf takes it where both are published, and its %pre refuses a
+manager that does not keep the base, naming the full package."""
+
+
 def rpm_names(manifest: Manifest) -> tuple[str, str, str]:
     """(Name, Version, Release) of the bundle RPM of ``manifest``."""
+    patched = manifest.installer is not None and manifest.installer.base is not None
     return (
         f"{manifest.product}-upgrade",
         manifest.to_version,
-        "from" + manifest.from_version.replace("-", "_"),
+        "from" + manifest.from_version.replace("-", "_") + (PATCH_RELEASE if patched else ""),
     )
 
 
@@ -98,6 +106,8 @@ def _tree(zip_path: Path, manifest: Manifest, dest: Path) -> None:
     finally:
         bundle.close()
     assert manifest.installer is not None
+    if manifest.installer.base is not None:
+        return  # %posttrans runs the manager's kept installer, which builds the new one
     (dest / "bin").mkdir()
     exe = f"{BUNDLES_DIR}/{manifest.bundle_id}/{INSTALLER_MEMBER}"
     (dest / f"{INSTALLER_MEMBER}.sha256").write_text(f"{manifest.installer.sha256}  {exe}\n")
@@ -146,7 +156,9 @@ def build_rpm(
         if shutil.which(tool) is None:
             raise BuildError(f"{tool} is not installed (Debian/Ubuntu: apt-get install rpm)")
     name, version, release = rpm_names(manifest)
-    spec_text = _spec(manifest, package, summary, compression, zip_path.name, stored_installer(zip_path))
+    patched = manifest.installer.base is not None
+    at = (0, 0) if patched else stored_installer(zip_path)
+    spec_text = _spec(manifest, package, summary, compression, zip_path.name, at)
     out_dir = out_dir.absolute()  # rpmbuild runs %install elsewhere: a relative _topdir breaks it
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / f"{name}-{version}-{release}.x86_64.rpm"
@@ -212,6 +224,9 @@ def _spec(
         bundle=bundle_name,
         installer_offset=installer_at[0],
         installer_size=installer_at[1],
+        base=manifest.installer.base if manifest.installer else None,
+        kept=f"/{INSTALLED}",
+        full_release=release.removesuffix(PATCH_RELEASE),
         version_file="/" + manifest.version_file,
         status_file=f"/var/lib/jumpkit/{manifest.product}/status.json",
         tree="%{_sourcedir}/tree",

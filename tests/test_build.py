@@ -325,7 +325,7 @@ def test_a_chain_builds_as_one_library_call_with_the_product_loaded_once(
     doc = built[1].to_json()
     assert doc["bundle"] == str(tmp_path / "demo-manager-4.0.1-to-4.1.1.zip") and doc["signed"] is True
     assert set(doc) == {"ok", "bundle", "sha256", "size", "files", "removed", "signed", "installer",
-                        "development", "seconds", "format", "delta", "rpm"}  # fmt: skip
+                        "development", "seconds", "format", "delta", "rpm", "installer_patch"}  # fmt: skip
     cli = build("--from", "4.0.1", "--to", "4.1.1", "--key", keys["key"], "--out", tmp_path / "cli",
                 "--no-rehearse", "--no-installer", "--json")  # fmt: skip
     assert cli.returncode == 0, cli.stderr
