@@ -565,9 +565,14 @@ class Manifest(_Model):
         return out
 
     def total_size(self) -> int:
-        """Bytes the staging takes: every member unpacked, and each patched file built."""
-        return sum(size for _, size in self.members().values()) + sum(
-            f.size for f in self.files if f.delta is not None
+        """Bytes the staging takes: every member unpacked, each patched file built, and an
+        installer built from its patch."""
+        patched = self.installer is not None and self.installer.base is not None
+        built = (self.installer.size or 0) if patched and self.installer else 0
+        return (
+            sum(size for _, size in self.members().values())
+            + built
+            + sum(f.size for f in self.files if f.delta is not None)
         )
 
     def deltas(self) -> list[FileEntry]:

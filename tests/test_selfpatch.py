@@ -90,6 +90,10 @@ def test_patch_form_is_small_and_applies_where_its_base_is_kept(
     assert INSTALLER_MEMBER not in names and manifest["format"] == 3
     assert manifest["installer"]["base"]["sha256"] == base.sha256
     assert patch < 5_000, patch  # 600 KB of installer, a few changes
+    from installer.codec import parse_manifest
+
+    parsed = parse_manifest(zipfile.ZipFile(bundle).read("manifest.json"))
+    assert parsed.total_size() >= new.path.stat().st_size + patch, "pre-flight's space check counts it"
     sb = sandbox()
     _keep(sb.root, base)
     p = install("--root", sb.root, "plan", bundle)
