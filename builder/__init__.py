@@ -13,6 +13,7 @@ INSTALLER_MODULES = frozenset(
         # what the installer will do with a bundle, which the builder checks ahead
         "installer.attrs", "installer.swapplan", "installer.preflight", "installer.health",
         "installer.services", "installer.migrate", "installer.rpmbundle",
+        "installer.selfupdate",  # where a manager keeps its installer (the patch RPM's %pre)
         # shared plumbing: one error rendering for both CLIs, one repository client
         "installer.entry", "installer.store",
     }

@@ -13,11 +13,10 @@ A bundle (ZIP or RPM payload) holds::
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Callable
+from typing import Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     field_validator,
     model_validator,
@@ -25,10 +24,23 @@ from pydantic import (
 
 from installer import READABLE_FORMATS
 from installer.delta import MAX_PATCHED_BYTES
-from installer.errors import VersionError
+from installer.errors import UnsafePathError, VersionError
 from installer.graph import Graph
+from installer.modelbase import Account as Account
+from installer.modelbase import Mode as Mode
+from installer.modelbase import Sha256 as Sha256
+from installer.modelbase import _Model
 from installer.paths import check_link_target, check_relpath
-from installer.rules import check_rule
+from installer.rules import check_not_reserved, check_rule
+from installer.runspec import Check as Check
+from installer.runspec import Cluster as Cluster
+from installer.runspec import HealthCheck as HealthCheck
+from installer.runspec import Hook as Hook
+from installer.runspec import HookWhen as HookWhen
+from installer.runspec import Job as Job
+from installer.runspec import Lookup as Lookup
+from installer.runspec import Service as Service
+from installer.runspec import Services as Services
 from installer.version import Version
 
 FORMAT_VERSION = 1
@@ -56,15 +68,6 @@ held (a manifest of 1.05M removals held it for 5.5 min in 1.3 GB). A real releas
 the benchmark's size has 25,867 files."""
 MAX_INT_DIGITS = 20  # every integer a manifest holds (sizes, modes, times) fits in 64 bits
 CHUNK = 1024 * 1024
-
-Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-Mode = Annotated[int, Field(ge=0, le=0o7777)]
-Account = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$")]
-"""A user or group name (resolved on the manager)."""
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class RewriteRule(_Model):
@@ -241,59 +244,6 @@ class Member(_Model):
         return v
 
 
-class Lookup(_Model):
-    """Where the installer finds a value on the target: an INI key or an environment variable."""
-
-    file: str | None = None
-    """INI file on the target, relative to the root (with ``key``)."""
-    key: str | None = None
-    """``section.option`` in an INI file."""
-    env: str | None = None
-    """Environment variable of the installer's process (instead of ``file``)."""
-    default: str | None = None
-    """The value when the file, key or variable is missing (none: the lookup fails
-    pre-flight)."""
-
-    @model_validator(mode="after")
-    def _one_source(self) -> Lookup:
-        if (self.file is None) == (self.env is None):
-            raise ValueError("a lookup names either file+key or env")
-        if self.file is not None:
-            check_relpath(self.file)
-            if not self.key or "." not in self.key:
-                raise ValueError("a file lookup needs key 'section.option'")
-        return self
-
-
-class HealthCheck(_Model):
-    """A check that must pass after start before the apply commits."""
-
-    name: str
-    """Names the check in logs, status and errors."""
-    kind: Literal["http", "tcp", "command"]
-    """``http``: GET ``url``; ``tcp``: connect to ``host``:``port``; ``command``:
-    run argv in the root, exit 0 passes."""
-    url: str | None = None
-    """For ``http``: the URL; ``{port}``, ``{version}`` and the product's lookups
-    are expanded."""
-    expect_status: int = 200
-    """For ``http``: the status code that passes."""
-    expect_body: str | None = None
-    """For ``http``: text the body must contain (expanded like ``url``)."""
-    host: str = "127.0.0.1"
-    """For ``tcp``: the host to connect to."""
-    port: str | None = None
-    """For ``tcp``: the port (a number or ``{lookup}``)."""
-    command: tuple[str, ...] = ()
-    """For ``command``: argv, no shell; run with the root as working directory."""
-    timeout: float = Field(default=2.0, gt=0, le=600)
-    """Seconds each try may take."""
-    interval: float = Field(default=0.2, gt=0, le=600)
-    """Seconds between tries."""
-    retries: int = Field(default=50, ge=1, le=10000)
-    """Tries before the check fails (the apply then rolls back)."""
-
-
 class DirEntry(_Model):
     """A directory the to-release adds whose owner, group or mode the spec sets (others get
     root and 0755 when the swap creates them)."""
@@ -307,133 +257,6 @@ class DirEntry(_Model):
     @classmethod
     def _path_ok(cls, v: str) -> str:
         return check_relpath(v)
-
-
-class Service(_Model):
-    """A service of the manager; started in list order, stopped in reverse."""
-
-    name: str = Field(pattern=r"^[A-Za-z0-9_.:@-]{1,128}$")
-    """The service's name in the backend (supervisord program, systemd unit without
-    .service)."""
-    stop_timeout: float = Field(default=30.0, gt=0)
-    """Seconds a stop may take before it fails (the apply then rolls back)."""
-    start_timeout: float = Field(default=60.0, gt=0)
-    """Seconds a start may take."""
-    start: tuple[str, ...] = ()
-    """``command`` backend: argv that starts it (no shell)."""
-    stop: tuple[str, ...] = ()
-    """``command`` backend: argv that stops it."""
-    status: tuple[str, ...] = ()
-    """``command`` backend: argv that exits 0 while it runs."""
-    added: bool = False
-    """The jump adds this service: it is started after the swap although it never ran."""
-    depends_on: tuple[str, ...] = ()
-    """Services this one needs: they start before it and stop after it."""
-    socket: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:@-]{1,121}\.socket$")
-    """systemd: the ``.socket`` unit that listens for this service. It stays up while the
-    service restarts, so clients wait in its backlog instead of being refused; a jump that
-    changes the socket unit itself restarts it too (and refuses connections meanwhile)."""
-    removed: bool = False
-    """The jump removes this service: stopped and disabled before the swap, never started
-    again; a rollback enables and starts it again as it was."""
-
-
-class Services(_Model):
-    """How the target runs its services and which ones the jump restarts. ``services``
-    is in start order (every service after those it depends on); stop is the reverse."""
-
-    backend: Literal["supervisord", "systemd", "command", "none"] = "none"
-    socket: str | None = None
-    """supervisord: unix socket path relative to the root (resolved beneath it)."""
-    services: tuple[Service, ...] = ()
-    health: tuple[HealthCheck, ...] = ()
-    settle: float = Field(default=0.0, ge=0, le=600)
-    """Seconds every started service must keep running after the health checks pass, as
-    its backend sees it (no exit, no restart), before the apply commits: a service that
-    answers once and then crash-loops under ``Restart=always`` fails health."""
-
-    @field_validator("socket")
-    @classmethod
-    def _socket_ok(cls, v: str | None) -> str | None:
-        return None if v is None else check_relpath(v, what="supervisord socket")
-
-    @model_validator(mode="after")
-    def _order_ok(self) -> Services:
-        seen: set[str] = set()
-        for s in self.services:
-            if s.name in seen:
-                raise ValueError(f"service {s.name} is listed twice")
-            missing = [d for d in s.depends_on if d not in seen]
-            if missing:
-                raise ValueError(f"service {s.name} starts before {', '.join(missing)}, which it depends on")
-            seen.add(s.name)
-        return self
-
-
-class Check(_Model):
-    """A pre-flight check."""
-
-    kind: Literal["disk-space", "writable", "command"]
-    """``disk-space``: ``min_mb`` free under ``path``; ``writable``: ``path`` is
-    writable; ``command``: argv exits 0."""
-    path: str = "."
-    """Relative to the root (``.``: the root itself)."""
-    min_mb: int = Field(default=0, ge=0)
-    """For ``disk-space``: MiB that must be free (staging and backup space is
-    checked apart)."""
-    command: tuple[str, ...] = ()
-    """For ``command``: argv, no shell, run in the root; exit 0 passes."""
-    timeout: float = Field(default=60.0, gt=0)
-    """Seconds the command may take."""
-    description: str = ""
-    """What the check means, shown in plan and in the refusal."""
-
-    @field_validator("path")
-    @classmethod
-    def _path_ok(cls, v: str) -> str:
-        return v if v == "." else check_relpath(v, what="check path")
-
-
-HookWhen = Literal["pre", "post", "cluster-pre", "node", "cluster-post"]
-"""``pre``/``post``: run by the apply with the services stopped. ``cluster-pre`` (once, on the
-leader, before any host), ``node`` (on each host after its apply) and ``cluster-post`` (once,
-after every host): run by a fleet rollout through ``bundle-install cluster hook``."""
-
-
-class Hook(_Model):
-    """A script from ``hooks/`` the deploy (or a fleet rollout) runs."""
-
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    when: HookWhen
-    timeout: float = Field(default=300.0, gt=0)
-    undo: str | None = None
-    """Optional hook name run when the step is rolled back."""
-
-
-class Job(_Model):
-    """A post-upgrade background job (a script from ``hooks/``) run after the commit, retried
-    ``retries`` times with exponential backoff; re-run by ``bundle-install jobs``."""
-
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    retries: int = Field(default=3, ge=0, le=100)
-    backoff: float = Field(default=5.0, ge=0, le=3600)
-    """Seconds before the first retry; doubled for each further one."""
-    timeout: float = Field(default=3600.0, gt=0)
-
-
-class Cluster(_Model):
-    """How a fleet rollout treats a cluster of managers (``bundle-build rollout``)."""
-
-    leader: HealthCheck | None = None
-    """Passes on the leader only (run on every host); no probe: the first host leads."""
-    member_health: tuple[HealthCheck, ...] = ()
-    """The cluster gate after each host's apply (e.g. "member rejoined"), retried as declared."""
-    pin_leader: tuple[str, ...] = ()
-    """Run on the leader before the rollout: no other member may take over (Rok's master
-    candidates); ``unpin_leader`` undoes it after the rollout, also after a failure."""
-    unpin_leader: tuple[str, ...] = ()
-    """Run on the leader after the rollout, also after a failure: undoes
-    ``pin_leader``."""
 
 
 class Database(_Model):
@@ -538,8 +361,6 @@ class Manifest(_Model):
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
-        from installer.manifestrules import MANIFEST_RULES  # they read this module's models
-
         for rule in MANIFEST_RULES:
             rule(self)
         return self
@@ -578,3 +399,151 @@ class Manifest(_Model):
     def deltas(self) -> list[FileEntry]:
         """The entries whose bytes come as patches (format 2)."""
         return [f for f in self.files if f.delta is not None]
+
+
+# --- the manifest's consistency rules: each raises ValueError or UnsafePathError -------
+
+
+def to_version_ascends(m: Manifest) -> None:
+    if Version.parse(m.to_version) <= Version.parse(m.from_version):
+        raise ValueError(f"to_version {m.to_version} is not above {m.from_version}")
+
+
+def paths_unique_and_not_reserved(m: Manifest) -> None:
+    """Case-insensitively: a case-folding file system would write two entries to one file."""
+    seen: dict[str, str] = {}
+    for p in [f.path for f in m.files] + [r.path for r in m.removed]:
+        check_not_reserved(p)
+        low = p.casefold()
+        if low in seen:
+            raise ValueError(f"path listed twice (or differing only in case): {p}")
+        seen[low] = p
+
+
+def nothing_below_another_entry(m: Manifest) -> None:
+    """A file below another entry would be written through it: through a symlink to
+    wherever it points (inside the root, but not where the manifest says)."""
+    placed = {f.path.casefold(): f.path for f in m.files}
+    for f in m.files:
+        parts = f.path.casefold().split("/")
+        for i in range(1, len(parts)):
+            above = placed.get("/".join(parts[:i]))
+            if above is not None:
+                raise UnsafePathError(f"{f.path} lies below another entry ({above})", entry=f.path)
+
+
+def special_modes_allowed(m: Manifest) -> None:
+    """setuid, setgid and sticky only on the exact files the product spec allows."""
+    allowed = set(m.special_modes)
+    for f in m.files:
+        if f.mode & 0o7000 and not (f.kind == "file" and f.path in allowed):
+            raise UnsafePathError(
+                f"mode {f.mode:04o}: setuid, setgid and sticky bits need the product spec's "
+                "allow_setuid for this exact path",
+                entry=f.path,
+            )
+    if allowed - {f.path for f in m.files if f.kind == "file" and f.mode & 0o7000}:
+        raise ValueError("special_modes names a path that is no file entry with such a bit")
+
+
+def capabilities_allowed(m: Manifest) -> None:
+    """File capabilities only on the exact files the product spec allows."""
+    capable = set(m.capabilities)
+    for f in m.files:
+        if f.caps is not None and not (f.kind == "file" and f.path in capable):
+            raise UnsafePathError(
+                "file capabilities need the product spec's allow_caps for this exact path", entry=f.path
+            )
+    if capable - {f.path for f in m.files if f.caps is not None}:
+        raise ValueError("capabilities names a path that is no file entry with capabilities")
+
+
+def extras_plain_and_unique(m: Manifest) -> None:
+    for x in m.extras:
+        if x.mode & 0o7000:
+            raise UnsafePathError(f"mode {x.mode:04o}: no hook or extra member may be setuid", entry=x.name)
+    names = [x.name for x in m.extras]
+    if len(set(names)) != len(names):
+        raise ValueError("an extra member is listed twice")
+
+
+def installer_shipped_unless_development(m: Manifest) -> None:
+    if (m.installer is None) != m.development:
+        raise ValueError("a bundle is a development bundle exactly when it ships no installer")
+
+
+def components_are_rpm_members(m: Manifest) -> None:
+    names = {x.name for x in m.extras}
+    for c in m.components:
+        if c not in names or not c.startswith("components/") or not c.endswith(".rpm"):
+            raise ValueError(f"component {c!r} is not a components/*.rpm extra member")
+
+
+def scripts_have_members(m: Manifest) -> None:
+    """Hook and job names are unique, and each (and each undo) is a ``hooks/`` member."""
+    names = {x.name for x in m.extras}
+    scripts = [h.name for h in m.hooks] + [j.name for j in m.jobs]
+    if len(set(scripts)) != len(scripts):
+        raise ValueError("a hook or job name is used twice")
+    for script in scripts + [h.undo for h in m.hooks if h.undo]:
+        if f"hooks/{script}" not in names:
+            raise ValueError(f"hook or job {script!r} has no hooks/{script} extra member")
+
+
+def format_holds_its_entries(m: Manifest) -> None:
+    """Patches, config bases and required configs exist from format 2; a patch's base is
+    a release file, never the installer's own."""
+    if m.format < DELTA_FORMAT_VERSION and any(f.needs_format_2 for f in m.files):
+        raise ValueError(
+            f"delta entries, config bases and required configs need bundle format {DELTA_FORMAT_VERSION}"
+        )
+    for f in m.files:
+        if f.delta is not None and f.delta.base is not None:
+            check_not_reserved(f.delta.base)
+
+
+def installer_is_a_member(m: Manifest) -> None:
+    """The installer travels whole (its member's sha256 is the one recorded) or as a patch
+    against a base (format 3, its size bounding what the patch may build), never both."""
+    if m.installer is None:
+        return
+    members = {x.name: x for x in m.extras}
+    whole, patch = members.get(INSTALLER_MEMBER), members.get(INSTALLER_PATCH_MEMBER)
+    if m.installer.base is None:
+        if whole is None or patch is not None:
+            raise ValueError(f"installer recorded but {INSTALLER_MEMBER} is not an extra member")
+        if whole.sha256 != m.installer.sha256:
+            raise ValueError(f"the installer's sha256 is not that of {INSTALLER_MEMBER}")
+        return
+    if patch is None or whole is not None:
+        raise ValueError(f"an installer with a base travels as {INSTALLER_PATCH_MEMBER} alone")
+    if m.installer.size is None or m.format < INSTALLER_PATCH_FORMAT:
+        raise ValueError(f"an installer patch needs its size and bundle format {INSTALLER_PATCH_FORMAT}")
+
+
+def replaces_the_version_file(m: Manifest) -> None:
+    """The jump leaves the version file saying its to-version (its content is checked when
+    staged): without it the manager would still say the from-version afterwards."""
+    if not any(f.path == m.version_file and f.kind == "file" for f in m.files):
+        raise ValueError(
+            f"the jump does not replace its version file {m.version_file} with a file "
+            f"(the manager would still say {m.from_version} after it)"
+        )
+
+
+MANIFEST_RULES: tuple[Callable[[Manifest], None], ...] = (
+    to_version_ascends,
+    paths_unique_and_not_reserved,
+    nothing_below_another_entry,
+    special_modes_allowed,
+    capabilities_allowed,
+    extras_plain_and_unique,
+    installer_shipped_unless_development,
+    components_are_rpm_members,
+    scripts_have_members,
+    format_holds_its_entries,
+    installer_is_a_member,
+    replaces_the_version_file,
+)
+"""What a manifest must satisfy beyond its fields' own types, in the order checked (the
+first broken rule is the one reported)."""
