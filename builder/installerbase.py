@@ -31,6 +31,7 @@ from installer.codec import parse_manifest
 from installer.delta import MAX_PATCHED_BYTES
 from installer.errors import JumpkitError
 from installer.format import INSTALLER_MEMBER, MANIFEST_NAME, MAX_MANIFEST_BYTES
+from installer.signing import sha256_file
 
 PATCH_SUFFIX = ".installer-patch"
 """Inserted before ``.zip`` in the name of a bundle whose installer is a patch."""
@@ -141,11 +142,7 @@ def _download(url: str) -> Path:
 
 
 def _digest(path: Path) -> tuple[str, int]:
-    h, size = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1024 * 1024):
-            h.update(chunk)
-            size += len(chunk)
+    sha, size = sha256_file(path)
     if size > MAX_PATCHED_BYTES:
         raise BuildError(f"--installer-base {path}: larger than {MAX_PATCHED_BYTES} bytes")
-    return h.hexdigest(), size
+    return sha, size

@@ -24,12 +24,13 @@ import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TypeGuard
 
 from installer.delta import MAX_PATCHED_BYTES, apply_patch
 from installer.errors import BundleRejectedError, JumpkitError, PatchError, PreconditionError
 from installer.format import INSTALLER_MEMBER, INSTALLER_PATCH_MEMBER, InstallerBase, Manifest
 from installer.paths import read_beneath
-from installer.selfupdate import INSTALLED
+from installer.selfupdate import INSTALLED, installed_info
 
 
 def full_bundle_name(manifest: Manifest) -> str:
@@ -45,31 +46,27 @@ def _refusal(manifest: Manifest, base: InstallerBase, how: str) -> PreconditionE
     )
 
 
-def kept_bytes(root: Path, base: InstallerBase) -> bytes | None:
-    """The kept installer's bytes when they are ``base`` (read beneath the root, at most the
-    base's size), else None."""
+def _read_kept(root: Path, limit: int) -> bytes | None:
+    """The kept installer's bytes (read beneath the root, at most ``limit``), or None: none
+    kept, not a regular file, larger, or a link out of the root."""
     try:
-        data = read_beneath(root, INSTALLED, base.size)
-    except (OSError, JumpkitError):  # not a regular file, larger, a link out of the root
+        return read_beneath(root, INSTALLED, limit)
+    except (OSError, JumpkitError):
         return None
-    if data is None or len(data) != base.size or hashlib.sha256(data).hexdigest() != base.sha256:
-        return None
-    return data
+
+
+def _is_base(data: bytes | None, base: InstallerBase) -> TypeGuard[bytes]:
+    return data is not None and len(data) == base.size and hashlib.sha256(data).hexdigest() == base.sha256
 
 
 def kept_sha256(root: Path) -> str | None:
     """sha256 of the bytes of the manager's kept installer (None: it keeps none)."""
-    try:
-        data = read_beneath(root, INSTALLED, MAX_PATCHED_BYTES)
-    except (OSError, JumpkitError):
-        return None
+    data = _read_kept(root, MAX_PATCHED_BYTES)
     return None if data is None else hashlib.sha256(data).hexdigest()
 
 
 def _kept_state(root: Path) -> str:
     """How the manager's kept installer differs from a base, for the refusal."""
-    from installer.selfupdate import installed_info
-
     info = installed_info(root)
     if not (root / INSTALLED).is_file():
         return f"keeps no installer at /{INSTALLED}"
@@ -93,7 +90,7 @@ def check_base(manifest: Manifest, root: Path) -> str | None:
         return None
     if info.base is None:
         return f"installer: bundle-install {info.version} travels whole in the bundle"
-    if kept_bytes(root, info.base) is None:
+    if not _is_base(_read_kept(root, info.base.size), info.base):
         raise _refusal(manifest, info.base, _kept_state(root))
     return (
         f"installer: bundle-install {info.version} is built from the kept bundle-install "
@@ -115,8 +112,8 @@ def build(manifest: Manifest, root: Path, bundle_dir: Path, earlier: Mapping[str
     assert info.size is not None  # the manifest's rules
     patch_path = bundle_dir / INSTALLER_PATCH_MEMBER
     src = earlier.get(INSTALLED)
-    old = src.read_bytes() if src is not None else kept_bytes(root, info.base)
-    if old is None or hashlib.sha256(old).hexdigest() != info.base.sha256:
+    old = src.read_bytes() if src is not None else _read_kept(root, info.base.size)
+    if not _is_base(old, info.base):
         raise _refusal(manifest, info.base, "its chain" if src is not None else _kept_state(root))
     try:
         new = apply_patch(info.base.method, old, patch_path.read_bytes(), info.size, info.sha256)

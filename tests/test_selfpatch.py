@@ -55,10 +55,11 @@ def installers(tmp_path: Path) -> tuple[FrozenInstaller, BaseInstaller]:
 
 @dataclass(frozen=True)
 class Lean:
+    """The patch form of the demo jump (``bundle``): ``new`` as a patch against ``base``."""
+
     new: FrozenInstaller
     base: BaseInstaller
     bundle: Path
-    """The patch form of the demo jump, against ``base``."""
 
 
 @pytest.fixture
