@@ -40,7 +40,9 @@ TRAILER = struct.Struct("<8sQQ32s")
 MAGIC = b"JKPAYLD2"
 TREE_MAGIC = b"JKTREE02"
 """The entry stream in zstd frames (frame table first): what freezes write since the
-portable installer shrank from 58 to ~26 MB."""
+portable installer shrank from 58 to ~26 MB. The frames are read as one stream: where they
+are cut (between entries in older freezes, at content-defined points inside entries since)
+is the writer's choice (``scripts/freeze/tree.py``: FRAME_AVERAGE)."""
 TREE_MAGIC_STORED = b"JKTREE01"
 """The entry stream stored as it is: installers frozen before, still read (kept trees)."""
 MAX_FRAMES = 100_000
@@ -82,7 +84,7 @@ def payload(binary: Path) -> Payload | None:
 
 class _Stream:
     """The tree's entry stream, read in order: stored as it is (``JKTREE01``) or as zstd
-    frames listed in a table (``JKTREE02``), each frame holding whole entries."""
+    frames listed in a table (``JKTREE02``); an entry may span frames."""
 
     def __init__(self, f: BinaryIO, p: Payload) -> None:
         self.f, self.end = f, p.offset + p.size

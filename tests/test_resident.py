@@ -241,3 +241,35 @@ def test_the_same_tree_gives_the_same_payload_bytes(tmp_path: Path) -> None:
     assert one.read_bytes() == two.read_bytes()
     p = resident.payload(one)
     assert p is not None and p.size < (5 << 20)  # the 5 MiB of x went into a zstd frame
+
+
+def _frames(binary: Path) -> list[bytes]:
+    """The compressed frames of ``binary``'s tree, in order."""
+    p = resident.payload(binary)
+    assert p is not None
+    data = binary.read_bytes()[p.offset : p.offset + p.size]
+    (n,) = struct.unpack_from("<I", data, 12)
+    sizes = [struct.unpack_from("<QQ", data, 16 + 16 * i)[0] for i in range(n)]
+    at, out = 16 + 16 * n, []
+    for size in sizes:
+        out.append(data[at : at + size])
+        at += size
+    return out
+
+
+def test_a_small_change_in_a_large_file_changes_few_frames(tmp_path: Path) -> None:
+    """Frames are cut where the content says, inside entries too: a few bytes inserted in
+    the middle of a 24 MiB file (a module edited inside PyInstaller's archive) change the
+    frames around them and no other, which is what keeps an installer patch small; and
+    the reader still keeps the tree (entries span frames)."""
+    body = bytearray(os.urandom(24 << 20))
+    one = fake_binary(tmp_path / "a", "one", bytes(body))
+    body[12 << 20 : 12 << 20] = b"an edited module"
+    two = fake_binary(tmp_path / "b", "two", bytes(body))
+    a, b = _frames(one), _frames(two)
+    assert len(a) >= 6 and len(b) >= 6  # several frames, hence cuts inside the 24 MiB entry
+    # the frame of the entry's header (its length grew) and one or two around the edit
+    assert len(set(b) - set(a)) <= 3 < len(b) // 2
+    kept = installed(tmp_path / "m", two)
+    assert resident.keep(kept)
+    assert (kept.parent / "bundle-install.d/app/bundle-install").read_bytes() == bytes(body)

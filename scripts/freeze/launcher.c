@@ -143,34 +143,78 @@ static int safe_relpath(const char *p)
     return 1;
 }
 
-/* One entry at data[*at..n) written under dir; *at moves past it. */
-static int put_entry(const unsigned char *data, size_t n, size_t *at, const char *dir)
+/* The tree's entry stream, read across its zstd frames: a frame is read and decompressed
+ * at once (the cuts are content-defined, at most 8 MiB of stream each), and an entry may
+ * begin in one frame and end in another. */
+struct stream {
+    int fd;
+    uint64_t pos, end, frames, next;
+    const unsigned char *table;
+    unsigned char *cbuf, *dbuf;
+    size_t ccap, dcap, len, at;
+};
+
+static int next_frame(struct stream *s)
 {
-    char rel[PATH_MAX], path[PATH_MAX * 2];
-    if (n - *at < 15)
+    if (s->next == s->frames)
         return -1;
-    const unsigned char *ent = data + *at;
+    uint64_t csize = le(s->table + 16 * s->next, 8), dsize = le(s->table + 16 * s->next + 8, 8);
+    s->next++;
+    if (csize > s->end - s->pos || dsize == 0 || dsize > ((uint64_t)1 << 30))
+        return -1;
+    if (csize > s->ccap && !(s->cbuf = realloc(s->cbuf, s->ccap = csize)))
+        return -1;
+    if (dsize > s->dcap && !(s->dbuf = realloc(s->dbuf, s->dcap = dsize)))
+        return -1;
+    if (read_at(s->fd, s->cbuf, csize, s->pos) != 0 || ZSTD_decompress(s->dbuf, dsize, s->cbuf, csize) != dsize)
+        return -1;
+    s->pos += csize;
+    s->len = (size_t)dsize;
+    s->at = 0;
+    return 0;
+}
+
+/* The next n bytes of the stream: copied to dst, or written to the file out when dst is NULL. */
+static int take(struct stream *s, unsigned char *dst, int out, uint64_t n)
+{
+    while (n > 0) {
+        if (s->at == s->len && next_frame(s) != 0)
+            return -1;
+        size_t piece = s->len - s->at < n ? s->len - s->at : (size_t)n;
+        if (dst != NULL) {
+            memcpy(dst, s->dbuf + s->at, piece);
+            dst += piece;
+        } else if (write_all(out, (const char *)s->dbuf + s->at, piece) != 0) {
+            return -1;
+        }
+        s->at += piece;
+        n -= piece;
+    }
+    return 0;
+}
+
+/* The next entry of the stream (kind, u32le mode, u16le path length, u64le data length,
+ * path, data), written under dir. */
+static int put_entry(struct stream *s, const char *dir)
+{
+    unsigned char ent[15];
+    char rel[PATH_MAX], path[PATH_MAX * 2], target[PATH_MAX];
+    if (take(s, ent, -1, sizeof ent) != 0)
+        return -1;
     char kind = (char)ent[0];
     mode_t mode = (mode_t)le(ent + 1, 4) & 07777;
     size_t plen = (size_t)le(ent + 5, 2);
     uint64_t len = le(ent + 7, 8);
-    *at += 15;
-    if (plen == 0 || plen >= sizeof rel || plen > n - *at || len > n - *at - plen)
+    if (plen == 0 || plen >= sizeof rel || take(s, (unsigned char *)rel, -1, plen) != 0)
         return -1;
-    memcpy(rel, data + *at, plen);
     rel[plen] = '\0';
-    *at += plen;
-    const char *body = (const char *)data + *at;
-    *at += (size_t)len;
     if (!safe_relpath(rel) || snprintf(path, sizeof path, "%s/%s", dir, rel) >= (int)sizeof path)
         return -1;
     if (kind == 'd')
-        return mkdir(path, mode | 0700) != 0 && errno != EEXIST ? -1 : 0;
+        return len != 0 || (mkdir(path, mode | 0700) != 0 && errno != EEXIST) ? -1 : 0;
     if (kind == 'l') {
-        char target[PATH_MAX];
-        if (len >= sizeof target)
+        if (len >= sizeof target || take(s, (unsigned char *)target, -1, len) != 0)
             return -1;
-        memcpy(target, body, (size_t)len);
         target[len] = '\0';
         return symlink(target, path);
     }
@@ -179,7 +223,7 @@ static int put_entry(const unsigned char *data, size_t n, size_t *at, const char
     int out = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0700);
     if (out < 0)
         return -1;
-    if (write_all(out, body, (size_t)len) != 0) {
+    if (take(s, NULL, out, len) != 0) {
         close(out);
         return -1;
     }
@@ -187,43 +231,30 @@ static int put_entry(const unsigned char *data, size_t n, size_t *at, const char
 }
 
 /* Unpack the tree at [offset, offset+size) of fd into dir (which exists, empty): JKTREE02,
- * a frame table, then zstd frames each holding whole entries (scripts/freeze/tree.py). A
- * frame is read and decompressed at once (the largest holds one ~12 MB library), then
- * its entries are written from memory. */
+ * u32le entries, u32le frames, a frame table (u64le compressed, u64le decompressed size
+ * each), then the zstd frames of the entry stream (scripts/freeze/tree.py). */
 static int unpack(int fd, uint64_t offset, uint64_t size, const char *dir)
 {
     unsigned char head[16];
-    uint64_t end = offset + size;
+    struct stream s = {.fd = fd, .end = offset + size};
     if (size < 16 || read_at(fd, head, 16, offset) != 0 || memcmp(head, TREE_MAGIC, 8) != 0)
         return -1;
-    uint64_t count = le(head + 8, 4), frames = le(head + 12, 4), seen = 0;
-    uint64_t pos = offset + 16 + 16 * frames;
-    if (frames > 100000 || pos > end)
+    uint64_t count = le(head + 8, 4);
+    s.frames = le(head + 12, 4);
+    s.pos = offset + 16 + 16 * s.frames;
+    if (s.frames > 100000 || s.pos > s.end)
         return -1;
-    unsigned char *table = malloc(16 * frames + 1), *cbuf = NULL, *dbuf = NULL;
-    size_t ccap = 0, dcap = 0;
-    int rc = table && read_at(fd, table, 16 * frames, offset + 16) == 0 ? 0 : -1;
-    for (uint64_t i = 0; rc == 0 && i < frames; i++) {
-        uint64_t csize = le(table + 16 * i, 8), dsize = le(table + 16 * i + 8, 8);
-        if (csize > end - pos || dsize > ((uint64_t)1 << 32)) {
-            rc = -1;
-            break;
-        }
-        if (csize > ccap && !(cbuf = realloc(cbuf, ccap = csize)))
-            rc = -1;
-        if (rc == 0 && dsize > dcap && !(dbuf = realloc(dbuf, dcap = dsize)))
-            rc = -1;
-        if (rc == 0 && (read_at(fd, cbuf, csize, pos) != 0 ||
-                        ZSTD_decompress(dbuf, dsize, cbuf, csize) != dsize))
-            rc = -1;
-        for (size_t at = 0; rc == 0 && at < dsize; seen++)
-            rc = put_entry(dbuf, dsize, &at, dir);
-        pos += csize;
-    }
+    unsigned char *table = malloc(16 * s.frames + 1);
+    s.table = table;
+    int rc = table && read_at(fd, table, 16 * s.frames, offset + 16) == 0 ? 0 : -1;
+    for (uint64_t seen = 0; rc == 0 && seen < count; seen++)
+        rc = put_entry(&s, dir);
+    if (rc == 0 && (s.at != s.len || s.next != s.frames || s.pos != s.end))
+        rc = -1;  /* bytes left over: a damaged table */
     free(table);
-    free(cbuf);
-    free(dbuf);
-    return rc == 0 && seen == count && pos == end ? 0 : -1;
+    free(s.cbuf);
+    free(s.dbuf);
+    return rc;
 }
 
 static void remove_tree(const char *path)
