@@ -140,11 +140,23 @@ def build(
             help="Also write <bundle>.installer-patch.zip, whose installer is a zstd patch against the "
             "installer a manager at the from-version keeps: the one in the from-version's release "
             "bundle (a bundle ZIP or a frozen bundle-install, by path or http(s) URL; auto: "
-            "<product>-*-to-<from>.zip in --out). A few hundred bytes when jumpkit did not change, "
+            "<product>-*-to-<from>.zip in --out, else among the targets of --repo). A few hundred "
+            "bytes when jumpkit did not change, "
             "instead of ~23 MB; it applies only on a manager that keeps that base (others are refused "
             "in pre-flight and the RPM's %pre, naming the full bundle). Format 3.",
         ),
     ] = "none",
+    repo: Annotated[
+        str | None,
+        typer.Option(
+            "--repo",
+            metavar="URL",
+            help="The TUF repository this release is published to (s3://BUCKET/PREFIX, file:///DIR or "
+            "https://...): --installer-base auto also looks among its targets for the from-version's "
+            "full release bundle (downloaded once into the build cache, checked against the targets "
+            "metadata).",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
     version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
@@ -187,7 +199,7 @@ def build(
         out, key=None if unsigned else key, formats=fmt, level=level, checksum=checksum,
         rehearse=not no_rehearse, installer=choose_installer(installer, none=no_installer, note=note),
         delta=delta == "auto", rpm_compression=rpm_compression, rpm_sign_key=rpm_sign_key,
-        installer_base=installer_base,
+        installer_base=installer_base, repo=repo,
     )  # fmt: skip
     show = not json_out and sys.stderr.isatty()
     columns = ("building", BarColumn(), DownloadColumn(), TransferSpeedColumn())

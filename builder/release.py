@@ -47,6 +47,8 @@ class BuildOptions:
     installer_base: str = "none"
     """none, auto, a path or a URL (:mod:`builder.installerbase`): besides each full bundle,
     one whose installer is a patch against that base."""
+    repo: str | None = None
+    """The TUF repository where ``auto`` also looks for the from-release's full bundle."""
 
 
 @dataclass(frozen=True)
@@ -207,9 +209,10 @@ def _base(product: Product, frm: str, o: BuildOptions) -> tuple[BaseInstaller | 
     """The base of the patch form, or why there is none (None, None: none was asked for)."""
     if o.installer is None or o.installer_base == "none":
         return None, None
-    base = resolve_base(o.installer_base, out=o.out, product=product.name, frm=frm)
+    base = resolve_base(o.installer_base, out=o.out, product=product.name, frm=frm, repo=o.repo)
     if base is None:
-        return None, f"--installer-base auto: no full release bundle {product.name}-*-to-{frm}.zip in {o.out}"
+        where = f"{o.out}" + (f" nor among the targets of {o.repo}" if o.repo else "")
+        return None, f"--installer-base auto: no full release bundle {product.name}-*-to-{frm}.zip in {where}"
     if INSTALLER_PATCH_FORMAT not in base.formats:
         return None, (
             f"--installer-base {base.source}: bundle-install {base.version} reads bundle formats "

@@ -186,6 +186,66 @@ def test_base_from_a_release_bundle_auto_and_refusals(
     assert resolve_base("auto", out=out, product="demo-manager", frm="4.1.1") is None
 
 
+def test_auto_finds_the_base_among_the_tuf_repositorys_targets(
+    tmp_path: Path, keys: dict[str, Path], release_bundle: Path, frozen: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--installer-base auto --repo URL: the from-release's full bundle is a target of the
+    repository the release is published to (not in --out): the build downloads it once,
+    checks it against the targets metadata, and writes the patch form; a target whose
+    bytes differ from its metadata is refused in one line."""
+    from builder.errors import BuildError
+
+    url, tuf_keys = (tmp_path / "repo").as_uri(), tmp_path / "tuf-keys"
+    assert build("repo", "init", "--repo", url, "--keys", tuf_keys).returncode == 0
+    p = build("publish", "--repo", url, "--keys", tuf_keys, "--trust", keys["pub"], release_bundle)
+    assert p.returncode == 0, p.stderr
+    out = tmp_path / "out"
+    p = build("--specs", SPECS, "--from", "4.1.1", "--to", "4.2.0", "--key", keys["key"], "--out", out,
+              "--installer", frozen, "--installer-base", "auto", "--repo", url, "--json")  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    patch = json.loads(p.stdout)["installer_patch"]
+    assert patch["base"]["sha256"] == hashlib.sha256(frozen.read_bytes()).hexdigest()
+    assert patch["patch_bytes"] < 100_000 and Path(patch["bundle"]).name.endswith(PATCH_SUFFIX + ".zip")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert resolve_base("auto", out=empty, product="demo-manager", frm="4.0.1", repo=url) is None
+    found = resolve_base("auto", out=empty, product="demo-manager", frm="4.1.1", repo=url)
+    assert found is not None and found.source == f"{url} target {release_bundle.name}"
+    monkeypatch.setenv("JUMPKIT_CACHE_DIR", str(tmp_path / "cold-cache"))
+    (target,) = (tmp_path / "repo/targets").glob(f"*.{release_bundle.name}")
+    data = bytearray(target.read_bytes())
+    data[100] ^= 1
+    target.write_bytes(bytes(data))
+    with pytest.raises(BuildError, match="does not match its targets metadata"):
+        resolve_base("auto", out=empty, product="demo-manager", frm="4.1.1", repo=url)
+    assert list((tmp_path / "cold-cache/installer-bases").iterdir()) == []
+    count("installer patch: auto finds its base among the TUF repository's targets")
+
+
+def test_base_by_url_is_downloaded_once(
+    tmp_path: Path, release_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--installer-base http://...: the release bundle downloaded into the build cache once."""
+    import functools
+    import http.server
+    import threading
+
+    monkeypatch.setenv("JUMPKIT_CACHE_DIR", str(tmp_path / "cache"))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(release_bundle.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/{release_bundle.name}"
+        found = resolve_base(url, out=tmp_path, product="demo-manager", frm="4.1.1")
+        assert found is not None and found.source == url
+        server.shutdown()  # the second resolve needs no server
+        again = resolve_base(url, out=tmp_path, product="demo-manager", frm="4.1.1")
+        assert again is not None and again.sha256 == found.sha256
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_the_kept_frozen_installer_applies_a_patch_form(
     tmp_path: Path, keys: dict[str, Path], sandbox: Callable[..., Sandbox], frozen: Path
 ) -> None:
