@@ -24,6 +24,7 @@ from builder.installerbase import PATCH_SUFFIX, BaseInstaller
 from builder.keys import load_private_key
 from builder.lint import lint_jump, release_trees
 from builder.migrations import plan_database
+from builder.solid import Packing, pack
 from builder.spec import JumpSpec, Product, load_product, start_order
 from builder.specfile import refuse
 from builder.zipwriter import Source, ZipWriter
@@ -39,6 +40,7 @@ from installer.format import (
     INSTALLER_PATCH_MEMBER,
     MANIFEST_NAME,
     SIGNATURE_NAME,
+    SOLID_FORMAT,
     ConfigBase,
     Database,
     Delta,
@@ -53,6 +55,7 @@ from installer.format import (
     RemovedEntry,
     Service,
     Services,
+    Solid,
 )
 from installer.signing import sha256_file, sign_manifest
 
@@ -170,12 +173,17 @@ def build_jump(
     delta: bool = True,
     bsdiff_max: int = BSDIFF_MAX,
     installer_base: BaseInstaller | None = None,
+    solid: bool | None = None,
 ) -> BuildResult:
     """Build ``<out_dir>/<product>-<from>-to-<to>.zip``. ``key`` None builds an unsigned
     bundle; ``installer`` None a development bundle (no ``bin/bundle-install``); ``delta``
     ships changed files as patches where that pays (format 2; :mod:`builder.delta`);
     ``installer_base`` ships the installer as a patch against it instead, in
-    ``<product>-<from>-to-<to>.installer-patch.zip`` (format 3; :mod:`installer.selfpatch`).
+    ``<product>-<from>-to-<to>.installer-patch.zip`` (format 3; :mod:`installer.selfpatch`);
+    ``solid`` packs small members into solid members (format 4; :mod:`builder.solid`); None
+    (auto) does when the bundle carries an installer and every installer that reads this
+    manifest reads format 4 (the shipped one, and a patch form's base): a development
+    bundle is read by an installer the build does not know, so it stays one member each.
 
     Raises:
         SpecError: invalid or unknown specs. BuildError: missing key or inputs.
@@ -194,11 +202,17 @@ def build_jump(
     suffix = PATCH_SUFFIX if installer_base is not None and installer is not None else ""
     dest = out_dir / f"{bundle_name(product.name, frm, to)}{suffix}.zip"
     info = _installer_info(installer, installer_base if suffix else None)
+    readers = [x for x in (installer, installer_base if suffix else None) if x is not None]
+    unable = [x.version for x in readers if SOLID_FORMAT not in x.formats]
+    if solid and unable:
+        raise BuildError(f"--solid on: bundle-install {unable[0]} reads no bundle format {SOLID_FORMAT}")
+    solid = solid if solid is not None else bool(readers) and not unable
 
-    def manifest_of(digests: dict[str, tuple[str, int]]) -> Manifest:
-        return _manifest(product, frm, to, collected, digests, epoch, jump, databases, info)
+    def manifest_of(digests: dict[str, tuple[str, int]], solids: tuple[Solid, ...]) -> Manifest:
+        return _manifest(product, frm, to, collected, digests, epoch, jump, databases, info, solids)
 
-    size, manifest = _write(dest, collected, manifest_of, private, epoch, level, workers, progress)
+    packing = pack(collected.sources(), workers) if solid else Packing(alone=collected.sources())
+    size, manifest = _write(dest, packing, manifest_of, private, epoch, level, workers, progress)
     # --checksum: one more pass (the signed manifest already covers every byte that matters)
     digest = sha256_file(dest)[0] if checksum else None
     return BuildResult(dest, digest, size, manifest, time.monotonic() - t0, whole_deflated)
@@ -265,8 +279,8 @@ def _inputs(
 
 def _write(
     dest: Path,
-    collected: Collected,
-    manifest_of: Callable[[dict[str, tuple[str, int]]], Manifest],
+    packing: Packing,
+    manifest_of: Callable[[dict[str, tuple[str, int]], tuple[Solid, ...]], Manifest],
     private: Ed25519PrivateKey | None,
     epoch: int,
     level: int,
@@ -279,9 +293,9 @@ def _write(
     out = _OutFile(partial)
     try:
         with ZipWriter(out.f, epoch=epoch, level=level, workers=workers, spill_dir=dest.parent) as writer:
-            digests = writer.write_all(collected.sources(), progress)
+            digests = writer.write_all(packing.sources, progress) | packing.digests()
             out.flush_early()
-            manifest = manifest_of(digests)
+            manifest = manifest_of(digests, tuple(s for s, _ in packing.solids))
             data = manifest_bytes(manifest)
             writer.add_bytes(MANIFEST_NAME, data)
             if private is not None:
@@ -431,6 +445,7 @@ def _manifest(
     jump: JumpSpec,
     databases: list[Database],
     installer: InstallerInfo | None,
+    solids: tuple[Solid, ...] = (),
 ) -> Manifest:
     """The manifest of what was written. Empties ``collected.files`` and takes their
     entries out of ``digests``."""
@@ -446,7 +461,9 @@ def _manifest(
     ]
     try:
         return Manifest(
-            format=INSTALLER_PATCH_FORMAT
+            format=SOLID_FORMAT
+            if solids
+            else INSTALLER_PATCH_FORMAT
             if installer is not None and installer.base is not None
             else DELTA_FORMAT_VERSION
             if any(f.needs_format_2 for f in files)
@@ -482,6 +499,7 @@ def _manifest(
             special_modes=tuple(sorted(f.path for f in files if f.kind == "file" and f.mode & 0o7000)),
             capabilities=tuple(sorted(f.path for f in files if f.caps is not None)),
             dirs=new_dirs(files, jump),
+            solids=solids,
             builder_version=__version__,
             created=epoch,
         )

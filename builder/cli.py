@@ -132,6 +132,19 @@ def build(
             "exact old files. none: whole files only (format 1, applies over drift with --accept-drift).",
         ),
     ] = "auto",
+    solid: Annotated[
+        str,
+        typer.Option(
+            "--solid",
+            metavar="auto|on|none",
+            help="on: payload files, patches and config bases of at most 64 KiB travel together in "
+            "zstd solid members (solid/NNN, 8 MiB of files each) instead of one ZIP entry each: no "
+            "entry headers, compressed with their neighbours; the bundle becomes format 4. auto (the "
+            "default): on for a release bundle whose installer (and a patch form's base) reads format 4; "
+            "a development bundle (--no-installer) stays one entry per member, readable by older "
+            "installers. none: one ZIP entry per member.",
+        ),
+    ] = "auto",
     installer_base: Annotated[
         str,
         typer.Option(
@@ -177,6 +190,9 @@ def build(
     if delta not in ("auto", "none"):
         err.print(f"bundle-build: --delta {delta!r}: one of auto, none")
         raise typer.Exit(2)
+    if solid not in ("auto", "on", "none"):
+        err.print(f"bundle-build: --solid {solid!r}: one of auto, on, none")
+        raise typer.Exit(2)
     if key is None and not unsigned:
         err.print("bundle-build: no signing key: pass --key FILE (see 'bundle-build keygen') or --unsigned")
         raise typer.Exit(2)
@@ -198,8 +214,8 @@ def build(
     options = release.BuildOptions(
         out, key=None if unsigned else key, formats=fmt, level=level, checksum=checksum,
         rehearse=not no_rehearse, installer=choose_installer(installer, none=no_installer, note=note),
-        delta=delta == "auto", rpm_compression=rpm_compression, rpm_sign_key=rpm_sign_key,
-        installer_base=installer_base, repo=repo,
+        delta=delta == "auto", solid={"on": True, "none": False}.get(solid), rpm_compression=rpm_compression,
+        rpm_sign_key=rpm_sign_key, installer_base=installer_base, repo=repo,
     )  # fmt: skip
     show = not json_out and sys.stderr.isatty()
     columns = ("building", BarColumn(), DownloadColumn(), TransferSpeedColumn())
@@ -235,8 +251,15 @@ def _summary(built: release.Built, out: Path) -> list[str]:
     if patched["files"]:
         lines.append(
             f"  {patched['files']} file(s) as patches: {patched['patch_bytes']} bytes instead of "
-            f"{patched['whole_deflated_bytes']} deflated whole (format {m.format}: the manager needs "
-            "the exact old files; --delta none ships them whole)"
+            f"{patched['whole_deflated_bytes']} deflated whole (the manager needs the exact old "
+            "files; --delta none ships them whole)"
+        )
+    if m.solids:
+        carried = sum(len(s.members) for s in m.solids)
+        lines.append(
+            f"  {carried} small member(s) in {len(m.solids)} solid member(s): "
+            f"{sum(s.raw_size for s in m.solids)} bytes in {sum(s.size for s in m.solids)} "
+            f"(format {m.format}; --solid none keeps one archive entry each)"
         )
     if rpm is not None:
         signed = "GPG-signed" if rpm.signed else "unsigned (pass --rpm-sign-key for gpgcheck)"

@@ -68,7 +68,7 @@ def inspect_bundle(path: Path, trust: list[Path]) -> dict[str, Any]:
 def describe(info: dict[str, Any]) -> list[str]:
     """Human lines for :func:`inspect_bundle`'s result."""
     m = info["manifest"]
-    return [*_header(info), *_files(m), *_patches(m), *_special(m), *_runs(m)]
+    return [*_header(info), *_files(m), *_patches(m), *_solids(m), *_special(m), *_runs(m)]
 
 
 def _header(info: dict[str, Any]) -> list[str]:
@@ -150,6 +150,19 @@ def _patches(m: dict[str, Any]) -> list[str]:
     if len(patched) > 20:
         lines.append(f"  ... and {len(patched) - 20} more (--json lists every one)")
     return lines
+
+
+def _solids(m: dict[str, Any]) -> list[str]:
+    """Format 4: how many members travel in solid members, and what they weigh there."""
+    solids = m.get("solids") or []
+    if not solids:
+        return []
+    carried = sum(len(s["members"]) for s in solids)
+    raw, packed = sum(s["raw_size"] for s in solids), sum(s["size"] for s in solids)
+    return [
+        f"solid members (format {m['format']}): {len(solids)}, carrying {carried} small member(s): "
+        f"{raw} bytes in {packed}"
+    ]
 
 
 def _special(m: dict[str, Any]) -> list[str]:

@@ -42,6 +42,8 @@ class BuildOptions:
     rehearse: bool = True
     installer: FrozenInstaller | None = None
     delta: bool = True
+    solid: bool | None = None
+    """Small members in solid members (format 4); None: where the bundle's installer reads them."""
     rpm_compression: str = "zstd"
     rpm_sign_key: str | None = None
     installer_base: str = "none"
@@ -185,6 +187,7 @@ def build_one(
         result = build_jump(
             product, frm, to, o.out, key=o.key, level=o.level, checksum=o.checksum, rehearse=o.rehearse,
             installer=o.installer, progress=progress, delta=o.delta, installer_base=patch_base,
+            solid=o.solid,
         )  # fmt: skip
         rpm = None
         if o.formats in ("rpm", "all"):

@@ -4,6 +4,7 @@ checked against their hashes while they are read."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import itertools
@@ -18,6 +19,7 @@ from typing import BinaryIO, Protocol
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from isal import isal_zlib
 
+from installer import solid
 from installer.codec import parse_manifest
 from installer.errors import BundleRejectedError, UnsafePathError
 from installer.format import (
@@ -27,6 +29,7 @@ from installer.format import (
     MAX_SIGNATURE_BYTES,
     SIGNATURE_NAME,
     Manifest,
+    Packed,
 )
 from installer.paths import check_relpath, open_regular
 from installer.signing import verify_signature
@@ -347,9 +350,33 @@ def iter_verified(bundle: Bundle, name: str, sha256: str, size: int) -> Iterator
         raise BundleRejectedError("sha256 does not match the manifest", entry=name)
 
 
+def iter_content(bundle: Bundle, manifest: Manifest, name: str) -> Iterator[bytes]:
+    """A member's bytes wherever it travels, verified: alone, or carried in a solid member
+    (which is read through to its end: what it carries is small).
+
+    Raises:
+        BundleRejectedError: the bytes differ from the manifest.
+    """
+    carried = manifest.packed().get(name)
+    if carried is None:
+        sha, size = manifest.members()[name]
+        yield from iter_verified(bundle, name, sha, size)
+        return
+    s, _ = carried
+    found: list[bytes] = []
+
+    def keep(p: Packed, chunks: Iterator[bytes]) -> None:
+        if p.name == name:
+            found.extend(chunks)
+
+    solid.unpack(iter_verified(bundle, s.name, s.sha256, s.size), s, keep)
+    yield from found
+
+
 def verify_members(bundle: Bundle, manifest: Manifest, tick: Callable[[int], None] | None = None) -> None:
     """Read every member of a bundle whose manifest is verified and check its size and
-    sha256 (two threads, largest members first: the last to end is a small one).
+    sha256, and those a solid member carries (two threads, largest members first: the last
+    to end is a small one).
 
     Raises:
         BundleRejectedError: a member differs from the manifest.
@@ -357,12 +384,20 @@ def verify_members(bundle: Bundle, manifest: Manifest, tick: Callable[[int], Non
     from installer.parallel import run_each
 
     members = manifest.members()
+    solids = {s.name: s for s in manifest.solids}
 
-    def check(name: str) -> None:
+    def read(name: str) -> Iterator[bytes]:
         sha, size = members[name]
         for chunk in iter_verified(bundle, name, sha, size):
             if tick is not None:
                 tick(len(chunk))
+            yield chunk
+
+    def check(name: str) -> None:
+        if name in solids:
+            solid.unpack(read(name), solids[name], lambda _p, _c: None)
+        else:
+            collections.deque(read(name), maxlen=0)
 
     run_each(check, sorted(members, key=lambda n: -members[n][1]), threads=2)
 

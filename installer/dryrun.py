@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from installer.archive import Bundle, iter_verified
+from installer.archive import Bundle, iter_content
 from installer.errors import PreconditionError
 from installer.format import BASE_PREFIX, Delta, Manifest
 from installer.metadata import narrowings
@@ -91,11 +91,9 @@ def _plans(
         for f in m.files:  # each config's default, and the from-version's where shipped
             if f.kind == "config":
                 assert f.sha256 is not None
-                _unpack(bundle, f.member, f.sha256, f.size, staging / "defaults" / f.path)
+                _unpack(bundle, m, f.member, staging / "defaults" / f.path)
                 if f.base is not None:
-                    _unpack(
-                        bundle, BASE_PREFIX + f.path, f.base.sha256, f.base.size, staging / "base" / f.path
-                    )
+                    _unpack(bundle, m, BASE_PREFIX + f.path, staging / "base" / f.path)
         unpack_migrations(bundle, m, staging)
         if n == 0:
             try:
@@ -211,10 +209,10 @@ def estimate(
     }
 
 
-def _unpack(bundle: Bundle, member: str, sha256: str, size: int, dest: Path) -> None:
+def _unpack(bundle: Bundle, m: Manifest, member: str, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     with open(dest, "wb") as w:
-        for chunk in iter_verified(bundle, member, sha256, size):
+        for chunk in iter_content(bundle, m, member):
             w.write(chunk)
 
 

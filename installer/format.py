@@ -9,6 +9,8 @@ A bundle (ZIP or RPM payload) holds::
     manifest.sig    canonical JSON ``{"keyid": ..., "sig": base64}`` over manifest.json
     payload/<path>  one member per file or config in ``Manifest.files``
     hooks/, migrations/, bin/   members listed in ``Manifest.extras``
+    solid/<n>       (format 4) one zstd frame holding small payload, delta and base members
+                    end to end, listed in ``Manifest.solids`` (:mod:`installer.solid`)
 """
 
 from __future__ import annotations
@@ -58,6 +60,13 @@ INSTALLER_MEMBER = "bin/bundle-install"
 INSTALLER_PATCH_FORMAT = 3
 """The format of a bundle whose installer comes as a patch (:mod:`installer.selfpatch`)."""
 INSTALLER_PATCH_MEMBER = "bin/bundle-install.patch"
+SOLID_FORMAT = 4
+"""The format of a bundle whose small members travel in solid members (:class:`Solid`)."""
+SOLID_PREFIX = "solid/"
+PACKABLE_PREFIXES = (PAYLOAD_PREFIX, DELTA_PREFIX, BASE_PREFIX)
+MAX_SOLID_RAW = 64 * 1024 * 1024
+"""A solid member's stream is at most this long (the builder cuts at 8 MiB; a reader
+holds one decompressed chunk of it at a time, never the stream)."""
 MAX_MANIFEST_BYTES = 128 * 1024 * 1024
 MAX_SIGNATURE_BYTES = 4096
 MAX_FILES = 300_000
@@ -244,6 +253,37 @@ class Member(_Model):
         return v
 
 
+class Packed(_Model):
+    """A member carried in a solid member: bytes ``[offset, offset + size)`` of the solid's
+    decompressed stream, checked against ``sha256`` as they are read."""
+
+    name: str
+    offset: int = Field(ge=0)
+    size: int = Field(ge=0)
+    sha256: Sha256
+
+
+class Solid(_Model):
+    """A ``solid/<n>`` member (format 4): one zstd frame whose stream is its ``members``
+    end to end, in order, with neither gap nor overlap. Small members compress together
+    (a ZIP entry costs ~100 bytes of headers and compresses alone)."""
+
+    name: str
+    sha256: Sha256
+    size: int = Field(ge=0)
+    """Of the compressed member, as it sits in the archive."""
+    raw_size: int = Field(ge=0, le=MAX_SOLID_RAW)
+    members: tuple[Packed, ...]
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, v: str) -> str:
+        check_relpath(v)
+        if not v.startswith(SOLID_PREFIX) or "/" in v[len(SOLID_PREFIX) :]:
+            raise ValueError(f"a solid member is named {SOLID_PREFIX}<name>")
+        return v
+
+
 class DirEntry(_Model):
     """A directory the to-release adds whose owner, group or mode the spec sets (others get
     root and 0755 when the swap creates them)."""
@@ -335,6 +375,8 @@ class Manifest(_Model):
     else is refused, as loudly as setuid."""
     dirs: tuple[DirEntry, ...] = ()
     """New directories with the spec's owner, group or mode."""
+    solids: tuple[Solid, ...] = ()
+    """Format 4: members carried inside solid members instead of one archive member each."""
     builder_version: str
     created: int = Field(ge=0)
 
@@ -372,7 +414,20 @@ class Manifest(_Model):
 
     def members(self) -> dict[str, tuple[str, int]]:
         """Every archive member the manifest promises (besides manifest and signature),
-        mapped to (sha256, size)."""
+        mapped to (sha256, size): the solid members, not what they carry."""
+        packed = self.packed()
+        out = {name: v for name, v in self.contents().items() if name not in packed}
+        for s in self.solids:
+            out[s.name] = (s.sha256, s.size)
+        return out
+
+    def packed(self) -> dict[str, tuple[Solid, Packed]]:
+        """The members carried in solid members, by name."""
+        return {p.name: (s, p) for s in self.solids for p in s.members}
+
+    def contents(self) -> dict[str, tuple[str, int]]:
+        """Every member's bytes the manifest promises, wherever they travel (alone or in a
+        solid member), mapped to (sha256, size)."""
         out: dict[str, tuple[str, int]] = {}
         for f in self.files:
             if f.delta is not None:
@@ -391,7 +446,7 @@ class Manifest(_Model):
         patched = self.installer is not None and self.installer.base is not None
         built = (self.installer.size or 0) if patched and self.installer else 0
         return (
-            sum(size for _, size in self.members().values())
+            sum(size for _, size in self.contents().values())
             + built
             + sum(f.size for f in self.files if f.delta is not None)
         )
@@ -521,6 +576,35 @@ def installer_is_a_member(m: Manifest) -> None:
         raise ValueError(f"an installer patch needs its size and bundle format {INSTALLER_PATCH_FORMAT}")
 
 
+def solids_tile_their_streams(m: Manifest) -> None:
+    """Each solid member's stream is its members end to end (an overlap would let one
+    range stand for two files, a gap hide bytes nobody checks); each carried member is one
+    the manifest promises (a payload, patch or base, with the same sha256 and size), carried
+    once; solids exist from format 4."""
+    if not m.solids:
+        return
+    if m.format < SOLID_FORMAT:
+        raise ValueError(f"solid members need bundle format {SOLID_FORMAT}")
+    contents, carried, names = m.contents(), set(), set()
+    for s in m.solids:
+        if s.name in names:
+            raise ValueError(f"solid member {s.name} is listed twice")
+        names.add(s.name)
+        at = 0
+        for p in s.members:
+            if p.offset != at:
+                why = "overlaps the one before" if p.offset < at else "leaves a gap before it"
+                raise ValueError(f"{s.name}: {p.name} at offset {p.offset} {why} (expected {at})")
+            at += p.size
+            if not p.name.startswith(PACKABLE_PREFIXES) or contents.get(p.name) != (p.sha256, p.size):
+                raise ValueError(f"{s.name}: {p.name} is no payload, patch or base the manifest lists so")
+            if p.name in carried:
+                raise ValueError(f"{p.name} is carried twice")
+            carried.add(p.name)
+        if at != s.raw_size:
+            raise ValueError(f"{s.name}: its members end at {at}, its stream at {s.raw_size}")
+
+
 def replaces_the_version_file(m: Manifest) -> None:
     """The jump leaves the version file saying its to-version (its content is checked when
     staged): without it the manager would still say the from-version afterwards."""
@@ -543,6 +627,7 @@ MANIFEST_RULES: tuple[Callable[[Manifest], None], ...] = (
     scripts_have_members,
     format_holds_its_entries,
     installer_is_a_member,
+    solids_tile_their_streams,
     replaces_the_version_file,
 )
 """What a manifest must satisfy beyond its fields' own types, in the order checked (the

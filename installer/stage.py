@@ -19,6 +19,11 @@ as members unpack, largest first, and never more at once than the largest one's 
 (:class:`~installer.parallel.Budget`): on the delta bench (1,065 patched files, 137
 unpacked) writing each patch to disk and building the files after the unpack took
 0.92 s of a 1.3 s stage; most of it creating, reading and removing 1,065 patch files.
+
+Solid members (format 4, :mod:`installer.solid`) unpack first, one per thread: what they
+carry goes straight to its place above, and a patch they carry to ``.carried/`` (verified
+on the way), where its patch job reads it; ``.carried/`` is gone before the staging is
+complete.
 """
 
 from __future__ import annotations
@@ -27,16 +32,16 @@ import errno
 import hashlib
 import os
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
-from installer import selfpatch
+from installer import selfpatch, solid
 from installer.archive import Bundle, iter_verified
 from installer.codec import parse_manifest
 from installer.delta import apply_patch
 from installer.errors import BundleRejectedError, PreconditionError, SpaceError, UsageError
 from installer.failpoints import failpoint
-from installer.format import BASE_PREFIX, MANIFEST_NAME, SIGNATURE_NAME, FileEntry, Manifest
+from installer.format import BASE_PREFIX, MANIFEST_NAME, SIGNATURE_NAME, FileEntry, Manifest, Packed, Solid
 from installer.parallel import Budget, run_each
 from installer.paths import read_beneath
 from installer.state import StateDir, write_atomic
@@ -237,6 +242,10 @@ class _Stager:
         self.root, self.earlier, self.partial = root, earlier or {}, partial
         self.promised = manifest.members()
         self.targets = _destinations(partial, manifest)
+        # carried in a solid member and read by a patch job, not unpacked whole: spooled
+        # here by the solid's job (verified), read back by the patch job, removed after
+        spool = [name for name in manifest.packed() if name not in self.targets]
+        self.spool = {name: os.path.join(partial, ".carried", str(i)) for i, name in enumerate(sorted(spool))}
         self.deltas = sorted(manifest.deltas(), key=lambda f: (-f.size, f.path)) if root is not None else []
         self.budget = Budget(max((patch_memory(f) for f in self.deltas), default=0))
         self.files_dir = os.path.join(partial, "files")
@@ -247,12 +256,16 @@ class _Stager:
         dests = [p for p, _ in self.targets.values()] + [
             os.path.join(self.files_dir, f.path) for f in self.deltas
         ]
-        for d in sorted({os.path.dirname(p) for p in dests}):
+        for d in sorted({os.path.dirname(p) for p in [*dests, *self.spool.values()]}):
             os.makedirs(d, exist_ok=True)
+        # solid members first (largest first), as the patches they may carry are read next
+        solids = sorted(self.manifest.solids, key=lambda x: (-x.raw_size, x.name))
+        run_each(self._solid, solids, threads=workers)
         # patches first, largest first (the longest does not start last); members in
         # archive order: neighbours in a directory are created together, as unzip does
         jobs: list[str | FileEntry] = [*self.deltas, *(n for n in self.promised if n in self.targets)]
         run_each(self._job, jobs, threads=workers)
+        shutil.rmtree(os.path.join(self.partial, ".carried"), ignore_errors=True)
         if self.root is not None:  # after the members: the patch is one of them
             selfpatch.build(self.manifest, self.root, self.partial / "bundle", self.earlier)
 
@@ -265,11 +278,23 @@ class _Stager:
     def _extract(self, name: str) -> None:
         dest, mode = self.targets[name]
         sha, size = self.promised[name]
+        self._write(dest, mode, iter_verified(self.bundle, name, sha, size))
+        failpoint("stage:member")
+
+    def _solid(self, s: Solid) -> None:
+        def put(p: Packed, chunks: Iterator[bytes]) -> None:
+            dest, mode = self.targets[p.name] if p.name in self.targets else (self.spool[p.name], 0o600)
+            self._write(dest, mode, chunks)
+
+        solid.unpack(iter_verified(self.bundle, s.name, s.sha256, s.size), s, put)
+        failpoint("stage:member")
+
+    def _write(self, dest: str, mode: int, chunks: Iterator[bytes]) -> None:
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         try:
             if mode & self.umask:
                 os.fchmod(fd, mode)
-            for chunk in iter_verified(self.bundle, name, sha, size):
+            for chunk in chunks:
                 view = memoryview(chunk)
                 while view:
                     view = view[os.write(fd, view) :]
@@ -277,12 +302,15 @@ class _Stager:
                     self.progress(len(chunk))
         finally:
             os.close(fd)
-        failpoint("stage:member")
 
     def _build(self, f: FileEntry) -> None:
         assert f.delta is not None and f.sha256 is not None and self.root is not None
         with self.budget.claim(patch_memory(f)):
-            patch = b"".join(iter_verified(self.bundle, f.member, f.delta.sha256, f.delta.size))
+            if f.member in self.spool:  # verified as its solid member was read
+                with open(self.spool[f.member], "rb") as spooled:
+                    patch = spooled.read()
+            else:
+                patch = b"".join(iter_verified(self.bundle, f.member, f.delta.sha256, f.delta.size))
             old = old_bytes(self.root, self.manifest, f, self.earlier)
             new = apply_patch(f.delta.method, old, patch, f.size, f.sha256)
             del patch, old

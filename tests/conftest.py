@@ -57,8 +57,20 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def bundle(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Path]) -> Path:
+    """The demo jump as most tests apply it: its small members in a solid member (format 4,
+    as a release bundle ships them), so that the crash and signal matrices run on it."""
     out = tmp_path_factory.mktemp("dist")
-    p = build_demo(out, keys["key"], "--no-installer")
+    p = build_demo(out, keys["key"], "--no-installer", "--solid", "on")
+    assert p.returncode == 0, p.stderr
+    return out / "demo-manager-4.0.1-to-4.1.1.zip"
+
+
+@pytest.fixture(scope="session")
+def plain_bundle(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Path]) -> Path:
+    """The demo jump with one archive member per file (``--solid none``): what the hostile
+    corpus tampers with member by member (format 4's own attacks: tests/test_solid.py)."""
+    out = tmp_path_factory.mktemp("dist-plain")
+    p = build_demo(out, keys["key"], "--no-installer", "--solid", "none")
     assert p.returncode == 0, p.stderr
     return out / "demo-manager-4.0.1-to-4.1.1.zip"
 

@@ -266,7 +266,7 @@ MORE: dict[str, tuple[Edit, Setup | None, int, str]] = {
 
 
 def test_signed_hostile_corpus(
-    sandbox: Callable[..., Sandbox], bundle: Path, keys: dict[str, Path], tmp_path: Path
+    sandbox: Callable[..., Sandbox], plain_bundle: Path, keys: dict[str, Path], tmp_path: Path
 ) -> None:
     """Every case refused by verify, stage and apply with its exit code and one line; the
     root (state dir included) and canaries outside it byte-identical; the lock never
@@ -280,7 +280,7 @@ def test_signed_hostile_corpus(
     shutil.copytree(sb.root, pristine, symlinks=True, ignore=shutil.ignore_patterns("*.sock"))
     failed: list[str] = []
     for case, (edit, setup, code, phrase) in sorted(cases.items()):
-        bad = _signed(bundle, keys["key"], tmp_path / f"{case}.zip", edit)
+        bad = _signed(plain_bundle, keys["key"], tmp_path / f"{case}.zip", edit)
         if setup is not None:
             setup(sb.root, canary)
         before, outside = tree_hash(sb.root, exclude=()), tree_hash(sb.root.parent, exclude=("r",))
@@ -448,7 +448,7 @@ def _refused_everywhere(
 
 
 def test_the_reported_escape_through_current_dot(
-    sandbox: Callable[..., Sandbox], bundle: Path, keys: dict[str, Path], tmp_path: Path
+    sandbox: Callable[..., Sandbox], plain_bundle: Path, keys: dict[str, Path], tmp_path: Path
 ) -> None:
     """The manager has opt/demo-manager/current -> . (a common layout); the bundle adds
     current/current/esc -> ../../../../x and a file under opt/demo-manager/esc/: as text
@@ -460,11 +460,11 @@ def test_the_reported_escape_through_current_dot(
         _add_symlink("opt/demo-manager/current/current/esc", "../../../../x")(man, m)
         _add_file("opt/demo-manager/esc/passwd")(man, m)
 
-    bad = _signed(bundle, keys["key"], tmp_path / "escape.zip", edit)
+    bad = _signed(plain_bundle, keys["key"], tmp_path / "escape.zip", edit)
     canaries = [sb.root.parent.parent / "x", sb.root.parent / "x", sb.root.parent.parent / "passwd"]
     _refused_everywhere(sb, bad, 3, "opt/demo-manager/esc", canaries)
     link_only = _signed(
-        bundle,
+        plain_bundle,
         keys["key"],
         tmp_path / "link.zip",
         _add_symlink("opt/demo-manager/current/current/esc", "../../../../x"),
@@ -487,12 +487,12 @@ def test_a_link_out_in_the_managers_tree_is_exit_4(
 
 
 def test_reserved_paths_reached_through_an_in_root_link(
-    sandbox: Callable[..., Sandbox], bundle: Path, keys: dict[str, Path], tmp_path: Path
+    sandbox: Callable[..., Sandbox], plain_bundle: Path, keys: dict[str, Path], tmp_path: Path
 ) -> None:
     sb = sandbox()
     os.symlink("../../etc/jumpkit", sb.root / "opt/demo-manager/k")
     bad = _signed(
-        bundle, keys["key"], tmp_path / "k.zip", _add_file("opt/demo-manager/k/trusted-keys/evil.pub")
+        plain_bundle, keys["key"], tmp_path / "k.zip", _add_file("opt/demo-manager/k/trusted-keys/evil.pub")
     )
     _refused_everywhere(sb, bad, 3, "belongs to the installer", [])
 

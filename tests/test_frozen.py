@@ -316,10 +316,11 @@ def test_apply_through_the_shipped_binary(
 ) -> None:
     sb = sandbox()
     assert current_revision(sqlite_url(sb.root)) == "0002"
-    with zipfile.ZipFile(release_bundle) as z:  # built with the default --delta auto
+    with zipfile.ZipFile(release_bundle) as z:  # built with the defaults --delta auto --solid auto
         man = json.loads(z.read("manifest.json"))
     patched = [f for f in man["files"] if f.get("delta")]
-    assert man["format"] == 2 and patched, "the release bundle carries no delta entry"
+    assert man["format"] == 4 and patched, "the release bundle carries no delta entry"
+    assert man["solids"], "the release bundle's small members are not in a solid member"
     p = run(shipped, "--root", sb.root, "apply", release_bundle)
     assert p.returncode == 0, p.stderr
     assert "replaying its rehearsal" in p.stderr, p.stderr  # the frozen code passes the audit hook

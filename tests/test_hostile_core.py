@@ -23,9 +23,9 @@ def nothing_staged(root: Path) -> bool:
 
 @pytest.mark.parametrize("case", sorted(CORE_CASES))
 def test_hostile_bundle_refused(
-    case: str, sandbox: Callable[..., Sandbox], bundle: Path, keys: dict[str, Path], tmp_path: Path
+    case: str, sandbox: Callable[..., Sandbox], plain_bundle: Path, keys: dict[str, Path], tmp_path: Path
 ) -> None:
-    bad = make(case, bundle, keys["key"], keys["evil_key"], tmp_path)
+    bad = make(case, plain_bundle, keys["key"], keys["evil_key"], tmp_path)
     sb = sandbox()
     before = tree_hash(sb.root)
     code, phrase = EXPECT[case]

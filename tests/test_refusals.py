@@ -128,7 +128,7 @@ def _resigned(bundle: Path, key: Path, out: Path, version_file: bytes | None) ->
 
 
 def test_a_signed_bundle_that_leaves_the_wrong_version_is_refused(
-    sandbox: Callable[..., Sandbox], bundle: Path, keys: dict[str, Path], tmp_path: Path
+    sandbox: Callable[..., Sandbox], plain_bundle: Path, keys: dict[str, Path], tmp_path: Path
 ) -> None:
     """A jump whose version file says another version, or that does not replace it,
     "upgraded" the manager while its version file said the old version (or a third one):
@@ -139,7 +139,7 @@ def test_a_signed_bundle_that_leaves_the_wrong_version_is_refused(
         ("missing", None, "does not replace its version file opt/demo-manager/VERSION"),
         ("other", b"4.1.0\n", "version file opt/demo-manager/VERSION says '4.1.0', not 4.1.1"),
     ):
-        bad = _resigned(bundle, keys["key"], tmp_path / f"{label}.zip", content)
+        bad = _resigned(plain_bundle, keys["key"], tmp_path / f"{label}.zip", content)
         for command in ("verify", "stage", "apply") if content is None else ("stage", "apply"):
             p = install("--root", sb.root, command, bad)
             assert p.returncode == 3, f"{label} {command}: rc {p.returncode}: {p.stderr}"

@@ -4,8 +4,9 @@ application code), cryptography (its ~13 MB Rust extension) and numpy (OpenBLAS,
 and its ~9 MB core extension), each at two consecutive versions pinned below. Wheels are
 downloaded once with pip into .cache/bench/delta/ and unpacked into two release trees.
 
-Prints, in one run: the bundle (`bundle-build --delta auto`) against the full to-release
-as `zip -r -6`, the changed and added files as `zip -6`, per-file `xdelta3` patches (when
+Prints, in one run: the bundle (`bundle-build --delta auto`, without installer; then as it
+ships, with the frozen installer whole and as a patch against the same installer) against
+the full to-release as `zip -r -6`, the changed and added files as `zip -6`, per-file `xdelta3` patches (when
 the xdelta3 binary is installed: apt-get install xdelta3), and the best of bsdiff / zstd
 --patch-from / xdelta3 / whole-deflated per file (xdelta3 as Mender ships deltas: a patch
 per changed file over 64 KiB, smaller ones whole); build time with a cold and a warm patch
@@ -29,7 +30,7 @@ import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CACHE, REPO, installer_argv, keygen, parser, peak_memory, python, timed
+from common import CACHE, REPO, frozen_installer, installer_argv, keygen, parser, peak_memory, python, timed
 
 sys.path.insert(0, str(REPO))
 from isal import isal_zlib
@@ -181,6 +182,14 @@ def main() -> int:
             subprocess.run(argv, capture_output=True, text=True, env=env, cwd=REPO, check=True).stdout
         )
         bundle = Path(doc["bundle"])
+        # the release bundle as it ships: with the frozen installer whole, and with it as a
+        # patch against the same installer (a release whose jumpkit did not change)
+        frozen = str(frozen_installer())
+        shipped = [*argv[: argv.index("--no-installer")], "--installer", frozen, "--installer-base", frozen,
+                   "--json", "--out", str(work / "dist-shipped")]  # fmt: skip
+        shipped_doc = json.loads(
+            subprocess.run(shipped, capture_output=True, text=True, env=env, cwd=REPO, check=True).stdout
+        )
         # stage against a manager at the old release, vs unzip -q of the changed files
         root = work / "root"
         shutil.copytree(old_tree, root, symlinks=True, ignore=shutil.ignore_patterns(".done"))
@@ -210,6 +219,8 @@ def main() -> int:
             "per_file_xdelta3": (xd_total + added_deflated) if have_xd else None,
             "best_of_tools_per_file": best_total + added_deflated,
             "jumpkit_bundle": bundle.stat().st_size,
+            "jumpkit_with_installer": Path(shipped_doc["bundle"]).stat().st_size,
+            "jumpkit_with_installer_patch": shipped_doc["installer_patch"]["size"],
             "build_cold_s": round(cold, 2), "build_warm_s": round(statistics.median(warm_t), 2),
             "stage_s": round(statistics.median(stage_t), 2), "unzip_changed_s": round(statistics.median(unzip_t), 2),
             "stage_ratios": sorted(round(a / max(b, 1e-9), 2) for a, b in zip(stage_t, unzip_t, strict=True)),
@@ -230,7 +241,9 @@ def main() -> int:
         v = rows[what]
         if v is not None:
             print(f"  {what:<26} {int(v) / 2**20:8.1f} MiB   bundle/this = {b / int(v):.3f}")  # type: ignore[call-overload]
-    print(f"  {'jumpkit bundle':<26} {b / 2**20:8.1f} MiB")
+    print(f"  {'jumpkit bundle':<26} {b / 2**20:8.1f} MiB   (without installer: --no-installer)")
+    for what in ("jumpkit_with_installer", "jumpkit_with_installer_patch"):
+        print(f"  {what:<26} {int(rows[what]) / 2**20:8.1f} MiB")  # type: ignore[call-overload]
     print(f"build: cold {rows['build_cold_s']}s, warm cache {rows['build_warm_s']}s")
     print(f"stage {rows['stage_s']}s vs unzip -q of the changed files {rows['unzip_changed_s']}s "
           f"({float(rows['stage_s']) / max(float(rows['unzip_changed_s']), 1e-9):.2f}x; "  # type: ignore[arg-type]

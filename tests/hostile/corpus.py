@@ -56,7 +56,8 @@ Case = Callable[[Members, dict[str, object], Ed25519PrivateKey, Ed25519PrivateKe
 def payload_byte_changed(
     m: Members, man: dict[str, object], k: Ed25519PrivateKey, e: Ed25519PrivateKey, out: Path
 ) -> Path:
-    name = first_payload(m)
+    # a release bundle (format 4) carries its small files in solid members
+    name = next((n for n in m if n.startswith("solid/")), None) or first_payload(m)
     data = bytearray(m[name])
     data[len(data) // 2] ^= 0x01
     return write(out, {**m, name: bytes(data)})
