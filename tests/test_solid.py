@@ -197,3 +197,20 @@ def test_solid_auto_follows_the_installer_and_none_keeps_one_member_each(
         assert any(n.startswith("payload/") for n in z.namelist())
     p = build_demo(tmp_path / "bad", keys["key"], "--no-installer", "--solid", "sometimes")
     assert p.returncode == 2 and "--solid 'sometimes': one of auto, on, none" in p.stderr
+
+
+def test_a_carried_patch_against_a_drifted_file_is_refused_before_anything_stops(
+    bundle: Path, sandbox: Callable[..., Sandbox]
+) -> None:
+    """The patch travels in the solid member and builds its file in the solid's job: the
+    manager's old file, changed by hand, refuses it as a whole patch member would (exit 4)."""
+    man = json.loads(read(bundle)["manifest.json"])
+    carried = {p["name"] for s in man["solids"] for p in s["members"]}
+    (patched,) = [f["path"] for f in man["files"] if f.get("delta") and "delta/" + f["path"] in carried]
+    sb = sandbox()
+    (sb.root / patched).write_text((sb.root / patched).read_text() + "# a hotfix\n")
+    before = tree_hash(sb.root)
+    for command in ("stage", "apply"):
+        p = install("--root", sb.root, command, bundle)
+        assert p.returncode == 4 and patched in p.stderr, (command, p.stderr)
+        assert tree_hash(sb.root) == before and sb.version() == "4.0.1"

@@ -4,16 +4,20 @@ application code), cryptography (its ~13 MB Rust extension) and numpy (OpenBLAS,
 and its ~9 MB core extension), each at two consecutive versions pinned below. Wheels are
 downloaded once with pip into .cache/bench/delta/ and unpacked into two release trees.
 
-Prints, in one run: the bundle (`bundle-build --delta auto`, without installer; then as it
-ships, with the frozen installer whole and as a patch against the same installer) against
-the full to-release as `zip -r -6`, the changed and added files as `zip -6`, per-file `xdelta3` patches (when
-the xdelta3 binary is installed: apt-get install xdelta3), and the best of bsdiff / zstd
+Two pairs (``--pairs``): ``stack``, the above; ``vendored``, the Ansible community package
+at two consecutive releases (~24,000 files, almost all small text: modules, plugins, docs).
+
+Prints for each pair, in one run: the bundle (`bundle-build --delta auto --solid on`,
+without installer; with `--solid none`, one archive entry per member; then as it ships,
+with the frozen installer whole and as a patch against the same installer) against the
+full to-release as `zip -r -6`, the changed and added files as `zip -6`, per-file `xdelta3`
+patches (when the xdelta3 binary is installed: apt-get install xdelta3), and the best of bsdiff / zstd
 --patch-from / xdelta3 / whole-deflated per file (xdelta3 as Mender ships deltas: a patch
 per changed file over 64 KiB, smaller ones whole); build time with a cold and a warm patch
 cache; `bundle-install stage` time against `unzip -q` of the changed-files ZIP; the
 installer's peak memory while staging (PSS). Never fails on absolute time.
 
-    uv run python scripts/bench/delta.py [--repeat 3] [--json]
+    uv run python scripts/bench/delta.py [--repeat 3] [--pairs stack,vendored] [--json]
 """
 
 from __future__ import annotations
@@ -37,14 +41,22 @@ from isal import isal_zlib
 
 from builder.delta import bsdiff_patch, zstd_patch
 
-PAIRS = [  # (distribution, from, to): consecutive releases across a minor (or major) line,
-    # the size of change a manager's 4.0 -> 4.1 jump carries (patch releases change a few
-    # dozen files, and then the installer's start, not the patches, is what stage measures)
-    ("django", "5.0.8", "5.1"),
-    ("ansible-core", "2.17.6", "2.18.0"),
-    ("cryptography", "43.0.3", "44.0.0"),
-    ("numpy", "2.1.3", "2.2.0"),
-]
+Pair = list[tuple[str, str, str]]
+PAIRS: dict[str, Pair] = {
+    # (distribution, from, to): consecutive releases across a minor (or major) line, the
+    # size of change a manager's 4.0 -> 4.1 jump carries (patch releases change a few dozen
+    # files, and then the installer's start, not the patches, is what stage measures)
+    "stack": [
+        ("django", "5.0.8", "5.1"),
+        ("ansible-core", "2.17.6", "2.18.0"),
+        ("cryptography", "43.0.3", "44.0.0"),
+        ("numpy", "2.1.3", "2.2.0"),
+    ],
+    # a Python application of thousands of vendored library files, mostly small text:
+    # the Ansible community package (~24,000 files, 205 MiB, collections of modules,
+    # plugins, docs) at two consecutive releases
+    "vendored": [("ansible", "11.12.0", "11.13.0")],
+}
 HERE = CACHE / "delta"
 
 
@@ -63,9 +75,9 @@ def _pip() -> list[str]:
     raise SystemExit("delta.py: no pip on PATH to download the release wheels")
 
 
-def _wheels(version_index: int) -> list[Path]:
+def _wheels(pair: Pair, version_index: int) -> list[Path]:
     out = []
-    for dist, *versions in PAIRS:
+    for dist, *versions in pair:
         v = versions[version_index]
         d = HERE / "wheels" / f"{dist}-{v}"
         if not any(d.glob("*.whl")):
@@ -80,15 +92,15 @@ def _wheels(version_index: int) -> list[Path]:
     return out
 
 
-def _tree(version_index: int) -> Path:
+def _tree(pair: Pair, version_index: int) -> Path:
     """One release tree: every wheel unpacked under opt/app/lib."""
-    tag = "-".join(f"{d}{v[version_index]}" for d, *v in PAIRS)
+    tag = "-".join(f"{d}{v[version_index]}" for d, *v in pair)
     tree = HERE / f"tree-{hashlib.sha256(tag.encode()).hexdigest()[:12]}"
     if (tree / ".done").exists():
         return tree
     shutil.rmtree(tree, ignore_errors=True)
     lib = tree / "opt/app/lib"
-    for whl in _wheels(version_index):
+    for whl in _wheels(pair, version_index):
         with zipfile.ZipFile(whl) as z:
             z.extractall(lib)
     for dirpath, _, files in os.walk(tree):
@@ -137,15 +149,15 @@ def _product(specs: Path, old: Path, new: Path) -> None:
         (d / "releases" / v / "root").symlink_to(tree)
 
 
-def main() -> int:
-    args = parser(__doc__).parse_args()
-    old_tree, new_tree = _tree(0), _tree(1)
+def measure(pair: Pair, repeat: int) -> dict[str, object]:
+    """Every row of the table for one pair of releases."""
+    old_tree, new_tree = _tree(pair, 0), _tree(pair, 1)
     old_files, new_files = _files(old_tree), _files(new_tree)
     changed = sorted(
         p for p in new_files if p in old_files and new_files[p].read_bytes() != old_files[p].read_bytes()
     )
     added = sorted(p for p in new_files if p not in old_files)
-    rows: dict[str, object] = {"releases": [f"{d} {a} -> {b}" for d, a, b in PAIRS]}
+    rows: dict[str, object] = {"releases": [f"{d} {a} -> {b}" for d, a, b in pair]}
     with tempfile.TemporaryDirectory(prefix="jk-bench-delta-", dir=REPO / ".cache") as tmp:
         work = Path(tmp)
         full = _zip(work / "full.zip", new_tree, sorted(new_files))
@@ -172,21 +184,33 @@ def main() -> int:
         cache = work / "patch-cache"
         env = {**os.environ, "JUMPKIT_CACHE_DIR": str(cache)}
         argv = [python(), "-m", "builder.cli", "--specs", str(specs), "--from", "1.0.0", "--to", "2.0.0",
-                "--key", str(key), "--no-installer", "--json", "--out", str(work / "dist")]  # fmt: skip
+                "--key", str(key), "--no-installer", "--solid", "on", "--json", "--out", str(work / "dist")]  # fmt: skip
         cold, _ = timed(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=REPO)
         warm_t = []
-        for _ in range(args.repeat):
+        for _ in range(repeat):
             t, _ = timed(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=REPO)
             warm_t.append(t)
         doc = json.loads(
             subprocess.run(argv, capture_output=True, text=True, env=env, cwd=REPO, check=True).stdout
         )
         bundle = Path(doc["bundle"])
+        # one archive entry per member (format 2, what bundles were before solid members)
+        plain = [
+            *argv[: argv.index("--solid")],
+            "--solid",
+            "none",
+            "--json",
+            "--out",
+            str(work / "dist-plain"),
+        ]
+        plain_doc = json.loads(
+            subprocess.run(plain, capture_output=True, text=True, env=env, cwd=REPO, check=True).stdout
+        )
         # the release bundle as it ships: with the frozen installer whole, and with it as a
         # patch against the same installer (a release whose jumpkit did not change)
         frozen = str(frozen_installer())
         shipped = [*argv[: argv.index("--no-installer")], "--installer", frozen, "--installer-base", frozen,
-                   "--json", "--out", str(work / "dist-shipped")]  # fmt: skip
+                   "--solid", "auto", "--json", "--out", str(work / "dist-shipped")]  # fmt: skip
         shipped_doc = json.loads(
             subprocess.run(shipped, capture_output=True, text=True, env=env, cwd=REPO, check=True).stdout
         )
@@ -198,7 +222,7 @@ def main() -> int:
         stage = installer_argv(root, "--trust", pub, "stage", bundle)
         unstage = installer_argv(root, "unstage")
         stage_t, unzip_t, pss = [], [], []
-        for i in range(args.repeat):  # interleaved
+        for i in range(repeat):  # interleaved
             out = work / f"unzip-{i}"
             t, _ = timed(["unzip", "-q", str(changed_zip), "-d", str(out)])
             unzip_t.append(t)
@@ -206,7 +230,7 @@ def main() -> int:
             stage_t.append(t)
             subprocess.run(unstage, capture_output=True, cwd=REPO)
         start_t = [timed([python(), "-m", "installer.cli", "--version"], stdout=subprocess.DEVNULL, cwd=REPO)[0]
-                   for _ in range(args.repeat)]  # fmt: skip
+                   for _ in range(repeat)]  # fmt: skip
         peak, _ = peak_memory(stage, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
         pss.append(peak)
         with zipfile.ZipFile(bundle) as z:
@@ -219,6 +243,7 @@ def main() -> int:
             "per_file_xdelta3": (xd_total + added_deflated) if have_xd else None,
             "best_of_tools_per_file": best_total + added_deflated,
             "jumpkit_bundle": bundle.stat().st_size,
+            "jumpkit_one_entry_per_file": Path(plain_doc["bundle"]).stat().st_size,
             "jumpkit_with_installer": Path(shipped_doc["bundle"]).stat().st_size,
             "jumpkit_with_installer_patch": shipped_doc["installer_patch"]["size"],
             "build_cold_s": round(cold, 2), "build_warm_s": round(statistics.median(warm_t), 2),
@@ -229,9 +254,10 @@ def main() -> int:
             "stage_peak_pss_mib": round(max(pss) / 1024), "largest_patched_file_mib": round(largest / 2**20, 1),
             "stage_memory_target_mib": round(3 * largest / 2**20 + 100 * 1e6 / 2**20),
         })  # fmt: skip
-    if args.json:
-        print(json.dumps(rows, indent=1))
-        return 0
+    return rows
+
+
+def show(rows: dict[str, object]) -> None:
     b = int(rows["jumpkit_bundle"])  # type: ignore[call-overload]
     print("releases: " + "; ".join(rows["releases"]))  # type: ignore[arg-type]
     print(f"{rows['files']} files; {rows['changed']} changed, {rows['added']} added; "
@@ -241,8 +267,10 @@ def main() -> int:
         v = rows[what]
         if v is not None:
             print(f"  {what:<26} {int(v) / 2**20:8.1f} MiB   bundle/this = {b / int(v):.3f}")  # type: ignore[call-overload]
-    print(f"  {'jumpkit bundle':<26} {b / 2**20:8.1f} MiB   (without installer: --no-installer)")
-    for what in ("jumpkit_with_installer", "jumpkit_with_installer_patch"):
+    print(
+        f"  {'jumpkit bundle':<26} {b / 2**20:8.1f} MiB   (without installer; small members in solid members)"
+    )
+    for what in ("jumpkit_one_entry_per_file", "jumpkit_with_installer", "jumpkit_with_installer_patch"):
         print(f"  {what:<26} {int(rows[what]) / 2**20:8.1f} MiB")  # type: ignore[call-overload]
     print(f"build: cold {rows['build_cold_s']}s, warm cache {rows['build_warm_s']}s")
     print(f"stage {rows['stage_s']}s vs unzip -q of the changed files {rows['unzip_changed_s']}s "
@@ -251,6 +279,24 @@ def main() -> int:
           f"(of which the installer's own start, --version: {rows['installer_start_s']}s); "
           f"installer peak PSS {rows['stage_peak_pss_mib']} MiB (target: 3 x the largest patched file, "
           f"{rows['largest_patched_file_mib']} MiB, + 100 MB = {rows['stage_memory_target_mib']} MiB)")  # fmt: skip
+
+
+def main() -> int:
+    ap = parser(__doc__)
+    ap.add_argument(
+        "--pairs", default=",".join(PAIRS), help=f"which pairs, comma-separated: {', '.join(PAIRS)}"
+    )
+    args = ap.parse_args()
+    unknown = [n for n in args.pairs.split(",") if n not in PAIRS]
+    if unknown:
+        ap.error(f"--pairs: unknown {unknown[0]!r} (known: {', '.join(PAIRS)})")
+    results = {n: measure(PAIRS[n], args.repeat) for n in args.pairs.split(",")}
+    if args.json:
+        print(json.dumps(results, indent=1))
+        return 0
+    for n, rows in results.items():
+        print(f"== {n}")
+        show(rows)
     return 0
 
 
