@@ -272,7 +272,7 @@ def verify(bundle: BundleArg, json_out: JsonOpt = False) -> None:
     if json_out or _g().json:
         print(json.dumps({"ok": True, "bundle": m.bundle_id, "files": len(m.files), "bytes": m.total_size()}))
     else:
-        out.print(f"OK {m.bundle_id}: signature and {len(m.members())} members verified")
+        out.print(f"OK {m.bundle_id}: signature and {len(m.contents())} members verified")
 
 
 @app.command()

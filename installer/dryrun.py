@@ -111,7 +111,7 @@ def _steps(pairs: Sequence[tuple[Manifest, Plan]], state: StateDir) -> list[dict
     """The apply's steps in order, each with what it would do."""
     steps = []
     for m, _ in pairs:
-        steps.append({"step": "verify", "detail": f"{m.bundle_id}: signature + {len(m.members())} members"})
+        steps.append({"step": "verify", "detail": f"{m.bundle_id}: signature + {len(m.contents())} members"})
         steps.append(
             {"step": "stage", "detail": f"{m.total_size()} bytes into {state.staging_dir(m.bundle_id)}"}
         )
