@@ -64,9 +64,9 @@ SOLID_FORMAT = 4
 """The format of a bundle whose small members travel in solid members (:class:`Solid`)."""
 SOLID_PREFIX = "solid/"
 PACKABLE_PREFIXES = (PAYLOAD_PREFIX, DELTA_PREFIX, BASE_PREFIX)
-MAX_SOLID_RAW = 64 * 1024 * 1024
-"""A solid member's stream is at most this long (the builder cuts at 8 MiB; a reader
-holds one decompressed chunk of it at a time, never the stream)."""
+MAX_SOLID_RAW = 16 * 1024 * 1024
+"""A solid member's stream is at most this long (the builder cuts after 8 MiB, with
+members of at most 64 KiB): what a reader may hold of it at once is bounded by it."""
 MAX_MANIFEST_BYTES = 128 * 1024 * 1024
 MAX_SIGNATURE_BYTES = 4096
 MAX_FILES = 300_000

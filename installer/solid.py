@@ -6,8 +6,10 @@ alone; on a release of thousands of small files that is a large part of the bund
 builder (``builder/solid.py``) orders the small members so that similar files sit together
 and cuts a new solid every few MiB, so that solids unpack on several threads.
 
-Reading: the frame is decompressed as it streams out of the archive (one archive chunk and
-what it decompresses to in memory, never the stream). Each carried member's bytes are
+Reading: the frame is decompressed as it streams out of the archive. Its header must
+declare the stream's length the manifest says (``raw_size``, at most 16 MiB), and libzstd
+refuses to write past a declared length, so no frame, however crafted, decompresses to
+more than that: a reader holds one archive chunk and what it decompresses to. Each carried member's bytes are
 checked against its own sha256 as they come, so a damaged byte is reported with the member
 it falls in; the solid member's own size and sha256 are checked when its bytes end, and a
 frame that ends early, or bytes after it, refuse the bundle. The manifest rule
@@ -29,12 +31,24 @@ Sink = Callable[[Packed, Iterator[bytes]], None]
 class _Frame:
     """The decompressed stream of one solid member, taken member by member."""
 
-    def __init__(self, raw: Iterator[bytes]) -> None:
+    def __init__(self, raw: Iterator[bytes], solid: Solid) -> None:
         import zstandard
 
-        self.raw, self.buf, self.current = raw, memoryview(b""), ""
+        self.raw, self.buf, self.current, self.solid = raw, memoryview(b""), "", solid
         self.d = zstandard.ZstdDecompressor().decompressobj()
-        self.error = zstandard.ZstdError
+        self.zstd, self.started = zstandard, False
+
+    def _declared(self, head: bytes) -> None:
+        """The frame's header declares the stream's length (a bound on what it writes)."""
+        try:
+            declared = self.zstd.frame_content_size(head)
+        except self.zstd.ZstdError as e:
+            raise BundleRejectedError(f"{self.solid.name} is no zstd frame ({e})") from e
+        if declared != self.solid.raw_size:
+            raise BundleRejectedError(
+                f"{self.solid.name}: its frame declares {declared} bytes, the manifest {self.solid.raw_size}"
+            )
+        self.started = True
 
     def _fill(self) -> bool:
         while not self.buf:
@@ -45,9 +59,11 @@ class _Frame:
                 if chunk:
                     raise BundleRejectedError("bytes after the solid member's frame", entry=self.current)
                 continue
+            if not self.started:
+                self._declared(chunk)
             try:
                 self.buf = memoryview(self.d.decompress(chunk))
-            except self.error as e:
+            except self.zstd.ZstdError as e:
                 raise BundleRejectedError(
                     f"solid member does not decompress ({e})", entry=self.current
                 ) from e
@@ -85,7 +101,7 @@ def unpack(raw: Iterator[bytes], solid: Solid, sink: Sink) -> None:
             it), the frame is damaged, cut short or followed by other bytes, or the solid
             member differs from its own size and sha256.
     """
-    frame = _Frame(raw)
+    frame = _Frame(raw, solid)
     for p in solid.members:
         chunks = frame.take(p)
         sink(p, chunks)

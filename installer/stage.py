@@ -21,9 +21,10 @@ unpacked) writing each patch to disk and building the files after the unpack too
 0.92 s of a 1.3 s stage; most of it creating, reading and removing 1,065 patch files.
 
 Solid members (format 4, :mod:`installer.solid`) unpack on the same threads, one job each:
-what they carry goes straight to its place above, and a patch they carry (small: at most
-64 KiB) builds its file in that job as soon as its bytes are verified; none is written to
-disk (1,065 patch files written and read back took 0.92 s of a 1.3 s stage, above).
+what they carry goes straight to its place above, and a patch they carry (the builder
+carries patches of at most 64 KiB) builds its file in that job as soon as its bytes are
+verified; none is written to disk (1,065 patch files written and read back took 0.92 s of
+a 1.3 s stage, above).
 """
 
 from __future__ import annotations
@@ -288,7 +289,7 @@ class _Stager:
         def put(p: Packed, chunks: Iterator[bytes]) -> None:
             if p.name in self.targets:
                 self._write(*self.targets[p.name], chunks)
-            elif p.name in self.carried:  # a patch of at most builder/solid.py's SMALL bytes
+            elif p.name in self.carried:  # small (the stream is at most MAX_SOLID_RAW)
                 self._build(self.carried[p.name], b"".join(chunks))
 
         solid.unpack(iter_verified(self.bundle, s.name, s.sha256, s.size), s, put)

@@ -110,7 +110,32 @@ def test_a_truncated_stream(
     cut = _solid_bundle(bundle, keys["key"], tmp_path / "cut.zip", frame=lambda d: d[: len(d) - 12])
     _refused(sb, cut, "truncated")
     short = _solid_bundle(bundle, keys["key"], tmp_path / "short.zip", stream=lambda raw, _: raw[:-5])
-    _refused(sb, short, "truncated")
+    _refused(sb, short, "its frame declares")
+
+
+def test_a_frame_that_does_not_declare_the_streams_length(
+    bundle: Path, sandbox: Callable[..., Sandbox], keys: dict[str, Path], tmp_path: Path
+) -> None:
+    """The declared length bounds what a frame decompresses to (a bomb of a few KB that
+    would write GBs is refused by libzstd past it): a frame that declares none, or
+    another, is refused before a byte is written."""
+    sb = sandbox()
+
+    def undeclared(d: bytes) -> bytes:
+        raw = zstandard.ZstdDecompressor().decompress(d)
+        return zstandard.ZstdCompressor(write_content_size=False).compress(raw)
+
+    _refused(
+        sb,
+        _solid_bundle(bundle, keys["key"], tmp_path / "u.zip", frame=undeclared),
+        "its frame declares -1 bytes",
+    )
+    bomb = zstandard.ZstdCompressor(level=1).compress(b"\0" * (64 << 20))
+    _refused(
+        sb,
+        _solid_bundle(bundle, keys["key"], tmp_path / "b.zip", frame=lambda _: bomb),
+        "its frame declares 67108864",
+    )
 
 
 def test_bytes_after_the_frame(
@@ -120,7 +145,7 @@ def test_bytes_after_the_frame(
     junk = _solid_bundle(bundle, keys["key"], tmp_path / "junk.zip", frame=lambda d: d + b"\x00junk")
     _refused(sb, junk, "bytes after the solid member's frame")
     longer = _solid_bundle(bundle, keys["key"], tmp_path / "longer.zip", stream=lambda raw, _: raw + b"more")
-    _refused(sb, longer, "decompresses to more than its members")
+    _refused(sb, longer, "its frame declares")
 
 
 @pytest.mark.parametrize(
