@@ -585,10 +585,14 @@ def solids_tile_their_streams(m: Manifest) -> None:
         return
     if m.format < SOLID_FORMAT:
         raise ValueError(f"solid members need bundle format {SOLID_FORMAT}")
+    if len(m.solids) > MAX_EXTRAS:
+        raise ValueError(f"{len(m.solids)} solid members, above the limit {MAX_EXTRAS}")
     contents, carried, names = m.contents(), set(), set()
     for s in m.solids:
         if s.name in names:
             raise ValueError(f"solid member {s.name} is listed twice")
+        if not s.members:
+            raise ValueError(f"solid member {s.name} carries nothing")
         names.add(s.name)
         at = 0
         for p in s.members:

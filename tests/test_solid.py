@@ -159,6 +159,7 @@ def test_bytes_after_the_frame(
         ("hook-carried", "is no payload, patch or base"),
         ("format-3", "solid members need bundle format 4"),
         ("bad-name", "a solid member is named solid/<name>"),
+        ("empty", "carries nothing"),
     ],
 )
 def test_a_table_that_does_not_tile_the_stream_is_exit_3(
@@ -193,6 +194,10 @@ def test_a_table_that_does_not_tile_the_stream_is_exit_3(
         solid["raw_size"] += hook["size"]
     elif case == "format-3":
         man["format"] = 3
+    elif case == "empty":
+        m["solid/001"] = b""
+        man["solids"].append({"name": "solid/001", "sha256": hashlib.sha256(b"").hexdigest(), "size": 0,
+                              "raw_size": 0, "members": []})  # fmt: skip
     elif case == "bad-name":
         m["solid/a/b"] = m.pop("solid/000")
         solid["name"] = "solid/a/b"
