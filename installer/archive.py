@@ -12,7 +12,7 @@ import os
 import stat
 import struct
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -29,7 +29,6 @@ from installer.format import (
     MAX_SIGNATURE_BYTES,
     SIGNATURE_NAME,
     Manifest,
-    Packed,
 )
 from installer.paths import check_relpath, open_regular
 from installer.signing import verify_signature
@@ -350,27 +349,32 @@ def iter_verified(bundle: Bundle, name: str, sha256: str, size: int) -> Iterator
         raise BundleRejectedError("sha256 does not match the manifest", entry=name)
 
 
-def iter_content(bundle: Bundle, manifest: Manifest, name: str) -> Iterator[bytes]:
-    """A member's bytes wherever it travels, verified: alone, or carried in a solid member
-    (which is read through to its end: what it carries is small).
+def extract(bundle: Bundle, manifest: Manifest, wanted: Mapping[str, Path]) -> None:
+    """Write each member named in ``wanted`` to its path, verified, wherever it travels:
+    alone, or carried in a solid member (each solid member read once for all it carries).
 
     Raises:
         BundleRejectedError: the bytes differ from the manifest.
     """
-    carried = manifest.packed().get(name)
-    if carried is None:
-        sha, size = manifest.members()[name]
-        yield from iter_verified(bundle, name, sha, size)
-        return
-    s, _ = carried
-    found: list[bytes] = []
+    carried = manifest.packed()
 
-    def keep(p: Packed, chunks: Iterator[bytes]) -> None:
-        if p.name == name:
-            found.extend(chunks)
+    def put(name: str, chunks: Iterable[bytes]) -> None:
+        dest = wanted[name]
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(dest, "wb") as w:
+            for chunk in chunks:
+                w.write(chunk)
 
-    solid.unpack(iter_verified(bundle, s.name, s.sha256, s.size), s, keep)
-    yield from found
+    members = manifest.members()
+    for name in wanted:
+        if name not in carried:
+            put(name, iter_verified(bundle, name, *members[name]))
+    for s in {carried[n][0].name: carried[n][0] for n in wanted if n in carried}.values():
+        solid.unpack(
+            iter_verified(bundle, s.name, s.sha256, s.size),
+            s,
+            lambda p, c: put(p.name, c) if p.name in wanted else None,
+        )
 
 
 def verify_members(bundle: Bundle, manifest: Manifest, tick: Callable[[int], None] | None = None) -> None:

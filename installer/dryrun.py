@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from installer.archive import Bundle, iter_content
+from installer.archive import Bundle, extract
 from installer.errors import PreconditionError
 from installer.format import BASE_PREFIX, Delta, Manifest
 from installer.metadata import narrowings
@@ -88,12 +88,13 @@ def _plans(
     checked: dict[str, Any] = {}
     for n, (bundle, m) in enumerate(opened):
         staging = tmp / str(n)
+        wanted: dict[str, Path] = {}
         for f in m.files:  # each config's default, and the from-version's where shipped
             if f.kind == "config":
-                assert f.sha256 is not None
-                _unpack(bundle, m, f.member, staging / "defaults" / f.path)
+                wanted[f.member] = staging / "defaults" / f.path
                 if f.base is not None:
-                    _unpack(bundle, m, BASE_PREFIX + f.path, staging / "base" / f.path)
+                    wanted[BASE_PREFIX + f.path] = staging / "base" / f.path
+        extract(bundle, m, wanted)
         unpack_migrations(bundle, m, staging)
         if n == 0:
             try:
@@ -207,13 +208,6 @@ def estimate(
         "upper_bound": not measured,
         "basis": basis,
     }
-
-
-def _unpack(bundle: Bundle, m: Manifest, member: str, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with open(dest, "wb") as w:
-        for chunk in iter_content(bundle, m, member):
-            w.write(chunk)
 
 
 def _rehearse(manifests: Sequence[Manifest], root: Path, tmp: Path, pf: dict[str, Any]) -> Rehearsed:

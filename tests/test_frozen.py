@@ -83,6 +83,7 @@ def test_version_names_the_formats_it_reads(frozen: Path) -> None:
     """A portable start: the launcher unpacks frames cut inside entries (content-defined
     cuts: scripts/freeze/tree.py) before anything runs."""
     assert "app/bundle-install" in _entries_across_frames(frozen)
+    assert frozen.stat().st_size <= 25_000_000  # what every full release bundle carries
     p = run(frozen, "--version")
     assert p.returncode == 0, p.stderr
     formats = ", ".join(map(str, READABLE_FORMATS))
