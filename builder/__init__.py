@@ -14,6 +14,7 @@ INSTALLER_MODULES = frozenset(
         "installer.attrs", "installer.swapplan", "installer.preflight", "installer.health",
         "installer.services", "installer.migrate", "installer.rpmbundle",
         "installer.selfupdate",  # where a manager keeps its installer (the patch RPM's %pre)
+        "installer.sbom",  # the component changes a manifest records
         # shared plumbing: one error rendering for both CLIs, one repository client
         "installer.entry", "installer.store",
     }

@@ -24,6 +24,7 @@ from builder.installerbase import PATCH_SUFFIX, BaseInstaller
 from builder.keys import load_private_key
 from builder.lint import lint_jump, release_trees
 from builder.migrations import plan_database
+from builder.sbom import Bom
 from builder.solid import Packing, pack
 from builder.spec import JumpSpec, Product, load_product, start_order
 from builder.specfile import refuse
@@ -39,6 +40,7 @@ from installer.format import (
     INSTALLER_PATCH_FORMAT,
     INSTALLER_PATCH_MEMBER,
     MANIFEST_NAME,
+    SBOM_FORMAT,
     SIGNATURE_NAME,
     SOLID_FORMAT,
     ConfigBase,
@@ -174,6 +176,7 @@ def build_jump(
     bsdiff_max: int = BSDIFF_MAX,
     installer_base: BaseInstaller | None = None,
     solid: bool | None = None,
+    sbom: bool | None = None,
 ) -> BuildResult:
     """Build ``<out_dir>/<product>-<from>-to-<to>.zip``. ``key`` None builds an unsigned
     bundle; ``installer`` None a development bundle (no ``bin/bundle-install``); ``delta``
@@ -184,6 +187,8 @@ def build_jump(
     (auto) does when the bundle carries an installer and every installer that reads this
     manifest reads format 4 (the shipped one, and a patch form's base): a development
     bundle is read by an installer the build does not know, so it stays one member each.
+    ``sbom`` ships the to-release's SBOM and the jump's component changes (format 5;
+    :mod:`builder.sbom`); None (auto) does on the same terms as ``solid``.
 
     Raises:
         SpecError: invalid or unknown specs. BuildError: missing key or inputs.
@@ -191,13 +196,13 @@ def build_jump(
     t0 = time.monotonic()
     jump = product.jump(frm, to)
     private = load_private_key(key) if key is not None else None
-    collected, databases = _inputs(product, jump, rehearse, installer, installer_base)
+    epoch = source_epoch(calendar.timegm(jump.date.timetuple()) if jump.date else None)
+    collected, databases, bom = _inputs(product, jump, rehearse, installer, installer_base, epoch)
     if installer is not None and DELTA_FORMAT_VERSION not in installer.formats:
         delta = False  # the installer that travels with the bundle could not read patches,
         for p in collected.files:  # nor merge bases: rewrite and keep-local as format 1 does
             p.base_source, p.required = None, False
     whole_deflated = _patch(collected, workers, bsdiff_max) if delta else 0
-    epoch = source_epoch(calendar.timegm(jump.date.timetuple()) if jump.date else None)
     out_dir.mkdir(parents=True, exist_ok=True)
     suffix = PATCH_SUFFIX if installer_base is not None and installer is not None else ""
     dest = out_dir / f"{bundle_name(product.name, frm, to)}{suffix}.zip"
@@ -207,9 +212,15 @@ def build_jump(
     if solid and unable:
         raise BuildError(f"--solid on: bundle-install {unable[0]} reads no bundle format {SOLID_FORMAT}")
     solid = solid if solid is not None else bool(readers) and not unable
+    unable = [x.version for x in readers if SBOM_FORMAT not in x.formats]
+    if sbom and unable:
+        raise BuildError(f"--sbom on: bundle-install {unable[0]} reads no bundle format {SBOM_FORMAT}")
+    shipped = bom if (sbom if sbom is not None else bool(readers) and not unable) else None
+    if shipped is not None:
+        collected.extras.append(Source(shipped.member, 0o644, data=shipped.data))
 
     def manifest_of(digests: dict[str, tuple[str, int]], solids: tuple[Solid, ...]) -> Manifest:
-        return _manifest(product, frm, to, collected, digests, epoch, jump, databases, info, solids)
+        return _manifest(product, frm, to, collected, digests, epoch, jump, databases, info, solids, shipped)
 
     packing = pack(collected.sources(), workers) if solid else Packing(alone=collected.sources())
     size, manifest = _write(dest, packing, manifest_of, private, epoch, level, workers, progress)
@@ -255,13 +266,16 @@ def _inputs(
     jump: JumpSpec,
     rehearse: bool,
     installer: FrozenInstaller | None,
-    base: BaseInstaller | None = None,
-) -> tuple[Collected, list[Database]]:
-    """Everything the bundle will hold, linted: payload, migrations (rehearsed), installer."""
+    base: BaseInstaller | None,
+    epoch: int,
+) -> tuple[Collected, list[Database], Bom]:
+    """Everything the bundle will hold, linted: payload, migrations (rehearsed), installer,
+    and the to-release's SBOM with the jump's component changes (added by the caller)."""
     jump_path = product.jump_files()[(jump.from_version, jump.to_version)]
     trees = release_trees(product, jump)
     refuse(lint_jump(product, jump_path, trees))  # what lint calls an error, a build refuses
     collected = collect(product, jump, jump_path.parent, trees)
+    bom = Bom.of_jump(product, jump, trees, epoch)
     del trees
     databases = []
     for spec in product.spec.databases:
@@ -274,7 +288,7 @@ def _inputs(
         # stored: the bundle RPM ships only this ZIP and takes the installer out of it by its
         # byte range (rpm's Lua has no inflate); it is zstd inside, deflate saved ~2% of it
         collected.extras.append(Source(INSTALLER_MEMBER, 0o755, path=installer.path, store=True))
-    return collected, databases
+    return collected, databases, bom
 
 
 def _write(
@@ -446,6 +460,7 @@ def _manifest(
     databases: list[Database],
     installer: InstallerInfo | None,
     solids: tuple[Solid, ...] = (),
+    bom: Bom | None = None,
 ) -> Manifest:
     """The manifest of what was written. Empties ``collected.files`` and takes their
     entries out of ``digests``."""
@@ -461,7 +476,9 @@ def _manifest(
     ]
     try:
         return Manifest(
-            format=SOLID_FORMAT
+            format=SBOM_FORMAT
+            if bom is not None
+            else SOLID_FORMAT
             if solids
             else INSTALLER_PATCH_FORMAT
             if installer is not None and installer.base is not None
@@ -500,6 +517,8 @@ def _manifest(
             capabilities=tuple(sorted(f.path for f in files if f.caps is not None)),
             dirs=new_dirs(files, jump),
             solids=solids,
+            sbom=bom.member if bom is not None else None,
+            changes=bom.changes if bom is not None else (),
             builder_version=__version__,
             created=epoch,
         )

@@ -145,6 +145,17 @@ def build(
             "installers. none: one ZIP entry per member.",
         ),
     ] = "auto",
+    sbom: Annotated[
+        str,
+        typer.Option(
+            "--sbom",
+            metavar="auto|on|none",
+            help="on: ship the to-release's CycloneDX SBOM (sbom/<product>-<to>.cdx.json) and the "
+            "jump's component changes in the signed manifest (format 5; 'bundle-build plan' and "
+            "'inspect' print the changes). auto (the default): on where the bundle's installer (and a "
+            "patch form's base) reads format 5, as --solid. none: neither.",
+        ),
+    ] = "auto",
     installer_base: Annotated[
         str,
         typer.Option(
@@ -190,9 +201,10 @@ def build(
     if delta not in ("auto", "none"):
         err.print(f"bundle-build: --delta {delta!r}: one of auto, none")
         raise typer.Exit(2)
-    if solid not in ("auto", "on", "none"):
-        err.print(f"bundle-build: --solid {solid!r}: one of auto, on, none")
-        raise typer.Exit(2)
+    for name, value in (("--solid", solid), ("--sbom", sbom)):
+        if value not in ("auto", "on", "none"):
+            err.print(f"bundle-build: {name} {value!r}: one of auto, on, none")
+            raise typer.Exit(2)
     if key is None and not unsigned:
         err.print("bundle-build: no signing key: pass --key FILE (see 'bundle-build keygen') or --unsigned")
         raise typer.Exit(2)
@@ -215,6 +227,7 @@ def build(
         out, key=None if unsigned else key, formats=fmt, level=level, checksum=checksum,
         rehearse=not no_rehearse, installer=choose_installer(installer, none=no_installer, note=note),
         delta=delta == "auto", solid={"on": True, "none": False}.get(solid), rpm_compression=rpm_compression,
+        sbom={"on": True, "none": False}.get(sbom),
         rpm_sign_key=rpm_sign_key, installer_base=installer_base, repo=repo,
     )  # fmt: skip
     show = not json_out and sys.stderr.isatty()
@@ -261,6 +274,10 @@ def _summary(built: release.Built, out: Path) -> list[str]:
             f"{sum(s.raw_size for s in m.solids)} bytes in {sum(s.size for s in m.solids)} "
             f"(format {m.format}; --solid none keeps one archive entry each)"
         )
+    if m.sbom is not None:
+        from installer.sbom import summary
+
+        lines.append(f"  {m.sbom}: {summary(m.changes)} since {m.from_version}")
     if rpm is not None:
         signed = "GPG-signed" if rpm.signed else "unsigned (pass --rpm-sign-key for gpgcheck)"
         lines.append(f"{rpm.path if built.keeps_zip else '  RPM:'}  {signed}")
@@ -333,14 +350,19 @@ def plan_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """The chain of jumps from --from to --to: the fewest jumps that honour the product's
-    version policy and its required stops. When there is none, one line says why (a
-    downgrade, no jump leaving a version, a required stop no jump reaches) and lists the
-    nearest versions that can be reached. Exit 4 when there is no chain. Builds nothing."""
+    version policy and its required stops, and what each changes in the manager's
+    components (Python distributions, RPMs, versioned native libraries, Ansible
+    collections: '~ django 5.1.3 -> 5.1.4', '+ name 1.2.0', '- name 1.0'). When there is no
+    chain, one line says why (a downgrade, no jump leaving a version, a required stop no
+    jump reaches) and lists the nearest versions that can be reached. Exit 4 when there is
+    no chain. Builds nothing."""
     from rich.console import Console
 
+    from builder.sbom import chain_changes
     from builder.spec import load_product
     from installer.errors import NoPath
     from installer.graph import plan_chain
+    from installer.sbom import summary
 
     try:
         prod = load_product(specs, product)
@@ -359,11 +381,14 @@ def plan_cmd(
         raise typer.Exit(e.exit_code) from e
     reasons = {(x.from_version, x.to_version): x.reason for x in graph.policy.exceptions}
     stops = [b for _, b in chain if b in graph.required_stops]
+    changes = chain_changes(prod, chain)
     if json_out:
         print(json.dumps({
             "ok": True, "product": prod.name, "from": frm, "to": to, "required_stops": stops,
             "chain": [{"from": a, "to": b, "bundle": f"{prod.name}-{a}-to-{b}.zip",
-                       "exception": reasons.get((a, b))} for a, b in chain],
+                       "exception": reasons.get((a, b)),
+                       "changes": None if (c := changes[(a, b)]) is None else [x.model_dump() for x in c]}
+                      for a, b in chain],
         }))  # fmt: skip
         return
     out_ = Console(highlight=False, soft_wrap=True)
@@ -374,6 +399,13 @@ def plan_cmd(
     for i, (a, b) in enumerate(chain, 1):
         why = reasons.get((a, b))
         out_.print(f"  {i}. {a} -> {b}" + (f"   policy exception: {why}" if why else ""))
+        found = changes[(a, b)]
+        if found is None:
+            out_.print("     components: a release of this jump has no directory under the specs")
+        else:
+            out_.print(f"     components: {summary(found)}")
+            for change in found:
+                out_.print(f"       {change.line}")
 
 
 @app.command()

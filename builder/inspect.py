@@ -19,6 +19,7 @@ from installer.format import (
     MAX_SIGNATURE_BYTES,
     SIGNATURE_NAME,
 )
+from installer.sbom import ComponentChange, summary
 from installer.signing import load_trusted_keys, verify_signature
 
 
@@ -68,7 +69,7 @@ def inspect_bundle(path: Path, trust: list[Path]) -> dict[str, Any]:
 def describe(info: dict[str, Any]) -> list[str]:
     """Human lines for :func:`inspect_bundle`'s result."""
     m = info["manifest"]
-    return [*_header(info), *_files(m), *_patches(m), *_solids(m), *_special(m), *_runs(m)]
+    return [*_header(info), *_files(m), *_patches(m), *_solids(m), *_components(m), *_special(m), *_runs(m)]
 
 
 def _header(info: dict[str, Any]) -> list[str]:
@@ -163,6 +164,18 @@ def _solids(m: dict[str, Any]) -> list[str]:
         f"solid members (format {m['format']}): {len(solids)}, carrying {carried} small member(s): "
         f"{raw} bytes in {packed}"
     ]
+
+
+def _components(m: dict[str, Any]) -> list[str]:
+    """Format 5: the SBOM member and what the jump changes in the components."""
+    if not m.get("sbom"):
+        return []
+    changes = [ComponentChange.model_validate(c) for c in m.get("changes") or []]
+    lines = [f"components since {m['from_version']}: {summary(changes)} (SBOM: {m['sbom']})"]
+    lines += [f"  {c.line}" for c in changes[:50]]
+    if len(changes) > 50:
+        lines.append(f"  ... and {len(changes) - 50} more (--json lists every one)")
+    return lines
 
 
 def _special(m: dict[str, Any]) -> list[str]:

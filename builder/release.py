@@ -44,6 +44,8 @@ class BuildOptions:
     delta: bool = True
     solid: bool | None = None
     """Small members in solid members (format 4); None: where the bundle's installer reads them."""
+    sbom: bool | None = None
+    """The to-release's SBOM and the jump's component changes (format 5); None: as ``solid``."""
     rpm_compression: str = "zstd"
     rpm_sign_key: str | None = None
     installer_base: str = "none"
@@ -95,6 +97,8 @@ class Built:
             "delta": self.delta_stats(),
             "rpm": _rpm_json(rpm),
             "installer_patch": self._patched_json(),
+            "sbom": m.sbom,
+            "changes": [c.model_dump() for c in m.changes],
         }
 
     def _patched_json(self) -> dict[str, Any] | None:
@@ -188,6 +192,7 @@ def build_one(
             product, frm, to, o.out, key=o.key, level=o.level, checksum=o.checksum, rehearse=o.rehearse,
             installer=o.installer, progress=progress, delta=o.delta, installer_base=patch_base,
             solid=o.solid,
+            sbom=o.sbom,
         )  # fmt: skip
         rpm = None
         if o.formats in ("rpm", "all"):

@@ -6,7 +6,7 @@ build host has (no ``builder``, no jinja2).
 
 __version__ = "0.1.0"
 
-READABLE_FORMATS = (1, 2, 3, 4)
+READABLE_FORMATS = (1, 2, 3, 4, 5)
 """Bundle format versions this installer reads (``format`` in the manifest): 2 adds
 delta entries (a file built from the old one and a patch: :mod:`installer.delta`), 3 the
 installer itself as a patch against the manager's kept one (:mod:`installer.selfpatch`)."""

@@ -99,9 +99,18 @@ def _whole_as_v1(entry: dict[str, Any]) -> dict[str, Any]:
     return entry
 
 
+def _without_unused(head: dict[str, Any]) -> None:
+    """Format 5's keys leave a manifest that does not use them: an older installer's
+    strict model refuses a key it does not know, even empty."""
+    for key in ("sbom", "changes"):
+        if not head.get(key):
+            head.pop(key, None)
+
+
 def manifest_dict(manifest: Manifest) -> dict[str, Any]:
     """The JSON object manifest.json holds (see :func:`manifest_bytes`)."""
     plain = manifest.model_dump(mode="json")
+    _without_unused(plain)
     plain["files"] = [_whole_as_v1(d) for d in plain["files"]]
     return plain
 
@@ -113,6 +122,7 @@ def manifest_bytes(manifest: Manifest) -> bytes:
     dumping a manifest of tens of thousands of files to dicts in one go held ~40 MiB of
     them at the peak of a build, and joining per-entry pieces held three copies."""
     head = manifest.model_dump(mode="json", exclude={"files"})
+    _without_unused(head)
     head["files"] = _FILES_MARK
     data = canonical_json(head)
     mark = canonical_json(_FILES_MARK)

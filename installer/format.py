@@ -8,7 +8,8 @@ A bundle (ZIP or RPM payload) holds::
     manifest.json   canonical JSON of :class:`Manifest`
     manifest.sig    canonical JSON ``{"keyid": ..., "sig": base64}`` over manifest.json
     payload/<path>  one member per file or config in ``Manifest.files``
-    hooks/, migrations/, bin/   members listed in ``Manifest.extras``
+    hooks/, migrations/, bin/, components/   members listed in ``Manifest.extras``
+    sbom/<product>-<to>.cdx.json   (format 5) the to-release's SBOM, ``Manifest.sbom``
     solid/<n>       (format 4) one zstd frame holding small payload, delta and base members
                     end to end, listed in ``Manifest.solids`` (:mod:`installer.solid`)
 """
@@ -43,6 +44,7 @@ from installer.runspec import Job as Job
 from installer.runspec import Lookup as Lookup
 from installer.runspec import Service as Service
 from installer.runspec import Services as Services
+from installer.sbom import MAX_CHANGES, MAX_SBOM_BYTES, SBOM_PREFIX, SBOM_SUFFIX, ComponentChange
 from installer.version import Version
 
 FORMAT_VERSION = 1
@@ -55,7 +57,7 @@ PAYLOAD_PREFIX = "payload/"
 DELTA_PREFIX = "delta/"
 BASE_PREFIX = "base/"
 """Members holding the from-version default of a ``rewrite`` config (format 2)."""
-EXTRA_PREFIXES = ("hooks/", "migrations/", "bin/", "components/")
+EXTRA_PREFIXES = ("hooks/", "migrations/", "bin/", "components/", SBOM_PREFIX)
 INSTALLER_MEMBER = "bin/bundle-install"
 INSTALLER_PATCH_FORMAT = 3
 """The format of a bundle whose installer comes as a patch (:mod:`installer.selfpatch`)."""
@@ -64,6 +66,9 @@ SOLID_FORMAT = 4
 """The format of a bundle whose small members travel in solid members (:class:`Solid`)."""
 SOLID_PREFIX = "solid/"
 PACKABLE_PREFIXES = (PAYLOAD_PREFIX, DELTA_PREFIX, BASE_PREFIX)
+SBOM_FORMAT = 5
+"""The format of a bundle that carries the to-release's SBOM and its component changes
+(:mod:`installer.sbom`)."""
 MAX_SOLID_RAW = 16 * 1024 * 1024
 """A solid member's stream is at most this long (the builder cuts after 8 MiB, with
 members of at most 64 KiB): what a reader may hold of it at once is bounded by it."""
@@ -377,6 +382,10 @@ class Manifest(_Model):
     """New directories with the spec's owner, group or mode."""
     solids: tuple[Solid, ...] = ()
     """Format 4: members carried inside solid members instead of one archive member each."""
+    sbom: str | None = None
+    """Format 5: the extra member holding the to-release's CycloneDX SBOM."""
+    changes: tuple[ComponentChange, ...] = Field(default=(), max_length=MAX_CHANGES)
+    """Format 5: the components the jump adds, removes or moves to another version."""
     builder_version: str
     created: int = Field(ge=0)
 
@@ -609,6 +618,22 @@ def solids_tile_their_streams(m: Manifest) -> None:
             raise ValueError(f"{s.name}: its members end at {at}, its stream at {s.raw_size}")
 
 
+def sbom_is_a_member(m: Manifest) -> None:
+    """The SBOM is a bounded ``sbom/*.cdx.json`` extra member; it and the component changes
+    exist from format 5."""
+    if m.sbom is None and not m.changes:
+        return
+    if m.format < SBOM_FORMAT:
+        raise ValueError(f"an SBOM and component changes need bundle format {SBOM_FORMAT}")
+    if m.sbom is None:
+        raise ValueError("component changes come with the SBOM they were read from")
+    member = next((x for x in m.extras if x.name == m.sbom), None)
+    if member is None or not m.sbom.startswith(SBOM_PREFIX) or not m.sbom.endswith(SBOM_SUFFIX):
+        raise ValueError(f"sbom {m.sbom!r} is not an {SBOM_PREFIX}*{SBOM_SUFFIX} extra member")
+    if member.size > MAX_SBOM_BYTES:
+        raise ValueError(f"the SBOM is {member.size} bytes, above the limit {MAX_SBOM_BYTES}")
+
+
 def replaces_the_version_file(m: Manifest) -> None:
     """The jump leaves the version file saying its to-version (its content is checked when
     staged): without it the manager would still say the from-version afterwards."""
@@ -632,6 +657,7 @@ MANIFEST_RULES: tuple[Callable[[Manifest], None], ...] = (
     format_holds_its_entries,
     installer_is_a_member,
     solids_tile_their_streams,
+    sbom_is_a_member,
     replaces_the_version_file,
 )
 """What a manifest must satisfy beyond its fields' own types, in the order checked (the

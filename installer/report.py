@@ -32,12 +32,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from installer import __version__
+from installer import __version__, sbom
 from installer.attrs import get_label, load_policy
 from installer.codec import parse_manifest
 from installer.errors import JumpkitError, UsageError
 from installer.format import MANIFEST_NAME, Manifest
 from installer.paths import Targets, read_beneath
+from installer.sbom import MAX_SBOM_BYTES
 from installer.services import ServiceManager
 from installer.state import StateDir, StatusDoc
 from installer.swapplan import current_digest
@@ -98,6 +99,7 @@ README = {
     "history.jsonl": "one line per finished, failed or rolled-back run",
     "versions.json": "product, installed version, this and the manager's kept installer, staged bundles",
     "manifests/": "each staged bundle's manifest.json (what it changes, with sha256s)",
+    "sbom.cdx.json": "the installed release's CycloneDX SBOM, as its committed bundle shipped it",
     "drift.txt": "the installed tree against the last run's manifest: files that differ from what it left",
     "configs/": "the manifest's config files and the files lookups read, as on this manager (masked)",
     "system.txt": "free space, kernel, glibc, distribution, Python, time",
@@ -126,6 +128,8 @@ def gather(root: Path, state: StateDir, services: Callable[[Manifest], ServiceMa
     )
     for bundle_id, (_, data) in manifests.items():
         rep.add(f"manifests/{bundle_id}.json", data.decode("utf-8", "replace"))
+    if (bom := sbom.installed(state.path)) is not None:
+        rep.attempt("sbom.cdx.json", _adder(rep, "sbom.cdx.json", functools.partial(_whole, bom)))
     if last is not None:
         m = last[0]
         rep.attempt("drift.txt", lambda: rep.add("drift.txt", _drift(root, m, status)))
@@ -188,6 +192,13 @@ def make(
 
 def _adder(rep: Report, name: str, text: Callable[[], str]) -> Callable[[], None]:
     return lambda: rep.add(name, text())
+
+
+def _whole(path: Path) -> str:
+    """A document that is no use cut (JSON), read whole up to a bound."""
+    if path.stat().st_size > MAX_SBOM_BYTES:
+        raise OSError(f"{path.name} is larger than {MAX_SBOM_BYTES} bytes")
+    return path.read_text(encoding="utf-8", errors="replace")
 
 
 def _read_tail(path: Path) -> str:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from installer import interrupts, selfupdate
+from installer import interrupts, sbom, selfupdate
 from installer.decide import NO_APPLY, Action, decide
 from installer.errors import ApplyError, JumpkitError, RollbackError, StateError
 from installer.failpoints import failpoint
@@ -347,6 +347,7 @@ class Transaction:
                         label_in_place(
                             tail.root, where.as_posix(), Labels.load(tail.root, selinux=tail.selinux)
                         )
+            self._keep_sbom()
             self.rec.set(
                 status="finished",
                 step=None,
@@ -365,6 +366,30 @@ class Transaction:
             )
             self._end_holds()
             return self.rec.doc
+
+    def _keep_sbom(self) -> None:
+        """The to-release's SBOM becomes the installed one (kept in the state dir for
+        ``report``); noted first, so a rollback of this apply puts the previous one back."""
+        m = self.tail
+        if m.sbom is None:
+            return
+        sha = next(x.sha256 for x in m.extras if x.name == m.sbom)
+        self.state.journal_append(Note("sbom", {"sha256": sha}))
+        self.ctxs[-1].notes["sbom"] = {"sha256": sha}
+        try:
+            sbom.install(self.state.path, self.ctxs[-1].staging / "bundle" / m.sbom, sha)
+        except OSError as e:  # the upgrade is committed; the report then lacks the SBOM
+            self.log(f"could not keep the SBOM {m.sbom}: {e}")
+
+    def _restore_kept(self, notes: dict[str, dict[str, Any]]) -> None:
+        """What a committed apply kept beside the tree goes back: the installer, the SBOM."""
+        info = self.tail.installer
+        if info is not None and "installer" in notes and selfupdate.restore(self.ctxs[0].root, info):
+            self.log("put the manager's previous installer back")
+        kept = notes.get("sbom", {}).get("sha256")
+        if isinstance(kept, str):
+            with contextlib.suppress(OSError):
+                sbom.restore(self.state.path, kept)
 
     def _end_holds(self) -> None:
         """The services stay as the transaction left them: end the holds of those it did
@@ -432,9 +457,7 @@ class Transaction:
                 msg = f"rolled back files, but {self.head.from_version} is not healthy: {e.message}"
                 self.rec.set(status="failed", summary=msg)
                 raise RollbackError(msg) from e
-        info = self.tail.installer
-        if info is not None and "installer" in notes and selfupdate.restore(head.root, info):
-            self.log("put the manager's previous installer back")
+        self._restore_kept(notes)
         self.state.journal_append(RolledBack())
         interrupts.hold()  # rolled back: the outcome is decided, no signal changes what it reports
         self.rec.set(
