@@ -18,6 +18,7 @@ from builder.present import JsonOpt, err
 from builder.repo_cli import publish, repo_app
 from builder.resources import DEFAULT_INSTALLER, foreign_installer
 from builder.rollout_cli import rollout_app
+from builder.site_cli import site_cmd
 from builder.testjumps_cli import test_jumps_cmd
 from installer import entry
 
@@ -295,6 +296,7 @@ def _summary(built: release.Built, out: Path) -> list[str]:
 
 
 app.command("test-jumps")(test_jumps_cmd)
+app.command("site")(site_cmd)
 app.command()(publish)
 app.add_typer(repo_app, name="repo")
 app.add_typer(rollout_app, name="rollout")

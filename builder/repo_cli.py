@@ -11,6 +11,7 @@ import typer
 
 from builder.errors import BuildError
 from builder.present import JsonOpt, err
+from installer.errors import UsageError
 
 repo_app = typer.Typer(
     pretty_exceptions_enable=False,
@@ -123,20 +124,38 @@ def repo_export(
 
 
 def publish(
-    bundles: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, help="Bundle ZIPs and RPMs.")],
     repo: RepoOpt,
     keys: KeysOpt,
+    bundles: Annotated[
+        list[Path] | None, typer.Argument(exists=True, dir_okay=False, help="Bundle ZIPs and RPMs.")
+    ] = None,
     trust: Annotated[
         list[Path] | None, typer.Option("--trust", help="Check each bundle's signature with this public key.")
+    ] = None,
+    site: Annotated[
+        Path | None,
+        typer.Option(
+            "--site",
+            exists=True,
+            file_okay=False,
+            help="An upgrade-path site ('bundle-build site --repo URL') to upload to <repo>/site/, "
+            "after the bundles.",
+        ),
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Upload bundles as TUF targets (custom fields: product, from, to, format, sha256,
-    version file) and re-sign targets, snapshot and timestamp."""
+    version file) and re-sign targets, snapshot and timestamp; with --site, then upload
+    the site's files to <repo>/site/ (plain files beside the metadata and targets, not TUF
+    targets: the page is for people, the installer trusts only the metadata)."""
     from builder.inspect import inspect_bundle
     from builder.tufrepo import Keys, Repo
     from installer.signing import sha256_file
     from installer.store import open_store
+
+    bundles = bundles or []
+    if not bundles and site is None:
+        raise UsageError("publish: name bundles, or a --site to upload")
 
     items = []
     for b in bundles:
@@ -149,9 +168,32 @@ def publish(
                           "format": "rpm" if info.get("rpm") else "zip", "sha256": sha256_file(b)[0],
                           "version_file": m["version_file"], "installer": installer.get("sha256"),
                           "installer_base": (installer.get("base") or {}).get("sha256")}))  # fmt: skip
-    names = Repo(open_store(repo), Keys.load(keys, ["targets", "snapshot", "timestamp"])).publish(items)
-    print(
-        json.dumps({"ok": True, "published": names})
-        if json_out
-        else "\n".join(f"published {n}" for n in names)
+    names = (
+        Repo(open_store(repo), Keys.load(keys, ["targets", "snapshot", "timestamp"])).publish(items)
+        if items
+        else []
     )
+    pages = upload_site(repo, site) if site is not None else []
+    if json_out:
+        print(json.dumps({"ok": True, "published": names, "site": pages}))
+        return
+    lines = [f"published {n}" for n in names]
+    if site is not None:
+        lines.append(f"site: {len(pages)} files to {repo.rstrip('/')}/site/")
+    print("\n".join(lines))
+
+
+def upload_site(repo: str, site: Path) -> list[str]:
+    """Every file of ``site`` (written by ``bundle-build site``) to ``site/`` of the store."""
+    from builder.sitewrite import MARKER
+    from installer.store import open_store
+
+    if not (site / MARKER).is_file():
+        raise UsageError(f"--site {site} is not a site bundle-build wrote")
+    store = open_store(repo)
+    out = []
+    for path in sorted(p for p in site.rglob("*") if p.is_file() and p.name != MARKER):
+        rel = path.relative_to(site).as_posix()
+        store.write(f"site/{rel}", path)
+        out.append(f"site/{rel}")
+    return out

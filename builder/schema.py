@@ -47,6 +47,7 @@ EXAMPLES: dict[str, Any] = {
     "Service.added": True,
     "Service.depends_on": ["app-db"],
     "JumpSpec.variables": {"workers": 4},
+    "JumpSpec.notes": "Adds the worker service.\n\n- Items gain an owner.\n",
     "JumpSpec.jobs": [{"name": "reindex", "script": "jobs/reindex.sh", "retries": 5}],
     "JumpSpec.services": {
         "backend": "systemd",

@@ -368,6 +368,9 @@ class JumpSpec(_Spec):
     """The version it reaches."""
     date: dt.date | None = None
     """Release date; fixes timestamps in the bundle unless SOURCE_DATE_EPOCH is set."""
+    notes: str | None = Field(default=None, max_length=65536)
+    """Release notes for operators, shown on the upgrade-path site (``bundle-build
+    site``): plain text, paragraphs apart by a blank line, a line starting ``- `` an item."""
     files: FilesSpec = FilesSpec()
     """Which files of the release tree the jump carries."""
     configs: tuple[ConfigSpec, ...] = ()

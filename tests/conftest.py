@@ -57,10 +57,11 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def bundle(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Path]) -> Path:
-    """The demo jump as most tests apply it: its small members in a solid member (format 4,
-    as a release bundle ships them), so that the crash and signal matrices run on it."""
+    """The demo jump as most tests apply it: its small members in a solid member and its
+    SBOM with the component changes (format 5, as a release bundle ships them), so that
+    the crash and signal matrices run on it."""
     out = tmp_path_factory.mktemp("dist")
-    p = build_demo(out, keys["key"], "--no-installer", "--solid", "on")
+    p = build_demo(out, keys["key"], "--no-installer", "--solid", "on", "--sbom", "on")
     assert p.returncode == 0, p.stderr
     return out / "demo-manager-4.0.1-to-4.1.1.zip"
 

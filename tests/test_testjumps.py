@@ -26,6 +26,16 @@ def test_every_demo_jump_and_the_chain_pass(frozen: Path, tmp_path: Path) -> Non
         assert c["cells"] == dict.fromkeys(CELLS, "pass"), c
     suite = ET.parse(junit).getroot()
     assert suite.tag == "testsuite" and suite.get("tests") == "28" and suite.get("failures") == "0"
+    # the upgrade-path site shows this run: each jump's own case and the chain through it
+    (tmp_path / "results.json").write_text(p.stdout)
+    site = tmp_path / "site"
+    p = build(
+        "site", "--specs", SPECS, "--out", site, "--dist", tmp_path, "--results", tmp_path / "results.json"
+    )
+    assert p.returncode == 0, p.stderr
+    page = (site / "jumps/4.0.1-to-4.1.1.html").read_text()
+    assert "<td>4.0.1 -&gt; 4.1.1</td>" in page and "<td>3.4.2 -&gt; 4.2.0 (3 jumps)</td>" in page
+    assert page.count('<td class="pass">ok</td>') == 2 * len(CELLS)
 
 
 DATA_DEPENDENT = (
