@@ -3,8 +3,9 @@ whose upgrade failed, without a remote session (issue 24).
 
 What goes in (``README.txt`` inside lists it, file by file): the state dir's status,
 journal and history; the versions (product, installer running and kept, every bundle
-manifest staged); the installed release's SBOM (:mod:`installer.sbom`); the drift of the installed tree against the last manifest; the
-manifest's config files and lookup files read beneath the root; free space, kernel,
+manifest staged); the installed release's SBOM (:mod:`installer.sbom`); the drift of
+the installed tree against the last manifest; the manifest's config files and lookup
+files read beneath the root; free space, kernel,
 glibc, distribution; each service's state and the last lines of its log (supervisord's
 tail, or journald's); the ``JUMPKIT_*`` environment and the variables lookups read.
 
