@@ -573,6 +573,12 @@ def plan(
         )
     if len(files) > PLAN_FILES_SHOWN:
         out.print(f"    ... and {len(files) - PLAN_FILES_SHOWN} more (--json lists every one)")
+    from installer.sbom import ComponentChange
+
+    for jump in report["components"]:
+        out.print(f"components {jump['jump']}: {jump['summary']}", markup=False)
+        for c in jump["changes"][:PLAN_FILES_SHOWN]:
+            out.print(f"    {ComponentChange.model_validate(c).line}", markup=False)
     est = report["outage_estimate"]
     bound = "at most " if est["upper_bound"] else ""
     out.print(f"estimated outage: {bound}{est['seconds']}s ({'; '.join(est['basis'])})", markup=False)

@@ -18,6 +18,7 @@ from installer.metadata import narrowings
 from installer.migrate import unpack_migrations
 from installer.preflight import read_installed_version
 from installer.rehearsal import Rehearsed, rehearse_jumps
+from installer.sbom import summary
 from installer.state import StateDir
 from installer.swapplan import Plan, View, compute_plan, placed_paths
 from installer.txunits import chain_id, unit_layout
@@ -56,6 +57,11 @@ def report(
         for f in m.files
         if f.path in m.special_modes
     ]
+    out["components"] = [  # what each jump changes in the components (format 5)
+        {"jump": f"{m.from_version} -> {m.to_version}", "summary": summary(m.changes),
+         "changes": [c.model_dump() for c in m.changes]}
+        for m in manifests if m.sbom is not None
+    ]  # fmt: skip
     out["services"] = [s.name for s in tail.services.services]
     out["databases"] = [
         {

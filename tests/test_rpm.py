@@ -583,3 +583,22 @@ def test_rpm_install_labels_placed_files_from_the_root_policy(
     for rel in placed:
         path = sb.root / rel
         assert label(path) == lib.lookup("/" + rel, os.lstat(path).st_mode), rel
+
+
+def test_the_component_rpm_is_in_the_sbom_and_the_site_lists_zip_and_rpm(with_components: Path) -> None:
+    """A component RPM is part of the release it brings: in the jump's changes and SBOM;
+    the upgrade-path site offers both bundle files, each with its check (issue 39)."""
+    with zipfile.ZipFile(with_components / "demo-manager-4.0.1-to-4.1.1.zip") as z:
+        man = json.loads(z.read("manifest.json"))
+        doc = json.loads(z.read(man["sbom"]))
+    assert {"kind": "rpm", "name": "demo-agent", "before": None, "after": "1.0-1"} in man["changes"]
+    assert "pkg:rpm/demo-agent@1.0-1" in {c["purl"] for c in doc["components"]}
+    specs = with_components.parent / "specs"
+    site = with_components.parent / "site"
+    p = build("site", "--specs", specs, "--out", site, "--dist", with_components, "--json")
+    assert p.returncode == 0, p.stderr
+    assert "bundles/" + RPM in json.loads(p.stdout)["files"]
+    page = (site / "jumps/4.0.1-to-4.1.1.html").read_text()
+    assert f"<code>rpm -K {RPM}</code>" in page
+    assert "<code>bundle-install verify demo-manager-4.0.1-to-4.1.1.zip</code>" in page
+    assert "<td>+</td><td>demo-agent</td><td>rpm</td><td></td><td>1.0-1</td>" in page

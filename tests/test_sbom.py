@@ -188,6 +188,10 @@ def test_a_committed_apply_keeps_the_sbom_for_report_and_a_rollback_takes_it_bac
 ) -> None:
     sb = sandbox()
     state = sb.root / "var/lib/jumpkit/demo-manager"
+    p = install("--root", sb.root, "plan", bundle)  # the operator sees the changes before
+    assert p.returncode == 0, p.stderr
+    assert "components 4.0.1 -> 4.1.1: 3 changed, 1 added, 1 removed" in p.stdout
+    assert "    - six 1.16.0" in p.stdout and "    ~ idna 3.7 -> 3.10" in p.stdout
     assert install("--root", sb.root, "apply", bundle).returncode == 0
     kept = json.loads((state / "sbom.cdx.json").read_bytes())
     assert kept["metadata"]["component"]["version"] == "4.1.1"
