@@ -330,14 +330,3 @@ def validation_error(text: str) -> str | None:
 
     error = JsonStrictValidator(SchemaVersion.V1_6).validate_str(text)
     return None if error is None else str(error)[:300]
-
-
-def components_of(data: bytes) -> list[Component]:
-    """The components a jumpkit SBOM lists (its ``jumpkit:kind`` and ``jumpkit:path``)."""
-    doc = json.loads(data)
-    out = []
-    for c in doc.get("components", []):
-        props = {p.get("name"): p.get("value") for p in c.get("properties", [])}
-        kind = props.get("jumpkit:kind", "python")
-        out.append(Component(kind, c.get("name", ""), c.get("version", ""), props.get("jumpkit:path", "")))
-    return sorted(out)

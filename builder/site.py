@@ -87,6 +87,14 @@ class JumpInfo:
     def summary(self) -> str:
         return "components unknown" if self.changes is None else summary(self.changes)
 
+    @property
+    def tested(self) -> str | None:
+        """``passed`` when every test-jumps case through the jump passed, ``failed`` when
+        one failed, None when none ran."""
+        if not self.cases:
+            return None
+        return "passed" if all(v == "pass" for c in self.cases for v in c["cells"].values()) else "failed"
+
 
 @dataclass
 class SiteModel:

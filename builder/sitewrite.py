@@ -28,7 +28,6 @@ from builder.resources import templates
 from builder.sbom import document, member_name, release_components
 from builder.site import JumpInfo, SiteModel
 from installer.errors import UsageError
-from installer.version import Version
 
 MARKER = ".jumpkit-site"
 STATIC = ("site.css", "picker.js")
@@ -49,8 +48,6 @@ class Edge:
     jump: JumpInfo
     path: str
     kind: str  # jump, exception or forbidden
-    label_x: float
-    label_y: float
 
 
 def layout(model: SiteModel) -> dict[str, Any]:
@@ -67,11 +64,12 @@ def layout(model: SiteModel) -> dict[str, Any]:
         span = model.versions.index(b) - model.versions.index(a)
         kind = "forbidden" if info.broken else "exception" if info.exception else "jump"
         if span <= 1:
-            edges.append(Edge(info, f"M {x1} {base} L {x2} {base}", kind, (x1 + x2) / 2, base - 8))
+            edges.append(Edge(info, f"M {x1} {base} L {x2} {base}", kind))
         else:
             h = 34 * span
-            edges.append(Edge(info, f"M {x1} {base - 6} Q {(x1 + x2) / 2} {base - 6 - 2 * h} {x2} {base - 6}",
-                              kind, (x1 + x2) / 2, base - 6 - h))  # fmt: skip
+            edges.append(
+                Edge(info, f"M {x1} {base - 6} Q {(x1 + x2) / 2} {base - 6 - 2 * h} {x2} {base - 6}", kind)
+            )
     return {
         "width": left * 2 + gap * max(len(model.versions) - 1, 0),
         "height": base + 60,
@@ -94,24 +92,12 @@ def picker_data(model: SiteModel) -> dict[str, Any]:
                 "downloads": [{"kind": d.kind, "name": d.name, "size": d.size, "size_text": human(d.size),
                                "sha256": d.sha256, "href": d.href, "verify": d.verify}
                               for d in info.downloads],
-                "tested": tested(info),
+                "tested": info.tested,
             }
             for info in model.jumps.values()
         },
         "paths": model.paths,
     }  # fmt: skip
-
-
-def tested(info: JumpInfo) -> str | None:
-    """``passed`` when every test-jumps case through the jump passed, ``failed`` when one
-    failed, None when none ran."""
-    if not info.cases:
-        return None
-    return (
-        "passed"
-        if all(all(v == "pass" for v in c.get("cells", {}).values()) for c in info.cases)
-        else "failed"
-    )
 
 
 def script_json(doc: Any) -> str:
@@ -186,8 +172,8 @@ def _write_all(model: SiteModel, work: Path) -> None:
     for name in STATIC:
         shutil.copyfile(templates() / "site" / name, work / name)
     (work / "sbom").mkdir()
+    epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "0") or 0)
     for v in model.releases:
-        epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "0") or 0)
         doc = document(model.product.name, v, release_components(model.product, v), epoch)
         (work / member_name(model.product.name, v)).write_bytes(doc)
     copied = [d for info in model.jumps.values() for d in info.downloads if d.source is not None]
@@ -208,8 +194,3 @@ def _render(env: jinja2.Environment, template: str, dest: Path, **context: Any) 
     except jinja2.TemplateError as e:
         raise BuildError(f"site template {template}: {e}") from e
     dest.write_text(text)
-
-
-def sorted_versions(versions: list[str]) -> list[str]:
-    """Newest first, for the picker's target list."""
-    return sorted(versions, key=Version.parse, reverse=True)

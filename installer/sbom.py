@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 from pathlib import Path
 from typing import Literal
 
@@ -81,32 +82,37 @@ def _sha(path: Path) -> str | None:
 
 def _place(src: Path, dest: Path) -> None:
     tmp = dest.with_name(f".{dest.name}.tmp")
-    tmp.write_bytes(src.read_bytes())
+    shutil.copyfile(src, tmp)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, dest)
 
 
-def install(state_dir: Path, staged: Path, sha256: str) -> bool:
-    """Make ``staged`` (the bundle's SBOM member, sha256 checked when staged) the installed
-    SBOM, keeping the current one as the previous. Idempotent (resume after a crash): False
-    when it already is."""
-    dest = state_dir / INSTALLED
+def install(state_dir: Path, staged: Path | None, sha256: str | None) -> bool:
+    """Make ``staged`` (the bundle's SBOM member, its sha256 checked when staged) the
+    installed SBOM, keeping the current one as the previous; ``staged`` None: the release
+    now installed came without one, so none is installed (an SBOM of the release before
+    would describe what is no longer there). Idempotent (resume after a crash): False when
+    nothing changes."""
+    dest, prev = state_dir / INSTALLED, state_dir / PREVIOUS
     if _sha(dest) == sha256:
         return False
-    prev = state_dir / PREVIOUS
     if dest.is_file():
         _place(dest, prev)
-    else:  # no SBOM before this apply: a rollback removes this one
+    else:  # none before this apply: a rollback removes this one
         prev.unlink(missing_ok=True)
-    _place(staged, dest)
+    if staged is not None:
+        _place(staged, dest)
+    else:
+        dest.unlink(missing_ok=True)
     fsync_dir(state_dir)
     return True
 
 
-def restore(state_dir: Path, sha256: str) -> bool:
-    """Undo :func:`install` of the SBOM ``sha256`` (rollback of a committed apply): put the
-    previous one back, or remove it when there was none. False when it is not installed."""
+def restore(state_dir: Path, sha256: str | None) -> bool:
+    """Undo :func:`install` of the SBOM ``sha256`` (None: of none; rollback of a committed
+    apply): put the previous one back, or remove it when there was none. False when
+    ``sha256`` is not what is installed."""
     dest, prev = state_dir / INSTALLED, state_dir / PREVIOUS
     if _sha(dest) != sha256:
         return False

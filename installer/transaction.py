@@ -369,15 +369,17 @@ class Transaction:
 
     def _keep_sbom(self) -> None:
         """The to-release's SBOM becomes the installed one (kept in the state dir for
-        ``report``); noted first, so a rollback of this apply puts the previous one back."""
-        m = self.tail
-        if m.sbom is None:
+        ``report``), or none when it came without one; noted first, so a rollback of this
+        apply puts the previous one back."""
+        m, tail = self.tail, self.ctxs[-1]
+        sha = next((x.sha256 for x in m.extras if x.name == m.sbom), None)
+        if sha is None and sbom.installed(self.state.path) is None:
             return
-        sha = next(x.sha256 for x in m.extras if x.name == m.sbom)
         self.state.journal_append(Note("sbom", {"sha256": sha}))
-        self.ctxs[-1].notes["sbom"] = {"sha256": sha}
+        tail.notes["sbom"] = {"sha256": sha}
+        staged = tail.staging / "bundle" / m.sbom if m.sbom is not None else None
         try:
-            sbom.install(self.state.path, self.ctxs[-1].staging / "bundle" / m.sbom, sha)
+            sbom.install(self.state.path, staged, sha)
         except OSError as e:  # the upgrade is committed; the report then lacks the SBOM
             self.log(f"could not keep the SBOM {m.sbom}: {e}")
 
@@ -386,10 +388,10 @@ class Transaction:
         info = self.tail.installer
         if info is not None and "installer" in notes and selfupdate.restore(self.ctxs[0].root, info):
             self.log("put the manager's previous installer back")
-        kept = notes.get("sbom", {}).get("sha256")
-        if isinstance(kept, str):
+        kept = notes.get("sbom")
+        if kept is not None and isinstance(kept.get("sha256"), (str, type(None))):
             with contextlib.suppress(OSError):
-                sbom.restore(self.state.path, kept)
+                sbom.restore(self.state.path, kept["sha256"])
 
     def _end_holds(self) -> None:
         """The services stay as the transaction left them: end the holds of those it did

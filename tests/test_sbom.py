@@ -212,3 +212,29 @@ def test_sbom_none_and_a_reader_without_format_5(keys: dict[str, Path], tmp_path
     assert "sbom" not in man and "changes" not in man and man["format"] < 5  # older installers read it
     p = build_demo(tmp_path / "b", keys["key"], "--no-installer", "--sbom", "maybe")
     assert p.returncode == 2 and "--sbom 'maybe': one of auto, on, none" in p.stderr
+
+
+def test_the_kept_sbom_follows_applies_and_rollbacks(tmp_path: Path) -> None:
+    """installer.sbom alone: install is idempotent (a resume repeats it), restore undoes
+    exactly one install, and a release that came without an SBOM leaves none installed."""
+    import hashlib
+
+    from installer import sbom as kept
+
+    def staged(text: str) -> tuple[Path, str]:
+        p = tmp_path / f"{text}.json"
+        p.write_text(text)
+        return p, hashlib.sha256(text.encode()).hexdigest()
+
+    state = tmp_path / "state"
+    state.mkdir()
+    a, sha_a = staged("a")
+    b, sha_b = staged("b")
+    assert kept.install(state, a, sha_a) and not kept.install(state, a, sha_a)
+    assert kept.install(state, b, sha_b) and (state / kept.INSTALLED).read_text() == "b"
+    assert not kept.restore(state, sha_a)  # a is not what is installed: nothing to undo
+    assert kept.restore(state, sha_b) and (state / kept.INSTALLED).read_text() == "a"
+    assert kept.install(state, None, None) and kept.installed(state) is None  # a jump with none
+    assert not kept.install(state, None, None)
+    assert kept.restore(state, None) and (state / kept.INSTALLED).read_text() == "a"
+    assert kept.restore(state, sha_a) and kept.installed(state) is None  # before a: none

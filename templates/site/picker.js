@@ -48,6 +48,9 @@
       var notes = [el("a", { href: j.page }, ["release notes, changes, tests"])];
       if (j.exception) { notes.push(el("div", { "class": "exception" }, ["policy exception: " + j.exception])); }
       notes.push(el("div", { "class": "note" }, ["components: " + j.changes]));
+      if (j.tested) {
+        notes.push(el("div", { "class": j.tested === "passed" ? "pass" : "fail" }, ["test-jumps: " + j.tested]));
+      }
       return el("tr", { "class": "jump", "data-from": j.from, "data-to": j.to }, [
         el("td", {}, [String(i + 1)]),
         el("td", { "class": "jump-name" }, [j.from + " \u2192 " + j.to]),
