@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 EXIT_CODES = (
     "Exit codes: 0 ok; 1 build failed (also test-jumps when a cell fails); 2 bad spec or usage; "
     "3 bad bundle (inspect, publish); 4 no upgrade path (plan, test-jumps), the repository cannot "
-    "be read or written (publish, repo), a precondition on a host (rollout); 5 a rollout stopped "
+    "be read or written (publish, repo, site), a precondition on a host (rollout); 5 a rollout stopped "
     "(a host failed; the summary says where each host is)."
 )
 

@@ -125,7 +125,8 @@ def gather(
 
     Raises:
         SpecError: the product's specs are invalid. UsageError: ``results`` is not a
-            test-jumps JSON document. BuildError: the repository cannot be read.
+            test-jumps JSON document. BuildError, StoreError: the repository cannot be read
+            (as ``publish`` says it).
     """
     graph = product.graph()
     versions = sorted(
@@ -231,10 +232,10 @@ def _repo_targets(model: SiteModel, repo: str, base_url: str | None) -> None:
     from builder.tufrepo import Keys, Repo
     from installer.store import open_store
 
-    try:
+    try:  # the vendor's own repository: the page links what its targets say, unverified
         targets = Repo(open_store(repo), Keys(Path("."), {})).current()[1].signed.targets
-    except (JumpkitError, OSError, ValueError, KeyError) as e:
-        raise BuildError(f"cannot read the repository {repo}: {getattr(e, 'message', e)}") from e
+    except (OSError, ValueError, KeyError) as e:  # jumpkit's own errors say it as publish does
+        raise BuildError(f"cannot read the repository {repo}: {e}") from e
     base = (base_url.rstrip("/") + "/") if base_url else "../"
     for name, t in sorted(targets.items()):
         custom = t.unrecognized_fields.get("custom") or {}

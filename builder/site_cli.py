@@ -60,7 +60,8 @@ def site_cmd(
 
     Every path is planned by the same planner as 'bundle-build plan'. --out is written
     beside and renamed into place; a directory that is not an earlier site is refused.
-    Exit 2 for bad specs or --out, 1 when --results or the repository cannot be read."""
+    Exit 2 for bad specs, --out or --results; 1 or 4 when the repository cannot be read
+    (as publish)."""
     from builder import site, sitewrite
     from builder.spec import load_product
 
