@@ -41,7 +41,9 @@ def site_cmd(
     ] = None,
     trust: Annotated[
         list[Path] | None,
-        typer.Option("--trust", help="List only bundles signed by this public key (repeatable)."),
+        typer.Option(
+            "--trust", metavar="KEY", help="List only bundles signed by this public key (repeatable)."
+        ),
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
