@@ -261,6 +261,12 @@ class Swapper:
                 with contextlib.suppress(PermissionError):  # not root: it was ours anyway
                     os.chown(name, e.uid, e.gid, dir_fd=fd, follow_symlinks=False)
                 os.chmod(name, e.mode, dir_fd=fd)
+                if e.label:  # as it was: mkdir gave it the policy's default for its parent
+                    made = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                    try:
+                        os.setxattr(made, SELINUX_XATTR, e.label.encode() + b"\0")
+                    finally:
+                        os.close(made)
                 self._dirty_fds.add(fd)
             for op in reversed(ops):
                 staged, backup = self.staged / op.path, self.backup / op.path

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from installer.attrs import get_label
 from installer.beneath import Kind, resolve
 from installer.confmerge import differing_regions, merge
 from installer.errors import BundleRejectedError, DriftError, PreconditionError, StateError, UnsafePathError
@@ -61,6 +62,8 @@ class View:
         self.files: dict[str, Path | None] = {}
         self.digests: dict[str, str | None] = {}
         self.dirs: set[str] = set()
+        self.gone_dirs: set[str] = set()
+        """Directories an earlier jump of the chain removes as emptied."""
         self.overlay: dict[str, tuple[Kind, str | None, str]] = {}
         """What the jumps planned so far place, by canonical path (for :mod:`installer.beneath`)."""
         self._canonical: dict[str, str] = {}  # of the jump confined last; advance() places it
@@ -120,6 +123,7 @@ class View:
         for removed in manifest.removed:
             self.files[removed.path] = None
             self.digests[removed.path] = None
+        self.gone_dirs.update(e.path for e in plan.emptied_dirs)
         self.overlay.update(_placed(manifest, self._canonical))
 
 
@@ -224,14 +228,18 @@ class SwapOp:
 class EmptiedDir:
     """A directory of the from-version that the jump's removals leave empty (a package's
     old ``*.dist-info``, a module directory a release dropped): removed after them, made
-    again with its mode and owner by undo. Left behind, an empty ``foo-1.0.dist-info`` next
-    to ``foo-1.1.dist-info`` is a second installed version to ``importlib.metadata``."""
+    again with its mode, owner and SELinux label by undo. Left behind, an empty
+    ``foo-1.0.dist-info`` next to ``foo-1.1.dist-info`` is a second installed version to
+    ``importlib.metadata``. In a chain, a directory an earlier jump creates and this one
+    empties is one too (its undo makes it again before the earlier jump's undo takes it)."""
 
     path: str
     """Canonical path beneath the root."""
     mode: int
     uid: int
     gid: int
+    label: str | None = None
+    """Its ``security.selinux`` (None: none, or a plan written before labels were kept)."""
 
 
 @dataclass
@@ -531,23 +539,53 @@ def _ancestors(rel: str) -> list[str]:
 
 def _emptied_dirs(root: Path, plan: Plan, view: View) -> list[EmptiedDir]:
     """The directories above the jump's removals that hold nothing else on this manager
-    (nothing the jump places below them, no file of the operator's), deepest first."""
+    once the earlier jumps of a chain have swapped (nothing the jump places below them, no
+    file of the operator's), deepest first."""
     removed = {op.where for op in plan.ops if op.action == "remove"}
-    kept = set(view.dirs)  # what an earlier jump of a chain places into
+    kept: set[str] = set()
     for op in plan.ops:
         if op.action == "place":
             kept.update(_ancestors(op.where))
     candidates = {d for rel in removed for d in _ancestors(rel)} - kept
     emptied: dict[str, EmptiedDir] = {}
     for d in sorted(candidates, key=lambda p: -p.count("/")):
-        try:
-            st = os.lstat(root / d)
-            names = os.listdir(root / d) if stat.S_ISDIR(st.st_mode) else None
-        except OSError:
+        listed = _listing(root, d, view)
+        if listed is None:
             continue
-        if names is not None and all(f"{d}/{n}" in removed or f"{d}/{n}" in emptied for n in names):
-            emptied[d] = EmptiedDir(d, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
+        names, found = listed
+        if all(f"{d}/{n}" in removed or f"{d}/{n}" in emptied for n in names):
+            emptied[d] = found
     return list(emptied.values())
+
+
+def _listing(root: Path, d: str, view: View) -> tuple[set[str], EmptiedDir] | None:
+    """What directory ``d`` will hold when this jump's turn comes (the real directory's
+    entries, with what earlier jumps of a chain place into it or remove from it), and how
+    undo makes it again; None when it is no directory then."""
+    try:
+        st = os.lstat(root / d)
+        names = set(os.listdir(root / d)) if stat.S_ISDIR(st.st_mode) else None
+    except FileNotFoundError:
+        st, names = None, set() if d in view.dirs else None
+    except OSError:
+        return None
+    if names is None:
+        return None
+    prefix = d + "/"
+    names -= {
+        g[len(prefix) :] for g in view.gone_dirs if g.startswith(prefix) and "/" not in g[len(prefix) :]
+    }
+    for path, where in view.files.items():
+        if path.startswith(prefix):
+            first, _, deeper = path[len(prefix) :].partition("/")
+            if where is not None:
+                names.add(first)  # placed by an earlier jump (or a directory above it)
+            elif not deeper:
+                names.discard(first)  # removed by an earlier jump
+    if st is None:  # an earlier jump's new directory: its undo removes it whatever it looks like
+        return names, EmptiedDir(d, 0o755, 0, 0)
+    label = get_label(str(root / d))
+    return names, EmptiedDir(d, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, label)
 
 
 def _collapse_new_subtrees(plan: Plan, new_dirs: set[str]) -> None:

@@ -317,10 +317,13 @@ def test_apply_through_the_shipped_binary(
 ) -> None:
     sb = sandbox()
     assert current_revision(sqlite_url(sb.root)) == "0002"
-    with zipfile.ZipFile(release_bundle) as z:  # built with the defaults --delta auto --solid auto
+    with zipfile.ZipFile(release_bundle) as z:  # built with the defaults: --delta, --solid, --sbom auto
         man = json.loads(z.read("manifest.json"))
     patched = [f for f in man["files"] if f.get("delta")]
-    assert man["format"] == 4 and patched, "the release bundle carries no delta entry"
+    assert man["format"] == 5 and patched, "the release bundle carries no delta entry"
+    assert man["sbom"] == "sbom/demo-manager-4.1.1.cdx.json" and man["changes"], (
+        "no SBOM in the release bundle"
+    )
     assert man["solids"], "the release bundle's small members are not in a solid member"
     p = run(shipped, "--root", sb.root, "apply", release_bundle)
     assert p.returncode == 0, p.stderr

@@ -58,12 +58,12 @@ def _refused(sb: Sandbox, bad: Path, phrase: str) -> None:
 def test_small_members_travel_in_a_solid_member_and_apply_exactly(
     bundle: Path, sandbox: Callable[..., Sandbox], keys: dict[str, Path]
 ) -> None:
-    """--solid on: format 4, no payload member of its own for a small file, and the jump
-    applies and rolls back as ever."""
+    """--solid on: no payload member of its own for a small file (format 4; the fixture
+    ships the SBOM too, which makes it 5), and the jump applies and rolls back as ever."""
     with zipfile.ZipFile(bundle) as z:
         names = z.namelist()
         man = json.loads(z.read("manifest.json"))
-    assert man["format"] == 4 and [s["name"] for s in man["solids"]] == ["solid/000"]
+    assert man["format"] == 5 and [s["name"] for s in man["solids"]] == ["solid/000"]
     carried = {p["name"] for p in man["solids"][0]["members"]}
     assert not [n for n in names if n.startswith(("payload/", "delta/", "base/"))]
     assert "payload/opt/demo-manager/VERSION" in carried and any(n.startswith("delta/") for n in carried)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 
 from installer.errors import NoPath
 from installer.graph import Graph, Policy, PolicyException, plan_chain, violations
+from installer.sbom import ComponentChange
 from installer.version import Version
 from tests.crash.common import assert_exactly
 from tests.helpers import SPECS, Sandbox, build, install, tree_hash
@@ -81,17 +83,20 @@ def test_builder_refuses_a_jump_that_breaks_the_policy(tmp_path: Path) -> None:
     p = build("--specs", excepted, "--from", "4.0.1", "--to", "4.2.0", "--unsigned", "--out", tmp_path / "o")
     assert p.returncode == 0, p.stderr
     p = build("plan", "--specs", excepted, "--from", "4.0.1", "--to", "4.2.0", "--json")
-    assert json.loads(p.stdout)["chain"] == [
+    chain = json.loads(p.stdout)["chain"]
+    assert [{k: c[k] for k in ("from", "to", "bundle", "exception")} for c in chain] == [
         {"from": "4.0.1", "to": "4.2.0", "bundle": "demo-manager-4.0.1-to-4.2.0.zip",
          "exception": "hotfix path for customer X"}
     ]  # fmt: skip
+    assert "+ packaging 25.0" in [ComponentChange.model_validate(c).line for c in chain[0]["changes"]]
 
 
 def test_plan_prints_the_three_jump_chain() -> None:
     p = build("plan", "--specs", SPECS, "--from", "3.4.2", "--to", "4.2.0")
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines()[0] == "demo-manager 3.4.2 -> 4.2.0: 3 jumps (required stop 4.0.1)"
-    assert [ln.split()[1:4] for ln in p.stdout.splitlines()[1:]] == [
+    jumps = [ln for ln in p.stdout.splitlines()[1:] if re.match(r"  \d\. ", ln)]
+    assert [ln.split()[1:4] for ln in jumps] == [
         ["3.4.2", "->", "4.0.1"], ["4.0.1", "->", "4.1.1"], ["4.1.1", "->", "4.2.0"]
     ]  # fmt: skip
     assert "policy exception: 4.0.0 was withdrawn" in p.stdout
