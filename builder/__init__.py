@@ -12,7 +12,7 @@ INSTALLER_MODULES = frozenset(
         "installer.version", "installer.errors", "installer.graph",
         # what the installer will do with a bundle, which the builder checks ahead
         "installer.attrs", "installer.swapplan", "installer.preflight", "installer.health",
-        "installer.services", "installer.migrate", "installer.rpmbundle",
+        "installer.services", "installer.migrate", "installer.rpmbundle", "installer.runspec",
         "installer.selfupdate",  # where a manager keeps its installer (the patch RPM's %pre)
         "installer.sbom",  # the component changes a manifest records
         # shared plumbing: one error rendering for both CLIs, one repository client

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 from builder import __version__
 from builder.errors import BuildError
 from builder.trees import TreeFile, walk_tree
+from installer.errors import JumpkitError
 from installer.sbom import SBOM_PREFIX, SBOM_SUFFIX, ComponentChange, ComponentKind
 
 if TYPE_CHECKING:
@@ -189,7 +190,7 @@ def release_components(
             continue
         try:
             jump = product.jump(frm, to)
-        except Exception:  # a broken jump file is lint's to report; its RPMs are unknown here
+        except JumpkitError:  # a broken jump file is lint's to report; its RPMs are unknown here
             continue
         rpms += [(f"components/{Path(rel).name}", path.parent / rel) for rel in jump.components]
     return scan(tree, (r for r in rpms if r[1].is_file()))

@@ -27,7 +27,9 @@ from builder.errors import BuildError, SpecError
 from builder.sbom import chain_changes
 from builder.spec import Product, parses
 from installer.errors import JumpkitError, NoPath, UsageError
-from installer.graph import plan_chain, violations
+from installer.format import Manifest
+from installer.graph import Graph, plan_chain, violations
+from installer.runspec import RENAME_SECONDS, RESTART_CAP
 from installer.sbom import ComponentChange, summary
 from installer.signing import sha256_file
 from installer.version import Version
@@ -129,13 +131,12 @@ def gather(
             (as ``publish`` says it).
     """
     graph = product.graph()
-    versions = sorted(
-        {v for j in graph.jumps for v in j} | set(_release_versions(product)), key=Version.parse
-    )
-    jumps = {j: _jump(product, j) for j in graph.jumps}
+    releases = _release_versions(product)
+    versions = sorted({v for j in graph.jumps for v in j} | set(releases), key=Version.parse)
+    jumps = {j: _jump(product, graph, j) for j in graph.jumps}
     for j, changes in chain_changes(product, list(graph.jumps)).items():
         jumps[j].changes = changes
-    model = SiteModel(product, versions, jumps, _paths(product, versions), _release_versions(product))
+    model = SiteModel(product, versions, jumps, _paths(graph, versions), releases)
     if dist is not None and dist.is_dir():
         _local_bundles(model, dist, trust or [])
     if repo is not None:
@@ -151,9 +152,8 @@ def _release_versions(product: Product) -> list[str]:
     return sorted((v for v in found if parses(v)), key=Version.parse)
 
 
-def _jump(product: Product, j: tuple[str, str]) -> JumpInfo:
+def _jump(product: Product, graph: Graph, j: tuple[str, str]) -> JumpInfo:
     info = JumpInfo(*j)
-    graph = product.graph()
     info.exception = next(
         (x.reason for x in graph.policy.exceptions if (x.from_version, x.to_version) == j), None
     )
@@ -164,9 +164,8 @@ def _jump(product: Product, j: tuple[str, str]) -> JumpInfo:
     return info
 
 
-def _paths(product: Product, versions: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
+def _paths(graph: Graph, versions: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
     """For every installed version and every other version: the chain, or why there is none."""
-    graph = product.graph()
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for a in versions:
         row = out.setdefault(a, {})
@@ -199,9 +198,9 @@ def _local_bundles(model: SiteModel, dist: Path, trust: list[Path]) -> None:
         except JumpkitError as e:
             model.problems.append(f"{path.name}: not used: {e.message}")
             continue
-        m = info["manifest"]
-        jump = model.jumps.get((m["from_version"], m["to_version"]))
-        if m["product"] != name or jump is None or (m.get("installer") or {}).get("base"):
+        m = Manifest.model_validate(info["manifest"], strict=False)
+        jump = model.jumps.get((m.from_version, m.to_version))
+        if m.product != name or jump is None or (m.installer is not None and m.installer.base is not None):
             continue  # another product's, an undefined jump's, or an installer-patch form
         if trust and not info["signature"].get("verified_by"):
             model.problems.append(f"{path.name}: not used: not signed by a trusted key")
@@ -209,21 +208,21 @@ def _local_bundles(model: SiteModel, dist: Path, trust: list[Path]) -> None:
         kind = "rpm" if info.get("rpm") else "zip"
         sha, size = sha256_file(path)
         jump.downloads.append(Download(kind, path.name, size, sha, f"bundles/{path.name}", path))
-        jump.format, jump.files = m["format"], len(m["files"])
+        jump.format, jump.files = m.format, len(m.files)
         jump.outage, jump.outage_basis = outage(m)
 
 
-def outage(m: dict[str, Any]) -> tuple[float, str]:
-    """The outage a manager with no applies measured should expect, at most: one stop and
-    one start of the services at their timeouts capped at 2 s each (what ``bundle-install
-    plan`` says before it has measured), each migration at the build's rehearsal time,
-    ~20 us a rename."""
-    services = m["services"]["services"]
-    seconds = sum(min(float(s.get("stop_timeout", 30)), 2.0) for s in services)
-    seconds += sum(min(float(s.get("start_timeout", 30)), 2.0) for s in services)
-    seconds += sum(float(db.get("rehearsal_seconds", 0.0)) for db in m["databases"])
-    seconds += 0.00002 * (len(m["files"]) + len(m["removed"]))
-    basis = "stop and start at their timeouts capped at 2 s each, migrations as rehearsed at the build"
+def outage(m: Manifest) -> tuple[float, str]:
+    """The outage a manager with no applies measured should expect, at most (what
+    ``bundle-install plan`` says before it has measured): the services' stop and start at
+    their capped timeouts, each migration at the build's rehearsal time, each rename."""
+    seconds = m.services.restart_bound(m.services)
+    seconds += sum(db.rehearsal_seconds for db in m.databases)
+    seconds += RENAME_SECONDS * (len(m.files) + len(m.removed))
+    basis = (
+        f"stop and start at their timeouts capped at {RESTART_CAP:g} s each, migrations as "
+        "rehearsed at the build"
+    )
     return round(seconds, 2), basis
 
 
@@ -261,6 +260,7 @@ def _results(model: SiteModel, path: Path) -> None:
         raise UsageError(f"--results {path}: not the JSON of 'bundle-build test-jumps --json': {e}") from e
     model.cells = [str(c) for c in cells]
     model.results_seconds = doc.get("seconds") if isinstance(doc.get("seconds"), (int, float)) else None
+    graph = model.product.graph()
     for given in cases:
         if not isinstance(given, dict) or not isinstance(given.get("case"), str):
             continue
@@ -276,9 +276,7 @@ def _results(model: SiteModel, path: Path) -> None:
             continue
         try:
             chain = (
-                [ends.groups()]
-                if tuple(ends.groups()) in model.jumps
-                else plan_chain(model.product.graph(), *ends.groups())
+                [ends.groups()] if tuple(ends.groups()) in model.jumps else plan_chain(graph, *ends.groups())
             )
         except JumpkitError:
             continue

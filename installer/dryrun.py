@@ -18,6 +18,7 @@ from installer.metadata import narrowings
 from installer.migrate import unpack_migrations
 from installer.preflight import read_installed_version
 from installer.rehearsal import Rehearsed, rehearse_jumps
+from installer.runspec import RENAME_SECONDS
 from installer.sbom import summary
 from installer.state import StateDir
 from installer.swapplan import Plan, View, compute_plan, placed_paths
@@ -190,9 +191,7 @@ def estimate(
             f"stop, start and health as measured in the last {len(measured)} apply(s) on this manager"
         )
     else:
-        services = sum(min(s.stop_timeout, 2.0) for s in head.services.services) + sum(
-            min(s.start_timeout, 2.0) for s in tail.services.services
-        )
+        services = head.services.restart_bound(tail.services)
         basis.append(
             "no apply measured on this manager yet: stop and start at their timeouts, capped at 2 s each"
         )
@@ -208,7 +207,7 @@ def estimate(
             if len(rehearsed.recordings) == moving
             else "migrations at the build's rehearsal time where not rehearsed here"
         )
-    renames = 0.00002 * sum(len(plan.ops) for _, plan in pairs)
+    renames = RENAME_SECONDS * sum(len(plan.ops) for _, plan in pairs)
     return {
         "seconds": round(services + migrations + renames, 2),
         "upper_bound": not measured,

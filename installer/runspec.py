@@ -95,6 +95,13 @@ class Service(_Model):
     again; a rollback enables and starts it again as it was."""
 
 
+RESTART_CAP = 2.0
+"""Seconds a stop or start counts at most in an outage bound made before any apply was
+measured (the timeouts are what a service may take, not what it usually takes)."""
+RENAME_SECONDS = 0.00002
+"""What one rename of the swap adds to an outage estimate (~20 us)."""
+
+
 class Services(_Model):
     """How the target runs its services and which ones the jump restarts. ``services``
     is in start order (every service after those it depends on); stop is the reverse."""
@@ -113,6 +120,13 @@ class Services(_Model):
     @classmethod
     def _socket_ok(cls, v: str | None) -> str | None:
         return None if v is None else check_relpath(v, what="supervisord socket")
+
+    def restart_bound(self, after: Services) -> float:
+        """Seconds the stop of these services and the start of ``after``'s take at most,
+        each at its timeout capped at :data:`RESTART_CAP`."""
+        return sum(min(s.stop_timeout, RESTART_CAP) for s in self.services) + sum(
+            min(s.start_timeout, RESTART_CAP) for s in after.services
+        )
 
     @model_validator(mode="after")
     def _order_ok(self) -> Services:

@@ -17,6 +17,7 @@ import pytest
 from installer.store import open_store
 from tests.helpers import REPO, SPECS, build
 
+JUMPS = [("3.4.2", "4.0.1"), ("4.0.1", "4.1.1"), ("4.1.1", "4.2.0")]
 CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 ARTIFACTS = REPO / "test-artifacts"
 """Where the picker's screenshot is written (CI keeps it; git ignores it)."""
@@ -70,6 +71,11 @@ def site(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Path]) -> Pat
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)
     assert doc["bundles"] == 3 and doc["problems"] == [], doc
+    assert doc["files"] == [
+        *(f"bundles/demo-manager-{a}-to-{b}.zip" for a, b in JUMPS),
+        "data.js", "graph.svg", "index.html", *(f"jumps/{a}-to-{b}.html" for a, b in JUMPS), "picker.js",
+        *(f"sbom/demo-manager-{v}.cdx.json" for v in ("3.4.2", "4.0.1", "4.1.1", "4.2.0")), "site.css",
+    ]  # fmt: skip
     return work
 
 
